@@ -1,0 +1,212 @@
+//! The guest/VMM ABI of flick: the one source of truth for every number that the guest kernel
+//! and the VMM share.
+//!
+//! - [`port`]: the I/O ports a guest may use, and what the 32-bit value written to each means.
+//! - [`hypercall`]: the `#[repr(C)]` argument structs that a port value points at.
+//! - [`BootInfo`]: what the VMM hands the guest in `RDI` at entry.
+//! - [`note`]: the ELF note that marks an image as built for this ABI.
+//! - [`exit_status`]: the VMM's process exit statuses.
+//!
+//! Guest → VMM calls are one `out dx, eax` to a port of [`port`]; for ports that take arguments,
+//! `eax` is the guest-physical address of an argument struct. The guest is untrusted: the VMM
+//! validates every address and length it finds here against guest RAM before using it.
+
+#![no_std]
+
+/// Version of this ABI. The VMM refuses images whose note carries another version.
+///
+/// Bump it whenever a port, struct layout or boot-info field changes meaning.
+pub const ABI_VERSION: u32 = 1;
+
+/// I/O ports (guest → VMM). The TSS I/O permission bitmap opens exactly these and COM1.
+pub mod port {
+    /// First port of the hypercall range (all ports up to [`LAST`] are open to ring 3).
+    pub const FIRST: u16 = 0x500;
+    /// `out` value: the app's exit code. The VMM stops the guest and exits with `code & 0xff`.
+    pub const EXIT: u16 = 0x500;
+    /// `out` value: guest-physical address of a [`super::hypercall::ConsoleWrite`].
+    pub const CONSOLE_WRITE: u16 = 0x501;
+    /// `out` value: exception vector. Written only by the ring-0 exception stubs, whose frame
+    /// is on the ring-0 stack as described in [`super::exception`].
+    pub const CRASH: u16 = 0x502;
+    /// `out` value: a boot milestone number from [`super::milestone`].
+    pub const MILESTONE: u16 = 0x503;
+    /// Last port of the hypercall range. Unassigned ports in the range read as all-ones and
+    /// ignore writes (the VMM counts them).
+    pub const LAST: u16 = 0x50f;
+
+    /// First port of the 16550 UART on COM1 (eight registers).
+    pub const COM1: u16 = 0x3f8;
+    /// Number of COM1 registers.
+    pub const COM1_LEN: u16 = 8;
+}
+
+/// Argument structs of the hypercalls, as the guest lays them out in its memory.
+pub mod hypercall {
+    /// Console stream numbers for [`ConsoleWrite::stream`].
+    pub mod stream {
+        /// The VMM's standard output.
+        pub const STDOUT: u32 = 1;
+        /// The VMM's standard error.
+        pub const STDERR: u32 = 2;
+    }
+
+    /// Largest buffer one console write may carry.
+    pub const CONSOLE_WRITE_MAX: u32 = 64 * 1024;
+
+    /// Arguments of [`super::port::CONSOLE_WRITE`]: write `len` bytes at guest-physical `buf`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ConsoleWrite {
+        /// Guest-physical address of the bytes.
+        pub buf: u64,
+        /// Number of bytes, at most [`CONSOLE_WRITE_MAX`].
+        pub len: u32,
+        /// One of [`stream`].
+        pub stream: u32,
+    }
+}
+
+/// Boot milestones the kernel reports through [`port::MILESTONE`].
+pub mod milestone {
+    /// The kernel is about to call the app's `main`.
+    pub const ENTERED_MAIN: u32 = 1;
+}
+
+/// The exception stubs: ring-0 code in the image that reports CPU exceptions.
+pub mod exception {
+    /// Number of stubs: one for each architectural exception vector 0..32.
+    pub const VECTORS: usize = 32;
+    /// Bytes between consecutive stubs; stub `n` starts at `table + n * STUB_STRIDE`.
+    pub const STUB_STRIDE: usize = 16;
+    /// Size of the whole stub table. It must start on a page boundary and nothing the app
+    /// runs at ring 3 may share its page: the VMM maps that page supervisor-only.
+    pub const TABLE_SIZE: usize = VECTORS * STUB_STRIDE;
+    /// What each stub does, so that the VMM can read the frame: `push rax; push rdx;
+    /// mov eax, VECTOR; mov dx, CRASH; out dx, eax`. The VMM then finds, from `RSP` upwards,
+    /// the saved `rdx`, the saved `rax`, the error code if the vector pushes one, then `rip`,
+    /// `cs`, `rflags`, `rsp`, `ss`.
+    pub const SAVED_REGISTERS: usize = 2;
+
+    /// Whether the CPU pushes an error code for `vector`.
+    pub const fn has_error_code(vector: u8) -> bool {
+        matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+    }
+}
+
+/// The ELF note that marks a flick image.
+///
+/// The note has name [`NAME`], type [`TYPE`] and an [`AbiNoteDesc`] as descriptor. An ELF
+/// without it is not an image for this VMM.
+pub mod note {
+    /// Note name, NUL included.
+    pub const NAME: &[u8; 10] = b"flick-abi\0";
+    /// Note type.
+    pub const TYPE: u32 = 0x464c_4b01;
+
+    /// The note's descriptor.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct AbiNoteDesc {
+        /// [`super::ABI_VERSION`] of the kernel the image was built with.
+        pub abi_version: u32,
+        /// Reserved, zero.
+        pub flags: u32,
+        /// Address of the exception stub table (see [`super::exception`]).
+        pub exception_stubs: u64,
+    }
+
+    /// Size of the descriptor in bytes.
+    pub const DESC_SIZE: usize = core::mem::size_of::<AbiNoteDesc>();
+}
+
+/// Magic number at the start of [`BootInfo`] (`"FLICKBI1"`).
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"FLICKBI1");
+
+/// What the VMM hands the guest: `RDI` holds its guest-physical (= virtual) address at entry.
+///
+/// The arguments follow as `argc` NUL-terminated UTF-8 strings packed at `args`, `args_len`
+/// bytes in all; the first is the image's name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootInfo {
+    /// [`BOOT_INFO_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Number of arguments at `args`.
+    pub argc: u32,
+    /// Guest-physical address of the packed arguments.
+    pub args: u64,
+    /// Bytes at `args`.
+    pub args_len: u64,
+    /// Size of guest RAM in bytes.
+    pub mem_size: u64,
+    /// First byte of free RAM (page-aligned), for the heap.
+    pub heap_start: u64,
+    /// One past the last byte of free RAM.
+    pub heap_end: u64,
+    /// Lowest address of the stack (a guard page lies below it).
+    pub stack_bottom: u64,
+    /// Initial stack pointer.
+    pub stack_top: u64,
+    /// TSC frequency in kHz (0 when unknown).
+    pub tsc_khz: u64,
+    /// Wall-clock time at boot, in nanoseconds since the Unix epoch.
+    pub boot_unix_ns: u64,
+    /// Guest TSC value at `boot_unix_ns`.
+    pub boot_tsc: u64,
+}
+
+/// Exit statuses of the `vmm` process. Any other status is the app's own exit code.
+pub mod exit_status {
+    /// The app panicked.
+    pub const PANIC: i32 = 101;
+    /// The guest ran longer than `--timeout`.
+    pub const TIMEOUT: i32 = 124;
+    /// The VMM could not start the guest: bad image, bad flag, no KVM, too little memory.
+    pub const VMM_ERROR: i32 = 125;
+    /// The guest crashed: CPU exception, triple fault, emulation failure, bad hypercall.
+    pub const CRASH: i32 = 134;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_console_write_layout_is_16_bytes() {
+        assert_eq!(core::mem::size_of::<hypercall::ConsoleWrite>(), 16);
+    }
+
+    #[test]
+    fn test_note_desc_layout_is_16_bytes() {
+        assert_eq!(note::DESC_SIZE, 16);
+    }
+
+    #[test]
+    fn test_boot_info_layout_is_stable() {
+        assert_eq!(core::mem::size_of::<BootInfo>(), 104);
+    }
+
+    #[test]
+    fn test_error_code_vectors_match_sdm() {
+        let with_code: [u8; 8] = [8, 10, 11, 12, 13, 14, 17, 21];
+        for v in 0..32u8 {
+            let expected = with_code.contains(&v) || v == 29 || v == 30;
+            assert_eq!(exception::has_error_code(v), expected, "vector {v}");
+        }
+    }
+
+    #[test]
+    fn test_ports_lie_in_hypercall_range() {
+        for p in [
+            port::EXIT,
+            port::CONSOLE_WRITE,
+            port::CRASH,
+            port::MILESTONE,
+        ] {
+            assert!((port::FIRST..=port::LAST).contains(&p));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The default image: greets, then prints each argument on its own line.
+
+#![no_std]
+#![no_main]
+
+use kernel::println;
+
+kernel::main!(main);
+
+fn main(args: kernel::Args) -> i32 {
+    println!("Hello from a unikernel!");
+    for arg in args.skip(1) {
+        println!("{arg}");
+    }
+    0
+}

@@ -1,0 +1,136 @@
+//! The paravirtual console: `print!`/`println!` to the VMM's stdout, `eprint!`/`eprintln!` to
+//! its stderr.
+//!
+//! Stdout is line-buffered: one VM exit per flushed buffer, on newline, when the buffer is full,
+//! on [`flush`], on exit and on panic. Stderr is flushed at the end of every call.
+
+use crate::global::Global;
+use crate::hypercall;
+use abi::hypercall::stream;
+use core::fmt::{self, Write};
+
+const BUFFER_SIZE: usize = 4096;
+
+struct LineBuffer {
+    stream: u32,
+    len: usize,
+    bytes: [u8; BUFFER_SIZE],
+}
+
+impl LineBuffer {
+    const fn new(stream: u32) -> Self {
+        Self { stream, len: 0, bytes: [0; BUFFER_SIZE] }
+    }
+
+    fn flush(&mut self) {
+        if self.len > 0 {
+            hypercall::console_write(self.stream, &self.bytes[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Write for LineBuffer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut bytes = s.as_bytes();
+        while !bytes.is_empty() {
+            if self.len == BUFFER_SIZE {
+                self.flush();
+            }
+            let n = bytes.len().min(BUFFER_SIZE - self.len);
+            self.bytes[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+}
+
+static STDOUT: Global<LineBuffer> = Global::new(LineBuffer::new(stream::STDOUT));
+static STDERR: Global<LineBuffer> = Global::new(LineBuffer::new(stream::STDERR));
+
+/// Writes straight to the VMM, unbuffered: used when a buffer is busy (a panic while printing).
+struct Unbuffered(u32);
+
+impl Write for Unbuffered {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        hypercall::console_write(self.0, s.as_bytes());
+        Ok(())
+    }
+}
+
+fn print_to(global: &Global<LineBuffer>, stream: u32, args: fmt::Arguments, line_buffered: bool) {
+    let done = global.with(|buf| {
+        let _ = buf.write_fmt(args);
+        let ends_line = buf.bytes[..buf.len].contains(&b'\n');
+        if !line_buffered || ends_line {
+            buf.flush();
+        }
+    });
+    if done.is_none() {
+        let _ = Unbuffered(stream).write_fmt(args);
+    }
+}
+
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments) {
+    print_to(&STDOUT, stream::STDOUT, args, true);
+}
+
+#[doc(hidden)]
+pub fn _eprint(args: fmt::Arguments) {
+    print_to(&STDERR, stream::STDERR, args, false);
+}
+
+/// Sends whatever stdout holds to the VMM.
+///
+/// ```ignore
+/// kernel::print!("no newline yet");
+/// kernel::console::flush();
+/// ```
+pub fn flush() {
+    STDOUT.with(LineBuffer::flush);
+    STDERR.with(LineBuffer::flush);
+}
+
+/// Prints to the VMM's stdout, like `std::print!`.
+///
+/// ```ignore
+/// kernel::print!("{} + {} = ", 1, 2);
+/// ```
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::console::_print(format_args!($($arg)*)) };
+}
+
+/// Prints a line to the VMM's stdout, like `std::println!`.
+///
+/// ```ignore
+/// kernel::println!("Hello from a unikernel!");
+/// ```
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => { $crate::console::_print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Prints to the VMM's stderr, like `std::eprint!`.
+///
+/// ```ignore
+/// kernel::eprint!("warning: ");
+/// ```
+#[macro_export]
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::console::_eprint(format_args!($($arg)*)) };
+}
+
+/// Prints a line to the VMM's stderr, like `std::eprintln!`.
+///
+/// ```ignore
+/// kernel::eprintln!("something went wrong: {}", 42);
+/// ```
+#[macro_export]
+macro_rules! eprintln {
+    () => { $crate::eprint!("\n") };
+    ($($arg:tt)*) => { $crate::console::_eprint(format_args!("{}\n", format_args!($($arg)*))) };
+}

@@ -1,0 +1,34 @@
+//! A cell for kernel globals. The guest has one vCPU and no interrupts at ring 3, so the
+//! only way to reach a global twice at once is re-entrance (a panic while printing); the busy
+//! flag turns that into `None` instead of aliasing.
+
+use core::cell::{Cell, UnsafeCell};
+
+/// A global that hands out one `&mut T` at a time.
+pub struct Global<T> {
+    busy: Cell<bool>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the guest runs one thread on one vCPU without interrupts; `with` refuses re-entrant
+// access, so no two `&mut T` exist at once.
+unsafe impl<T> Sync for Global<T> {}
+
+impl<T> Global<T> {
+    /// A global holding `value`.
+    pub const fn new(value: T) -> Self {
+        Self { busy: Cell::new(false), value: UnsafeCell::new(value) }
+    }
+
+    /// Runs `f` on the value, or returns `None` if the value is already in use higher up the
+    /// stack.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        if self.busy.replace(true) {
+            return None;
+        }
+        // SAFETY: `busy` was false, so no other reference to the value is live.
+        let result = f(unsafe { &mut *self.value.get() });
+        self.busy.set(false);
+        Some(result)
+    }
+}

@@ -1,0 +1,58 @@
+//! The flick guest kernel: a small library OS that every image links with its app.
+//!
+//! All of it runs at ring 3. The VMM has already done the one-time work a kernel usually does
+//! (page tables, GDT, TSS, IDT, boot info) before the first instruction here runs; the only
+//! ring-0 code in an image is the table of exception stubs in [`exceptions`].
+//!
+//! An app is a `#![no_std] #![no_main]` binary crate that names its entry point with
+//! [`main!`]:
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use kernel::println;
+//!
+//! kernel::main!(main);
+//!
+//! fn main(args: kernel::Args) -> i32 {
+//!     println!("hello, {} arguments", args.len());
+//!     0
+//! }
+//! ```
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod console;
+pub mod exceptions;
+mod global;
+mod hypercall;
+mod mem;
+mod note;
+mod panic;
+mod start;
+
+pub use args::{Args, args};
+pub use start::{boot_info, exit};
+
+/// Names the app's entry point: `fn main(args: kernel::Args) -> i32`.
+///
+/// The returned value becomes the exit status of `vmm run`.
+///
+/// ```ignore
+/// kernel::main!(main);
+/// fn main(_args: kernel::Args) -> i32 { 0 }
+/// ```
+#[macro_export]
+macro_rules! main {
+    ($main:path) => {
+        #[unsafe(no_mangle)]
+        fn __flick_app_main() -> i32 {
+            let main: fn($crate::Args) -> i32 = $main;
+            main($crate::args())
+        }
+    };
+}

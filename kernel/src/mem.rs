@@ -1,0 +1,82 @@
+//! The memory intrinsics that `core` calls. The host target's compiler_builtins does not
+//! provide them; `rep movsb`/`rep stosb` are fast at ring 3.
+
+use core::arch::asm;
+
+/// Copies `n` bytes forward.
+///
+/// # Safety
+/// `dest` and `src` are valid for `n` bytes and do not overlap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges; `rep movsb` touches exactly them.
+    unsafe {
+        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dest => _, inout("rsi") src => _,
+            options(nostack, preserves_flags));
+    }
+    dest
+}
+
+/// Copies `n` bytes between possibly overlapping ranges.
+///
+/// # Safety
+/// `dest` and `src` are valid for `n` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dest as usize).wrapping_sub(src as usize) >= n {
+        // SAFETY: dest does not start inside src, so a forward copy never reads a byte it wrote.
+        return unsafe { memcpy(dest, src, n) };
+    }
+    // SAFETY: dest starts inside src: copy backwards from the last byte, then restore DF.
+    unsafe {
+        asm!("std", "rep movsb", "cld",
+            inout("rcx") n => _, inout("rdi") dest.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
+            options(nostack));
+    }
+    dest
+}
+
+/// Fills `n` bytes with `c`.
+///
+/// # Safety
+/// `dest` is valid for `n` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees the range; `rep stosb` writes exactly it.
+    unsafe {
+        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dest => _, in("al") c as u8,
+            options(nostack, preserves_flags));
+    }
+    dest
+}
+
+/// Compares `n` bytes.
+///
+/// # Safety
+/// `a` and `b` are valid for `n` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: i < n and the caller guarantees both ranges.
+        let (x, y) = unsafe { (a.add(i).read(), b.add(i).read()) };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// Compares `n` bytes for equality (zero when equal).
+///
+/// # Safety
+/// `a` and `b` are valid for `n` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}
+
+/// The prebuilt `core` references the unwinder's personality routine; with `panic = "abort"`
+/// it is never called.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}

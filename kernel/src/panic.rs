@@ -1,0 +1,20 @@
+//! The panic handler: flushes stdout, prints `panicked at FILE:LINE:COL: MESSAGE` on stderr
+//! and exits with status 101.
+
+use core::panic::PanicInfo;
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    crate::console::flush();
+    match info.location() {
+        Some(loc) => crate::eprintln!(
+            "panicked at {}:{}:{}: {}",
+            loc.file(),
+            loc.line(),
+            loc.column(),
+            info.message()
+        ),
+        None => crate::eprintln!("panicked: {}", info.message()),
+    }
+    crate::hypercall::exit(abi::exit_status::PANIC)
+}

@@ -1,0 +1,276 @@
+//! Crash reports: what the guest was doing when it stopped abnormally, on one screen.
+
+use crate::arch::layout::{PAGE_SIZE, STACK_GUARD_ADDR};
+use crate::memory::GuestRam;
+use abi::exception::{SAVED_REGISTERS, has_error_code};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use std::fmt::Write;
+
+/// Mnemonic and name of an exception vector.
+pub fn exception_name(vector: u8) -> (&'static str, &'static str) {
+    match vector {
+        0 => ("#DE", "divide error"),
+        1 => ("#DB", "debug"),
+        2 => ("NMI", "non-maskable interrupt"),
+        3 => ("#BP", "breakpoint"),
+        4 => ("#OF", "overflow"),
+        5 => ("#BR", "bound range exceeded"),
+        6 => ("#UD", "invalid opcode"),
+        7 => ("#NM", "device not available"),
+        8 => ("#DF", "double fault"),
+        9 => ("#MF", "coprocessor segment overrun"),
+        10 => ("#TS", "invalid TSS"),
+        11 => ("#NP", "segment not present"),
+        12 => ("#SS", "stack-segment fault"),
+        13 => ("#GP", "general protection fault"),
+        14 => ("#PF", "page fault"),
+        16 => ("#MF", "x87 floating-point error"),
+        17 => ("#AC", "alignment check"),
+        18 => ("#MC", "machine check"),
+        19 => ("#XM", "SIMD floating-point exception"),
+        20 => ("#VE", "virtualization exception"),
+        21 => ("#CP", "control protection"),
+        28 => ("#HV", "hypervisor injection"),
+        29 => ("#VC", "VMM communication"),
+        30 => ("#SX", "security exception"),
+        _ => ("#??", "reserved vector"),
+    }
+}
+
+/// Describes a page-fault error code, e.g. "write to a not-present page from user mode".
+pub fn describe_page_fault(error_code: u64) -> String {
+    let access = if error_code & 0x10 != 0 {
+        "instruction fetch from"
+    } else if error_code & 0x2 != 0 {
+        "write to"
+    } else {
+        "read from"
+    };
+    let kind = if error_code & 0x1 != 0 {
+        "a protected"
+    } else {
+        "a not-present"
+    };
+    let mode = if error_code & 0x4 != 0 {
+        "user"
+    } else {
+        "supervisor"
+    };
+    let mut text = format!("{access} {kind} page from {mode} mode");
+    if error_code & 0x8 != 0 {
+        text.push_str(" (reserved bit set in a page-table entry)");
+    }
+    text
+}
+
+/// Why a faulting address is interesting, if it is.
+fn address_hint(addr: u64) -> Option<&'static str> {
+    if addr < PAGE_SIZE {
+        Some("null pointer dereference")
+    } else if (STACK_GUARD_ADDR..STACK_GUARD_ADDR + PAGE_SIZE).contains(&addr) {
+        Some("stack overflow: the stack's guard page")
+    } else {
+        None
+    }
+}
+
+/// The interrupt frame the stubs leave on the ring-0 stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExceptionFrame {
+    /// Error code (0 for vectors without one).
+    pub error_code: u64,
+    /// Faulting instruction.
+    pub rip: u64,
+    /// Code segment at the fault (its low two bits are the CPL).
+    pub cs: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// Stack pointer at the fault.
+    pub rsp: u64,
+    /// The saved `rax`.
+    pub rax: u64,
+    /// The saved `rdx`.
+    pub rdx: u64,
+}
+
+/// Reads the frame from the ring-0 stack at `rsp` (guest-controlled only through the fault
+/// itself, but checked against RAM all the same).
+pub fn read_frame(ram: &GuestRam, rsp: u64, vector: u8) -> Option<ExceptionFrame> {
+    let word = |index: u64| ram.read_u64(rsp.checked_add(index * 8)?).ok();
+    let mut at = SAVED_REGISTERS as u64;
+    let error_code = if has_error_code(vector) {
+        at += 1;
+        word(at - 1)?
+    } else {
+        0
+    };
+    Some(ExceptionFrame {
+        rdx: word(0)?,
+        rax: word(1)?,
+        error_code,
+        rip: word(at)?,
+        cs: word(at + 1)?,
+        rflags: word(at + 2)?,
+        rsp: word(at + 3)?,
+    })
+}
+
+/// Formats the register dump.
+pub fn format_registers(out: &mut String, regs: &kvm_regs) {
+    let named = [
+        ("rax", regs.rax),
+        ("rbx", regs.rbx),
+        ("rcx", regs.rcx),
+        ("rdx", regs.rdx),
+        ("rsi", regs.rsi),
+        ("rdi", regs.rdi),
+        ("rbp", regs.rbp),
+        ("rsp", regs.rsp),
+        ("r8", regs.r8),
+        ("r9", regs.r9),
+        ("r10", regs.r10),
+        ("r11", regs.r11),
+        ("r12", regs.r12),
+        ("r13", regs.r13),
+        ("r14", regs.r14),
+        ("r15", regs.r15),
+        ("rip", regs.rip),
+        ("rflags", regs.rflags),
+    ];
+    for row in named.chunks(4) {
+        out.push_str(" ");
+        for (name, value) in row {
+            let _ = write!(out, " {name:>6} {value:#018x}");
+        }
+        out.push('\n');
+    }
+}
+
+/// The report for an exception reported by a stub. `regs` are the vCPU's registers at the
+/// stub's `out`; `frame` is what the stub left on the ring-0 stack.
+pub fn exception_report(
+    vector: u8,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    frame: Option<ExceptionFrame>,
+    symbolize: &dyn Fn(u64) -> Option<String>,
+) -> String {
+    let (mnemonic, name) = exception_name(vector);
+    let mut out = format!("guest crashed: {name} ({mnemonic}, vector {vector})\n");
+    let Some(frame) = frame else {
+        let _ = writeln!(
+            out,
+            "  the exception frame at rsp {:#x} is unreadable",
+            regs.rsp
+        );
+        format_registers(&mut out, regs);
+        return out;
+    };
+    let mode = if frame.cs & 3 == 3 {
+        "user mode (ring 3)"
+    } else {
+        "ring 0"
+    };
+    let location = symbolize(frame.rip)
+        .map(|s| format!(" <{s}>"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  at rip {:#x}{location} in {mode}", frame.rip);
+    if has_error_code(vector) {
+        let _ = write!(out, "  error code {:#x}", frame.error_code);
+        if vector == 14 {
+            let _ = write!(out, ": {}", describe_page_fault(frame.error_code));
+        }
+        out.push('\n');
+    }
+    if vector == 14 {
+        let hint = address_hint(sregs.cr2)
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  faulting address (cr2) {:#x}{hint}", sregs.cr2);
+    }
+    let at_fault = kvm_regs {
+        rax: frame.rax,
+        rdx: frame.rdx,
+        rsp: frame.rsp,
+        rip: frame.rip,
+        rflags: frame.rflags,
+        ..*regs
+    };
+    out.push_str("  registers:\n");
+    format_registers(&mut out, &at_fault);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_describe_page_fault_decodes_bits() {
+        assert_eq!(
+            describe_page_fault(0x6),
+            "write to a not-present page from user mode"
+        );
+        assert_eq!(
+            describe_page_fault(0x15),
+            "instruction fetch from a protected page from user mode"
+        );
+        assert_eq!(
+            describe_page_fault(0x1),
+            "read from a protected page from supervisor mode"
+        );
+    }
+
+    #[test]
+    fn test_exception_names_cover_common_vectors() {
+        assert_eq!(exception_name(14), ("#PF", "page fault"));
+        assert_eq!(exception_name(6).0, "#UD");
+        assert_eq!(exception_name(0).0, "#DE");
+        assert_eq!(exception_name(200).0, "#??");
+    }
+
+    #[test]
+    fn test_read_frame_with_error_code() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let words: [u64; 8] = [0xd, 0xa, 0x6, 0x20_1000, 0x23, 0x202, 0x1f_fff0, 0x1b];
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ram.write(0x5000, &bytes).unwrap();
+        let frame = read_frame(&ram, 0x5000, 14).unwrap();
+        assert_eq!(frame.error_code, 6);
+        assert_eq!(frame.rip, 0x20_1000);
+        assert_eq!(frame.cs, 0x23);
+        assert_eq!(frame.rsp, 0x1f_fff0);
+        assert_eq!((frame.rax, frame.rdx), (0xa, 0xd));
+        let no_code = read_frame(&ram, 0x5000, 6).unwrap();
+        assert_eq!(no_code.rip, 0x6);
+    }
+
+    #[test]
+    fn test_read_frame_outside_ram_is_none() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        assert_eq!(read_frame(&ram, u64::MAX - 8, 14), None);
+        assert_eq!(read_frame(&ram, 1 << 20, 3), None);
+    }
+
+    #[test]
+    fn test_exception_report_names_null_dereference() {
+        let frame = ExceptionFrame {
+            error_code: 4,
+            rip: 0x20_1234,
+            cs: 0x23,
+            ..Default::default()
+        };
+        let sregs = kvm_sregs {
+            cr2: 8,
+            ..Default::default()
+        };
+        let report = exception_report(14, &kvm_regs::default(), &sregs, Some(frame), &|_| None);
+        assert!(report.contains("page fault (#PF, vector 14)"), "{report}");
+        assert!(report.contains("null pointer dereference"), "{report}");
+        assert!(
+            report.contains("read from a not-present page from user mode"),
+            "{report}"
+        );
+        assert!(report.contains("0x201234"), "{report}");
+    }
+}

@@ -1,0 +1,100 @@
+//! The flick VMM: boots a flick image in a KVM microVM whose vCPU starts at ring 3.
+//!
+//! - [`image`]: reads and validates image files.
+//! - [`arch`]: the guest memory layout and the one-time setup (page tables, GDT, TSS, IDT,
+//!   boot info, registers) that the VMM does in the guest kernel's place.
+//! - [`vm`]: KVM setup and the run loop; [`exit`]: what each VM exit means;
+//!   [`hypercall`]: validation of guest-given arguments; [`devices`]: the COM1 UART;
+//!   [`crash`]: crash reports.
+//! - [`run`]: all of the above for one image, as `vmm run` does it.
+
+pub mod arch;
+pub mod crash;
+pub mod devices;
+pub mod exit;
+pub mod hypercall;
+pub mod image;
+pub mod memory;
+pub mod size;
+pub mod vm;
+
+pub use exit::Console;
+pub use image::{Image, ImageError};
+pub use vm::{Outcome, RunReport, Vm, VmConfig, VmError};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors of [`run`]: all of them mean the guest never ran (exit status 125).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The image is unusable.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// `--mem` is out of range.
+    #[error("--mem {given} is {why}")]
+    BadMemSize {
+        /// The requested size.
+        given: size::Size,
+        /// What is wrong.
+        why: String,
+    },
+    /// The VM could not be created.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+/// What `vmm run` boots.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The image file.
+    pub image: PathBuf,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Arguments after the image name.
+    pub args: Vec<String>,
+}
+
+/// Checks a guest RAM size against the documented bounds.
+pub fn check_mem_size(mem_size: u64) -> Result<(), RunError> {
+    use arch::layout::{LARGE_PAGE_SIZE, MAX_MEM_SIZE, MIN_MEM_SIZE};
+    let bad = |why: String| {
+        Err(RunError::BadMemSize {
+            given: size::Size(mem_size),
+            why,
+        })
+    };
+    if mem_size < MIN_MEM_SIZE {
+        return bad(format!("below the minimum of {}", size::Size(MIN_MEM_SIZE)));
+    }
+    if mem_size > MAX_MEM_SIZE {
+        return bad(format!("above the maximum of {}", size::Size(MAX_MEM_SIZE)));
+    }
+    if mem_size % LARGE_PAGE_SIZE != 0 {
+        return bad("not a multiple of 2 MiB".to_owned());
+    }
+    Ok(())
+}
+
+/// Loads, boots and runs one image to completion.
+pub fn run(config: &RunConfig, console: Console) -> Result<RunReport, RunError> {
+    check_mem_size(config.mem_size)?;
+    let image = Image::from_file(&config.image)?;
+    image.check_fits(config.mem_size)?;
+    let name = config
+        .image
+        .file_name()
+        .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned());
+    let args = std::iter::once(name)
+        .chain(config.args.iter().cloned())
+        .collect();
+    let vm_config = VmConfig {
+        mem_size: config.mem_size,
+        timeout: config.timeout,
+        args,
+    };
+    let vm = Vm::new(&image, &vm_config)?;
+    Ok(vm.run(console)?)
+}

@@ -1,0 +1,107 @@
+//! `vmm`: the command line of the flick VMM.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use vmm::size::{parse_duration, parse_size};
+use vmm::{Console, Outcome, RunConfig};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  N    the app's own exit code (its low 8 bits)
+  101  the app panicked
+  124  the guest ran longer than --timeout
+  125  the VMM could not start the guest (bad image, bad flag, no KVM, too little memory)
+  134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)";
+
+/// A minimal KVM VMM that boots flick images at ring 3.
+#[derive(Parser, Debug)]
+#[command(name = "vmm", version, after_help = EXIT_STATUS_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot an image and exit with its exit code.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Run {
+        /// The image (a static ELF built by `cargo xtask build`).
+        image: PathBuf,
+        /// Guest RAM: 4M to 4G, a multiple of 2M.
+        #[arg(long, default_value = "16M", value_parser = parse_size)]
+        mem: u64,
+        /// Stop the guest after this long (e.g. 500ms, 2s, 1m); exit status 124.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Arguments for the app.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    match cli.command {
+        Command::Run {
+            image,
+            mem,
+            timeout,
+            args,
+        } => {
+            let config = RunConfig {
+                image,
+                mem_size: mem,
+                timeout,
+                args,
+            };
+            run(&config)
+        }
+    }
+}
+
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = err.print();
+        return ExitCode::from(abi::exit_status::VMM_ERROR as u8);
+    }
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: invalid arguments");
+    eprintln!("{first} (see 'vmm --help')");
+    ExitCode::from(abi::exit_status::VMM_ERROR as u8)
+}
+
+fn run(config: &RunConfig) -> ExitCode {
+    match vmm::run(config, Console::inherit()) {
+        Ok(report) => {
+            match &report.outcome {
+                Outcome::Exited(_) => {}
+                Outcome::TimedOut(limit) => {
+                    eprintln!("vmm: guest stopped: it ran longer than --timeout {limit:?}")
+                }
+                Outcome::Crashed(text) => eprint!("vmm: {text}"),
+            }
+            ExitCode::from(report.outcome.exit_status() as u8)
+        }
+        Err(err) => {
+            eprintln!("error: {:#}", anyhow::Error::from(err));
+            ExitCode::from(abi::exit_status::VMM_ERROR as u8)
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Guest RAM: one anonymous mapping, populated lazily by the host kernel on first touch.
+//!
+//! The VMM reads and writes guest memory only by copying in and out (vm-memory's `Bytes`),
+//! and only after checking the guest-given range against the RAM size with overflow checks.
+
+use crate::size::Size;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Why a guest-given range cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// The range wraps around the address space.
+    #[error("range {addr:#x}+{len:#x} wraps around")]
+    Overflow {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The range reaches past the end of guest RAM.
+    #[error("range {addr:#x}+{len:#x} lies outside guest RAM ({size})")]
+    OutOfRam {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// RAM size.
+        size: Size,
+    },
+}
+
+/// Errors creating or filling guest RAM.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The mapping could not be created.
+    #[error("cannot map {0} of guest RAM")]
+    Map(Size, #[source] vm_memory::mmap::FromRangesError),
+    /// A copy into guest RAM failed.
+    #[error("cannot write guest RAM at {0:#x}")]
+    Write(u64, #[source] vm_memory::GuestMemoryError),
+}
+
+/// The guest's RAM, from guest-physical 0 to `size`.
+#[derive(Debug)]
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    size: u64,
+}
+
+impl GuestRam {
+    /// Maps `size` bytes of RAM (lazily: nothing is touched).
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|err| MemoryError::Map(Size(size), err))?;
+        Ok(Self { mem, size })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of guest-physical 0.
+    pub fn host_address(&self) -> u64 {
+        use vm_memory::GuestMemoryBackend;
+        let region = self.mem.iter().next().expect("guest RAM has one region");
+        region.as_ptr() as u64
+    }
+
+    /// Checks that `addr..addr+len` lies in RAM.
+    pub fn check_range(&self, addr: u64, len: u64) -> Result<(), RangeError> {
+        let end = addr
+            .checked_add(len)
+            .ok_or(RangeError::Overflow { addr, len })?;
+        if end > self.size {
+            return Err(RangeError::OutOfRam {
+                addr,
+                len,
+                size: Size(self.size),
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` to `addr` (VMM-chosen addresses only).
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
+        self.mem
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|err| MemoryError::Write(addr, err))
+    }
+
+    /// Copies `buf.len()` bytes from a guest-given `addr`, after checking the range.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), RangeError> {
+        self.check_range(addr, buf.len() as u64)?;
+        self.mem
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| RangeError::OutOfRam {
+                addr,
+                len: buf.len() as u64,
+                size: Size(self.size),
+            })
+    }
+
+    /// Reads a little-endian `u64` at a guest-given address.
+    pub fn read_u64(&self, addr: u64) -> Result<u64, RangeError> {
+        let mut bytes = [0u8; 8];
+        self.read(addr, &mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_check_range_rejects_wraparound() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        assert!(matches!(
+            ram.check_range(u64::MAX - 4, 16),
+            Err(RangeError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn test_check_range_rejects_past_end() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        assert!(ram.check_range((1 << 20) - 16, 16).is_ok());
+        assert!(matches!(
+            ram.check_range((1 << 20) - 15, 16),
+            Err(RangeError::OutOfRam { .. })
+        ));
+        assert!(matches!(
+            ram.check_range(1 << 40, 0),
+            Err(RangeError::OutOfRam { .. })
+        ));
+    }
+
+    #[test]
+    fn test_read_after_write_round_trips() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.write(0x1234, b"flick").unwrap();
+        let mut buf = [0u8; 5];
+        ram.read(0x1234, &mut buf).unwrap();
+        assert_eq!(&buf, b"flick");
+    }
+}

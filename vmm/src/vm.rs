@@ -1,0 +1,435 @@
+//! One microVM: KVM setup, the vCPU run loop, and the watchdog behind `--timeout`.
+//!
+//! The run loop translates each KVM exit into an [`Exit`] and lets the [`ExitHandler`]
+//! decide; it only fetches registers (two vCPU ioctls) when the guest crashed.
+
+use crate::arch::{self, HostClock, regs};
+use crate::crash;
+use crate::exit::{Action, Console, Exit, ExitHandler, ExitStats, Stop};
+use crate::image::Image;
+use crate::memory::GuestRam;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Errors that keep a guest from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {source}{hint}", hint = kvm_open_hint(source.errno()))]
+    OpenKvm {
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A KVM ioctl failed.
+    #[error("{what} failed")]
+    Kvm {
+        /// Which call.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    /// The boot structures could not be written.
+    #[error(transparent)]
+    Setup(#[from] arch::SetupError),
+}
+
+fn kvm_open_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EACCES | libc::EPERM => " (add your user to the 'kvm' group, or run as root)",
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => {
+            " (is KVM available? load kvm_intel or kvm_amd, or enable nested virtualization)"
+        }
+        _ => "",
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The app exited with this code.
+    Exited(i32),
+    /// `--timeout` stopped it.
+    TimedOut(Duration),
+    /// It crashed; the report says how.
+    Crashed(String),
+}
+
+impl Outcome {
+    /// The `vmm` process exit status for this outcome.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Outcome::Exited(code) => code & 0xff,
+            Outcome::TimedOut(_) => abi::exit_status::TIMEOUT,
+            Outcome::Crashed(_) => abi::exit_status::CRASH,
+        }
+    }
+}
+
+/// Instants of the boot phases, for `--timeline`.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// `/dev/kvm` opened.
+    pub kvm_opened: Option<Instant>,
+    /// VM created.
+    pub vm_created: Option<Instant>,
+    /// Guest RAM mapped and registered.
+    pub ram_ready: Option<Instant>,
+    /// Image, page tables and boot info written.
+    pub memory_prepared: Option<Instant>,
+    /// vCPU created and its registers set.
+    pub vcpu_ready: Option<Instant>,
+    /// First `KVM_RUN` returned.
+    pub first_exit: Option<Instant>,
+    /// The guest stopped.
+    pub guest_stopped: Option<Instant>,
+}
+
+/// Everything a finished run reports.
+#[derive(Debug)]
+pub struct RunReport {
+    /// How the guest ended.
+    pub outcome: Outcome,
+    /// Exit counts.
+    pub stats: ExitStats,
+    /// Phase instants.
+    pub timeline: Timeline,
+    /// Boot milestones reported by the guest.
+    pub milestones: Vec<(u32, Instant)>,
+    /// First console output.
+    pub first_output: Option<Instant>,
+}
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest RAM in bytes (validated by the caller against the image).
+    pub mem_size: u64,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Arguments; the first is the image's name.
+    pub args: Vec<String>,
+}
+
+/// A created VM, ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPU, then VM, then RAM, then /dev/kvm.
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    ram: GuestRam,
+    _kvm: Kvm,
+    image_symbols: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>,
+    timeout: Option<Duration>,
+    timeline: Timeline,
+}
+
+impl Vm {
+    /// Creates the VM for `image` and prepares its memory and vCPU.
+    pub fn new(image: &Image, config: &VmConfig) -> Result<Self, VmError> {
+        let mut timeline = Timeline::default();
+        let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
+        timeline.kvm_opened = Some(Instant::now());
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        timeline.vm_created = Some(Instant::now());
+
+        let ram = GuestRam::new(config.mem_size)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_address(),
+        };
+        // SAFETY: the region is a live anonymous mapping of exactly `memory_size` bytes that
+        // outlives the VM (field order drops the VM first).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        timeline.ram_ready = Some(Instant::now());
+
+        let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
+        arch::prepare_memory(&ram, image, &args, host_clock())?;
+        timeline.memory_prepared = Some(Instant::now());
+
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_sregs(&regs::initial_sregs())
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&regs::initial_regs(image.entry()))
+            .map_err(kvm_err("KVM_SET_REGS"))?;
+        timeline.vcpu_ready = Some(Instant::now());
+
+        Ok(Vm {
+            vcpu,
+            _vm: vm,
+            ram,
+            _kvm: kvm,
+            image_symbols: Arc::new(|_| None),
+            timeout: config.timeout,
+            timeline,
+        })
+    }
+
+    /// Sets how crash reports name code addresses.
+    pub fn set_symbolizer(&mut self, symbolize: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>) {
+        self.image_symbols = symbolize;
+    }
+
+    /// Runs the guest until it stops; console output goes to `console`.
+    pub fn run(mut self, console: Console) -> Result<RunReport, VmError> {
+        let mut handler = ExitHandler::new(console);
+        let watchdog = self.timeout.map(Watchdog::start);
+        let stop = self.run_loop(&mut handler, watchdog.as_ref());
+        let timed_out = watchdog.is_some_and(Watchdog::finish);
+        self.timeline.guest_stopped = Some(Instant::now());
+        handler.flush();
+        let outcome = match stop? {
+            None if timed_out => Outcome::TimedOut(self.timeout.unwrap_or_default()),
+            None => unreachable!("the run loop only stops without a reason on timeout"),
+            Some(Stop::Exited(code)) => Outcome::Exited(code),
+            Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
+        };
+        Ok(RunReport {
+            outcome,
+            stats: handler.stats.clone(),
+            timeline: self.timeline.clone(),
+            milestones: std::mem::take(&mut handler.milestones),
+            first_output: handler.first_output,
+        })
+    }
+
+    /// Runs until a stop; `None` means the watchdog fired.
+    fn run_loop(
+        &mut self,
+        handler: &mut ExitHandler,
+        watchdog: Option<&Watchdog>,
+    ) -> Result<Option<Stop>, VmError> {
+        loop {
+            if watchdog.is_some_and(Watchdog::fired) {
+                return Ok(None);
+            }
+            let exit = match self.vcpu.run() {
+                Ok(exit) => exit,
+                Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => continue,
+                Err(source) => {
+                    return Err(VmError::Kvm {
+                        what: "KVM_RUN",
+                        source,
+                    });
+                }
+            };
+            if self.timeline.first_exit.is_none() {
+                self.timeline.first_exit = Some(Instant::now());
+            }
+            let action = match exit {
+                VcpuExit::IoOut(port, data) => {
+                    handler.handle(&self.ram, Exit::IoOut { port, data })
+                }
+                VcpuExit::IoIn(port, data) => handler.handle(&self.ram, Exit::IoIn { port, data }),
+                VcpuExit::MmioRead(addr, data) => {
+                    handler.handle(&self.ram, Exit::MmioRead { addr, data })
+                }
+                VcpuExit::MmioWrite(addr, _) => handler.handle(&self.ram, Exit::MmioWrite { addr }),
+                VcpuExit::Intr => continue,
+                VcpuExit::Hlt => handler.handle(&self.ram, Exit::Hlt),
+                VcpuExit::Shutdown => handler.handle(&self.ram, Exit::Shutdown),
+                VcpuExit::InternalError => handler.handle(&self.ram, Exit::InternalError),
+                VcpuExit::FailEntry(reason, _) => {
+                    handler.handle(&self.ram, Exit::FailEntry { reason })
+                }
+                VcpuExit::Exception => handler.handle(&self.ram, Exit::Other("exception")),
+                VcpuExit::Debug(_) => handler.handle(&self.ram, Exit::Other("debug")),
+                VcpuExit::SystemEvent(..) => handler.handle(&self.ram, Exit::Other("system event")),
+                _ => handler.handle(&self.ram, Exit::Other("unexpected exit reason")),
+            };
+            if let Action::Stop(stop) = action {
+                return Ok(Some(stop));
+            }
+        }
+    }
+
+    fn crash_report(&mut self, stop: &Stop) -> String {
+        let regs = self.vcpu.get_regs().unwrap_or_default();
+        let sregs = self.vcpu.get_sregs().unwrap_or_default();
+        let symbols = Arc::clone(&self.image_symbols);
+        let symbolize = move |addr| symbols(addr);
+        let mut report = match stop {
+            Stop::Exception { vector } => {
+                let frame = crash::read_frame(&self.ram, regs.rsp, *vector);
+                crash::exception_report(*vector, &regs, &sregs, frame, &symbolize)
+            }
+            Stop::TripleFault => {
+                "guest crashed: triple fault (KVM shutdown exit); the guest likely faulted while handling a fault\n".to_owned()
+            }
+            Stop::Halted => "guest crashed: the vCPU halted with interrupts off (hlt)\n".to_owned(),
+            Stop::InternalError => self.internal_error_text(),
+            Stop::FailEntry { reason } => {
+                format!("guest crashed: VM entry failed (hardware reason {reason:#x})\n")
+            }
+            Stop::BadHypercall(err) => format!("guest stopped: bad hypercall: {err}\n"),
+            Stop::Unexpected(what) => format!("guest crashed: unexpected VM exit ({what})\n"),
+            Stop::Exited(_) => String::new(),
+        };
+        if !matches!(stop, Stop::Exception { .. }) {
+            let location = symbolize(regs.rip)
+                .map(|s| format!(" <{s}>"))
+                .unwrap_or_default();
+            report.push_str(&format!(
+                "  at rip {:#x}{location}\n  registers:\n",
+                regs.rip
+            ));
+            crash::format_registers(&mut report, &regs);
+        }
+        report
+    }
+
+    fn internal_error_text(&mut self) -> String {
+        let run = self.vcpu.get_kvm_run();
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the live member.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        let mut text = format!(
+            "guest crashed: KVM internal error, suberror {}{}\n",
+            internal.suberror,
+            match internal.suberror {
+                1 => " (emulation failure: the hypervisor could not emulate an instruction)",
+                2 => " (simultaneous exceptions)",
+                3 => " (delivery event)",
+                _ => "",
+            }
+        );
+        if ndata > 0 {
+            let words: Vec<String> = internal.data[..ndata]
+                .iter()
+                .map(|d| format!("{d:#x}"))
+                .collect();
+            text.push_str(&format!("  data: {}\n", words.join(" ")));
+        }
+        if let Ok(regs) = self.vcpu.get_regs() {
+            let mut bytes = [0u8; 15];
+            if self.ram.read(regs.rip, &mut bytes).is_ok() {
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                text.push_str(&format!(
+                    "  instruction bytes at {:#x}: {}\n",
+                    regs.rip,
+                    hex.join(" ")
+                ));
+            }
+        }
+        text
+    }
+}
+
+/// The host clock as the guest will see it.
+fn host_clock() -> HostClock {
+    let unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // SAFETY: rdtsc has no side effects; x86-64 always has it.
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    HostClock {
+        tsc_khz: 0,
+        unix_ns,
+        tsc,
+    }
+}
+
+/// Kicks the vCPU thread out of `KVM_RUN` with a signal once the timeout has passed.
+struct Watchdog {
+    shared: Arc<WatchdogShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct WatchdogShared {
+    done: Mutex<bool>,
+    wake: Condvar,
+    fired: AtomicBool,
+}
+
+/// The signal that interrupts `KVM_RUN`; its handler does nothing.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn install_kick_handler() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is valid; we set a handler that does nothing, without
+        // SA_RESTART so that KVM_RUN returns EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
+
+impl Watchdog {
+    fn start(timeout: Duration) -> Self {
+        install_kick_handler();
+        let shared = Arc::new(WatchdogShared {
+            done: Mutex::new(false),
+            wake: Condvar::new(),
+            fired: AtomicBool::new(false),
+        });
+        // SAFETY: pthread_self has no preconditions.
+        let vcpu_thread = unsafe { libc::pthread_self() };
+        let deadline = Instant::now() + timeout;
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::spawn(move || {
+            let shared = thread_shared;
+            let mut done = shared.done.lock().unwrap_or_else(|e| e.into_inner());
+            while !*done {
+                let now = Instant::now();
+                if now >= deadline {
+                    shared.fired.store(true, Ordering::SeqCst);
+                    // SAFETY: the vCPU thread is alive until it sets `done`, which it cannot
+                    // do while we hold the lock; the signal's handler does nothing.
+                    unsafe { libc::pthread_kill(vcpu_thread, kick_signal()) };
+                    // Resend until acknowledged: the signal may land just before KVM_RUN.
+                    done = shared
+                        .wake
+                        .wait_timeout(done, Duration::from_millis(5))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                } else {
+                    done = shared
+                        .wake
+                        .wait_timeout(done, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        });
+        Watchdog {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// Stops the watchdog; returns whether it fired.
+    fn finish(mut self) -> bool {
+        *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.fired()
+    }
+}
