@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn test_boot_info_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<BootInfo>(), 104);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 96);
     }
 
     #[test]

@@ -1,1 +1,149 @@
+//! Test support shared by the integration tests in `tests/tests/`:
+//! - [`elf`]: builds ELF files byte by byte, valid images and every kind of broken one;
+//! - [`asm`]: tiny hand-assembled guests;
+//! - locating the VMM binary and the built images (built once per test run);
+//! - the KVM gate: KVM tests fail with a clear reason when `/dev/kvm` cannot be opened, unless
+//!   `SKIP_KVM_TESTS=1` is set on purpose.
 
+pub mod asm;
+pub mod elf;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Builds the VMM and images once per test binary, unless `cargo xtask test` already did.
+fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("FLICK_VMM").is_some() && std::env::var_os("FLICK_IMAGES").is_some() {
+            return;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(project_root())
+            .args(["run", "--quiet", "--package", "xtask", "--", "build"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cannot run cargo xtask build");
+        assert!(status.success(), "cargo xtask build failed");
+    });
+}
+
+/// The `vmm` binary.
+pub fn vmm_bin() -> PathBuf {
+    ensure_built();
+    std::env::var_os("FLICK_VMM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/release/vmm"))
+}
+
+/// The built image `name`.
+pub fn image(name: &str) -> PathBuf {
+    ensure_built();
+    let dir = std::env::var_os("FLICK_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/images"));
+    let path = dir.join(name);
+    assert!(path.is_file(), "image {} was not built", path.display());
+    path
+}
+
+/// Whether KVM tests should run. Panics with the reason when `/dev/kvm` cannot be opened,
+/// unless `SKIP_KVM_TESTS=1`, in which case it prints the test's name as skipped.
+pub fn kvm_available(test: &str) -> bool {
+    if std::env::var("SKIP_KVM_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped (SKIP_KVM_TESTS=1): {test}");
+        return false;
+    }
+    if let Err(err) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!(
+            "{test}: KVM tests need /dev/kvm read-write: {err}. \
+             Set SKIP_KVM_TESTS=1 to skip them on purpose."
+        );
+    }
+    true
+}
+
+/// Skips the calling test (returning early) when KVM tests are switched off.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !$crate::kvm_available(module_path!()) {
+            return;
+        }
+    };
+    ($name:expr) => {
+        if !$crate::kvm_available($name) {
+            return;
+        }
+    };
+}
+
+/// A unique scratch directory for one test.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = project_root()
+        .join("target/test-scratch")
+        .join(format!("{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `bytes` to a scratch file and returns its path.
+pub fn write_scratch(test: &str, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = scratch_dir(test).join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs `vmm` with `args` and captures its output.
+pub fn vmm(args: &[&str]) -> Output {
+    Command::new(vmm_bin())
+        .args(args)
+        .output()
+        .expect("cannot start vmm")
+}
+
+/// Runs `vmm run IMAGE [flags] -- guest_args`.
+pub fn vmm_run(image: &Path, flags: &[&str], guest_args: &[&str]) -> Output {
+    let mut cmd = Command::new(vmm_bin());
+    cmd.arg("run")
+        .arg(image)
+        .args(flags)
+        .arg("--")
+        .args(guest_args);
+    cmd.output().expect("cannot start vmm")
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The exit status (panics if killed by a signal: the VMM must never die that way).
+pub fn status(out: &Output) -> i32 {
+    out.status.code().unwrap_or_else(|| {
+        panic!(
+            "vmm was killed by a signal: {:?}\n{}",
+            out.status,
+            stderr(out)
+        )
+    })
+}

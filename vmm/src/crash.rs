@@ -138,7 +138,7 @@ pub fn format_registers(out: &mut String, regs: &kvm_regs) {
         ("rflags", regs.rflags),
     ];
     for row in named.chunks(4) {
-        out.push_str(" ");
+        out.push(' ');
         for (name, value) in row {
             let _ = write!(out, " {name:>6} {value:#018x}");
         }

@@ -210,10 +210,8 @@ impl Image {
                         segments.push(segment);
                     }
                 }
-                PT_NOTE => {
-                    if note.is_none() {
-                        note = find_abi_note(&bytes, ph)?;
-                    }
+                PT_NOTE if note.is_none() => {
+                    note = find_abi_note(&bytes, ph)?;
                 }
                 _ => {}
             }
@@ -306,7 +304,7 @@ impl Image {
 
     fn check_exception_stubs(&self) -> Result<(), ImageError> {
         let stubs = self.exception_stubs;
-        if stubs % PAGE_SIZE != 0 {
+        if !stubs.is_multiple_of(PAGE_SIZE) {
             return Err(malformed(format!(
                 "exception stub table {stubs:#x} is not page-aligned"
             )));

@@ -72,7 +72,7 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), RunError> {
     if mem_size > MAX_MEM_SIZE {
         return bad(format!("above the maximum of {}", size::Size(MAX_MEM_SIZE)));
     }
-    if mem_size % LARGE_PAGE_SIZE != 0 {
+    if !mem_size.is_multiple_of(LARGE_PAGE_SIZE) {
         return bad("not a multiple of 2 MiB".to_owned());
     }
     Ok(())

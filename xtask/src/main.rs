@@ -1,1 +1,137 @@
-fn main() {}
+//! `cargo xtask`: builds, runs and tests flick. The only place that knows how guests are
+//! compiled: freestanding `no_std` static ELFs for the host target, linked by
+//! `kernel/link.ld` (see DESIGN.md).
+
+mod guest;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test flick images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the VMM (release) and images into target/images/<name>.
+    Build {
+        /// Images to build (default: all in images/).
+        images: Vec<String>,
+    },
+    /// Build and boot an image (default: hello); exits with the guest's status.
+    Run {
+        /// The image to boot.
+        #[arg(default_value = "hello")]
+        image: String,
+        /// Guest RAM, e.g. 16M.
+        #[arg(long)]
+        mem: Option<String>,
+        /// Stop the guest after this long, e.g. 2s.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Arguments for the app.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Task::Build { images } => {
+            build_vmm()?;
+            let built = guest::build(&images)?;
+            for path in built {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Run {
+            image,
+            mem,
+            timeout,
+            args,
+        } => {
+            build_vmm()?;
+            let built = guest::build(std::slice::from_ref(&image))?;
+            let mut cmd = Command::new(vmm_path());
+            cmd.arg("run").arg(&built[0]);
+            if let Some(mem) = mem {
+                cmd.args(["--mem", &mem]);
+            }
+            if let Some(timeout) = timeout {
+                cmd.args(["--timeout", &timeout]);
+            }
+            cmd.arg("--").args(&args);
+            let status = cmd.status().context("cannot start the VMM")?;
+            Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Task::Test { args } => {
+            build_vmm()?;
+            guest::build(&[])?;
+            let status = cargo()
+                .args(["test", "--workspace", "--release", "--no-fail-fast"])
+                .env("FLICK_VMM", vmm_path())
+                .env("FLICK_IMAGES", guest::images_dir())
+                .arg("--")
+                .args(&args)
+                .status()
+                .context("cannot run cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The workspace root.
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// A `cargo` command run from the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// Where `cargo xtask build` puts the VMM.
+pub fn vmm_path() -> PathBuf {
+    project_root().join("target/release/vmm")
+}
+
+fn build_vmm() -> Result<()> {
+    let status = cargo()
+        .args(["build", "--release", "--quiet", "--package", "vmm"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building the VMM failed");
+    }
+    Ok(())
+}

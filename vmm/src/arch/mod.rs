@@ -157,6 +157,6 @@ mod tests {
         assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
         assert_eq!(&bytes[12..16], &3u32.to_le_bytes());
         assert_eq!(&bytes[16..24], &4u64.to_le_bytes());
-        assert_eq!(&bytes[96..104], &99u64.to_le_bytes());
+        assert_eq!(&bytes[88..96], &99u64.to_le_bytes());
     }
 }

@@ -1,0 +1,69 @@
+//! The `vmm` command line: bad input gets one clear line on stderr and status 125.
+
+use tests::{image, status, stderr, vmm, vmm_run, write_scratch};
+
+fn assert_one_line_error(out: &std::process::Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(status(out), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(expected), "expected '{expected}' in: {err}");
+}
+
+#[test]
+fn test_cli_unknown_flag_is_refused() {
+    let out = vmm(&["run", "x", "--bogus"]);
+    assert_one_line_error(&out, "--bogus");
+}
+
+#[test]
+fn test_cli_missing_image_is_refused() {
+    let out = vmm(&["run", "/nonexistent/image"]);
+    assert_one_line_error(&out, "No such file or directory");
+}
+
+#[test]
+fn test_cli_bad_mem_is_refused() {
+    let hello = image("hello");
+    let hello = hello.to_str().unwrap();
+    assert_one_line_error(&vmm(&["run", hello, "--mem", "lots"]), "invalid size");
+    assert_one_line_error(&vmm(&["run", hello, "--mem", "1M"]), "below the minimum");
+    assert_one_line_error(&vmm(&["run", hello, "--mem", "64G"]), "above the maximum");
+    assert_one_line_error(&vmm(&["run", hello, "--mem", "5M"]), "multiple of 2 MiB");
+}
+
+#[test]
+fn test_cli_bad_timeout_is_refused() {
+    let out = vmm(&["run", "x", "--timeout", "soon"]);
+    assert_one_line_error(&out, "invalid duration");
+}
+
+#[test]
+fn test_cli_host_program_is_refused() {
+    let out = vmm_run("/bin/true".as_ref(), &[], &[]);
+    assert_one_line_error(&out, "not an image for this VMM");
+}
+
+#[test]
+fn test_cli_garbage_file_is_refused() {
+    let path = write_scratch("cli-garbage", "garbage", b"\x7fELF\x02\x01\x01garbage");
+    assert_one_line_error(&vmm_run(&path, &[], &[]), "truncated ELF header");
+}
+
+#[test]
+fn test_cli_dev_zero_is_refused() {
+    assert_one_line_error(
+        &vmm_run("/dev/zero".as_ref(), &[], &[]),
+        "not a regular file",
+    );
+}
+
+#[test]
+fn test_cli_help_documents_exit_statuses() {
+    let out = vmm(&["run", "--help"]);
+    let text = tests::stdout(&out);
+    assert_eq!(status(&out), 0);
+    for code in ["101", "124", "125", "134"] {
+        assert!(text.contains(code), "--help lacks status {code}");
+    }
+}
