@@ -8,6 +8,7 @@ use crate::crash;
 use crate::exit::{Action, Console, Exit, ExitHandler, ExitStats, Stop};
 use crate::image::Image;
 use crate::memory::GuestRam;
+use crate::timeline::Timeline;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,25 +78,6 @@ impl Outcome {
     }
 }
 
-/// Instants of the boot phases, for `--timeline`.
-#[derive(Debug, Clone, Default)]
-pub struct Timeline {
-    /// `/dev/kvm` opened.
-    pub kvm_opened: Option<Instant>,
-    /// VM created.
-    pub vm_created: Option<Instant>,
-    /// Guest RAM mapped and registered.
-    pub ram_ready: Option<Instant>,
-    /// Image, page tables and boot info written.
-    pub memory_prepared: Option<Instant>,
-    /// vCPU created and its registers set.
-    pub vcpu_ready: Option<Instant>,
-    /// First `KVM_RUN` returned.
-    pub first_exit: Option<Instant>,
-    /// The guest stopped.
-    pub guest_stopped: Option<Instant>,
-}
-
 /// Everything a finished run reports.
 #[derive(Debug)]
 pub struct RunReport {
@@ -109,6 +91,8 @@ pub struct RunReport {
     pub milestones: Vec<(u32, Instant)>,
     /// First console output.
     pub first_output: Option<Instant>,
+    /// Guest RAM pages resident after the run (when measured).
+    pub ram_pages_touched: Option<u64>,
 }
 
 /// What to boot and how.
@@ -136,8 +120,7 @@ pub struct Vm {
 
 impl Vm {
     /// Creates the VM for `image` and prepares its memory and vCPU.
-    pub fn new(image: &Image, config: &VmConfig) -> Result<Self, VmError> {
-        let mut timeline = Timeline::default();
+    pub fn new(image: &Image, config: &VmConfig, mut timeline: Timeline) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
         timeline.kvm_opened = Some(Instant::now());
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -179,13 +162,18 @@ impl Vm {
         })
     }
 
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
     /// Sets how crash reports name code addresses.
     pub fn set_symbolizer(&mut self, symbolize: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>) {
         self.image_symbols = symbolize;
     }
 
     /// Runs the guest until it stops; console output goes to `console`.
-    pub fn run(mut self, console: Console) -> Result<RunReport, VmError> {
+    pub fn run(&mut self, console: Console) -> Result<RunReport, VmError> {
         let mut handler = ExitHandler::new(console);
         let watchdog = self.timeout.map(Watchdog::start);
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
@@ -204,6 +192,7 @@ impl Vm {
             timeline: self.timeline.clone(),
             milestones: std::mem::take(&mut handler.milestones),
             first_output: handler.first_output,
+            ram_pages_touched: None,
         })
     }
 
