@@ -16,6 +16,7 @@ pub mod hypercall;
 pub mod image;
 pub mod memory;
 pub mod size;
+pub mod symbols;
 pub mod teardown;
 pub mod timeline;
 pub mod vm;
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     /// Arguments after the image name.
     pub args: Vec<String>,
+    /// Environment for the app, `KEY=VALUE` each.
+    pub env: Vec<String>,
     /// Count the guest RAM pages touched (one `mincore` after the run).
     pub measure_ram: bool,
     /// Leave the VM's teardown to a helper process so the caller can exit at once.
@@ -107,6 +110,7 @@ pub fn run(
         mem_size: config.mem_size,
         timeout: config.timeout,
         args,
+        env: config.env.clone(),
     };
     let mut vm = Vm::new(&image, &vm_config, timeline)?;
     let mut report = vm.run(console)?;

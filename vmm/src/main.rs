@@ -47,6 +47,9 @@ enum Command {
         /// (`--timeline=json`: as one line of JSON).
         #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
         timeline: Option<TimelineFormat>,
+        /// Set an environment variable for the app (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             mem,
             timeout,
             timeline: format,
+            env,
             args,
         } => {
             let config = RunConfig {
@@ -73,11 +77,23 @@ fn main() -> ExitCode {
                 mem_size: mem,
                 timeout,
                 args,
+                env,
                 measure_ram: format.is_some(),
                 detach_teardown: true,
             };
             run(&config, timeline, format)
         }
+    }
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((key, _)) if !key.is_empty() && !key.contains('\0') && !text.contains('\0') => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "invalid environment entry '{text}' (expected KEY=VALUE)"
+        )),
     }
 }
 

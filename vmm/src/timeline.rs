@@ -26,9 +26,11 @@ pub struct Timeline {
     pub vm_created: Option<Instant>,
     /// Guest RAM was mapped and registered.
     pub ram_ready: Option<Instant>,
+    /// The vCPU was created and its CPUID set.
+    pub vcpu_created: Option<Instant>,
     /// Segments, page tables, system tables and boot info were written.
     pub memory_prepared: Option<Instant>,
-    /// The vCPU was created and its registers set.
+    /// The vCPU's registers were set.
     pub vcpu_ready: Option<Instant>,
     /// The first `KVM_RUN` returned.
     pub first_exit: Option<Instant>,
@@ -101,8 +103,9 @@ pub fn phases(report: &RunReport) -> Vec<Phase> {
         ("open /dev/kvm", t.kvm_opened),
         ("create VM", t.vm_created),
         ("guest RAM", t.ram_ready),
+        ("create vCPU, set CPUID", t.vcpu_created),
         ("image copy, page tables, boot info", t.memory_prepared),
-        ("create vCPU, set registers", t.vcpu_ready),
+        ("set registers", t.vcpu_ready),
         ("first KVM_RUN → first exit", t.first_exit),
         ("guest entered main", entered_main),
         ("first console output", report.first_output),

@@ -104,6 +104,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Arguments; the first is the image's name.
     pub args: Vec<String>,
+    /// Environment, `KEY=VALUE` each.
+    pub env: Vec<String>,
 }
 
 /// A created VM, ready to run.
@@ -113,7 +115,7 @@ pub struct Vm {
     _vm: VmFd,
     ram: GuestRam,
     _kvm: Kvm,
-    image_symbols: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>,
+    image_symbols: Arc<crate::symbols::Symbols>,
     timeout: Option<Duration>,
     timeline: Timeline,
 }
@@ -140,23 +142,28 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
 
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(&arch::cpuid::guest_cpuid())
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        timeline.vcpu_created = Some(Instant::now());
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
-        arch::prepare_memory(&ram, image, &args, host_clock())?;
+        let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
+        arch::prepare_memory(&ram, image, &args, &env, host_clock(&vcpu))?;
         timeline.memory_prepared = Some(Instant::now());
 
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sregs(&regs::initial_sregs())
             .map_err(kvm_err("KVM_SET_SREGS"))?;
         vcpu.set_regs(&regs::initial_regs(image.entry()))
             .map_err(kvm_err("KVM_SET_REGS"))?;
         timeline.vcpu_ready = Some(Instant::now());
 
+        let symbols = crate::symbols::Symbols::from_image(image);
         Ok(Vm {
             vcpu,
             _vm: vm,
             ram,
             _kvm: kvm,
-            image_symbols: Arc::new(|_| None),
+            image_symbols: Arc::new(symbols),
             timeout: config.timeout,
             timeline,
         })
@@ -167,22 +174,20 @@ impl Vm {
         &self.ram
     }
 
-    /// Sets how crash reports name code addresses.
-    pub fn set_symbolizer(&mut self, symbolize: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>) {
-        self.image_symbols = symbolize;
-    }
-
     /// Runs the guest until it stops; console output goes to `console`.
     pub fn run(&mut self, console: Console) -> Result<RunReport, VmError> {
         let mut handler = ExitHandler::new(console);
+        handler.deadline = self.timeout.map(|t| Instant::now() + t);
         let watchdog = self.timeout.map(Watchdog::start);
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
-        let timed_out = watchdog.is_some_and(Watchdog::finish);
+        if let Some(watchdog) = watchdog {
+            watchdog.finish();
+        }
         self.timeline.guest_stopped = Some(Instant::now());
         handler.flush();
         let outcome = match stop? {
-            None if timed_out => Outcome::TimedOut(self.timeout.unwrap_or_default()),
-            None => unreachable!("the run loop only stops without a reason on timeout"),
+            // Only the watchdog (None) or a sleep reaching the deadline end a run this way.
+            None | Some(Stop::TimedOut) => Outcome::TimedOut(self.timeout.unwrap_or_default()),
             Some(Stop::Exited(code)) => Outcome::Exited(code),
             Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
         };
@@ -250,11 +255,15 @@ impl Vm {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
         let symbols = Arc::clone(&self.image_symbols);
-        let symbolize = move |addr| symbols(addr);
+        let symbolize = move |addr| symbols.describe(addr);
         let mut report = match stop {
             Stop::Exception { vector } => {
                 let frame = crash::read_frame(&self.ram, regs.rsp, *vector);
-                crash::exception_report(*vector, &regs, &sregs, frame, &symbolize)
+                let mut text = crash::exception_report(*vector, &regs, &sregs, frame, &symbolize);
+                if let Some(frame) = frame {
+                    text.push_str(&crash::backtrace(&self.ram, frame.rip, regs.rbp, &symbolize));
+                }
+                text
             }
             Stop::TripleFault => {
                 "guest crashed: triple fault (KVM shutdown exit); the guest likely faulted while handling a fault\n".to_owned()
@@ -266,7 +275,7 @@ impl Vm {
             }
             Stop::BadHypercall(err) => format!("guest stopped: bad hypercall: {err}\n"),
             Stop::Unexpected(what) => format!("guest crashed: unexpected VM exit ({what})\n"),
-            Stop::Exited(_) => String::new(),
+            Stop::Exited(_) | Stop::TimedOut => String::new(),
         };
         if !matches!(stop, Stop::Exception { .. }) {
             let location = symbolize(regs.rip)
@@ -319,17 +328,32 @@ impl Vm {
 }
 
 /// The host clock as the guest will see it.
-fn host_clock() -> HostClock {
+fn host_clock(vcpu: &VcpuFd) -> HostClock {
+    let tsc_khz = vcpu
+        .get_tsc_khz()
+        .map_or_else(|_| calibrate_tsc_khz(), u64::from);
     let unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     // SAFETY: rdtsc has no side effects; x86-64 always has it.
     let tsc = unsafe { core::arch::x86_64::_rdtsc() };
     HostClock {
-        tsc_khz: 0,
+        tsc_khz,
         unix_ns,
         tsc,
     }
+}
+
+/// Measures the TSC against the host's monotonic clock (when KVM cannot tell its frequency).
+fn calibrate_tsc_khz() -> u64 {
+    let start = Instant::now();
+    // SAFETY: rdtsc has no side effects.
+    let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
+    std::thread::sleep(Duration::from_millis(2));
+    // SAFETY: as above.
+    let tsc1 = unsafe { core::arch::x86_64::_rdtsc() };
+    let ns = start.elapsed().as_nanos().max(1) as u64;
+    tsc1.wrapping_sub(tsc0) * 1_000_000 / ns
 }
 
 /// Kicks the vCPU thread out of `KVM_RUN` with a signal once the timeout has passed.
@@ -412,13 +436,12 @@ impl Watchdog {
         self.shared.fired.load(Ordering::SeqCst)
     }
 
-    /// Stops the watchdog; returns whether it fired.
-    fn finish(mut self) -> bool {
+    /// Stops the watchdog.
+    fn finish(mut self) {
         *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        self.fired()
     }
 }
