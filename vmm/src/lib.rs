@@ -96,7 +96,7 @@ pub fn run(
     mut timeline: timeline::Timeline,
 ) -> Result<RunReport, RunError> {
     check_mem_size(config.mem_size)?;
-    let image = Image::from_file(&config.image)?;
+    let image = std::sync::Arc::new(Image::from_file(&config.image)?);
     image.check_fits(config.mem_size)?;
     timeline.image_loaded = Some(std::time::Instant::now());
     let name = config
@@ -112,7 +112,7 @@ pub fn run(
         args,
         env: config.env.clone(),
     };
-    let mut vm = Vm::new(&image, &vm_config, timeline)?;
+    let mut vm = Vm::new(image, &vm_config, timeline)?;
     let mut report = vm.run(console)?;
     if config.measure_ram {
         report.ram_pages_touched = vm.ram().resident_pages();

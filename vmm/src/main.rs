@@ -47,6 +47,9 @@ enum Command {
         /// (`--timeline=json`: as one line of JSON).
         #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
         timeline: Option<TimelineFormat>,
+        /// Tear the VM down before exiting instead of handing it to a helper process.
+        #[arg(long, hide = true)]
+        sync_teardown: bool,
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             timeout,
             timeline: format,
             env,
+            sync_teardown,
             args,
         } => {
             let config = RunConfig {
@@ -79,7 +83,7 @@ fn main() -> ExitCode {
                 args,
                 env,
                 measure_ram: format.is_some(),
-                detach_teardown: true,
+                detach_teardown: !sync_teardown,
             };
             run(&config, timeline, format)
         }

@@ -10,7 +10,7 @@ use crate::image::Image;
 use crate::memory::GuestRam;
 use crate::timeline::Timeline;
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -115,14 +115,18 @@ pub struct Vm {
     _vm: VmFd,
     ram: GuestRam,
     _kvm: Kvm,
-    image_symbols: Arc<crate::symbols::Symbols>,
+    image: Arc<Image>,
     timeout: Option<Duration>,
     timeline: Timeline,
 }
 
 impl Vm {
     /// Creates the VM for `image` and prepares its memory and vCPU.
-    pub fn new(image: &Image, config: &VmConfig, mut timeline: Timeline) -> Result<Self, VmError> {
+    pub fn new(
+        image: Arc<Image>,
+        config: &VmConfig,
+        mut timeline: Timeline,
+    ) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
         timeline.kvm_opened = Some(Instant::now());
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -142,28 +146,35 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
 
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&arch::cpuid::guest_cpuid())
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
         timeline.vcpu_created = Some(Instant::now());
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
-        arch::prepare_memory(&ram, image, &args, &env, host_clock(&vcpu))?;
+        arch::prepare_memory(&ram, &image, &args, &env, host_clock(&vcpu))?;
         timeline.memory_prepared = Some(Instant::now());
 
-        vcpu.set_sregs(&regs::initial_sregs())
-            .map_err(kvm_err("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&regs::initial_regs(image.entry()))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
+        let (sregs, regs) = (regs::initial_sregs(), regs::initial_regs(image.entry()));
+        if kvm.check_extension(Cap::SyncRegs) {
+            // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
+            let sync = vcpu.sync_regs_mut();
+            sync.regs = regs;
+            sync.sregs = sregs;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+        } else {
+            vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        }
         timeline.vcpu_ready = Some(Instant::now());
 
-        let symbols = crate::symbols::Symbols::from_image(image);
         Ok(Vm {
             vcpu,
             _vm: vm,
             ram,
             _kvm: kvm,
-            image_symbols: Arc::new(symbols),
+            image,
             timeout: config.timeout,
             timeline,
         })
@@ -254,7 +265,8 @@ impl Vm {
     fn crash_report(&mut self, stop: &Stop) -> String {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
-        let symbols = Arc::clone(&self.image_symbols);
+        // Only a crash pays for parsing the symbol table.
+        let symbols = crate::symbols::Symbols::from_image(&self.image);
         let symbolize = move |addr| symbols.describe(addr);
         let mut report = match stop {
             Stop::Exception { vector } => {
