@@ -45,6 +45,9 @@ pub enum RunError {
     /// The VM could not be created.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The image loader thread panicked (a bug).
+    #[error("the image loader failed unexpectedly")]
+    LoaderPanicked,
 }
 
 /// What `vmm run` boots.
@@ -89,30 +92,48 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), RunError> {
 
 /// Loads, boots and runs one image to completion.
 ///
+/// The image is read, validated and copied into guest RAM on a second thread while this one
+/// creates the VM and vCPU (about 0.3 ms of kernel work here): the two overlap.
 /// `timeline` carries the instants measured before the call (process start, arguments).
 pub fn run(
     config: &RunConfig,
     console: Console,
     mut timeline: timeline::Timeline,
 ) -> Result<RunReport, RunError> {
+    use std::time::Instant;
     check_mem_size(config.mem_size)?;
-    let image = std::sync::Arc::new(Image::from_file(&config.image)?);
-    image.check_fits(config.mem_size)?;
-    timeline.image_loaded = Some(std::time::Instant::now());
+    let ram = memory::GuestRam::new(config.mem_size).map_err(VmError::from)?;
+    timeline.ram_mapped = Some(Instant::now());
+    let loader = {
+        let (ram, path, mem_size) = (ram.clone(), config.image.clone(), config.mem_size);
+        std::thread::Builder::new()
+            .name("image-loader".into())
+            .stack_size(256 * 1024)
+            .spawn(move || load(&ram, &path, mem_size))
+    };
+    let shell = vm::VmShell::create(ram.clone(), &mut timeline);
+    let image = match loader {
+        Ok(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(RunError::LoaderPanicked))?,
+        // No thread to be had: load here instead.
+        Err(_) => load(&ram, &config.image, config.mem_size)?,
+    };
+    timeline.image_loaded = Some(Instant::now());
+    let shell = shell?;
     let name = config
         .image
         .file_name()
         .map_or_else(|| "image".to_owned(), |n| n.to_string_lossy().into_owned());
-    let args = std::iter::once(name)
-        .chain(config.args.iter().cloned())
-        .collect();
     let vm_config = VmConfig {
         mem_size: config.mem_size,
         timeout: config.timeout,
-        args,
+        args: std::iter::once(name)
+            .chain(config.args.iter().cloned())
+            .collect(),
         env: config.env.clone(),
     };
-    let mut vm = Vm::new(image, &vm_config, timeline)?;
+    let mut vm = Vm::from_shell(shell, std::sync::Arc::new(image), &vm_config, timeline)?;
     let mut report = vm.run(console)?;
     if config.measure_ram {
         report.ram_pages_touched = vm.ram().resident_pages();
@@ -122,6 +143,14 @@ pub fn run(
     } else {
         drop(vm);
     }
-    report.timeline.torn_down = Some(std::time::Instant::now());
+    report.timeline.torn_down = Some(Instant::now());
     Ok(report)
+}
+
+/// Reads and validates the image, then copies it into `ram` with its page tables.
+fn load(ram: &memory::GuestRam, path: &std::path::Path, mem_size: u64) -> Result<Image, RunError> {
+    let image = Image::from_file(path)?;
+    image.check_fits(mem_size)?;
+    arch::load_image(ram, &image).map_err(VmError::from)?;
+    Ok(image)
 }

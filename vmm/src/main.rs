@@ -1,8 +1,14 @@
 //! `vmm`: the command line of the flick VMM.
+//!
+//! `#![no_main]`: the VMM enters at C `main` and skips std's runtime set-up (stack guard
+//! probing through /proc/self/maps, sigaltstack, ...), about 50 µs of a 1.4 ms boot here.
+//! It does itself the one thing of that set-up it needs: ignore SIGPIPE.
+
+#![no_main]
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 use vmm::size::{parse_duration, parse_size};
 use vmm::timeline::{self, Timeline};
@@ -59,7 +65,18 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; a closed stdout then gives
+    // EPIPE instead of killing the VMM.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let status = vmm_main();
+    // std's runtime would flush stdout at exit; without it, do it here.
+    let _ = std::io::stdout().flush();
+    status
+}
+
+fn vmm_main() -> i32 {
     let mut timeline = Timeline::at_main();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -101,18 +118,18 @@ fn parse_env(text: &str) -> Result<String, String> {
     }
 }
 
-fn usage_error(err: clap::Error) -> ExitCode {
+fn usage_error(err: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     if matches!(
         err.kind(),
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
     ) {
         let _ = err.print();
-        return ExitCode::SUCCESS;
+        return 0;
     }
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let _ = err.print();
-        return ExitCode::from(abi::exit_status::VMM_ERROR as u8);
+        return abi::exit_status::VMM_ERROR;
     }
     let rendered = err.render().to_string();
     let first = rendered
@@ -120,10 +137,10 @@ fn usage_error(err: clap::Error) -> ExitCode {
         .next()
         .unwrap_or("error: invalid arguments");
     eprintln!("{first} (see 'vmm --help')");
-    ExitCode::from(abi::exit_status::VMM_ERROR as u8)
+    abi::exit_status::VMM_ERROR
 }
 
-fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> ExitCode {
+fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> i32 {
     match vmm::run(config, Console::inherit(), timeline) {
         Ok(report) => {
             match &report.outcome {
@@ -141,11 +158,11 @@ fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -
                 }
                 None => {}
             }
-            ExitCode::from(status as u8)
+            status
         }
         Err(err) => {
             eprintln!("error: {:#}", anyhow::Error::from(err));
-            ExitCode::from(abi::exit_status::VMM_ERROR as u8)
+            abi::exit_status::VMM_ERROR
         }
     }
 }

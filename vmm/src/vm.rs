@@ -120,19 +120,24 @@ pub struct Vm {
     timeline: Timeline,
 }
 
-impl Vm {
-    /// Creates the VM for `image` and prepares its memory and vCPU.
-    pub fn new(
-        image: Arc<Image>,
-        config: &VmConfig,
-        mut timeline: Timeline,
-    ) -> Result<Self, VmError> {
+/// The KVM side of a guest, created before its image is known: `/dev/kvm`, the VM with its RAM
+/// registered, and the vCPU with its CPUID. [`crate::run`] creates it while another thread
+/// loads the image into the same RAM.
+pub struct VmShell {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    ram: GuestRam,
+    kvm: Kvm,
+    tsc_khz: u64,
+}
+
+impl VmShell {
+    /// Creates the VM around `ram`.
+    pub fn create(ram: GuestRam, timeline: &mut Timeline) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
         timeline.kvm_opened = Some(Instant::now());
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         timeline.vm_created = Some(Instant::now());
-
-        let ram = GuestRam::new(config.mem_size)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -141,20 +146,59 @@ impl Vm {
             userspace_addr: ram.host_address(),
         };
         // SAFETY: the region is a live anonymous mapping of exactly `memory_size` bytes that
-        // outlives the VM (field order drops the VM first).
+        // outlives the VM (field order in `Vm` drops the VM first).
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
-
-        let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&arch::cpuid::guest_cpuid())
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let tsc_khz = vcpu
+            .get_tsc_khz()
+            .map_or_else(|_| calibrate_tsc_khz(), u64::from);
         timeline.vcpu_created = Some(Instant::now());
+        Ok(VmShell {
+            vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+        })
+    }
+}
+
+impl Vm {
+    /// Creates the VM for `image`: loads it into fresh RAM, then creates the KVM side.
+    pub fn new(
+        image: Arc<Image>,
+        config: &VmConfig,
+        mut timeline: Timeline,
+    ) -> Result<Self, VmError> {
+        let ram = GuestRam::new(config.mem_size)?;
+        arch::load_image(&ram, &image)?;
+        timeline.image_loaded = Some(Instant::now());
+        let shell = VmShell::create(ram, &mut timeline)?;
+        Self::from_shell(shell, image, config, timeline)
+    }
+
+    /// Finishes a VM whose RAM already holds `image` (see [`arch::load_image`]): writes the
+    /// boot info and hands the initial registers to the vCPU.
+    pub fn from_shell(
+        shell: VmShell,
+        image: Arc<Image>,
+        config: &VmConfig,
+        mut timeline: Timeline,
+    ) -> Result<Self, VmError> {
+        let VmShell {
+            mut vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+        } = shell;
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
-        arch::prepare_memory(&ram, &image, &args, &env, host_clock(&vcpu))?;
-        timeline.memory_prepared = Some(Instant::now());
-
+        arch::write_boot_info(&ram, &image, &args, &env, host_clock(tsc_khz))?;
         let (sregs, regs) = (regs::initial_sregs(), regs::initial_regs(image.entry()));
         if kvm.check_extension(Cap::SyncRegs) {
             // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
@@ -168,7 +212,6 @@ impl Vm {
             vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
         }
         timeline.vcpu_ready = Some(Instant::now());
-
         Ok(Vm {
             vcpu,
             _vm: vm,
@@ -340,10 +383,7 @@ impl Vm {
 }
 
 /// The host clock as the guest will see it.
-fn host_clock(vcpu: &VcpuFd) -> HostClock {
-    let tsc_khz = vcpu
-        .get_tsc_khz()
-        .map_or_else(|_| calibrate_tsc_khz(), u64::from);
+fn host_clock(tsc_khz: u64) -> HostClock {
     let unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
