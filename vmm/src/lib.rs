@@ -113,9 +113,7 @@ pub fn run(
     };
     let shell = vm::VmShell::create(ram.clone(), &mut timeline);
     let image = match loader {
-        Ok(handle) => handle
-            .join()
-            .unwrap_or_else(|_| Err(RunError::LoaderPanicked))?,
+        Ok(handle) => handle.join().unwrap_or(Err(RunError::LoaderPanicked))?,
         // No thread to be had: load here instead.
         Err(_) => load(&ram, &config.image, config.mem_size)?,
     };
