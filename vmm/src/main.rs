@@ -38,6 +38,8 @@ enum TimelineFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print the system calls the sandboxed run loop may make, and why.
+    SeccompList,
     /// Boot an image and exit with its exit code.
     #[command(after_help = EXIT_STATUS_HELP)]
     Run {
@@ -56,6 +58,15 @@ enum Command {
         /// Tear the VM down before exiting instead of handing it to a helper process.
         #[arg(long, hide = true)]
         sync_teardown: bool,
+        /// Stop the guest (status 134) once it has written this much console output.
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        max_output: u64,
+        /// Run without the seccomp sandbox (for debugging; prints a warning).
+        #[arg(long)]
+        no_seccomp: bool,
+        /// Make a blocked system call once sandboxed (tests the sandbox's report).
+        #[arg(long, hide = true)]
+        debug_blocked_syscall: bool,
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
@@ -84,6 +95,12 @@ fn vmm_main() -> i32 {
     };
     timeline.args_parsed = Some(std::time::Instant::now());
     match cli.command {
+        Command::SeccompList => {
+            for (name, why) in vmm::sandbox::ALLOWED {
+                println!("{name:<16} {why}");
+            }
+            0
+        }
         Command::Run {
             image,
             mem,
@@ -91,8 +108,14 @@ fn vmm_main() -> i32 {
             timeline: format,
             env,
             sync_teardown,
+            no_seccomp,
+            debug_blocked_syscall,
+            max_output,
             args,
         } => {
+            if no_seccomp {
+                eprintln!("warning: --no-seccomp: the VMM runs the guest without its sandbox");
+            }
             let config = RunConfig {
                 image,
                 mem_size: mem,
@@ -101,6 +124,9 @@ fn vmm_main() -> i32 {
                 env,
                 measure_ram: format.is_some(),
                 detach_teardown: !sync_teardown,
+                seccomp: !no_seccomp,
+                debug_blocked_syscall,
+                max_output,
             };
             run(&config, timeline, format)
         }

@@ -133,8 +133,13 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Which hypervisor backs `/dev/kvm`.
+/// Which hypervisor backs `/dev/kvm` (looked up once; the sandbox forbids it later).
 pub fn hypervisor() -> (&'static str, &'static str) {
+    static FLAVOUR: std::sync::OnceLock<(&'static str, &'static str)> = std::sync::OnceLock::new();
+    *FLAVOUR.get_or_init(detect_hypervisor)
+}
+
+fn detect_hypervisor() -> (&'static str, &'static str) {
     let loaded = |module: &str| std::path::Path::new("/sys/module").join(module).exists();
     if loaded("kvm_pvm") {
         (

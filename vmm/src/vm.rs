@@ -40,6 +40,9 @@ pub enum VmError {
     /// The boot structures could not be written.
     #[error(transparent)]
     Setup(#[from] arch::SetupError),
+    /// The sandbox could not be installed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 fn kvm_open_hint(errno: i32) -> &'static str {
@@ -106,6 +109,12 @@ pub struct VmConfig {
     pub args: Vec<String>,
     /// Environment, `KEY=VALUE` each.
     pub env: Vec<String>,
+    /// Confine the run loop with seccomp.
+    pub seccomp: bool,
+    /// Make a blocked system call once sandboxed (to test the sandbox).
+    pub debug_blocked_syscall: bool,
+    /// Console bytes allowed before the guest is stopped.
+    pub max_output: u64,
 }
 
 /// A created VM, ready to run.
@@ -117,6 +126,9 @@ pub struct Vm {
     _kvm: Kvm,
     image: Arc<Image>,
     timeout: Option<Duration>,
+    seccomp: bool,
+    debug_blocked_syscall: bool,
+    max_output: u64,
     timeline: Timeline,
 }
 
@@ -129,6 +141,7 @@ pub struct VmShell {
     ram: GuestRam,
     kvm: Kvm,
     tsc_khz: u64,
+    sync_regs: bool,
 }
 
 impl VmShell {
@@ -156,6 +169,9 @@ impl VmShell {
         let tsc_khz = vcpu
             .get_tsc_khz()
             .map_or_else(|_| calibrate_tsc_khz(), u64::from);
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        // Look up now what reports need later, before the sandbox forbids the file system.
+        crate::timeline::hypervisor();
         timeline.vcpu_created = Some(Instant::now());
         Ok(VmShell {
             vcpu,
@@ -163,6 +179,7 @@ impl VmShell {
             ram,
             kvm,
             tsc_khz,
+            sync_regs,
         })
     }
 }
@@ -195,12 +212,13 @@ impl Vm {
             ram,
             kvm,
             tsc_khz,
+            sync_regs,
         } = shell;
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
         arch::write_boot_info(&ram, &image, &args, &env, host_clock(tsc_khz))?;
         let (sregs, regs) = (regs::initial_sregs(), regs::initial_regs(image.entry()));
-        if kvm.check_extension(Cap::SyncRegs) {
+        if sync_regs {
             // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
             let sync = vcpu.sync_regs_mut();
             sync.regs = regs;
@@ -219,6 +237,9 @@ impl Vm {
             _kvm: kvm,
             image,
             timeout: config.timeout,
+            seccomp: config.seccomp,
+            debug_blocked_syscall: config.debug_blocked_syscall,
+            max_output: config.max_output,
             timeline,
         })
     }
@@ -229,10 +250,29 @@ impl Vm {
     }
 
     /// Runs the guest until it stops; console output goes to `console`.
-    pub fn run(&mut self, console: Console) -> Result<RunReport, VmError> {
+    ///
+    /// `watchdog` enforces `--timeout` on this thread; without one, and with a timeout, `run`
+    /// starts its own (which must then happen before this thread is confined).
+    pub fn run(
+        &mut self,
+        console: Console,
+        watchdog: Option<Watchdog>,
+    ) -> Result<RunReport, VmError> {
         let mut handler = ExitHandler::new(console);
         handler.deadline = self.timeout.map(|t| Instant::now() + t);
-        let watchdog = self.timeout.map(Watchdog::start);
+        handler.max_output = self.max_output;
+        let watchdog = watchdog.or_else(|| {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            self.timeout.map(|t| Watchdog::start(t, me, self.seccomp))
+        });
+        if self.seccomp {
+            crate::sandbox::confine_this_thread()?;
+            if self.debug_blocked_syscall {
+                // SAFETY: a harmless call that the filter blocks, to show the report.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
+        }
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
         if let Some(watchdog) = watchdog {
             watchdog.finish();
@@ -330,6 +370,10 @@ impl Vm {
             }
             Stop::BadHypercall(err) => format!("guest stopped: bad hypercall: {err}\n"),
             Stop::Unexpected(what) => format!("guest crashed: unexpected VM exit ({what})\n"),
+            Stop::OutputLimit(limit) => format!(
+                "guest stopped: it wrote more than --max-output {} of console output\n",
+                crate::size::Size(*limit)
+            ),
             Stop::Exited(_) | Stop::TimedOut => String::new(),
         };
         if !matches!(stop, Stop::Exception { .. }) {
@@ -409,7 +453,7 @@ fn calibrate_tsc_khz() -> u64 {
 }
 
 /// Kicks the vCPU thread out of `KVM_RUN` with a signal once the timeout has passed.
-struct Watchdog {
+pub struct Watchdog {
     shared: Arc<WatchdogShared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -442,18 +486,22 @@ fn install_kick_handler() {
 }
 
 impl Watchdog {
-    fn start(timeout: Duration) -> Self {
+    /// Starts a watchdog that interrupts thread `vcpu_thread` after `timeout`; its own thread
+    /// confines itself when `seccomp` is set.
+    pub fn start(timeout: Duration, vcpu_thread: libc::pthread_t, seccomp: bool) -> Self {
         install_kick_handler();
         let shared = Arc::new(WatchdogShared {
             done: Mutex::new(false),
             wake: Condvar::new(),
             fired: AtomicBool::new(false),
         });
-        // SAFETY: pthread_self has no preconditions.
-        let vcpu_thread = unsafe { libc::pthread_self() };
         let deadline = Instant::now() + timeout;
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
+            if seccomp {
+                // The watchdog needs even less than the run loop; the same filter suffices.
+                let _ = crate::sandbox::confine_this_thread();
+            }
             let shared = thread_shared;
             let mut done = shared.done.lock().unwrap_or_else(|e| e.into_inner());
             while !*done {

@@ -38,6 +38,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Feed the ELF loader, hypercall decoder and exit handler N random and mutated inputs.
+    Fuzz {
+        /// Cases per target.
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+    },
     /// Build everything and run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -85,6 +91,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd.arg("--").args(&args);
             let status = cmd.status().context("cannot start the VMM")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Task::Fuzz { cases } => {
+            let status = cargo()
+                .args(["test", "--release", "--package", "tests", "--test", "fuzz"])
+                .env("FLICK_FUZZ_CASES", cases.to_string())
+                .status()
+                .context("cannot run cargo test")?;
+            if !status.success() {
+                bail!("fuzzing found a failure");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Task::Test { args } => {
             build_vmm()?;
