@@ -16,7 +16,7 @@
 /// Version of this ABI. The VMM refuses images whose note carries another version.
 ///
 /// Bump it whenever a port, struct layout or boot-info field changes meaning.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// I/O ports (guest → VMM). The TSS I/O permission bitmap opens exactly these and COM1.
 pub mod port {
@@ -37,6 +37,11 @@ pub mod port {
     /// `out` value: ignored. The guest parks until the VMM releases it (`vmm fleet
     /// --resident` holds many guests this way; `vmm run` releases at once).
     pub const WAIT: u16 = 0x505;
+    /// `out` value: 0. The kernel reached its snapshot point (only when boot info has
+    /// [`super::boot_flags::SNAPSHOT`]): `vmm snapshot` saves the VM here. When a restored
+    /// VM resumes, the VMM has set `eax` to 1 and rewritten boot info (arguments, environment,
+    /// clock, random seed) for this run.
+    pub const SNAPSHOT: u16 = 0x506;
     /// Last port of the hypercall range. Unassigned ports in the range read as all-ones and
     /// ignore writes (the VMM counts them).
     pub const LAST: u16 = 0x50f;
@@ -71,6 +76,14 @@ pub mod hypercall {
         /// One of [`stream`].
         pub stream: u32,
     }
+}
+
+/// Bits of [`BootInfo::flags`].
+pub mod boot_flags {
+    /// `vmm snapshot` is booting this guest: stop at the snapshot point.
+    pub const SNAPSHOT: u32 = 1 << 0;
+    /// This guest was restored from a snapshot.
+    pub const RESTORED: u32 = 1 << 1;
 }
 
 /// Boot milestones the kernel reports through [`port::MILESTONE`].
@@ -145,8 +158,8 @@ pub struct BootInfo {
     pub argc: u32,
     /// Number of `KEY=VALUE` environment strings after the arguments.
     pub envc: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// [`boot_flags`].
+    pub flags: u32,
     /// Guest-physical address of the packed arguments and environment.
     pub args: u64,
     /// Bytes at `args`.
@@ -167,6 +180,8 @@ pub struct BootInfo {
     pub boot_unix_ns: u64,
     /// Guest TSC value at `boot_unix_ns`.
     pub boot_tsc: u64,
+    /// Fresh random bits for this run (differs between runs restored from one snapshot).
+    pub random_seed: u64,
 }
 
 /// Exit statuses of the `vmm` process. Any other status is the app's own exit code.
@@ -197,7 +212,7 @@ mod tests {
 
     #[test]
     fn test_boot_info_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<BootInfo>(), 104);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 112);
     }
 
     #[test]
@@ -216,6 +231,9 @@ mod tests {
             port::CONSOLE_WRITE,
             port::CRASH,
             port::MILESTONE,
+            port::SLEEP,
+            port::WAIT,
+            port::SNAPSHOT,
         ] {
             assert!((port::FIRST..=port::LAST).contains(&p));
         }

@@ -37,6 +37,17 @@ pub fn sleep_micros(micros: u32) {
     out(port::SLEEP, micros);
 }
 
+/// Reports the snapshot point; true when this guest was just restored from a snapshot.
+pub fn snapshot() -> bool {
+    let restored: u32;
+    // SAFETY: as `out`; the VMM sets eax to 1 in a restored VM, and leaves it 0 otherwise.
+    unsafe {
+        asm!("out dx, eax", in("dx") port::SNAPSHOT, inout("eax") 0u32 => restored,
+            options(nostack, preserves_flags));
+    }
+    restored == 1
+}
+
 /// Parks the guest until the VMM releases it.
 pub fn wait_for_release() {
     out(port::WAIT, 0);

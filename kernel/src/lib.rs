@@ -40,7 +40,7 @@ mod panic;
 mod start;
 
 pub use args::{Args, args, env, vars};
-pub use start::{boot_info, exit};
+pub use start::{boot_info, exit, snapshot_point};
 
 /// Parks this guest until the VMM releases it (one exit). `vmm fleet --resident` keeps many
 /// guests alive this way; `vmm run` releases at once.
@@ -55,7 +55,8 @@ pub fn wait_for_release() {
 
 /// Names the app's entry point: `fn main(args: kernel::Args) -> i32`.
 ///
-/// The returned value becomes the exit status of `vmm run`.
+/// The returned value becomes the exit status of `vmm run`. With `snapshot = manual`, the app
+/// calls [`snapshot_point`] itself instead of the kernel doing it before `main`.
 ///
 /// ```ignore
 /// kernel::main!(main);
@@ -64,10 +65,33 @@ pub fn wait_for_release() {
 #[macro_export]
 macro_rules! main {
     ($main:path) => {
+        $crate::main!($main, snapshot = auto);
+    };
+    ($main:path, snapshot = auto) => {
+        $crate::main!(@define $main, false);
+    };
+    ($main:path, snapshot = manual) => {
+        $crate::main!(@define $main, true);
+    };
+    (@define $main:path, $manual:expr) => {
         #[unsafe(no_mangle)]
         fn __flick_app_main() -> i32 {
             let main: fn($crate::Args) -> i32 = $main;
             main($crate::args())
         }
+
+        #[unsafe(no_mangle)]
+        fn __flick_app_takes_own_snapshot() -> bool {
+            $manual
+        }
     };
+}
+
+/// Random bits for this run, from the VMM (different in every run restored from a snapshot).
+///
+/// ```ignore
+/// let seed = kernel::random_seed();
+/// ```
+pub fn random_seed() -> u64 {
+    boot_info().random_seed
 }

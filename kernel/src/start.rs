@@ -12,7 +12,7 @@ static BOOT_INFO: Global<BootInfo> = Global::new(BootInfo {
     abi_version: 0,
     argc: 0,
     envc: 0,
-    reserved: 0,
+    flags: 0,
     args: 0,
     args_len: 0,
     mem_size: 0,
@@ -23,11 +23,14 @@ static BOOT_INFO: Global<BootInfo> = Global::new(BootInfo {
     tsc_khz: 0,
     boot_unix_ns: 0,
     boot_tsc: 0,
+    random_seed: 0,
 });
 
 unsafe extern "Rust" {
     /// The app's entry point, defined by [`crate::main!`].
     fn __flick_app_main() -> i32;
+    /// Whether the app calls [`crate::snapshot_point`] itself, defined by [`crate::main!`].
+    fn __flick_app_takes_own_snapshot() -> bool;
 }
 
 /// The image's entry point.
@@ -47,6 +50,7 @@ pub unsafe extern "C" fn _start() -> ! {
 }
 
 extern "C" fn start_kernel(info: *const BootInfo) -> ! {
+    BOOT_INFO_PTR.with(|slot| *slot = Some(info));
     // SAFETY: the VMM put a BootInfo at `info` in memory mapped readable for ring 3.
     let info = unsafe { info.read_volatile() };
     if info.magic != abi::BOOT_INFO_MAGIC || info.abi_version != abi::ABI_VERSION {
@@ -54,12 +58,45 @@ extern "C" fn start_kernel(info: *const BootInfo) -> ! {
         hypercall::exit(abi::exit_status::CRASH);
     }
     BOOT_INFO.with(|slot| *slot = info);
+    // SAFETY: `main!` defines this symbol with exactly this signature.
+    if !unsafe { __flick_app_takes_own_snapshot() } {
+        snapshot_point();
+    }
     #[cfg(feature = "milestones")]
     hypercall::milestone(abi::milestone::ENTERED_MAIN);
     // SAFETY: `main!` defines this symbol with exactly this signature.
     let code = unsafe { __flick_app_main() };
     exit(code)
 }
+
+/// Marks the point where `vmm snapshot` saves this guest; a no-op otherwise.
+///
+/// By default the kernel calls it just before the app's `main`. An app that declares
+/// `kernel::main!(main, snapshot = manual)` calls it itself, after its own initialisation, so
+/// that every run restored from the snapshot starts with that work done. After a restore it
+/// returns with fresh arguments, environment, clock and random seed in [`boot_info`].
+///
+/// ```ignore
+/// let table = build_expensive_table();
+/// kernel::snapshot_point();
+/// // Each restored run starts here, with `table` ready.
+/// ```
+pub fn snapshot_point() {
+    if boot_info().flags & abi::boot_flags::SNAPSHOT == 0 {
+        return;
+    }
+    console::flush();
+    if hypercall::snapshot()
+        && let Some(Some(pointer)) = BOOT_INFO_PTR.with(|p| *p)
+    {
+        // Restored: the VMM rewrote boot info for this run.
+        // SAFETY: as at entry: the VMM's boot info, mapped readable for ring 3.
+        let info = unsafe { pointer.read_volatile() };
+        BOOT_INFO.with(|slot| *slot = info);
+    }
+}
+
+static BOOT_INFO_PTR: Global<Option<*const BootInfo>> = Global::new(None);
 
 /// A copy of the boot information the VMM handed over.
 pub fn boot_info() -> BootInfo {

@@ -87,6 +87,8 @@ pub enum Stop {
     TimedOut,
     /// The guest parked itself until the VMM releases it.
     Parked,
+    /// The guest reached its snapshot point (while booting for `vmm snapshot`).
+    SnapshotPoint,
     /// The guest wrote more console output than `--max-output` allows.
     OutputLimit(u64),
     /// An exit the VMM does not expect.
@@ -162,6 +164,8 @@ pub struct ExitHandler {
     pub deadline: Option<Instant>,
     /// Console bytes allowed in all (`--max-output`).
     pub max_output: u64,
+    /// Stop at the snapshot hypercall (`vmm snapshot`).
+    pub snapshot_mode: bool,
 }
 
 impl ExitHandler {
@@ -176,6 +180,7 @@ impl ExitHandler {
             first_output: None,
             deadline: None,
             max_output: u64::MAX,
+            snapshot_mode: false,
         }
     }
 
@@ -240,6 +245,8 @@ impl ExitHandler {
                 vector: data.first().copied().unwrap_or(0xff),
             }),
             port::WAIT => Action::Stop(Stop::Parked),
+            port::SNAPSHOT if self.snapshot_mode => Action::Stop(Stop::SnapshotPoint),
+            port::SNAPSHOT => Action::Continue,
             port::SLEEP => match hypercall::port_value(port, data) {
                 Ok(micros) => self.sleep(Duration::from_micros(u64::from(micros))),
                 Err(err) => Action::Stop(Stop::BadHypercall(err)),
@@ -325,6 +332,16 @@ impl ExitHandler {
 
     fn output_limit_reached(&self) -> Action {
         Action::Stop(Stop::OutputLimit(self.max_output))
+    }
+
+    /// COM1 bytes not yet handed on (saved with a snapshot).
+    pub fn com1_pending(&self) -> Vec<u8> {
+        self.com1.pending().to_vec()
+    }
+
+    /// Puts back COM1 bytes saved with a snapshot.
+    pub fn restore_com1_pending(&mut self, bytes: &[u8]) {
+        self.com1.preload(bytes);
     }
 
     /// Hands on whatever the UART still holds; called once the guest has stopped.

@@ -466,7 +466,9 @@ fn result_of(
                 }
             }
         }
-        Ok(Progress::Parked) => (abi::exit_status::VMM_ERROR, "vmm error"),
+        Ok(Progress::Parked | Progress::AtSnapshotPoint) => {
+            (abi::exit_status::VMM_ERROR, "vmm error")
+        }
         Err(err) => {
             stderr.push_str(&format!("error: {}", anyhow_like(&err)));
             (abi::exit_status::VMM_ERROR, "vmm error")
@@ -516,6 +518,7 @@ fn prepare(spec: &FleetSpec) -> Result<Vec<Prepared>, FleetError> {
             seccomp: spec.seccomp,
             debug_blocked_syscall: false,
             max_output: group.max_output,
+            snapshot: false,
         };
         prepared.push(Prepared {
             group: group.clone(),

@@ -230,6 +230,55 @@ impl Image {
         Ok(image)
     }
 
+    /// An image known only by its layout (a restored snapshot's), checked by the same rules as
+    /// a parsed one: page-disjoint W^X segments above low memory, exception stubs on a page of
+    /// their own inside code. It has no file bytes.
+    pub fn from_layout(
+        mut segments: Vec<Segment>,
+        exception_stubs: u64,
+    ) -> Result<Self, ImageError> {
+        for s in &segments {
+            let end = s.addr.checked_add(s.mem_size);
+            if s.addr < IMAGE_MIN_ADDR || end.is_none_or(|end| end > MAX_MEM_SIZE) {
+                return Err(malformed(format!(
+                    "segment at {:#x} lies outside the image area",
+                    s.addr
+                )));
+            }
+            if s.file_size > s.mem_size || (s.access.write && s.access.execute) {
+                return Err(malformed(format!("segment at {:#x} is invalid", s.addr)));
+            }
+        }
+        check_segments(&mut segments)?;
+        let image = Image {
+            bytes: Vec::new(),
+            entry: segments[0].addr,
+            segments: segments
+                .into_iter()
+                .map(|s| Segment {
+                    file_offset: 0,
+                    file_size: 0,
+                    ..s
+                })
+                .collect(),
+            exception_stubs,
+        };
+        // Stubs must lie in an executable segment; without file bytes, judge by memory size.
+        let aligned = exception_stubs.is_multiple_of(PAGE_SIZE);
+        let stubs_end = exception_stubs.checked_add(exception::TABLE_SIZE as u64);
+        let inside = image.segments.iter().any(|s| {
+            s.access.execute
+                && exception_stubs >= s.addr
+                && stubs_end.is_some_and(|end| end <= s.addr + s.mem_size)
+        });
+        if !(aligned && inside) {
+            return Err(malformed(format!(
+                "exception stub table {exception_stubs:#x} is misplaced"
+            )));
+        }
+        Ok(image)
+    }
+
     /// Checks that the image and a minimal heap fit in `mem_size` bytes of guest RAM.
     pub fn check_fits(&self, mem_size: u64) -> Result<(), ImageError> {
         let needed = self.end() + crate::arch::layout::MIN_HEAP_SIZE;

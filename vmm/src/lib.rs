@@ -18,6 +18,7 @@ pub mod image;
 pub mod memory;
 pub mod sandbox;
 pub mod size;
+pub mod snapshot;
 pub mod symbols;
 pub mod teardown;
 pub mod timeline;
@@ -48,6 +49,9 @@ pub enum RunError {
     /// The VM could not be created.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A snapshot is unusable or could not be written.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
     /// The runner thread could not be started or died (a bug).
     #[error("the vCPU thread failed unexpectedly")]
     RunnerFailed,
@@ -76,6 +80,8 @@ pub struct RunConfig {
     pub debug_blocked_syscall: bool,
     /// Console bytes allowed before the guest is stopped (status 134).
     pub max_output: u64,
+    /// `image` is a snapshot to restore (`vmm run --from`); its RAM size overrides `mem_size`.
+    pub restore: bool,
 }
 
 /// Checks a guest RAM size against the documented bounds.
@@ -99,22 +105,31 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Loads, boots and runs one image to completion.
+/// Loads, boots and runs one image (or, with [`RunConfig::restore`], a snapshot) to completion.
 ///
 /// Two threads share the work before the first `KVM_RUN`: this one creates the VM and vCPU
 /// (about 0.3 ms of kernel work here) while a runner thread reads, validates and copies the
-/// image into guest RAM and confines itself with seccomp; the runner then receives the VM and
-/// runs the guest. `timeline` carries the instants measured before the call.
+/// image into guest RAM (or maps the snapshot's pages) and confines itself with seccomp; the
+/// runner then receives the VM and runs the guest. `timeline` carries the instants measured
+/// before the call.
 pub fn run(
     config: &RunConfig,
     console: Console,
     mut timeline: timeline::Timeline,
 ) -> Result<RunReport, RunError> {
     use std::time::Instant;
-    check_mem_size(config.mem_size)?;
-    let ram = memory::GuestRam::new(config.mem_size).map_err(VmError::from)?;
+    let mem_size = if config.restore {
+        snapshot::Snapshot::peek_mem_size(&config.image)?
+    } else {
+        config.mem_size
+    };
+    check_mem_size(mem_size)?;
+    let ram = memory::GuestRam::new(mem_size).map_err(VmError::from)?;
     timeline.ram_mapped = Some(Instant::now());
-    let vm_config = vm_config(config);
+    let vm_config = VmConfig {
+        mem_size,
+        ..vm_config(config)
+    };
     type Handoff = (
         Result<vm::VmShell, VmError>,
         timeline::Timeline,
@@ -122,26 +137,38 @@ pub fn run(
     );
     let (to_runner, from_main) = std::sync::mpsc::channel::<Handoff>();
     let runner = {
-        let (ram, path, mem_size, seccomp) = (
+        let (ram, path, seccomp, restore) = (
             ram.clone(),
             config.image.clone(),
-            config.mem_size,
             config.seccomp,
+            config.restore,
         );
-        let vm_config = vm_config.clone();
         std::thread::Builder::new()
             .name("vcpu".into())
             .spawn(move || {
-                let image = load(&ram, &path, mem_size)?;
-                let loaded = Instant::now();
+                let loaded = if restore {
+                    let snapshot = snapshot::Snapshot::open(&path)?;
+                    snapshot.map_into(&ram)?;
+                    Loaded::Snapshot(Box::new(snapshot))
+                } else {
+                    Loaded::Image(load(&ram, &path, mem_size)?)
+                };
+                let loaded_at = Instant::now();
                 if seccomp {
                     sandbox::confine_this_thread().map_err(VmError::from)?;
                 }
                 let (shell, mut timeline, watchdog) =
                     from_main.recv().map_err(|_| RunError::RunnerFailed)?;
-                timeline.image_loaded = Some(loaded);
-                let mut vm =
-                    Vm::from_shell(shell?, std::sync::Arc::new(image), &vm_config, timeline)?;
+                timeline.image_loaded = Some(loaded_at);
+                let mut vm = match loaded {
+                    Loaded::Image(image) => {
+                        Vm::from_shell(shell?, std::sync::Arc::new(image), &vm_config, timeline)?
+                    }
+                    Loaded::Snapshot(snapshot) => {
+                        let layout = std::sync::Arc::new(snapshot.layout());
+                        Vm::from_snapshot(shell?, &snapshot, layout, &vm_config, timeline)?
+                    }
+                };
                 let report = vm.run(console, watchdog)?;
                 Ok::<_, RunError>((vm, report))
             })
@@ -168,6 +195,57 @@ pub fn run(
     Ok(report)
 }
 
+/// What the runner thread prepared in guest RAM.
+enum Loaded {
+    Image(Image),
+    Snapshot(Box<snapshot::Snapshot>),
+}
+
+/// Boots `config.image` until its kernel's snapshot point and writes the snapshot to `out`.
+///
+/// The guest runs sandboxed on its own thread (it is untrusted from its first instruction);
+/// this thread then writes the file.
+pub fn snapshot(
+    config: &RunConfig,
+    console: Console,
+    out: &std::path::Path,
+) -> Result<snapshot::Summary, RunError> {
+    check_mem_size(config.mem_size)?;
+    let image = std::sync::Arc::new(Image::from_file(&config.image)?);
+    image.check_fits(config.mem_size)?;
+    let vm_config = VmConfig {
+        snapshot: true,
+        ..vm_config(config)
+    };
+    let guest_image = std::sync::Arc::clone(&image);
+    let booted = std::thread::Builder::new()
+        .name("vcpu".into())
+        .spawn(move || {
+            let mut vm = Vm::new(guest_image, &vm_config, timeline::Timeline::default())?;
+            match vm.start(console, None)? {
+                vm::Progress::AtSnapshotPoint => {
+                    let state = vm.capture()?;
+                    Ok((vm, state))
+                }
+                vm::Progress::Finished(report) => Err(RunError::from(
+                    snapshot::SnapshotError::NoSnapshotPoint(match report.outcome {
+                        Outcome::Exited(code) => format!("it exited with {code}"),
+                        Outcome::TimedOut(_) => "it timed out".into(),
+                        Outcome::Crashed(text) => {
+                            text.lines().next().unwrap_or("it crashed").to_owned()
+                        }
+                    }),
+                )),
+                vm::Progress::Parked => Err(RunError::from(
+                    snapshot::SnapshotError::NoSnapshotPoint("it parked itself first".into()),
+                )),
+            }
+        })
+        .map_err(|_| RunError::RunnerFailed)?;
+    let (vm, state) = booted.join().unwrap_or(Err(RunError::RunnerFailed))?;
+    Ok(snapshot::write(out, &image, vm.ram(), &state)?)
+}
+
 fn vm_config(config: &RunConfig) -> VmConfig {
     let name = config
         .image
@@ -183,6 +261,7 @@ fn vm_config(config: &RunConfig) -> VmConfig {
         seccomp: config.seccomp,
         debug_blocked_syscall: config.debug_blocked_syscall,
         max_output: config.max_output,
+        snapshot: false,
     }
 }
 

@@ -40,6 +40,27 @@ enum TimelineFormat {
 enum Command {
     /// Print the system calls the sandboxed run loop may make, and why.
     SeccompList,
+    /// Boot an image until its kernel's snapshot point and save the VM to a file.
+    #[command(after_help = "Restore with: vmm run --from FILE [-- ARGS...]")]
+    Snapshot {
+        /// The image.
+        image: PathBuf,
+        /// The snapshot file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Guest RAM: 4M to 4G, a multiple of 2M.
+        #[arg(long, default_value = "16M", value_parser = parse_size)]
+        mem: u64,
+        /// Environment while booting to the snapshot point (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
+        /// Console bytes allowed before the snapshot point.
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        max_output: u64,
+        /// Arguments while booting to the snapshot point.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Boot many instances of an image (or a manifest's mix), each in its own VM, C at a time.
     #[command(
         after_help = "Exit status: 0 when the fleet ran (whatever its guests did), 125 on bad input."
@@ -87,7 +108,12 @@ enum Command {
     #[command(after_help = EXIT_STATUS_HELP)]
     Run {
         /// The image (a static ELF built by `cargo xtask build`).
-        image: PathBuf,
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        image: Option<PathBuf>,
+        /// Restore and continue a snapshot made by `vmm snapshot` instead of booting an image
+        /// (its RAM size replaces --mem).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
         /// Guest RAM: 4M to 4G, a multiple of 2M.
         #[arg(long, default_value = "16M", value_parser = parse_size)]
         mem: u64,
@@ -206,6 +232,7 @@ fn vmm_main() -> i32 {
         }
         Command::Run {
             image,
+            from,
             mem,
             timeout,
             timeline: format,
@@ -219,8 +246,9 @@ fn vmm_main() -> i32 {
             if no_seccomp {
                 eprintln!("warning: --no-seccomp: the VMM runs the guest without its sandbox");
             }
+            let restore = from.is_some();
             let config = RunConfig {
-                image,
+                image: from.or(image).expect("clap requires IMAGE or --from"),
                 mem_size: mem,
                 timeout,
                 args,
@@ -230,8 +258,46 @@ fn vmm_main() -> i32 {
                 seccomp: !no_seccomp,
                 debug_blocked_syscall,
                 max_output,
+                restore,
             };
             run(&config, timeline, format)
+        }
+        Command::Snapshot {
+            image,
+            output,
+            mem,
+            env,
+            max_output,
+            args,
+        } => {
+            let config = RunConfig {
+                image,
+                mem_size: mem,
+                timeout: None,
+                args,
+                env,
+                measure_ram: false,
+                detach_teardown: false,
+                seccomp: true,
+                debug_blocked_syscall: false,
+                max_output,
+                restore: false,
+            };
+            match vmm::snapshot(&config, Console::inherit(), &output) {
+                Ok(summary) => {
+                    eprintln!(
+                        "snapshot: {} ({} pages of guest memory, {} bytes)",
+                        output.display(),
+                        summary.pages,
+                        summary.file_size
+                    );
+                    0
+                }
+                Err(err) => {
+                    eprintln!("error: {:#}", anyhow::Error::from(err));
+                    abi::exit_status::VMM_ERROR
+                }
+            }
         }
     }
 }

@@ -67,6 +67,29 @@ impl GuestRam {
         region.as_ptr() as u64
     }
 
+    /// The numbers of the 4 KiB pages the host has populated, ascending.
+    pub fn resident_page_list(&self) -> Vec<u64> {
+        let pages = self.size.div_ceil(4096) as usize;
+        let mut residency = vec![0u8; pages];
+        // SAFETY: as in `resident_pages`.
+        let rc = unsafe {
+            libc::mincore(
+                self.host_address() as *mut libc::c_void,
+                self.size as usize,
+                residency.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return (0..pages as u64).collect();
+        }
+        residency
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b & 1 != 0)
+            .map(|(i, _)| i as u64)
+            .collect()
+    }
+
     /// Number of 4 KiB pages of RAM the host has populated (touched by VMM or guest).
     pub fn resident_pages(&self) -> Option<u64> {
         let pages = self.size.div_ceil(4096) as usize;

@@ -44,10 +44,15 @@ pub const KVM_RUN: u64 = 0xae80;
 pub const KVM_GET_REGS: u64 = ioc_read(0x81, size_of::<kvm_bindings::kvm_regs>());
 /// `KVM_GET_SREGS`.
 pub const KVM_GET_SREGS: u64 = ioc_read(0x83, size_of::<kvm_bindings::kvm_sregs>());
+/// `KVM_GET_XSAVE` (the legacy 4 KiB area).
+pub const KVM_GET_XSAVE: u64 = ioc_read(0xa4, 4096);
 
 /// Why each system call is allowed, for `vmm seccomp-list`.
 pub const ALLOWED: &[(&str, &str)] = &[
-    ("ioctl", "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS only"),
+    (
+        "ioctl",
+        "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE only",
+    ),
     ("write", "fds 1 and 2 only: guest console, reports"),
     ("futex", "locks (stdout, watchdog)"),
     ("nanosleep", "the guest's sleep hypercall"),
@@ -72,6 +77,10 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("munmap", "memory release"),
     ("madvise", "memory release"),
     ("mincore", "--timeline: count guest pages touched"),
+    (
+        "getrandom",
+        "a fresh random seed for each guest a fleet worker creates",
+    ),
     ("getpid", "teardown helper: who its parent is"),
     ("clone", "teardown helper, flags CLONE_VM only"),
     ("close", "teardown helper: close its copies of stdio"),
@@ -112,7 +121,7 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
     let rule = |conditions| {
         SeccompRule::new(conditions).map_err(|e| SandboxError::Build(seccompiler::Error::from(e)))
     };
-    let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
+    let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE];
     if profile == Profile::FleetWorker {
         requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
     }
@@ -334,6 +343,7 @@ mod tests {
     fn test_ioctl_numbers_match_the_kernel() {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
     }
 
     #[test]
@@ -353,7 +363,7 @@ mod tests {
 
     #[test]
     fn test_allowed_list_is_small_and_known() {
-        assert!(ALLOWED.len() <= 27, "{} syscalls", ALLOWED.len());
+        assert!(ALLOWED.len() <= 28, "{} syscalls", ALLOWED.len());
         for (name, _) in ALLOWED {
             assert!(SYSCALL_NAMES.contains(name), "{name}");
         }

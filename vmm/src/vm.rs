@@ -105,6 +105,8 @@ pub enum Progress {
     Parked,
     /// It stopped.
     Finished(Box<RunReport>),
+    /// It reached its snapshot point (booted for `vmm snapshot`): see [`Vm::capture`].
+    AtSnapshotPoint,
 }
 
 /// What to boot and how.
@@ -124,6 +126,8 @@ pub struct VmConfig {
     pub debug_blocked_syscall: bool,
     /// Console bytes allowed before the guest is stopped.
     pub max_output: u64,
+    /// Boot for `vmm snapshot`: the kernel stops at its snapshot point.
+    pub snapshot: bool,
 }
 
 /// A created VM, ready to run.
@@ -141,6 +145,8 @@ pub struct Vm {
     timeline: Timeline,
     handler: Option<ExitHandler>,
     watchdog: Option<Watchdog>,
+    snapshot_mode: bool,
+    com1_pending: Vec<u8>,
 }
 
 /// Opens `/dev/kvm`.
@@ -160,6 +166,7 @@ pub struct VmShell {
     kvm: Arc<Kvm>,
     tsc_khz: u64,
     sync_regs: bool,
+    random_seed: u64,
 }
 
 impl VmShell {
@@ -207,6 +214,7 @@ impl VmShell {
             kvm,
             tsc_khz,
             sync_regs,
+            random_seed: random_seed(),
         })
     }
 }
@@ -231,6 +239,85 @@ impl Vm {
         Self::from_shell(shell, image, config, timeline)
     }
 
+    /// The state `vmm snapshot` saves, read from a guest stopped at its snapshot point.
+    pub fn capture(&mut self) -> Result<crate::snapshot::SavedState, VmError> {
+        let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let xsave = self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
+        let xsave_bytes = xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let com1_pending = self
+            .handler
+            .as_ref()
+            .map(ExitHandler::com1_pending)
+            .unwrap_or_default();
+        Ok(crate::snapshot::SavedState {
+            regs,
+            sregs,
+            xsave: xsave_bytes,
+            com1_pending,
+        })
+    }
+
+    /// Finishes a VM whose RAM holds `snapshot` (see [`crate::snapshot::Snapshot::map_into`]):
+    /// rewrites boot info for this run and resumes the saved registers after the snapshot
+    /// hypercall, with `rax` = 1.
+    pub fn from_snapshot(
+        shell: VmShell,
+        snapshot: &crate::snapshot::Snapshot,
+        layout: Arc<Image>,
+        config: &VmConfig,
+        mut timeline: Timeline,
+    ) -> Result<Self, VmError> {
+        let VmShell {
+            mut vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+            sync_regs,
+            random_seed,
+        } = shell;
+        let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
+        let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
+        let params = arch::RunParams {
+            args: &args,
+            env: &env,
+            clock: host_clock(tsc_khz),
+            flags: abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED,
+            random_seed,
+        };
+        arch::rewrite_boot_info(&ram, params)?;
+        let regs = crate::snapshot::restored_regs(&snapshot.state().regs);
+        let sregs = regs::initial_sregs();
+        if sync_regs {
+            let sync = vcpu.sync_regs_mut();
+            sync.regs = regs;
+            sync.sregs = sregs;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+        } else {
+            vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        timeline.vcpu_ready = Some(Instant::now());
+        Ok(Vm {
+            vcpu,
+            _vm: vm,
+            ram,
+            _kvm: kvm,
+            image: layout,
+            timeout: config.timeout,
+            seccomp: config.seccomp,
+            debug_blocked_syscall: config.debug_blocked_syscall,
+            max_output: config.max_output,
+            timeline,
+            handler: None,
+            watchdog: None,
+            snapshot_mode: false,
+            com1_pending: snapshot.state().com1_pending.clone(),
+        })
+    }
+
     /// Stops enforcing the timeout (a parked guest may be resumed on another thread).
     pub fn disarm_watchdog(&mut self) {
         if let Some(watchdog) = self.watchdog.take() {
@@ -253,10 +340,22 @@ impl Vm {
             kvm,
             tsc_khz,
             sync_regs,
+            random_seed,
         } = shell;
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
-        arch::write_boot_info(&ram, &image, &args, &env, host_clock(tsc_khz))?;
+        let params = arch::RunParams {
+            args: &args,
+            env: &env,
+            clock: host_clock(tsc_khz),
+            flags: if config.snapshot {
+                abi::boot_flags::SNAPSHOT
+            } else {
+                0
+            },
+            random_seed,
+        };
+        arch::write_boot_info(&ram, &image, params)?;
         let (sregs, regs) = (regs::initial_sregs(), regs::initial_regs(image.entry()));
         if sync_regs {
             // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
@@ -283,6 +382,8 @@ impl Vm {
             timeline,
             handler: None,
             watchdog: None,
+            snapshot_mode: config.snapshot,
+            com1_pending: Vec::new(),
         })
     }
 
@@ -305,7 +406,8 @@ impl Vm {
         loop {
             match progress {
                 Progress::Finished(report) => return Ok(*report),
-                Progress::Parked => progress = self.resume()?,
+                // Outside `vmm snapshot` the snapshot point does not stop the guest.
+                Progress::Parked | Progress::AtSnapshotPoint => progress = self.resume()?,
             }
         }
     }
@@ -319,6 +421,8 @@ impl Vm {
         let mut handler = ExitHandler::new(console);
         handler.deadline = self.timeout.map(|t| Instant::now() + t);
         handler.max_output = self.max_output;
+        handler.snapshot_mode = self.snapshot_mode;
+        handler.restore_com1_pending(&std::mem::take(&mut self.com1_pending));
         self.handler = Some(handler);
         self.watchdog = watchdog.or_else(|| {
             // SAFETY: pthread_self has no preconditions.
@@ -341,9 +445,16 @@ impl Vm {
         let watchdog = self.watchdog.take();
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
         self.watchdog = watchdog;
-        if let Ok(Some(Stop::Parked)) = stop {
-            self.handler = Some(handler);
-            return Ok(Progress::Parked);
+        match stop {
+            Ok(Some(Stop::Parked)) => {
+                self.handler = Some(handler);
+                return Ok(Progress::Parked);
+            }
+            Ok(Some(Stop::SnapshotPoint)) => {
+                self.handler = Some(handler);
+                return Ok(Progress::AtSnapshotPoint);
+            }
+            _ => {}
         }
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.finish();
@@ -445,7 +556,7 @@ impl Vm {
                 "guest stopped: it wrote more than --max-output {} of console output\n",
                 crate::size::Size(*limit)
             ),
-            Stop::Exited(_) | Stop::TimedOut | Stop::Parked => String::new(),
+            Stop::Exited(_) | Stop::TimedOut | Stop::Parked | Stop::SnapshotPoint => String::new(),
         };
         if !matches!(stop, Stop::Exception { .. }) {
             let location = symbolize(regs.rip)
@@ -495,6 +606,14 @@ impl Vm {
         }
         text
     }
+}
+
+/// 64 fresh random bits from the kernel (zero if it cannot give them).
+pub fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into our buffer.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
+    u64::from_le_bytes(seed)
 }
 
 /// The host clock as the guest will see it.

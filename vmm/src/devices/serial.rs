@@ -78,6 +78,16 @@ impl Com1 {
         Some(std::mem::replace(bytes, rest))
     }
 
+    /// Bytes written but not yet taken.
+    pub fn pending(&self) -> &[u8] {
+        &self.uart.writer().bytes
+    }
+
+    /// Puts bytes back as if written (a restored snapshot's).
+    pub fn preload(&mut self, bytes: &[u8]) {
+        self.uart.writer_mut().bytes.extend_from_slice(bytes);
+    }
+
     /// Takes every byte written so far.
     pub fn take_all(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.uart.writer_mut().bytes)
