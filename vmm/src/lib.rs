@@ -17,6 +17,7 @@ pub mod hypercall;
 pub mod image;
 pub mod memory;
 pub mod sandbox;
+pub mod serve;
 pub mod size;
 pub mod snapshot;
 pub mod symbols;

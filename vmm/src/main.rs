@@ -40,6 +40,24 @@ enum TimelineFormat {
 enum Command {
     /// Print the system calls the sandboxed run loop may make, and why.
     SeccompList,
+    /// Keep VMs ready and run requests from `vmm run --via SOCKET` (until killed).
+    Serve {
+        /// The Unix socket to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Ready VMs kept per snapshot.
+        #[arg(long, default_value_t = 4)]
+        pool: usize,
+        /// A snapshot to keep ready VMs of (repeatable); anything else is served cold.
+        #[arg(long = "snapshot", value_name = "FILE")]
+        snapshots: Vec<PathBuf>,
+        /// Threads running guests.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Run without the seccomp sandbox.
+        #[arg(long)]
+        no_seccomp: bool,
+    },
     /// Boot an image until its kernel's snapshot point and save the VM to a file.
     #[command(after_help = "Restore with: vmm run --from FILE [-- ARGS...]")]
     Snapshot {
@@ -114,6 +132,9 @@ enum Command {
         /// (its RAM size replaces --mem).
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
+        /// Have the `vmm serve` listening on this socket run it (same output and status).
+        #[arg(long, value_name = "SOCKET")]
+        via: Option<PathBuf>,
         /// Guest RAM: 4M to 4G, a multiple of 2M.
         #[arg(long, default_value = "16M", value_parser = parse_size)]
         mem: u64,
@@ -221,6 +242,31 @@ fn vmm_main() -> i32 {
                 Err(err) => fleet_error(err),
             }
         }
+        Command::Serve {
+            socket,
+            pool,
+            snapshots,
+            workers,
+            no_seccomp,
+        } => {
+            if no_seccomp {
+                eprintln!("warning: --no-seccomp: serve workers run without their sandbox");
+            }
+            let config = vmm::serve::ServeConfig {
+                socket,
+                pool,
+                snapshots,
+                workers,
+                seccomp: !no_seccomp,
+            };
+            match vmm::serve::serve(&config) {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("error: {:#}", anyhow::Error::from(err));
+                    abi::exit_status::VMM_ERROR
+                }
+            }
+        }
         Command::SeccompList => {
             for (name, why) in vmm::sandbox::ALLOWED {
                 println!("{name:<16} {why}");
@@ -233,6 +279,7 @@ fn vmm_main() -> i32 {
         Command::Run {
             image,
             from,
+            via,
             mem,
             timeout,
             timeline: format,
@@ -245,6 +292,24 @@ fn vmm_main() -> i32 {
         } => {
             if no_seccomp {
                 eprintln!("warning: --no-seccomp: the VMM runs the guest without its sandbox");
+            }
+            if let Some(socket) = via {
+                let target = from.or(image).expect("clap requires IMAGE or --from");
+                let request = vmm::serve::Request {
+                    target: std::path::absolute(&target).unwrap_or(target),
+                    args,
+                    env,
+                    timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                    max_output,
+                    mem_size: mem,
+                };
+                return match vmm::serve::run_via(&socket, &request) {
+                    Ok(status) => status,
+                    Err(why) => {
+                        eprintln!("error: {why}");
+                        abi::exit_status::VMM_ERROR
+                    }
+                };
             }
             let restore = from.is_some();
             let config = RunConfig {

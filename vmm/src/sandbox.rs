@@ -122,7 +122,7 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
         SeccompRule::new(conditions).map_err(|e| SandboxError::Build(seccompiler::Error::from(e)))
     };
     let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE];
-    if profile == Profile::FleetWorker {
+    if profile != Profile::Runner {
         requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
     }
     let ioctl_rules = requests
@@ -138,10 +138,15 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
     )
     .expect("argument index below 6");
     rules.insert(syscall_number("mprotect"), vec![rule(vec![no_exec])?]);
-    rules.insert(
-        syscall_number("write"),
-        vec![rule(vec![arg_eq(0, 1)])?, rule(vec![arg_eq(0, 2)])?],
-    );
+    let mut writable = vec![1u64, 2];
+    if let Profile::ServeWorker { client_fd } = profile {
+        writable.push(client_fd as u64);
+    }
+    let write_rules = writable
+        .into_iter()
+        .map(|fd| rule(vec![arg_eq(0, fd)]))
+        .collect::<Result<_, _>>()?;
+    rules.insert(syscall_number("write"), write_rules);
     rules.insert(
         syscall_number("clone"),
         vec![rule(vec![arg_eq(0, libc::CLONE_VM as u64)])?],
@@ -167,6 +172,12 @@ thread_local! {
 pub enum Profile {
     /// A thread that runs one guest that already exists ([`ALLOWED`]).
     Runner,
+    /// A `vmm serve` worker: a fleet worker that may also write to the one fd where the
+    /// server puts each client's connection.
+    ServeWorker {
+        /// The fd.
+        client_fd: i32,
+    },
     /// A `vmm fleet` worker, which also creates and destroys VMs through an open `/dev/kvm`
     /// ([`ALLOWED`] plus the VM-creation ioctls of [`FLEET_IOCTLS`]).
     FleetWorker,
@@ -211,16 +222,21 @@ pub fn confine_this_thread_as(profile: Profile) -> Result<(), SandboxError> {
     type Cached = std::sync::OnceLock<Result<BpfProgram, String>>;
     static RUNNER: Cached = Cached::new();
     static FLEET: Cached = Cached::new();
-    let cache = if profile == Profile::Runner {
-        &RUNNER
-    } else {
-        &FLEET
+    let cache = match profile {
+        Profile::Runner => Some(&RUNNER),
+        Profile::FleetWorker => Some(&FLEET),
+        Profile::ServeWorker { .. } => None,
     };
-    let filter = match cache.get_or_init(|| filter_for(profile).map_err(|e| format!("{e:#?}"))) {
-        Ok(filter) => filter,
-        // Building is deterministic: if it failed once, build again for the real error.
-        Err(_) => &filter_for(profile)?,
-    };
+    let built;
+    let filter =
+        match cache.map(|c| c.get_or_init(|| filter_for(profile).map_err(|e| format!("{e:#?}")))) {
+            Some(Ok(filter)) => filter,
+            // Building is deterministic: if it failed once, build again for the real error.
+            _ => {
+                built = filter_for(profile)?;
+                &built
+            }
+        };
     static DENIALS: std::sync::OnceLock<Result<BpfProgram, String>> = std::sync::OnceLock::new();
     let denials = match DENIALS.get_or_init(|| denial_filter().map_err(|e| format!("{e:#?}"))) {
         Ok(filter) => filter,

@@ -1,0 +1,152 @@
+//! `vmm serve` and `vmm run --via`: a request behaves like a local `vmm run`, and every request
+//! gets a fresh VM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+use tests::{image, require_kvm, status, stderr, stdout, vmm, vmm_bin};
+
+struct Server {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn snapshot(dir: &Path, name: &str, image_name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let out = vmm(&[
+        "snapshot",
+        image(image_name).to_str().unwrap(),
+        "-o",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    path
+}
+
+fn start_server(dir: &Path, snapshots: &[&Path]) -> Server {
+    let socket = dir.join("flick.sock");
+    let mut cmd = Command::new(vmm_bin());
+    cmd.args(["serve", "--socket", socket.to_str().unwrap(), "--pool", "2"]);
+    for snap in snapshots {
+        cmd.args(["--snapshot", snap.to_str().unwrap()]);
+    }
+    let child = cmd.spawn().expect("cannot start vmm serve");
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "vmm serve did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Server { child, socket }
+}
+
+fn via(server: &Server, target: &[&str], args: &[&str]) -> Output {
+    let mut all = vec!["run", "--via", server.socket.to_str().unwrap()];
+    all.extend_from_slice(target);
+    all.push("--");
+    all.extend_from_slice(args);
+    vmm(&all)
+}
+
+#[test]
+fn test_serve_behaves_like_a_local_run() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve");
+    let hello = snapshot(&dir, "hello.snap", "hello");
+    let server = start_server(&dir, &[&hello]);
+
+    let remote = via(&server, &["--from", hello.to_str().unwrap()], &["a", "b c"]);
+    let local = vmm(&["run", "--from", hello.to_str().unwrap(), "--", "a", "b c"]);
+    assert_eq!(status(&remote), 0, "{}", stderr(&remote));
+    assert_eq!(stdout(&remote), stdout(&local));
+    assert_eq!(stdout(&remote), "Hello from a unikernel!\na\nb c\n");
+
+    // An image, not pooled: served cold.
+    let out = via(&server, &[image("exitcode").to_str().unwrap()], &["5"]);
+    assert_eq!(status(&out), 5, "{}", stderr(&out));
+
+    // A crash: same status and report as locally.
+    let out = via(&server, &[image("fault").to_str().unwrap()], &["null"]);
+    assert_eq!(status(&out), 134);
+    assert!(
+        stderr(&out).contains("page fault (#PF, vector 14)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A panic: the guest's own stderr is relayed.
+    let out = via(&server, &[image("panic").to_str().unwrap()], &[]);
+    assert_eq!(status(&out), 101);
+    assert!(
+        stderr(&out).contains("deliberate panic"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn test_serve_gives_every_request_a_fresh_vm() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve-fresh");
+    let warm = snapshot(&dir, "warmup.snap", "warmup");
+    let server = start_server(&dir, &[&warm]);
+    let mut seeds = Vec::new();
+    for i in 0..6 {
+        let arg = format!("request-{i}");
+        let out = via(&server, &["--from", warm.to_str().unwrap()], &[&arg]);
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains(&format!("args [\"{arg}\"]")), "{text}");
+        seeds.push(
+            text.lines()
+                .find(|l| l.starts_with("seed "))
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    seeds.sort();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 6, "each request must get its own VM and seed");
+}
+
+#[test]
+fn test_serve_bad_target_is_a_clear_error() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve-bad");
+    let server = start_server(&dir, &[]);
+    let out = via(&server, &["/bin/true"], &[]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).contains("not an image for this VMM"),
+        "{}",
+        stderr(&out)
+    );
+    let out = via(&server, &["/nonexistent/image"], &[]);
+    assert_eq!(status(&out), 125);
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+#[test]
+fn test_via_without_server_is_a_clear_error() {
+    let out = vmm(&[
+        "run",
+        "--via",
+        "/nonexistent/flick.sock",
+        image("hello").to_str().unwrap(),
+    ]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).starts_with("error: cannot reach vmm serve"),
+        "{}",
+        stderr(&out)
+    );
+}
