@@ -2,6 +2,7 @@
 //! compiled: freestanding `no_std` static ELFs for the host target, linked by
 //! `kernel/link.ld` (see DESIGN.md).
 
+mod bench;
 mod guest;
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +39,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure cold starts of our VMM against its peers; report in target/bench/.
+    Bench(bench::Bench),
     /// Build everything and run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -86,6 +89,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let status = cmd.status().context("cannot start the VMM")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
+        Task::Bench(args) => bench::run(args),
         Task::Test { args } => {
             build_vmm()?;
             guest::build(&[])?;
@@ -125,7 +129,8 @@ pub fn vmm_path() -> PathBuf {
     project_root().join("target/release/vmm")
 }
 
-fn build_vmm() -> Result<()> {
+/// Builds the VMM (release) into [`vmm_path`].
+pub fn build_vmm() -> Result<()> {
     let status = cargo()
         .args(["build", "--release", "--quiet", "--package", "vmm"])
         .status()
