@@ -170,3 +170,28 @@ fn read_output(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// Runs `cmd` (untimed) under `probe` (see `native::build_rss_probe`) and returns the peak RSS
+/// of its process tree, KiB, free of the bench's own RSS.
+pub fn probe_rss(probe: &Path, cmd: &Command, output_file: &Path) -> Result<u64> {
+    let out = File::create(output_file)
+        .with_context(|| format!("cannot create {}", output_file.display()))?;
+    let err = out
+        .try_clone()
+        .context("cannot duplicate the output file")?;
+    let rss_file = output_file.with_extension("rss");
+    let status = Command::new(probe)
+        .arg(&rss_file)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .context("cannot start rss-probe")?;
+    let text = std::fs::read_to_string(&rss_file)
+        .with_context(|| format!("rss-probe wrote no RSS ({status})"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("rss-probe wrote {text:?}"))
+}

@@ -28,6 +28,11 @@ const DEFAULT_RUNS: usize = 50;
 const QUICK_RUNS: usize = 10;
 /// Untimed runs of ours with `--timeline=json` (at most; never more than the timed runs).
 const TIMELINE_RUNS: usize = 10;
+/// A pause after every run, so that what a peer leaves behind (Docker removing its container,
+/// a runtime removing its cgroup) does not land in the next peer's run.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Untimed runs of each peer under `rss-probe`.
+const RSS_PROBE_RUNS: usize = 3;
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -128,9 +133,11 @@ fn build_ours(image: Option<&str>, with_sha: bool) -> Result<PathBuf> {
 fn measure_session(setups: &mut [Setup], runs: usize) -> Vec<PeerResult> {
     let watchdog = measure::Watchdog::start();
     let mut results: Vec<PeerResult> = setups.iter().map(PeerResult::from_setup).collect();
+    let probe = native::build_rss_probe(&bench_dir());
     for (setup, result) in setups.iter().zip(results.iter_mut()) {
         if let Setup::Ready(peer) = setup {
             run_verified(peer, result, &watchdog, None);
+            probe_rss(peer, result, probe.as_deref());
         }
     }
     for round in 0..runs {
@@ -141,6 +148,26 @@ fn measure_session(setups: &mut [Setup], runs: usize) -> Vec<PeerResult> {
         }
     }
     results
+}
+
+/// Measures the peak RSS of `peer` under the RSS probe, unless the peer failed already. Without
+/// a probe, the report falls back on `wait4`'s numbers (which include the bench's own RSS).
+fn probe_rss(peer: &Peer, result: &mut PeerResult, probe: Result<&Path, &anyhow::Error>) {
+    let probe = match probe {
+        Ok(probe) if result.failure.is_none() => probe,
+        Ok(_) => return,
+        Err(err) => {
+            result.probe_note = Some(format!("rss-probe: {err:#}"));
+            return;
+        }
+    };
+    for i in 0..RSS_PROBE_RUNS {
+        let cmd = peer.command(&format!("rss{i}"));
+        match measure::probe_rss(probe, &cmd, &peer.output_file) {
+            Ok(kib) => result.probe_rss_kib.push(kib),
+            Err(err) => result.probe_note = Some(format!("{err:#}")),
+        }
+    }
 }
 
 /// One run of `peer`, recorded in `result` when `round` is given (else a warm-up). A failed
@@ -162,4 +189,5 @@ fn run_verified(
         Ok(_) => {}
         Err(err) => result.failure = Some(format!("{err:#}")),
     }
+    std::thread::sleep(SETTLE);
 }

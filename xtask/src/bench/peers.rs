@@ -125,8 +125,13 @@ pub struct PeerResult {
     pub failure: Option<String>,
     /// Wall time of each timed run, µs.
     pub samples_us: Vec<f64>,
-    /// Peak RSS of each timed run, KiB.
+    /// `wait4`'s `ru_maxrss` of each timed run, KiB. Linux counts in it the RSS of the bench
+    /// itself (the mm the child had before `execve`), so it has a floor of a few MiB.
     pub rss_kib: Vec<u64>,
+    /// Peak RSS of untimed runs under `rss-probe`, KiB (without the bench's RSS).
+    pub probe_rss_kib: Vec<u64>,
+    /// Why `probe_rss_kib` is missing or short, if it is.
+    pub probe_note: Option<String>,
 }
 
 impl PeerResult {
@@ -157,12 +162,15 @@ impl PeerResult {
             failure,
             samples_us: Vec::new(),
             rss_kib: Vec::new(),
+            probe_rss_kib: Vec::new(),
+            probe_note: None,
         }
     }
 
     /// Records one timed run.
     pub fn record(&mut self, sample: &Sample) {
-        self.samples_us.push(sample.wall.as_secs_f64() * 1e6);
+        let us = sample.wall.as_secs_f64() * 1e6;
+        self.samples_us.push((us * 1000.0).round() / 1000.0);
         self.rss_kib.push(sample.max_rss_kib);
     }
 }

@@ -25,7 +25,8 @@ pub struct PeerReport {
     pub runs: usize,
     /// Statistics of the wall times (when `ok`).
     pub summary: Option<Summary>,
-    /// Median of the runs' peak RSS, KiB.
+    /// Median peak RSS, KiB: of the runs under `rss-probe`, or of the timed runs when the
+    /// probe gave nothing (then the bench's own RSS is in it).
     pub peak_rss_kib: Option<u64>,
     /// Median wall time over the native hello's median.
     pub ratio_to_native: Option<f64>,
@@ -57,7 +58,12 @@ impl PeerReport {
             (None, None) => "ok",
         };
         let ok = status == "ok";
-        let rss: Vec<f64> = result.rss_kib.iter().map(|&k| k as f64).collect();
+        let rss = if result.probe_rss_kib.is_empty() {
+            &result.rss_kib
+        } else {
+            &result.probe_rss_kib
+        };
+        let rss: Vec<f64> = rss.iter().map(|&k| k as f64).collect();
         PeerReport {
             status,
             runs: result.samples_us.len(),
@@ -137,6 +143,7 @@ impl Report {
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         let m = &self.machine;
+        let probe_runs = super::RSS_PROBE_RUNS;
         let mut md = format!("# flick cold-start bench, {}\n\n", m.date);
         let _ = writeln!(
             md,
@@ -146,8 +153,9 @@ impl Report {
         let _ = writeln!(
             md,
             "{} cold starts per peer, interleaved (A B C A B C ...) after one untimed warm-up \
-             run each. Wall time from spawn to `wait4`; peak RSS is the child's `ru_maxrss` \
-             (median over the runs).\n",
+             run each. Wall time from spawn to `wait4`. Peak RSS is `ru_maxrss` of the process \
+             tree, median of {probe_runs} untimed runs under a tiny static spawner: a child of the \
+             bench itself would carry the bench's RSS, which Linux records at `execve`.\n",
             self.runs_per_peer
         );
         md.push_str("| peer | min | median | p90 | p99 | peak RSS | × native | what |\n");
