@@ -117,9 +117,15 @@ impl Report {
         write("report.json", serde_json::to_string_pretty(self)? + "\n")?;
         write("report.md", self.markdown())?;
         write("boot.svg", svg::boot_chart(&self.chart_bars()))?;
+        let ours_wall = self
+            .peers
+            .iter()
+            .find(|p| p.result.name == "ours")
+            .and_then(|p| p.summary)
+            .map(|s| s.median_us);
         let phases = match &self.timeline {
-            Some(Ok(timeline)) => svg::phases_chart(&timeline.phases),
-            _ => svg::phases_chart(&[]),
+            Some(Ok(timeline)) => svg::phases_chart(&timeline.phases, ours_wall),
+            _ => svg::phases_chart(&[], None),
         };
         write("phases.svg", phases)
     }

@@ -130,12 +130,14 @@ pub fn boot_chart(bars: &[Bar]) -> String {
             svg,
             "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"{stroke}\"{dash}/>"
         );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#495057\">{}</text>",
-            bottom + 16.0,
-            time_label(v)
-        );
+        if major || axis.hi - axis.lo <= 2.0 {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#495057\">{}</text>",
+                bottom + 16.0,
+                time_label(v)
+            );
+        }
     }
     for (i, bar) in bars.iter().enumerate() {
         svg.push_str(&bar_row(&axis, bar, TOP + ROW * i as f64));
@@ -183,8 +185,22 @@ fn bar_row(axis: &LogAxis, bar: &Bar, y: f64) -> String {
     row
 }
 
-/// The phase chart; says "timeline unavailable" when there are no phases.
-pub fn phases_chart(phases: &[Phase]) -> String {
+/// The phase chart; says "timeline unavailable" when there are no phases. With `wall_us`, the
+/// cold start's median wall time, what the phases do not cover is drawn as a last grey segment.
+pub fn phases_chart(phases: &[Phase], wall_us: Option<f64>) -> String {
+    let mut phases = phases.to_vec();
+    let covered: f64 = phases.iter().map(|p| p.duration_us.max(0.0)).sum();
+    if let Some(rest) = wall_us
+        .map(|w| w - covered)
+        .filter(|r| *r > 0.0 && covered > 0.0)
+    {
+        phases.push(Phase {
+            phase: "rest of the cold start (exec, exit: outside the timeline)".to_owned(),
+            duration_us: rest,
+            since_start_us: 0.0,
+        });
+    }
+    let phases = &phases[..];
     let total: f64 = phases.iter().map(|p| p.duration_us.max(0.0)).sum();
     if phases.is_empty() || total <= 0.0 {
         let mut svg = open(60.0, "Our boot, phase by phase");
@@ -193,13 +209,17 @@ pub fn phases_chart(phases: &[Phase]) -> String {
         ));
         return svg;
     }
-    let title = format!("Our boot, phase by phase (sum {})", time_label(total));
-    let legend_top = TOP + 50.0;
+    let title = format!("Our cold start, phase by phase ({})", time_label(total));
+    let legend_top = TOP + 70.0;
     let mut svg = open(legend_top + 20.0 * phases.len() as f64 + 10.0, &title);
     let scale = (PLOT_RIGHT - PLOT_LEFT) / total;
     let mut x = PLOT_LEFT;
     for (i, phase) in phases.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = if phase.phase.starts_with("rest of") {
+            "#ced4da"
+        } else {
+            PALETTE[i % PALETTE.len()]
+        };
         let w = phase.duration_us.max(0.0) * scale;
         let _ = writeln!(
             svg,
@@ -226,8 +246,8 @@ pub fn phases_chart(phases: &[Phase]) -> String {
         svg,
         "<text x=\"{PLOT_LEFT}\" y=\"{:.1}\" fill=\"#495057\">0</text>\
          <text x=\"{PLOT_RIGHT}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#495057\">{}</text>",
-        TOP + 44.0,
-        TOP + 44.0,
+        TOP + 46.0,
+        TOP + 46.0,
         time_label(total)
     );
     svg.push_str("</svg>\n");
@@ -255,6 +275,6 @@ mod tests {
 
     #[test]
     fn test_phases_chart_without_phases_says_unavailable() {
-        assert!(phases_chart(&[]).contains("timeline unavailable"));
+        assert!(phases_chart(&[], Some(2000.0)).contains("timeline unavailable"));
     }
 }
