@@ -16,7 +16,7 @@
 /// Version of this ABI. The VMM refuses images whose note carries another version.
 ///
 /// Bump it whenever a port, struct layout or boot-info field changes meaning.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// I/O ports (guest → VMM). The TSS I/O permission bitmap opens exactly these and COM1.
 pub mod port {
@@ -31,6 +31,9 @@ pub mod port {
     pub const CRASH: u16 = 0x502;
     /// `out` value: a boot milestone number from [`super::milestone`].
     pub const MILESTONE: u16 = 0x503;
+    /// `out` value: microseconds to sleep. The VMM waits (no busy loop in the guest), then
+    /// resumes the guest; a `--timeout` that passes meanwhile stops it.
+    pub const SLEEP: u16 = 0x504;
     /// Last port of the hypercall range. Unassigned ports in the range read as all-ones and
     /// ignore writes (the VMM counts them).
     pub const LAST: u16 = 0x50f;
@@ -125,8 +128,9 @@ pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"FLICKBI1");
 
 /// What the VMM hands the guest: `RDI` holds its guest-physical (= virtual) address at entry.
 ///
-/// The arguments follow as `argc` NUL-terminated UTF-8 strings packed at `args`, `args_len`
-/// bytes in all; the first is the image's name.
+/// The arguments follow as `argc` NUL-terminated UTF-8 strings packed at `args`, the first
+/// being the image's name, then `envc` more strings of the form `KEY=VALUE`: `args_len` bytes
+/// in all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootInfo {
@@ -136,7 +140,11 @@ pub struct BootInfo {
     pub abi_version: u32,
     /// Number of arguments at `args`.
     pub argc: u32,
-    /// Guest-physical address of the packed arguments.
+    /// Number of `KEY=VALUE` environment strings after the arguments.
+    pub envc: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Guest-physical address of the packed arguments and environment.
     pub args: u64,
     /// Bytes at `args`.
     pub args_len: u64,
@@ -186,7 +194,7 @@ mod tests {
 
     #[test]
     fn test_boot_info_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<BootInfo>(), 96);
+        assert_eq!(core::mem::size_of::<BootInfo>(), 104);
     }
 
     #[test]

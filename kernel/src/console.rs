@@ -46,6 +46,31 @@ impl Write for LineBuffer {
     }
 }
 
+/// A line formatted on the stack, for paths that must not allocate or use the buffers.
+pub(crate) struct StackLine {
+    len: usize,
+    bytes: [u8; 256],
+}
+
+impl StackLine {
+    pub(crate) const fn new() -> Self {
+        Self { len: 0, bytes: [0; 256] }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Write for StackLine {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 static STDOUT: Global<LineBuffer> = Global::new(LineBuffer::new(stream::STDOUT));
 static STDERR: Global<LineBuffer> = Global::new(LineBuffer::new(stream::STDERR));
 

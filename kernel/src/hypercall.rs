@@ -32,6 +32,11 @@ pub fn milestone(id: u32) {
     out(port::MILESTONE, id);
 }
 
+/// Asks the VMM to wait `micros` microseconds.
+pub fn sleep_micros(micros: u32) {
+    out(port::SLEEP, micros);
+}
+
 /// Stops the guest with exit code `code`.
 pub fn exit(code: i32) -> ! {
     out(port::EXIT, code as u32);

@@ -25,9 +25,13 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 pub mod args;
 pub mod console;
 pub mod exceptions;
+pub mod heap;
+pub mod time;
 mod global;
 mod hypercall;
 mod mem;
@@ -35,7 +39,7 @@ mod note;
 mod panic;
 mod start;
 
-pub use args::{Args, args};
+pub use args::{Args, args, env, vars};
 pub use start::{boot_info, exit};
 
 /// Names the app's entry point: `fn main(args: kernel::Args) -> i32`.

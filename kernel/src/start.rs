@@ -11,6 +11,8 @@ static BOOT_INFO: Global<BootInfo> = Global::new(BootInfo {
     magic: 0,
     abi_version: 0,
     argc: 0,
+    envc: 0,
+    reserved: 0,
     args: 0,
     args_len: 0,
     mem_size: 0,

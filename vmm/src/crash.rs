@@ -201,6 +201,49 @@ pub fn exception_report(
     out
 }
 
+/// Most frames a backtrace shows.
+const MAX_FRAMES: usize = 32;
+
+/// A best-effort backtrace: the faulting `rip`, then the return addresses found by walking the
+/// frame-pointer chain from `rbp` (images are built with frame pointers). Every read is checked
+/// against RAM and the chain must move up the stack, so a corrupt chain ends the walk.
+pub fn backtrace(
+    ram: &GuestRam,
+    rip: u64,
+    rbp: u64,
+    symbolize: &dyn Fn(u64) -> Option<String>,
+) -> String {
+    let name = |addr: u64| {
+        symbolize(addr)
+            .map(|s| format!(" <{s}>"))
+            .unwrap_or_default()
+    };
+    let mut out = format!("  backtrace:\n    #0  {rip:#018x}{}\n", name(rip));
+    let mut frame = rbp;
+    for depth in 1..MAX_FRAMES {
+        if frame == 0 || !frame.is_multiple_of(8) {
+            break;
+        }
+        let (Ok(next), Ok(ret)) = (ram.read_u64(frame), ram.read_u64(frame.wrapping_add(8))) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        // The return address points after the call: name the call itself.
+        let _ = writeln!(
+            out,
+            "    #{depth:<2} {ret:#018x}{}",
+            name(ret.saturating_sub(1))
+        );
+        if next <= frame {
+            break;
+        }
+        frame = next;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +293,37 @@ mod tests {
         let ram = GuestRam::new(1 << 20).unwrap();
         assert_eq!(read_frame(&ram, u64::MAX - 8, 14), None);
         assert_eq!(read_frame(&ram, 1 << 20, 3), None);
+    }
+
+    #[test]
+    fn test_backtrace_follows_frame_chain_and_stops_at_zero() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // frame at 0x8000 -> 0x8100 -> end
+        let write = |at: u64, a: u64, b: u64| {
+            ram.write(at, &[a.to_le_bytes(), b.to_le_bytes()].concat())
+                .unwrap()
+        };
+        write(0x8000, 0x8100, 0x20_1111);
+        write(0x8100, 0, 0x20_2222);
+        let text = backtrace(&ram, 0x20_0000, 0x8000, &|a| Some(format!("f{a:x}")));
+        assert!(text.contains("#0  0x0000000000200000 <f200000>"), "{text}");
+        assert!(text.contains("#1  0x0000000000201111 <f201110>"), "{text}");
+        assert!(text.contains("#2  0x0000000000202222"), "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+    }
+
+    #[test]
+    fn test_backtrace_survives_a_looping_or_wild_chain() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.write(
+            0x8000,
+            &[0x8000u64.to_le_bytes(), 0x1234u64.to_le_bytes()].concat(),
+        )
+        .unwrap();
+        let text = backtrace(&ram, 1, 0x8000, &|_| None);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        let text = backtrace(&ram, 1, u64::MAX - 7, &|_| None);
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use abi::hypercall::stream;
 use abi::port;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Milestones kept per guest (a guest may report any number; only these are kept).
 pub const MAX_MILESTONES: usize = 64;
@@ -83,6 +83,8 @@ pub enum Stop {
     Halted,
     /// A hypercall was refused.
     BadHypercall(HypercallError),
+    /// A sleep reached the `--timeout` deadline.
+    TimedOut,
     /// An exit the VMM does not expect.
     Unexpected(&'static str),
 }
@@ -152,6 +154,8 @@ pub struct ExitHandler {
     pub milestones: Vec<(u32, Instant)>,
     /// When the first console output arrived.
     pub first_output: Option<Instant>,
+    /// When `--timeout` stops the guest.
+    pub deadline: Option<Instant>,
 }
 
 impl ExitHandler {
@@ -164,6 +168,7 @@ impl ExitHandler {
             stats: ExitStats::default(),
             milestones: Vec::new(),
             first_output: None,
+            deadline: None,
         }
     }
 
@@ -224,6 +229,10 @@ impl ExitHandler {
             port::CRASH => Action::Stop(Stop::Exception {
                 vector: data.first().copied().unwrap_or(0xff),
             }),
+            port::SLEEP => match hypercall::port_value(port, data) {
+                Ok(micros) => self.sleep(Duration::from_micros(u64::from(micros))),
+                Err(err) => Action::Stop(Stop::BadHypercall(err)),
+            },
             port::MILESTONE => {
                 if let Ok(id) = hypercall::port_value(port, data)
                     && self.milestones.len() < MAX_MILESTONES
@@ -234,6 +243,21 @@ impl ExitHandler {
             }
             _ => {
                 self.stats.unknown_port_accesses += 1;
+                Action::Continue
+            }
+        }
+    }
+
+    /// Waits on the guest's behalf, never past the deadline.
+    fn sleep(&mut self, wanted: Duration) -> Action {
+        let now = Instant::now();
+        match self.deadline {
+            Some(deadline) if now + wanted >= deadline => {
+                std::thread::sleep(deadline.saturating_duration_since(now));
+                Action::Stop(Stop::TimedOut)
+            }
+            _ => {
+                std::thread::sleep(wanted);
                 Action::Continue
             }
         }
@@ -503,6 +527,37 @@ mod tests {
             Action::Continue
         );
         assert_eq!(h.stats.mmio, 2);
+    }
+
+    #[test]
+    fn test_handle_sleep_waits_then_continues() {
+        let (mut h, _, _, ram) = handler();
+        let started = Instant::now();
+        let action = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::SLEEP,
+                data: &20_000u32.to_le_bytes(),
+            },
+        );
+        assert_eq!(action, Action::Continue);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn test_handle_sleep_past_deadline_times_out() {
+        let (mut h, _, _, ram) = handler();
+        h.deadline = Some(Instant::now() + Duration::from_millis(10));
+        let started = Instant::now();
+        let action = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::SLEEP,
+                data: &u32::MAX.to_le_bytes(),
+            },
+        );
+        assert_eq!(action, Action::Stop(Stop::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

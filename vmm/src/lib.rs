@@ -16,6 +16,9 @@ pub mod hypercall;
 pub mod image;
 pub mod memory;
 pub mod size;
+pub mod symbols;
+pub mod teardown;
+pub mod timeline;
 pub mod vm;
 
 pub use exit::Console;
@@ -55,6 +58,12 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     /// Arguments after the image name.
     pub args: Vec<String>,
+    /// Environment for the app, `KEY=VALUE` each.
+    pub env: Vec<String>,
+    /// Count the guest RAM pages touched (one `mincore` after the run).
+    pub measure_ram: bool,
+    /// Leave the VM's teardown to a helper process so the caller can exit at once.
+    pub detach_teardown: bool,
 }
 
 /// Checks a guest RAM size against the documented bounds.
@@ -79,10 +88,17 @@ pub fn check_mem_size(mem_size: u64) -> Result<(), RunError> {
 }
 
 /// Loads, boots and runs one image to completion.
-pub fn run(config: &RunConfig, console: Console) -> Result<RunReport, RunError> {
+///
+/// `timeline` carries the instants measured before the call (process start, arguments).
+pub fn run(
+    config: &RunConfig,
+    console: Console,
+    mut timeline: timeline::Timeline,
+) -> Result<RunReport, RunError> {
     check_mem_size(config.mem_size)?;
     let image = Image::from_file(&config.image)?;
     image.check_fits(config.mem_size)?;
+    timeline.image_loaded = Some(std::time::Instant::now());
     let name = config
         .image
         .file_name()
@@ -94,7 +110,18 @@ pub fn run(config: &RunConfig, console: Console) -> Result<RunReport, RunError> 
         mem_size: config.mem_size,
         timeout: config.timeout,
         args,
+        env: config.env.clone(),
     };
-    let vm = Vm::new(&image, &vm_config)?;
-    Ok(vm.run(console)?)
+    let mut vm = Vm::new(&image, &vm_config, timeline)?;
+    let mut report = vm.run(console)?;
+    if config.measure_ram {
+        report.ram_pages_touched = vm.ram().resident_pages();
+    }
+    if config.detach_teardown {
+        teardown::detach(vm);
+    } else {
+        drop(vm);
+    }
+    report.timeline.torn_down = Some(std::time::Instant::now());
+    Ok(report)
 }

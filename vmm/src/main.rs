@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use vmm::size::{parse_duration, parse_size};
+use vmm::timeline::{self, Timeline};
 use vmm::{Console, Outcome, RunConfig};
 
 const EXIT_STATUS_HELP: &str = "\
@@ -23,6 +24,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TimelineFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot an image and exit with its exit code.
@@ -36,6 +43,13 @@ enum Command {
         /// Stop the guest after this long (e.g. 500ms, 2s, 1m); exit status 124.
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
+        /// After the guest exits, print the boot timeline, VM exits and RAM touched on stderr
+        /// (`--timeline=json`: as one line of JSON).
+        #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
+        timeline: Option<TimelineFormat>,
+        /// Set an environment variable for the app (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -43,15 +57,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let mut timeline = Timeline::at_main();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    timeline.args_parsed = Some(std::time::Instant::now());
     match cli.command {
         Command::Run {
             image,
             mem,
             timeout,
+            timeline: format,
+            env,
             args,
         } => {
             let config = RunConfig {
@@ -59,9 +77,23 @@ fn main() -> ExitCode {
                 mem_size: mem,
                 timeout,
                 args,
+                env,
+                measure_ram: format.is_some(),
+                detach_teardown: true,
             };
-            run(&config)
+            run(&config, timeline, format)
         }
+    }
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((key, _)) if !key.is_empty() && !key.contains('\0') && !text.contains('\0') => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "invalid environment entry '{text}' (expected KEY=VALUE)"
+        )),
     }
 }
 
@@ -87,8 +119,8 @@ fn usage_error(err: clap::Error) -> ExitCode {
     ExitCode::from(abi::exit_status::VMM_ERROR as u8)
 }
 
-fn run(config: &RunConfig) -> ExitCode {
-    match vmm::run(config, Console::inherit()) {
+fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> ExitCode {
+    match vmm::run(config, Console::inherit(), timeline) {
         Ok(report) => {
             match &report.outcome {
                 Outcome::Exited(_) => {}
@@ -97,7 +129,15 @@ fn run(config: &RunConfig) -> ExitCode {
                 }
                 Outcome::Crashed(text) => eprint!("vmm: {text}"),
             }
-            ExitCode::from(report.outcome.exit_status() as u8)
+            let status = report.outcome.exit_status();
+            match format {
+                Some(TimelineFormat::Text) => eprint!("{}", timeline::format_text(&report, status)),
+                Some(TimelineFormat::Json) => {
+                    eprintln!("{}", timeline::format_json(&report, status))
+                }
+                None => {}
+            }
+            ExitCode::from(status as u8)
         }
         Err(err) => {
             eprintln!("error: {:#}", anyhow::Error::from(err));

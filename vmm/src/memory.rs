@@ -67,6 +67,22 @@ impl GuestRam {
         region.as_ptr() as u64
     }
 
+    /// Number of 4 KiB pages of RAM the host has populated (touched by VMM or guest).
+    pub fn resident_pages(&self) -> Option<u64> {
+        let pages = self.size.div_ceil(4096) as usize;
+        let mut residency = vec![0u8; pages];
+        // SAFETY: the range is our own live mapping; mincore writes one byte per page into a
+        // vector of exactly that many bytes.
+        let rc = unsafe {
+            libc::mincore(
+                self.host_address() as *mut libc::c_void,
+                self.size as usize,
+                residency.as_mut_ptr(),
+            )
+        };
+        (rc == 0).then(|| residency.iter().filter(|&&b| b & 1 != 0).count() as u64)
+    }
+
     /// Checks that `addr..addr+len` lies in RAM.
     pub fn check_range(&self, addr: u64, len: u64) -> Result<(), RangeError> {
         let end = addr

@@ -8,6 +8,7 @@ use crate::crash;
 use crate::exit::{Action, Console, Exit, ExitHandler, ExitStats, Stop};
 use crate::image::Image;
 use crate::memory::GuestRam;
+use crate::timeline::Timeline;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,25 +78,6 @@ impl Outcome {
     }
 }
 
-/// Instants of the boot phases, for `--timeline`.
-#[derive(Debug, Clone, Default)]
-pub struct Timeline {
-    /// `/dev/kvm` opened.
-    pub kvm_opened: Option<Instant>,
-    /// VM created.
-    pub vm_created: Option<Instant>,
-    /// Guest RAM mapped and registered.
-    pub ram_ready: Option<Instant>,
-    /// Image, page tables and boot info written.
-    pub memory_prepared: Option<Instant>,
-    /// vCPU created and its registers set.
-    pub vcpu_ready: Option<Instant>,
-    /// First `KVM_RUN` returned.
-    pub first_exit: Option<Instant>,
-    /// The guest stopped.
-    pub guest_stopped: Option<Instant>,
-}
-
 /// Everything a finished run reports.
 #[derive(Debug)]
 pub struct RunReport {
@@ -109,6 +91,8 @@ pub struct RunReport {
     pub milestones: Vec<(u32, Instant)>,
     /// First console output.
     pub first_output: Option<Instant>,
+    /// Guest RAM pages resident after the run (when measured).
+    pub ram_pages_touched: Option<u64>,
 }
 
 /// What to boot and how.
@@ -120,6 +104,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Arguments; the first is the image's name.
     pub args: Vec<String>,
+    /// Environment, `KEY=VALUE` each.
+    pub env: Vec<String>,
 }
 
 /// A created VM, ready to run.
@@ -129,15 +115,14 @@ pub struct Vm {
     _vm: VmFd,
     ram: GuestRam,
     _kvm: Kvm,
-    image_symbols: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>,
+    image_symbols: Arc<crate::symbols::Symbols>,
     timeout: Option<Duration>,
     timeline: Timeline,
 }
 
 impl Vm {
     /// Creates the VM for `image` and prepares its memory and vCPU.
-    pub fn new(image: &Image, config: &VmConfig) -> Result<Self, VmError> {
-        let mut timeline = Timeline::default();
+    pub fn new(image: &Image, config: &VmConfig, mut timeline: Timeline) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
         timeline.kvm_opened = Some(Instant::now());
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -157,44 +142,52 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
 
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(&arch::cpuid::guest_cpuid())
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        timeline.vcpu_created = Some(Instant::now());
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
-        arch::prepare_memory(&ram, image, &args, host_clock())?;
+        let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
+        arch::prepare_memory(&ram, image, &args, &env, host_clock(&vcpu))?;
         timeline.memory_prepared = Some(Instant::now());
 
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_sregs(&regs::initial_sregs())
             .map_err(kvm_err("KVM_SET_SREGS"))?;
         vcpu.set_regs(&regs::initial_regs(image.entry()))
             .map_err(kvm_err("KVM_SET_REGS"))?;
         timeline.vcpu_ready = Some(Instant::now());
 
+        let symbols = crate::symbols::Symbols::from_image(image);
         Ok(Vm {
             vcpu,
             _vm: vm,
             ram,
             _kvm: kvm,
-            image_symbols: Arc::new(|_| None),
+            image_symbols: Arc::new(symbols),
             timeout: config.timeout,
             timeline,
         })
     }
 
-    /// Sets how crash reports name code addresses.
-    pub fn set_symbolizer(&mut self, symbolize: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>) {
-        self.image_symbols = symbolize;
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
     }
 
     /// Runs the guest until it stops; console output goes to `console`.
-    pub fn run(mut self, console: Console) -> Result<RunReport, VmError> {
+    pub fn run(&mut self, console: Console) -> Result<RunReport, VmError> {
         let mut handler = ExitHandler::new(console);
+        handler.deadline = self.timeout.map(|t| Instant::now() + t);
         let watchdog = self.timeout.map(Watchdog::start);
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
-        let timed_out = watchdog.is_some_and(Watchdog::finish);
+        if let Some(watchdog) = watchdog {
+            watchdog.finish();
+        }
         self.timeline.guest_stopped = Some(Instant::now());
         handler.flush();
         let outcome = match stop? {
-            None if timed_out => Outcome::TimedOut(self.timeout.unwrap_or_default()),
-            None => unreachable!("the run loop only stops without a reason on timeout"),
+            // Only the watchdog (None) or a sleep reaching the deadline end a run this way.
+            None | Some(Stop::TimedOut) => Outcome::TimedOut(self.timeout.unwrap_or_default()),
             Some(Stop::Exited(code)) => Outcome::Exited(code),
             Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
         };
@@ -204,6 +197,7 @@ impl Vm {
             timeline: self.timeline.clone(),
             milestones: std::mem::take(&mut handler.milestones),
             first_output: handler.first_output,
+            ram_pages_touched: None,
         })
     }
 
@@ -261,11 +255,15 @@ impl Vm {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
         let symbols = Arc::clone(&self.image_symbols);
-        let symbolize = move |addr| symbols(addr);
+        let symbolize = move |addr| symbols.describe(addr);
         let mut report = match stop {
             Stop::Exception { vector } => {
                 let frame = crash::read_frame(&self.ram, regs.rsp, *vector);
-                crash::exception_report(*vector, &regs, &sregs, frame, &symbolize)
+                let mut text = crash::exception_report(*vector, &regs, &sregs, frame, &symbolize);
+                if let Some(frame) = frame {
+                    text.push_str(&crash::backtrace(&self.ram, frame.rip, regs.rbp, &symbolize));
+                }
+                text
             }
             Stop::TripleFault => {
                 "guest crashed: triple fault (KVM shutdown exit); the guest likely faulted while handling a fault\n".to_owned()
@@ -277,7 +275,7 @@ impl Vm {
             }
             Stop::BadHypercall(err) => format!("guest stopped: bad hypercall: {err}\n"),
             Stop::Unexpected(what) => format!("guest crashed: unexpected VM exit ({what})\n"),
-            Stop::Exited(_) => String::new(),
+            Stop::Exited(_) | Stop::TimedOut => String::new(),
         };
         if !matches!(stop, Stop::Exception { .. }) {
             let location = symbolize(regs.rip)
@@ -330,17 +328,32 @@ impl Vm {
 }
 
 /// The host clock as the guest will see it.
-fn host_clock() -> HostClock {
+fn host_clock(vcpu: &VcpuFd) -> HostClock {
+    let tsc_khz = vcpu
+        .get_tsc_khz()
+        .map_or_else(|_| calibrate_tsc_khz(), u64::from);
     let unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     // SAFETY: rdtsc has no side effects; x86-64 always has it.
     let tsc = unsafe { core::arch::x86_64::_rdtsc() };
     HostClock {
-        tsc_khz: 0,
+        tsc_khz,
         unix_ns,
         tsc,
     }
+}
+
+/// Measures the TSC against the host's monotonic clock (when KVM cannot tell its frequency).
+fn calibrate_tsc_khz() -> u64 {
+    let start = Instant::now();
+    // SAFETY: rdtsc has no side effects.
+    let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
+    std::thread::sleep(Duration::from_millis(2));
+    // SAFETY: as above.
+    let tsc1 = unsafe { core::arch::x86_64::_rdtsc() };
+    let ns = start.elapsed().as_nanos().max(1) as u64;
+    tsc1.wrapping_sub(tsc0) * 1_000_000 / ns
 }
 
 /// Kicks the vCPU thread out of `KVM_RUN` with a signal once the timeout has passed.
@@ -423,13 +436,12 @@ impl Watchdog {
         self.shared.fired.load(Ordering::SeqCst)
     }
 
-    /// Stops the watchdog; returns whether it fired.
-    fn finish(mut self) -> bool {
+    /// Stops the watchdog.
+    fn finish(mut self) {
         *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        self.fired()
     }
 }

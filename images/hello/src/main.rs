@@ -1,4 +1,5 @@
-//! The default image: greets, then prints each argument on its own line.
+//! The default image: greets, then prints each argument, then each environment variable, one
+//! per line.
 
 #![no_std]
 #![no_main]
@@ -11,6 +12,9 @@ fn main(args: kernel::Args) -> i32 {
     println!("Hello from a unikernel!");
     for arg in args.skip(1) {
         println!("{arg}");
+    }
+    for (key, value) in kernel::vars() {
+        println!("{key}={value}");
     }
     0
 }

@@ -2,6 +2,7 @@
 //! itself (page tables, GDT, TSS, IDT, boot info, register state), done here by the VMM so
 //! that the guest starts at ring 3 with nothing left to do.
 
+pub mod cpuid;
 pub mod layout;
 pub mod paging;
 pub mod regs;
@@ -45,6 +46,7 @@ pub fn prepare_memory(
     ram: &GuestRam,
     image: &Image,
     args: &[&str],
+    env: &[&str],
     clock: HostClock,
 ) -> Result<(), SetupError> {
     for segment in image.segments() {
@@ -53,7 +55,7 @@ pub fn prepare_memory(
     }
     paging::write_page_tables(ram, image)?;
     tables::write_system_tables(ram, image.exception_stubs())?;
-    write_boot_info(ram, image, args, clock)
+    write_boot_info(ram, image, args, env, clock)
 }
 
 /// Packs `args` as NUL-terminated strings.
@@ -75,14 +77,18 @@ fn write_boot_info(
     ram: &GuestRam,
     image: &Image,
     args: &[&str],
+    env: &[&str],
     clock: HostClock,
 ) -> Result<(), SetupError> {
-    let packed = pack_args(args)?;
+    let all: Vec<&str> = args.iter().chain(env).copied().collect();
+    let packed = pack_args(&all)?;
     let args_addr = BOOT_INFO_ADDR + size_of::<BootInfo>() as u64;
     let info = BootInfo {
         magic: abi::BOOT_INFO_MAGIC,
         abi_version: abi::ABI_VERSION,
         argc: args.len() as u32,
+        envc: env.len() as u32,
+        reserved: 0,
         args: args_addr,
         args_len: packed.len() as u64,
         mem_size: ram.size(),
@@ -105,6 +111,8 @@ fn boot_info_bytes(info: &BootInfo) -> Vec<u8> {
     out.extend_from_slice(&info.magic.to_le_bytes());
     out.extend_from_slice(&info.abi_version.to_le_bytes());
     out.extend_from_slice(&info.argc.to_le_bytes());
+    out.extend_from_slice(&info.envc.to_le_bytes());
+    out.extend_from_slice(&info.reserved.to_le_bytes());
     for field in [
         info.args,
         info.args_len,
@@ -147,6 +155,7 @@ mod tests {
             magic: 1,
             abi_version: 2,
             argc: 3,
+            envc: 5,
             args: 4,
             boot_tsc: 99,
             ..Default::default()
@@ -156,7 +165,8 @@ mod tests {
         assert_eq!(&bytes[0..8], &1u64.to_le_bytes());
         assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
         assert_eq!(&bytes[12..16], &3u32.to_le_bytes());
-        assert_eq!(&bytes[16..24], &4u64.to_le_bytes());
-        assert_eq!(&bytes[88..96], &99u64.to_le_bytes());
+        assert_eq!(&bytes[16..20], &5u32.to_le_bytes());
+        assert_eq!(&bytes[24..32], &4u64.to_le_bytes());
+        assert_eq!(&bytes[96..104], &99u64.to_le_bytes());
     }
 }

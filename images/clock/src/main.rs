@@ -1,0 +1,20 @@
+//! Shows the clock: sleeps 50 ms (the VMM waits) and prints how long that took, and the
+//! wall-clock time.
+
+#![no_std]
+#![no_main]
+
+use kernel::println;
+use kernel::time::{self, Duration, Instant};
+
+kernel::main!(main);
+
+fn main(_args: kernel::Args) -> i32 {
+    let start = Instant::now();
+    time::sleep(Duration::from_millis(50));
+    let slept = start.elapsed();
+    println!("slept {} us", slept.as_micros());
+    println!("unix time {} s", time::unix_time().as_secs());
+    println!("tsc {} kHz", kernel::boot_info().tsc_khz);
+    0
+}
