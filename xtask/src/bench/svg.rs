@@ -24,6 +24,8 @@ const PLOT_LEFT: f64 = 110.0;
 const PLOT_RIGHT: f64 = 730.0;
 const ROW: f64 = 30.0;
 const TOP: f64 = 50.0;
+/// The segment for the time after the VMM's last phase until `wait4` returned.
+const REST: &str = "process exit, reaped (after the last phase)";
 const ACCENT: &str = "#d9480f";
 const MUTED: &str = "#868e96";
 const PALETTE: [&str; 10] = [
@@ -195,7 +197,7 @@ pub fn phases_chart(phases: &[Phase], wall_us: Option<f64>) -> String {
         .filter(|r| *r > 0.0 && covered > 0.0)
     {
         phases.push(Phase {
-            phase: "rest of the cold start (exec, exit: outside the timeline)".to_owned(),
+            phase: REST.to_owned(),
             duration_us: rest,
             since_start_us: 0.0,
         });
@@ -215,7 +217,7 @@ pub fn phases_chart(phases: &[Phase], wall_us: Option<f64>) -> String {
     let scale = (PLOT_RIGHT - PLOT_LEFT) / total;
     let mut x = PLOT_LEFT;
     for (i, phase) in phases.iter().enumerate() {
-        let color = if phase.phase.starts_with("rest of") {
+        let color = if phase.phase == REST {
             "#ced4da"
         } else {
             PALETTE[i % PALETTE.len()]

@@ -1,7 +1,8 @@
 //! Our boot's phase breakdown: untimed runs of `vmm run --timeline=json`, whose last stderr
 //! line is one JSON object (`{"phases":[{"phase":…,"duration_us":…,"since_start_us":…}],
-//! "exits":{…},"hypervisor":…}`), summarised as the median of each phase. A VMM without the
-//! flag gives "timeline unavailable", not an error.
+//! "exits":{…},"hypervisor":…}`), summarised as the median of each phase. Each run gets
+//! `FLICK_SPAWN_NS` (the monotonic clock at spawn) so that the VMM's first phase, process start,
+//! is exact. A VMM without the flag gives "timeline unavailable", not an error.
 
 use super::stats::median;
 use crate::vmm_path;
@@ -9,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+/// Tells the VMM when it was spawned (`CLOCK_MONOTONIC`, ns).
+const SPAWN_TIME_ENV: &str = "FLICK_SPAWN_NS";
 
 /// One phase as the VMM reports it.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -64,12 +68,26 @@ pub fn collect(image: &Path, args: &[String], runs: usize) -> Result<Timeline, S
             .arg("--")
             .args(args)
             .stdin(Stdio::null())
+            .env(SPAWN_TIME_ENV, monotonic_ns().to_string())
             .output()
             .map_err(|e| format!("cannot start the VMM: {e}"))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         lines.push(parse(&stderr).map_err(|e| format!("timeline unavailable: {e}"))?);
     }
     summarize(lines)
+}
+
+/// `CLOCK_MONOTONIC` now, ns (the clock the VMM compares `FLICK_SPAWN_NS` with).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec that we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs * 1_000_000_000 + nanos
 }
 
 /// The median of each phase over `lines` (phases named as in the first line).
