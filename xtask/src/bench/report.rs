@@ -45,9 +45,33 @@ pub struct Report {
     /// The peers, in the order they ran in each round.
     pub peers: Vec<PeerReport>,
     /// Our phase breakdown, or why it is unavailable.
-    pub timeline: Option<Result<Timeline, String>>,
+    pub timeline: Option<Part<Timeline>>,
     /// The compute comparison, or why it was skipped.
-    pub sha256: Option<Result<Comparison, String>>,
+    pub sha256: Option<Part<Comparison>>,
+}
+
+/// An optional part of the report: there, or why not (`{"unavailable": "…"}` in JSON).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Part<T> {
+    /// Measured.
+    Done(T),
+    /// Not measured.
+    Missing {
+        /// Why.
+        unavailable: String,
+    },
+}
+
+impl<T> Part<T> {
+    fn from_result<E: std::fmt::Display>(result: Result<T, E>) -> Part<T> {
+        match result {
+            Ok(done) => Part::Done(done),
+            Err(err) => Part::Missing {
+                unavailable: err.to_string(),
+            },
+        }
+    }
 }
 
 impl PeerReport {
@@ -96,8 +120,8 @@ impl Report {
             machine: Machine::detect(),
             runs_per_peer,
             peers,
-            timeline,
-            sha256: sha256.map(|r| r.map_err(|e| format!("{e:#}"))),
+            timeline: timeline.map(Part::from_result),
+            sha256: sha256.map(|r| Part::from_result(r.map_err(|e| format!("{e:#}")))),
         }
     }
 
@@ -117,14 +141,8 @@ impl Report {
         write("report.json", serde_json::to_string_pretty(self)? + "\n")?;
         write("report.md", self.markdown())?;
         write("boot.svg", svg::boot_chart(&self.chart_bars()))?;
-        let ours_wall = self
-            .peers
-            .iter()
-            .find(|p| p.result.name == "ours")
-            .and_then(|p| p.summary)
-            .map(|s| s.median_us);
         let phases = match &self.timeline {
-            Some(Ok(timeline)) => svg::phases_chart(&timeline.phases, ours_wall),
+            Some(Part::Done(t)) => svg::phases_chart(&t.phases, Some(t.after_last_phase_us)),
             _ => svg::phases_chart(&[], None),
         };
         write("phases.svg", phases)
@@ -207,19 +225,22 @@ fn peer_row(peer: &PeerReport) -> String {
     }
 }
 
-fn timeline_section(timeline: Option<&Result<Timeline, String>>) -> String {
+fn timeline_section(timeline: Option<&Part<Timeline>>) -> String {
     let mut md = String::from("\n## Our boot, phase by phase\n\n");
     match timeline {
         None => return String::new(),
-        Some(Err(reason)) => {
+        Some(Part::Missing {
+            unavailable: reason,
+        }) => {
             let _ = writeln!(md, "{}.", cell(reason));
             return md;
         }
-        Some(Ok(t)) => {
+        Some(Part::Done(t)) => {
             let _ = writeln!(
                 md,
-                "Median of {} untimed runs with `--timeline=json`.\n",
-                t.runs
+                "Median of {} separate runs with `--timeline=json` (their median wall time: {}).\n",
+                t.runs,
+                ms(t.wall_us)
             );
             md.push_str("| phase | duration | ends at |\n|---|---:|---:|\n");
             for p in &t.phases {
@@ -231,6 +252,11 @@ fn timeline_section(timeline: Option<&Result<Timeline, String>>) -> String {
                     p.since_start_us
                 );
             }
+            let _ = writeln!(
+                md,
+                "| process exit, reaped (after the last phase) | {:.1} µs | |",
+                t.after_last_phase_us
+            );
             if !t.details.is_empty() {
                 let details = serde_json::Value::Object(t.details.clone());
                 let _ = writeln!(md, "\nAlso reported: `{details}`");
@@ -240,14 +266,16 @@ fn timeline_section(timeline: Option<&Result<Timeline, String>>) -> String {
     md
 }
 
-fn sha256_section(sha: Option<&Result<Comparison, String>>) -> String {
+fn sha256_section(sha: Option<&Part<Comparison>>) -> String {
     let mut md = String::from("\n## sha256: guest against native\n\n");
     match sha {
         None => return String::new(),
-        Some(Err(reason)) => {
+        Some(Part::Missing {
+            unavailable: reason,
+        }) => {
             let _ = writeln!(md, "Skipped: {}.", cell(reason));
         }
-        Some(Ok(c)) => {
+        Some(Part::Done(c)) => {
             let _ = writeln!(
                 md,
                 "{} MiB each, median of 5 runs; digests equal ({}…).\n\n\

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 /// Tells the VMM when it was spawned (`CLOCK_MONOTONIC`, ns).
 const SPAWN_TIME_ENV: &str = "FLICK_SPAWN_NS";
@@ -43,6 +44,10 @@ pub struct Timeline {
     pub runs: usize,
     /// Each phase's median duration, in the VMM's order.
     pub phases: Vec<Phase>,
+    /// Median wall time of these runs, spawn to `wait4`, µs.
+    pub wall_us: f64,
+    /// Median time from the end of the last phase to `wait4`'s return (process exit), µs.
+    pub after_last_phase_us: f64,
     /// The other fields of the last run's line (exits, hypervisor, …).
     pub details: serde_json::Map<String, Value>,
 }
@@ -61,6 +66,7 @@ pub fn parse(stderr: &str) -> Result<Line, String> {
 pub fn collect(image: &Path, args: &[String], runs: usize) -> Result<Timeline, String> {
     let mut lines = Vec::new();
     for _ in 0..runs {
+        let start = Instant::now();
         let output = Command::new(vmm_path())
             .arg("run")
             .arg("--timeline=json")
@@ -71,8 +77,10 @@ pub fn collect(image: &Path, args: &[String], runs: usize) -> Result<Timeline, S
             .env(SPAWN_TIME_ENV, monotonic_ns().to_string())
             .output()
             .map_err(|e| format!("cannot start the VMM: {e}"))?;
+        let wall_us = start.elapsed().as_secs_f64() * 1e6;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        lines.push(parse(&stderr).map_err(|e| format!("timeline unavailable: {e}"))?);
+        let line = parse(&stderr).map_err(|e| format!("timeline unavailable: {e}"))?;
+        lines.push((line, wall_us));
     }
     summarize(lines)
 }
@@ -90,9 +98,15 @@ fn monotonic_ns() -> u64 {
     secs * 1_000_000_000 + nanos
 }
 
-/// The median of each phase over `lines` (phases named as in the first line).
-fn summarize(lines: Vec<Line>) -> Result<Timeline, String> {
-    let runs = lines.len();
+/// The median of each phase over `runs` (timeline line, wall time in µs), phases named as in
+/// the first line.
+fn summarize(runs: Vec<(Line, f64)>) -> Result<Timeline, String> {
+    let walls: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let after: Vec<f64> = runs
+        .iter()
+        .map(|(line, wall)| wall - line.phases.last().map_or(0.0, |p| p.since_start_us))
+        .collect();
+    let lines: Vec<Line> = runs.into_iter().map(|r| r.0).collect();
     let first = lines.first().ok_or("timeline unavailable: no runs")?;
     let of = |name: &str, field: fn(&Phase) -> f64| -> f64 {
         let values: Vec<f64> = lines
@@ -112,8 +126,10 @@ fn summarize(lines: Vec<Line>) -> Result<Timeline, String> {
         .collect();
     let details = lines.last().map(|l| l.rest.clone()).unwrap_or_default();
     Ok(Timeline {
-        runs,
+        runs: lines.len(),
         phases,
+        wall_us: median(&walls).unwrap_or(0.0),
+        after_last_phase_us: median(&after).unwrap_or(0.0),
         details,
     })
 }
@@ -141,10 +157,11 @@ mod tests {
 
     #[test]
     fn test_summarize_takes_each_phase_median() {
-        let lines = ["10", "30", "20"].map(|d| parse(&LINE.replace("12.5", d)).unwrap());
+        let lines = ["10", "30", "20"].map(|d| (parse(&LINE.replace("12.5", d)).unwrap(), 500.0));
         let timeline = summarize(lines.into_iter().collect()).unwrap();
         assert_eq!(timeline.runs, 3);
         assert_eq!(timeline.phases[0].duration_us, 20.0);
         assert_eq!(timeline.phases[1].duration_us, 100.0);
+        assert_eq!(timeline.after_last_phase_us, 200.0);
     }
 }
