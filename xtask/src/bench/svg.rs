@@ -187,15 +187,11 @@ fn bar_row(axis: &LogAxis, bar: &Bar, y: f64) -> String {
     row
 }
 
-/// The phase chart; says "timeline unavailable" when there are no phases. With `wall_us`, the
-/// cold start's median wall time, what the phases do not cover is drawn as a last grey segment.
-pub fn phases_chart(phases: &[Phase], wall_us: Option<f64>) -> String {
+/// The phase chart; says "timeline unavailable" when there are no phases. `rest_us`, the time
+/// from the last phase to the VMM's reaping, is drawn as a last grey segment.
+pub fn phases_chart(phases: &[Phase], rest_us: Option<f64>) -> String {
     let mut phases = phases.to_vec();
-    let covered: f64 = phases.iter().map(|p| p.duration_us.max(0.0)).sum();
-    if let Some(rest) = wall_us
-        .map(|w| w - covered)
-        .filter(|r| *r > 0.0 && covered > 0.0)
-    {
+    if let Some(rest) = rest_us.filter(|r| *r > 0.0 && !phases.is_empty()) {
         phases.push(Phase {
             phase: REST.to_owned(),
             duration_us: rest,
