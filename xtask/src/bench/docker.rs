@@ -15,11 +15,13 @@ const IMAGE: &str = "flick-bench-hello";
 /// How long a daemon may take to answer after it starts, or to stop after SIGTERM.
 const DAEMON_PATIENCE: Duration = Duration::from_secs(30);
 
-/// A daemon with the image imported; dropping it stops the daemon if the bench started it.
+/// A daemon with the image imported; dropping it stops the daemon if the bench started it,
+/// or removes the image from the daemon it found.
 pub struct Prepared {
     /// `-H` for our own daemon, `None` for the one found.
     host: Option<String>,
     daemon: Option<Child>,
+    cli: PathBuf,
 }
 
 impl Prepared {
@@ -45,6 +47,7 @@ pub fn prepare(dir: &Path, cli: &Path, hello: &Path) -> Result<Option<Prepared>>
         Prepared {
             host: None,
             daemon: None,
+            cli: cli.to_owned(),
         }
     } else {
         let Some(dockerd) = which("dockerd") else {
@@ -98,6 +101,7 @@ fn start_daemon(dir: &Path, cli: &Path, dockerd: &Path) -> Result<Prepared> {
     let mut prepared = Prepared {
         host: Some(host),
         daemon: Some(daemon),
+        cli: cli.to_owned(),
     };
     wait_until_up(&mut prepared, cli, &log_path)?;
     Ok(prepared)
@@ -150,6 +154,11 @@ fn import_image(cli: &Path, host_args: &[String], rootfs: &Path) -> Result<()> {
 impl Drop for Prepared {
     fn drop(&mut self) {
         let Some(mut daemon) = self.daemon.take() else {
+            let _ = Command::new(&self.cli)
+                .args(["rmi", "-f", IMAGE])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
             return;
         };
         if let Ok(pid) = libc::pid_t::try_from(daemon.id()) {

@@ -18,6 +18,8 @@ pub struct Machine {
     pub cores: usize,
     /// What `/dev/kvm` is.
     pub kvm: String,
+    /// `/proc/loadavg` when the report was made (the bench shares the machine).
+    pub loadavg: String,
 }
 
 impl Machine {
@@ -43,6 +45,11 @@ impl Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kvm: kvm.to_owned(),
+            loadavg: read("/proc/loadavg")
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }

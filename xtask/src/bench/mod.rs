@@ -17,7 +17,7 @@ mod svg;
 mod timeline;
 
 use crate::{build_vmm, guest, project_root};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use peers::{Peer, PeerResult, Setup};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +33,11 @@ const TIMELINE_RUNS: usize = 10;
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Untimed runs of each peer under `rss-probe`.
 const RSS_PROBE_RUNS: usize = 3;
+
+/// What `--only` accepts: the peers in report order, then the compute comparison.
+const NAMES: [&str; 9] = [
+    "ours", "native", "true", "unshare", "crun", "runc", "docker", "qemu", "sha256",
+];
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -67,6 +72,12 @@ pub fn run(args: Bench) -> Result<ExitCode> {
         (None, true) => QUICK_RUNS,
         (None, false) => DEFAULT_RUNS,
     };
+    if let Some(unknown) = args.only.iter().find(|n| !NAMES.contains(&n.as_str())) {
+        bail!(
+            "--only: no peer named '{unknown}' (peers: {})",
+            NAMES.join(", ")
+        );
+    }
     let dir = bench_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);

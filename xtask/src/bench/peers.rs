@@ -249,7 +249,8 @@ fn ours_peer(dir: &Path, ours: &Ours<'_>) -> Peer {
         "--".into(),
     ];
     args.extend(ours.args.iter().cloned());
-    let what = format!("our VMM booting {}", ours.image.display());
+    let image = ours.image.file_name().unwrap_or(ours.image.as_os_str());
+    let what = format!("our VMM booting {}", image.to_string_lossy());
     let mut peer = peer(dir, "ours", what, vmm_path(), args);
     peer.expect_output = ours.is_hello.then_some(OURS_HELLO);
     peer
@@ -325,7 +326,8 @@ fn docker_peer(dir: &Path, hello: &Path) -> Setup {
     };
     match docker::prepare(dir, &cli, hello) {
         Ok(Some(prepared)) => {
-            let what = "docker run --rm --network none of the static hello".to_owned();
+            let what = "docker run --rm --network none of the static hello (RSS: the CLI only)";
+            let what = what.to_owned();
             let mut peer = peer(dir, "docker", what, cli, prepared.run_args());
             peer._guard = Some(Box::new(prepared));
             Setup::Ready(peer)

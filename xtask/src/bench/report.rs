@@ -171,8 +171,8 @@ impl Report {
         let mut md = format!("# flick cold-start bench, {}\n\n", m.date);
         let _ = writeln!(
             md,
-            "Machine: Linux {}, {} ({} cores), /dev/kvm: {}.\n",
-            m.kernel, m.cpu, m.cores, m.kvm
+            "Machine: Linux {}, {} ({} cores), /dev/kvm: {}; load average at the end {}.\n",
+            m.kernel, m.cpu, m.cores, m.kvm, m.loadavg
         );
         let _ = writeln!(
             md,
