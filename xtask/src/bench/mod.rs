@@ -89,23 +89,14 @@ pub fn run(args: Bench) -> Result<ExitCode> {
         args: &args.args,
         is_hello: args.image.is_none(),
     };
-    let mut setups = peers::prepare(&dir, &ours, &selected);
-    let results = measure_session(&mut setups, runs);
-    let timeline = if selected("ours") {
-        Some(timeline::collect(
-            &ours_image,
-            &args.args,
-            runs.min(TIMELINE_RUNS),
-        ))
-    } else {
-        None
-    };
-    let sha = if want_sha {
-        Some(sha256::compare(&dir))
-    } else if selected("sha256") {
-        Some(Err(anyhow::anyhow!("image sha256 not built yet")))
-    } else {
-        None
+    let setups = peers::prepare(&dir, &ours, &selected);
+    let results = measure_session(&setups, runs);
+    let timeline = selected("ours")
+        .then(|| timeline::collect(&ours_image, &args.args, runs.min(TIMELINE_RUNS)));
+    let sha = match (want_sha, selected("sha256")) {
+        (true, _) => Some(sha256::compare(&dir)),
+        (false, true) => Some(Err(anyhow::anyhow!("image sha256 not built yet"))),
+        (false, false) => None,
     };
     drop(setups); // stops our Docker daemon and removes OCI state before writing the report
 
@@ -132,7 +123,11 @@ fn build_ours(image: Option<&str>, with_sha: bool) -> Result<PathBuf> {
     if with_sha {
         names.push(sha256::IMAGE.to_owned());
     }
-    let built = guest::build(&names)?;
+    let built = if names.is_empty() {
+        Vec::new() // guest::build(&[]) would build every image
+    } else {
+        guest::build(&names)?
+    };
     match path_given {
         Some(path) => Ok(PathBuf::from(path)),
         None => built.into_iter().next().context("the image was not built"),
@@ -141,7 +136,7 @@ fn build_ours(image: Option<&str>, with_sha: bool) -> Result<PathBuf> {
 
 /// Runs every ready peer once untimed (warm-up and verification), then `runs` rounds of
 /// A B C A B C ..., so that drift of the machine hits all peers alike.
-fn measure_session(setups: &mut [Setup], runs: usize) -> Vec<PeerResult> {
+fn measure_session(setups: &[Setup], runs: usize) -> Vec<PeerResult> {
     let watchdog = measure::Watchdog::start();
     let mut results: Vec<PeerResult> = setups.iter().map(PeerResult::from_setup).collect();
     let probe = native::build_rss_probe(&bench_dir());

@@ -168,6 +168,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let m = &self.machine;
         let probe_runs = super::RSS_PROBE_RUNS;
+        let settle_ms = super::SETTLE.as_millis();
         let mut md = format!("# flick cold-start bench, {}\n\n", m.date);
         let _ = writeln!(
             md,
@@ -177,7 +178,9 @@ impl Report {
         let _ = writeln!(
             md,
             "{} cold starts per peer, interleaved (A B C A B C ...) after one untimed warm-up \
-             run each. Wall time from spawn to `wait4`. Peak RSS is `ru_maxrss` of the process \
+             run each. Wall time from spawn to `wait4`; every run follows a {settle_ms} ms pause, \
+             so it starts on an idle CPU as a real cold start does (back-to-back runs, as \
+             `hyperfine` makes them, are faster: caches and the vCPU stay warm). Peak RSS is `ru_maxrss` of the process \
              tree, median of {probe_runs} untimed runs under a tiny static spawner: a child of the \
              bench itself would carry the bench's RSS, which Linux records at `execve`.\n",
             self.runs_per_peer
