@@ -53,16 +53,17 @@ pub struct Sample {
 /// The run the watchdog guards: its process group and when to kill it.
 type Armed = Option<(libc::pid_t, Instant)>;
 
-/// Kills the process group of a run that outlives [`RUN_TIMEOUT`].
+/// Kills the process group of a run that outlives its time limit.
 pub struct Watchdog {
+    limit: Duration,
     armed: Arc<Mutex<Armed>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread.
-    pub fn start() -> Watchdog {
+    /// Starts the watchdog thread; a run may take `limit` ([`RUN_TIMEOUT`] in the bench).
+    pub fn start(limit: Duration) -> Watchdog {
         let armed = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -70,6 +71,7 @@ impl Watchdog {
             std::thread::spawn(move || watch(&armed, &stop))
         };
         Watchdog {
+            limit,
             armed,
             stop,
             thread: Some(thread),
@@ -123,13 +125,13 @@ pub fn run_once(cmd: &mut Command, output_file: &Path, watchdog: &Watchdog) -> R
         .spawn()
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
-    watchdog.arm(Some((pid, start + RUN_TIMEOUT)));
+    watchdog.arm(Some((pid, start + watchdog.limit)));
     let waited = wait4(pid);
     let wall = start.elapsed();
     watchdog.arm(None);
     let (status, max_rss_kib) = waited?;
-    if wall >= RUN_TIMEOUT {
-        bail!("timed out after {} s", RUN_TIMEOUT.as_secs());
+    if wall >= watchdog.limit {
+        bail!("killed after the time limit of {:?}", watchdog.limit);
     }
     Ok(Sample {
         wall,
@@ -194,4 +196,35 @@ pub fn probe_rss(probe: &Path, cmd: &Command, output_file: &Path) -> Result<u64>
     text.trim()
         .parse()
         .with_context(|| format!("rss-probe wrote {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = crate::project_root().join("target/test-scratch");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(format!("{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn test_run_once_captures_output_and_status() {
+        let watchdog = Watchdog::start(RUN_TIMEOUT);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo hello; echo oops >&2; exit 3"]);
+        let sample = run_once(&mut cmd, &scratch("run-once"), &watchdog).unwrap();
+        assert_eq!(sample.status, Status::Exited(3));
+        assert_eq!(sample.output, "hello\noops\n");
+        assert!(sample.max_rss_kib > 0);
+    }
+
+    #[test]
+    fn test_run_once_hung_child_is_killed() {
+        let watchdog = Watchdog::start(Duration::from_millis(200));
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let err = run_once(&mut cmd, &scratch("hung"), &watchdog).unwrap_err();
+        assert!(format!("{err:#}").contains("time limit"), "{err:#}");
+    }
 }

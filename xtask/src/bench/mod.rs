@@ -55,6 +55,9 @@ pub struct Bench {
     /// Bench this image (a name in images/ or a path) as "ours" instead of hello.
     #[arg(long)]
     image: Option<String>,
+    /// The exit status that the image given with --image must end with.
+    #[arg(long, default_value_t = 0, requires = "image")]
+    expect_status: i32,
     /// Arguments for the image given with --image.
     #[arg(last = true, requires = "image")]
     args: Vec<String>,
@@ -88,6 +91,7 @@ pub fn run(args: Bench) -> Result<ExitCode> {
         image: &ours_image,
         args: &args.args,
         is_hello: args.image.is_none(),
+        expect_status: args.expect_status,
     };
     let setups = peers::prepare(&dir, &ours, &selected);
     let results = measure_session(&setups, runs);
@@ -137,7 +141,7 @@ fn build_ours(image: Option<&str>, with_sha: bool) -> Result<PathBuf> {
 /// Runs every ready peer once untimed (warm-up and verification), then `runs` rounds of
 /// A B C A B C ..., so that drift of the machine hits all peers alike.
 fn measure_session(setups: &[Setup], runs: usize) -> Vec<PeerResult> {
-    let watchdog = measure::Watchdog::start();
+    let watchdog = measure::Watchdog::start(measure::RUN_TIMEOUT);
     let mut results: Vec<PeerResult> = setups.iter().map(PeerResult::from_setup).collect();
     let probe = native::build_rss_probe(&bench_dir());
     for (setup, result) in setups.iter().zip(results.iter_mut()) {

@@ -183,6 +183,8 @@ pub struct Ours<'a> {
     pub args: &'a [String],
     /// Whether it is hello (whose output is known) or an image given with `--image`.
     pub is_hello: bool,
+    /// The exit status it must end with.
+    pub expect_status: i32,
 }
 
 /// Sets up every selected peer, in report order.
@@ -253,6 +255,7 @@ fn ours_peer(dir: &Path, ours: &Ours<'_>) -> Peer {
     let what = format!("our VMM booting {}", image.to_string_lossy());
     let mut peer = peer(dir, "ours", what, vmm_path(), args);
     peer.expect_output = ours.is_hello.then_some(OURS_HELLO);
+    peer.expect_status = ours.expect_status;
     peer
 }
 
