@@ -216,3 +216,36 @@ fn mounts() -> Value {
         ),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_is_not_interactive_and_runs_hello() {
+        let config = config(&["/hello"]);
+        assert_eq!(config["process"]["terminal"], false);
+        assert_eq!(config["process"]["args"], json!(["/hello"]));
+        assert_eq!(config["root"]["path"], "rootfs");
+    }
+
+    #[test]
+    fn test_config_unshares_every_namespace() {
+        let config = config(&["/hello"]);
+        let kinds: Vec<&str> = config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["pid", "network", "ipc", "uts", "mount", "cgroup"]);
+    }
+
+    #[test]
+    fn test_shell_quote_leaves_paths_and_quotes_the_rest() {
+        assert_eq!(shell_quote("/a/b-c_d.e"), "/a/b-c_d.e");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

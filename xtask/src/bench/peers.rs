@@ -383,3 +383,80 @@ pub fn which(name: &str) -> Option<PathBuf> {
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sample(status: Status, output: &str) -> Sample {
+        Sample {
+            wall: Duration::from_micros(500),
+            max_rss_kib: 1024,
+            status,
+            output: output.to_owned(),
+        }
+    }
+
+    fn hello_peer() -> Peer {
+        peer(
+            Path::new("/tmp"),
+            "native",
+            String::new(),
+            "/x".into(),
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn test_verify_hello_with_status_0_passes() {
+        assert!(
+            hello_peer()
+                .verify(&sample(Status::Exited(0), "hello\n"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn test_verify_wrong_status_fails_with_both_statuses() {
+        let err = hello_peer()
+            .verify(&sample(Status::Exited(1), "hello\n"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("exit status 1 (expected exit status 0)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_verify_missing_output_fails() {
+        let err = hello_peer()
+            .verify(&sample(Status::Exited(0), "bye\n"))
+            .unwrap_err();
+        assert!(err.to_string().contains("lacks \"hello\""), "{err}");
+    }
+
+    #[test]
+    fn test_verify_signal_fails() {
+        assert!(
+            hello_peer()
+                .verify(&sample(Status::Signaled(9), "hello"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn test_command_gives_each_run_its_own_id() {
+        let mut peer = hello_peer();
+        peer.args = vec!["run".into(), RUN_ID.into()];
+        let args = |run: &str| -> Vec<String> {
+            peer.command(run)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_ne!(args("1"), args("2"));
+        assert!(args("1")[1].starts_with("flick-bench-"));
+    }
+}
