@@ -96,7 +96,7 @@ pub fn run(args: Bench) -> Result<ExitCode> {
     let setups = peers::prepare(&dir, &ours, &selected);
     let results = measure_session(&setups, runs);
     let timeline = selected("ours")
-        .then(|| timeline::collect(&ours_image, &args.args, runs.min(TIMELINE_RUNS)));
+        .then(|| timeline::collect(&ours_image, &args.args, runs.min(TIMELINE_RUNS), SETTLE));
     let sha = match (want_sha, selected("sha256")) {
         (true, _) => Some(sha256::compare(&dir)),
         (false, true) => Some(Err(anyhow::anyhow!("image sha256 not built yet"))),

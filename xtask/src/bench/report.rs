@@ -241,7 +241,8 @@ fn timeline_section(timeline: Option<&Part<Timeline>>) -> String {
         Some(Part::Done(t)) => {
             let _ = writeln!(
                 md,
-                "Median of {} separate runs with `--timeline=json` (their median wall time: {}).\n",
+                "Median of {} separate runs with `--timeline=json`, each after the same pause \
+                 (their median wall time: {}).\n",
                 t.runs,
                 ms(t.wall_us)
             );

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Tells the VMM when it was spawned (`CLOCK_MONOTONIC`, ns).
 const SPAWN_TIME_ENV: &str = "FLICK_SPAWN_NS";
@@ -63,9 +63,16 @@ pub fn parse(stderr: &str) -> Result<Line, String> {
 }
 
 /// Runs ours `runs` times with `--timeline=json`; `Err` says why no timeline is available.
-pub fn collect(image: &Path, args: &[String], runs: usize) -> Result<Timeline, String> {
+/// Each run follows a pause of `settle`, like the timed runs.
+pub fn collect(
+    image: &Path,
+    args: &[String],
+    runs: usize,
+    settle: Duration,
+) -> Result<Timeline, String> {
     let mut lines = Vec::new();
     for _ in 0..runs {
+        std::thread::sleep(settle);
         let start = Instant::now();
         let output = Command::new(vmm_path())
             .arg("run")
