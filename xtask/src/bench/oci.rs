@@ -171,8 +171,11 @@ fn config(args: &[&str]) -> Value {
     })
 }
 
+fn mount(dest: &str, kind: &str, source: &str, options: &[&str]) -> Value {
+    json!({ "destination": dest, "type": kind, "source": source, "options": options })
+}
+
 fn mounts() -> Value {
-    let mount = |dest: &str, kind: &str, source: &str, options: &[&str]| json!({ "destination": dest, "type": kind, "source": source, "options": options });
     let noexec = ["nosuid", "noexec", "nodev"];
     json!([
         mount("/proc", "proc", "proc", &[]),

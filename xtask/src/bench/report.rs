@@ -180,9 +180,10 @@ impl Report {
             "{} cold starts per peer, interleaved (A B C A B C ...) after one untimed warm-up \
              run each. Wall time from spawn to `wait4`; every run follows a {settle_ms} ms pause, \
              so it starts on an idle CPU as a real cold start does (back-to-back runs, as \
-             `hyperfine` makes them, are faster: caches and the vCPU stay warm). Peak RSS is `ru_maxrss` of the process \
-             tree, median of {probe_runs} untimed runs under a tiny static spawner: a child of the \
-             bench itself would carry the bench's RSS, which Linux records at `execve`.\n",
+             `hyperfine` makes them, are faster: caches and the vCPU stay warm). Peak RSS is \
+             `ru_maxrss` of the process tree, median of {probe_runs} untimed runs under a tiny \
+             static spawner: a child of the bench itself would carry the bench's RSS, which \
+             Linux records at `execve`.\n",
             self.runs_per_peer
         );
         md.push_str("| peer | min | median | p90 | p99 | peak RSS | × native | what |\n");

@@ -130,7 +130,8 @@ pub fn boot_chart(bars: &[Bar]) -> String {
         };
         let _ = writeln!(
             svg,
-            "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"{stroke}\"{dash}/>"
+            "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{bottom}\" \
+             stroke=\"{stroke}\"{dash}/>"
         );
         if major || axis.hi - axis.lo <= 2.0 {
             let _ = writeln!(
@@ -203,7 +204,8 @@ pub fn phases_chart(phases: &[Phase], rest_us: Option<f64>) -> String {
     if phases.is_empty() || total <= 0.0 {
         let mut svg = open(60.0, "Our boot, phase by phase");
         svg.push_str(&format!(
-            "<text x=\"{PLOT_LEFT}\" y=\"45\" fill=\"{MUTED}\">timeline unavailable</text>\n</svg>\n"
+            "<text x=\"{PLOT_LEFT}\" y=\"45\" fill=\"{MUTED}\">timeline unavailable</text>\n\
+             </svg>\n"
         ));
         return svg;
     }

@@ -145,7 +145,11 @@ fn summarize(runs: Vec<(Line, f64)>) -> Result<Timeline, String> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"phases":[{"phase":"open /dev/kvm","duration_us":12.5,"since_start_us":80.0},{"phase":"run","duration_us":100.0,"since_start_us":300.0}],"exits":{"total":3},"hypervisor":"pvm"}"#;
+    const LINE: &str = concat!(
+        r#"{"phases":[{"phase":"open /dev/kvm","duration_us":12.5,"since_start_us":80.0},"#,
+        r#"{"phase":"run","duration_us":100.0,"since_start_us":300.0}],"#,
+        r#""exits":{"total":3},"hypervisor":"pvm"}"#
+    );
 
     #[test]
     fn test_parse_last_line_is_the_timeline() {
