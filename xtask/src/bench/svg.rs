@@ -28,9 +28,9 @@ const TOP: f64 = 50.0;
 const REST: &str = "process exit, reaped (after the last phase)";
 const ACCENT: &str = "#d9480f";
 const MUTED: &str = "#868e96";
-const PALETTE: [&str; 10] = [
+const PALETTE: [&str; 16] = [
     "#1c7ed6", "#f08c00", "#2f9e44", "#e03131", "#7048e8", "#0c8599", "#e64980", "#5c940d",
-    "#495057", "#f59f00",
+    "#495057", "#f59f00", "#364fc7", "#a61e4d", "#087f5b", "#d9480f", "#862e9c", "#74b816",
 ];
 
 /// The log-scale x axis: `[10^lo, 10^hi]` µs over the plot width.
