@@ -67,3 +67,44 @@ fn test_cli_help_documents_exit_statuses() {
         assert!(text.contains(code), "--help lacks status {code}");
     }
 }
+
+#[test]
+fn test_cli_blocked_syscall_is_reported_and_exits_134() {
+    tests::require_kvm!();
+    let out = vmm_run(&image("hello"), &["--debug-blocked-syscall"], &[]);
+    assert_eq!(status(&out), 134, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("seccomp: blocked syscall socket (41)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn test_cli_no_seccomp_warns_and_still_runs() {
+    tests::require_kvm!();
+    let out = vmm_run(&image("hello"), &["--no-seccomp"], &[]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: --no-seccomp"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(tests::stdout(&out).contains("Hello from a unikernel!"));
+}
+
+#[test]
+fn test_cli_seccomp_list_is_short_and_explained() {
+    let out = vmm(&["seccomp-list"]);
+    assert_eq!(status(&out), 0);
+    let text = tests::stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!((10..=27).contains(&lines.len()), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ioctl ") && l.contains("KVM_RUN")),
+        "{text}"
+    );
+    assert!(!text.contains("socket"), "{text}");
+}

@@ -85,6 +85,8 @@ pub enum Stop {
     BadHypercall(HypercallError),
     /// A sleep reached the `--timeout` deadline.
     TimedOut,
+    /// The guest wrote more console output than `--max-output` allows.
+    OutputLimit(u64),
     /// An exit the VMM does not expect.
     Unexpected(&'static str),
 }
@@ -156,6 +158,8 @@ pub struct ExitHandler {
     pub first_output: Option<Instant>,
     /// When `--timeout` stops the guest.
     pub deadline: Option<Instant>,
+    /// Console bytes allowed in all (`--max-output`).
+    pub max_output: u64,
 }
 
 impl ExitHandler {
@@ -169,6 +173,7 @@ impl ExitHandler {
             milestones: Vec::new(),
             first_output: None,
             deadline: None,
+            max_output: u64::MAX,
         }
     }
 
@@ -210,8 +215,10 @@ impl ExitHandler {
     fn port_write(&mut self, ram: &GuestRam, port: u16, data: &[u8]) -> Action {
         if let Some(offset) = com1_offset(port) {
             self.com1.write(offset, data.first().copied().unwrap_or(0));
-            if let Some(lines) = self.com1.take_lines() {
-                self.emit(stream::STDOUT, &lines);
+            if let Some(lines) = self.com1.take_lines()
+                && !self.emit(stream::STDOUT, &lines)
+            {
+                return self.output_limit_reached();
             }
             return Action::Continue;
         }
@@ -223,7 +230,8 @@ impl ExitHandler {
                 Action::Stop(Stop::Exited(i32::from_le_bytes(value)))
             }
             port::CONSOLE_WRITE => match self.console_write(ram, port, data) {
-                Ok(()) => Action::Continue,
+                Ok(true) => Action::Continue,
+                Ok(false) => self.output_limit_reached(),
                 Err(err) => Action::Stop(Stop::BadHypercall(err)),
             },
             port::CRASH => Action::Stop(Stop::Exception {
@@ -283,20 +291,24 @@ impl ExitHandler {
         ram: &GuestRam,
         port: u16,
         data: &[u8],
-    ) -> Result<(), HypercallError> {
+    ) -> Result<bool, HypercallError> {
         let addr = hypercall::port_value(port, data)?;
         let request = hypercall::decode_console_write(ram, addr)?;
         let mut bytes = std::mem::take(&mut self.scratch);
         bytes.resize(request.len as usize, 0);
         // Validated by decode_console_write.
         let _ = ram.read(request.buf, &mut bytes);
-        self.emit(request.stream, &bytes);
+        let fits = self.emit(request.stream, &bytes);
         self.scratch = bytes;
-        Ok(())
+        Ok(fits)
     }
 
-    fn emit(&mut self, stream_id: u32, bytes: &[u8]) {
+    /// Writes console output; `false` once `max_output` is exceeded (what fits is written).
+    fn emit(&mut self, stream_id: u32, bytes: &[u8]) -> bool {
         self.first_output.get_or_insert_with(Instant::now);
+        let room = self.max_output.saturating_sub(self.stats.console_bytes);
+        let fits = bytes.len() as u64 <= room;
+        let bytes = &bytes[..bytes.len().min(room as usize)];
         self.stats.console_bytes += bytes.len() as u64;
         let out = if stream_id == stream::STDERR {
             &mut self.console.stderr
@@ -305,13 +317,18 @@ impl ExitHandler {
         };
         // A closed stdout (e.g. `| head`) must not stop the guest or the VMM.
         let _ = out.write_all(bytes).and_then(|()| out.flush());
+        fits
+    }
+
+    fn output_limit_reached(&self) -> Action {
+        Action::Stop(Stop::OutputLimit(self.max_output))
     }
 
     /// Hands on whatever the UART still holds; called once the guest has stopped.
     pub fn flush(&mut self) {
         let rest = self.com1.take_all();
         if !rest.is_empty() {
-            self.emit(stream::STDOUT, &rest);
+            let _ = self.emit(stream::STDOUT, &rest);
         }
         let _ = self.console.stdout.flush();
         let _ = self.console.stderr.flush();
@@ -482,6 +499,36 @@ mod tests {
         assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
         h.flush();
         assert_eq!(&*out.0.lock().unwrap(), b"hi\nthere");
+    }
+
+    #[test]
+    fn test_handle_output_beyond_limit_stops_guest() {
+        let (mut h, out, _, ram) = handler();
+        h.max_output = 8;
+        ram.write(0x2000, b"hello\n").unwrap();
+        console_write_struct(&ram, 0x1000, 0x2000, 6, stream::STDOUT);
+        let call = 0x1000u32.to_le_bytes();
+        let first = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::CONSOLE_WRITE,
+                data: &call,
+            },
+        );
+        let second = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::CONSOLE_WRITE,
+                data: &call,
+            },
+        );
+        assert_eq!(first, Action::Continue);
+        assert_eq!(second, Action::Stop(Stop::OutputLimit(8)));
+        assert_eq!(
+            &*out.0.lock().unwrap(),
+            b"hello\nhe",
+            "output stops exactly at the limit"
+        );
     }
 
     #[test]

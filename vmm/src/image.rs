@@ -157,16 +157,10 @@ impl Image {
                 size: Size(meta.len()),
             });
         }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        // The file may grow while we read it: never read past the limit.
-        file.take(MAX_IMAGE_FILE_SIZE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_IMAGE_FILE_SIZE {
-            return Err(ImageError::TooLarge {
-                size: Size(bytes.len() as u64),
-            });
-        }
+        // One read of exactly the size stat reported; a file that shrank meanwhile fails here,
+        // and bytes appended meanwhile are not read.
+        let mut bytes = vec![0u8; meta.len() as usize];
+        (&file).read_exact(&mut bytes).map_err(io)?;
         Self::parse(bytes)
     }
 

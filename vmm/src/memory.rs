@@ -40,8 +40,8 @@ pub enum MemoryError {
     Write(u64, #[source] vm_memory::GuestMemoryError),
 }
 
-/// The guest's RAM, from guest-physical 0 to `size`.
-#[derive(Debug)]
+/// The guest's RAM, from guest-physical 0 to `size`. Clones share the mapping.
+#[derive(Debug, Clone)]
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,

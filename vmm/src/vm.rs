@@ -10,7 +10,7 @@ use crate::image::Image;
 use crate::memory::GuestRam;
 use crate::timeline::Timeline;
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -40,6 +40,9 @@ pub enum VmError {
     /// The boot structures could not be written.
     #[error(transparent)]
     Setup(#[from] arch::SetupError),
+    /// The sandbox could not be installed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 fn kvm_open_hint(errno: i32) -> &'static str {
@@ -106,6 +109,12 @@ pub struct VmConfig {
     pub args: Vec<String>,
     /// Environment, `KEY=VALUE` each.
     pub env: Vec<String>,
+    /// Confine the run loop with seccomp.
+    pub seccomp: bool,
+    /// Make a blocked system call once sandboxed (to test the sandbox).
+    pub debug_blocked_syscall: bool,
+    /// Console bytes allowed before the guest is stopped.
+    pub max_output: u64,
 }
 
 /// A created VM, ready to run.
@@ -115,20 +124,33 @@ pub struct Vm {
     _vm: VmFd,
     ram: GuestRam,
     _kvm: Kvm,
-    image_symbols: Arc<crate::symbols::Symbols>,
+    image: Arc<Image>,
     timeout: Option<Duration>,
+    seccomp: bool,
+    debug_blocked_syscall: bool,
+    max_output: u64,
     timeline: Timeline,
 }
 
-impl Vm {
-    /// Creates the VM for `image` and prepares its memory and vCPU.
-    pub fn new(image: &Image, config: &VmConfig, mut timeline: Timeline) -> Result<Self, VmError> {
+/// The KVM side of a guest, created before its image is known: `/dev/kvm`, the VM with its RAM
+/// registered, and the vCPU with its CPUID. [`crate::run`] creates it while another thread
+/// loads the image into the same RAM.
+pub struct VmShell {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    ram: GuestRam,
+    kvm: Kvm,
+    tsc_khz: u64,
+    sync_regs: bool,
+}
+
+impl VmShell {
+    /// Creates the VM around `ram`.
+    pub fn create(ram: GuestRam, timeline: &mut Timeline) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
         timeline.kvm_opened = Some(Instant::now());
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         timeline.vm_created = Some(Instant::now());
-
-        let ram = GuestRam::new(config.mem_size)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -137,34 +159,87 @@ impl Vm {
             userspace_addr: ram.host_address(),
         };
         // SAFETY: the region is a live anonymous mapping of exactly `memory_size` bytes that
-        // outlives the VM (field order drops the VM first).
+        // outlives the VM (field order in `Vm` drops the VM first).
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
-
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&arch::cpuid::guest_cpuid())
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let tsc_khz = vcpu
+            .get_tsc_khz()
+            .map_or_else(|_| calibrate_tsc_khz(), u64::from);
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        // Look up now what reports need later, before the sandbox forbids the file system.
+        crate::timeline::hypervisor();
         timeline.vcpu_created = Some(Instant::now());
+        Ok(VmShell {
+            vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+            sync_regs,
+        })
+    }
+}
+
+impl Vm {
+    /// Creates the VM for `image`: loads it into fresh RAM, then creates the KVM side.
+    pub fn new(
+        image: Arc<Image>,
+        config: &VmConfig,
+        mut timeline: Timeline,
+    ) -> Result<Self, VmError> {
+        let ram = GuestRam::new(config.mem_size)?;
+        arch::load_image(&ram, &image)?;
+        timeline.image_loaded = Some(Instant::now());
+        let shell = VmShell::create(ram, &mut timeline)?;
+        Self::from_shell(shell, image, config, timeline)
+    }
+
+    /// Finishes a VM whose RAM already holds `image` (see [`arch::load_image`]): writes the
+    /// boot info and hands the initial registers to the vCPU.
+    pub fn from_shell(
+        shell: VmShell,
+        image: Arc<Image>,
+        config: &VmConfig,
+        mut timeline: Timeline,
+    ) -> Result<Self, VmError> {
+        let VmShell {
+            mut vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+            sync_regs,
+        } = shell;
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
-        arch::prepare_memory(&ram, image, &args, &env, host_clock(&vcpu))?;
-        timeline.memory_prepared = Some(Instant::now());
-
-        vcpu.set_sregs(&regs::initial_sregs())
-            .map_err(kvm_err("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&regs::initial_regs(image.entry()))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
+        arch::write_boot_info(&ram, &image, &args, &env, host_clock(tsc_khz))?;
+        let (sregs, regs) = (regs::initial_sregs(), regs::initial_regs(image.entry()));
+        if sync_regs {
+            // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
+            let sync = vcpu.sync_regs_mut();
+            sync.regs = regs;
+            sync.sregs = sregs;
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+        } else {
+            vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        }
         timeline.vcpu_ready = Some(Instant::now());
-
-        let symbols = crate::symbols::Symbols::from_image(image);
         Ok(Vm {
             vcpu,
             _vm: vm,
             ram,
             _kvm: kvm,
-            image_symbols: Arc::new(symbols),
+            image,
             timeout: config.timeout,
+            seccomp: config.seccomp,
+            debug_blocked_syscall: config.debug_blocked_syscall,
+            max_output: config.max_output,
             timeline,
         })
     }
@@ -175,10 +250,29 @@ impl Vm {
     }
 
     /// Runs the guest until it stops; console output goes to `console`.
-    pub fn run(&mut self, console: Console) -> Result<RunReport, VmError> {
+    ///
+    /// `watchdog` enforces `--timeout` on this thread; without one, and with a timeout, `run`
+    /// starts its own (which must then happen before this thread is confined).
+    pub fn run(
+        &mut self,
+        console: Console,
+        watchdog: Option<Watchdog>,
+    ) -> Result<RunReport, VmError> {
         let mut handler = ExitHandler::new(console);
         handler.deadline = self.timeout.map(|t| Instant::now() + t);
-        let watchdog = self.timeout.map(Watchdog::start);
+        handler.max_output = self.max_output;
+        let watchdog = watchdog.or_else(|| {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            self.timeout.map(|t| Watchdog::start(t, me, self.seccomp))
+        });
+        if self.seccomp {
+            crate::sandbox::confine_this_thread()?;
+            if self.debug_blocked_syscall {
+                // SAFETY: a harmless call that the filter blocks, to show the report.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
+        }
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
         if let Some(watchdog) = watchdog {
             watchdog.finish();
@@ -254,7 +348,8 @@ impl Vm {
     fn crash_report(&mut self, stop: &Stop) -> String {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
-        let symbols = Arc::clone(&self.image_symbols);
+        // Only a crash pays for parsing the symbol table.
+        let symbols = crate::symbols::Symbols::from_image(&self.image);
         let symbolize = move |addr| symbols.describe(addr);
         let mut report = match stop {
             Stop::Exception { vector } => {
@@ -275,6 +370,10 @@ impl Vm {
             }
             Stop::BadHypercall(err) => format!("guest stopped: bad hypercall: {err}\n"),
             Stop::Unexpected(what) => format!("guest crashed: unexpected VM exit ({what})\n"),
+            Stop::OutputLimit(limit) => format!(
+                "guest stopped: it wrote more than --max-output {} of console output\n",
+                crate::size::Size(*limit)
+            ),
             Stop::Exited(_) | Stop::TimedOut => String::new(),
         };
         if !matches!(stop, Stop::Exception { .. }) {
@@ -328,10 +427,7 @@ impl Vm {
 }
 
 /// The host clock as the guest will see it.
-fn host_clock(vcpu: &VcpuFd) -> HostClock {
-    let tsc_khz = vcpu
-        .get_tsc_khz()
-        .map_or_else(|_| calibrate_tsc_khz(), u64::from);
+fn host_clock(tsc_khz: u64) -> HostClock {
     let unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -357,7 +453,7 @@ fn calibrate_tsc_khz() -> u64 {
 }
 
 /// Kicks the vCPU thread out of `KVM_RUN` with a signal once the timeout has passed.
-struct Watchdog {
+pub struct Watchdog {
     shared: Arc<WatchdogShared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -390,18 +486,22 @@ fn install_kick_handler() {
 }
 
 impl Watchdog {
-    fn start(timeout: Duration) -> Self {
+    /// Starts a watchdog that interrupts thread `vcpu_thread` after `timeout`; its own thread
+    /// confines itself when `seccomp` is set.
+    pub fn start(timeout: Duration, vcpu_thread: libc::pthread_t, seccomp: bool) -> Self {
         install_kick_handler();
         let shared = Arc::new(WatchdogShared {
             done: Mutex::new(false),
             wake: Condvar::new(),
             fired: AtomicBool::new(false),
         });
-        // SAFETY: pthread_self has no preconditions.
-        let vcpu_thread = unsafe { libc::pthread_self() };
         let deadline = Instant::now() + timeout;
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
+            if seccomp {
+                // The watchdog needs even less than the run loop; the same filter suffices.
+                let _ = crate::sandbox::confine_this_thread();
+            }
             let shared = thread_shared;
             let mut done = shared.done.lock().unwrap_or_else(|e| e.into_inner());
             while !*done {

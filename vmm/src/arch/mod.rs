@@ -40,22 +40,16 @@ pub struct HostClock {
     pub tsc: u64,
 }
 
-/// Writes everything the guest needs before its first instruction: the image's segments,
-/// page tables, GDT, TSS, IDT and boot info with `args`.
-pub fn prepare_memory(
-    ram: &GuestRam,
-    image: &Image,
-    args: &[&str],
-    env: &[&str],
-    clock: HostClock,
-) -> Result<(), SetupError> {
+/// Writes the image-dependent part of guest memory: the segments, the page tables, and the
+/// GDT, TSS and IDT.
+pub fn load_image(ram: &GuestRam, image: &Image) -> Result<(), SetupError> {
     for segment in image.segments() {
         // Fresh anonymous memory is zero, so only the file part is copied.
         ram.write(segment.addr, image.file_bytes(segment))?;
     }
     paging::write_page_tables(ram, image)?;
     tables::write_system_tables(ram, image.exception_stubs())?;
-    write_boot_info(ram, image, args, env, clock)
+    Ok(())
 }
 
 /// Packs `args` as NUL-terminated strings.
@@ -73,7 +67,8 @@ pub fn pack_args(args: &[&str]) -> Result<Vec<u8>, SetupError> {
     Ok(packed)
 }
 
-fn write_boot_info(
+/// Writes the boot info with `args` and `env`.
+pub fn write_boot_info(
     ram: &GuestRam,
     image: &Image,
     args: &[&str],
