@@ -209,7 +209,10 @@ pub fn phases_chart(phases: &[Phase], rest_us: Option<f64>) -> String {
         ));
         return svg;
     }
-    let title = format!("Our cold start, phase by phase ({})", time_label(total));
+    let title = format!(
+        "Our cold start, phase by phase: medians, summing to {}",
+        time_label(total)
+    );
     let legend_top = TOP + 70.0;
     let mut svg = open(legend_top + 20.0 * phases.len() as f64 + 10.0, &title);
     let scale = (PLOT_RIGHT - PLOT_LEFT) / total;
