@@ -34,6 +34,9 @@ pub mod port {
     /// `out` value: microseconds to sleep. The VMM waits (no busy loop in the guest), then
     /// resumes the guest; a `--timeout` that passes meanwhile stops it.
     pub const SLEEP: u16 = 0x504;
+    /// `out` value: ignored. The guest parks until the VMM releases it (`vmm fleet
+    /// --resident` holds many guests this way; `vmm run` releases at once).
+    pub const WAIT: u16 = 0x505;
     /// Last port of the hypercall range. Unassigned ports in the range read as all-ones and
     /// ignore writes (the VMM counts them).
     pub const LAST: u16 = 0x50f;

@@ -11,26 +11,28 @@ use core::fmt::{self, Write};
 
 const BUFFER_SIZE: usize = 4096;
 
-struct LineBuffer {
-    stream: u32,
+/// A console buffer. The stream is a type parameter, not a field, so that the buffers are all
+/// zeros and live in `.bss`: the VMM copies nothing for them and the guest touches their pages
+/// only when it prints.
+struct LineBuffer<const STREAM: u32> {
     len: usize,
     bytes: [u8; BUFFER_SIZE],
 }
 
-impl LineBuffer {
-    const fn new(stream: u32) -> Self {
-        Self { stream, len: 0, bytes: [0; BUFFER_SIZE] }
+impl<const STREAM: u32> LineBuffer<STREAM> {
+    const fn new() -> Self {
+        Self { len: 0, bytes: [0; BUFFER_SIZE] }
     }
 
     fn flush(&mut self) {
         if self.len > 0 {
-            hypercall::console_write(self.stream, &self.bytes[..self.len]);
+            hypercall::console_write(STREAM, &self.bytes[..self.len]);
             self.len = 0;
         }
     }
 }
 
-impl Write for LineBuffer {
+impl<const STREAM: u32> Write for LineBuffer<STREAM> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut bytes = s.as_bytes();
         while !bytes.is_empty() {
@@ -71,8 +73,8 @@ impl Write for StackLine {
     }
 }
 
-static STDOUT: Global<LineBuffer> = Global::new(LineBuffer::new(stream::STDOUT));
-static STDERR: Global<LineBuffer> = Global::new(LineBuffer::new(stream::STDERR));
+static STDOUT: Global<LineBuffer<{ stream::STDOUT }>> = Global::new(LineBuffer::new());
+static STDERR: Global<LineBuffer<{ stream::STDERR }>> = Global::new(LineBuffer::new());
 
 /// Writes straight to the VMM, unbuffered: used when a buffer is busy (a panic while printing).
 struct Unbuffered(u32);
@@ -84,7 +86,7 @@ impl Write for Unbuffered {
     }
 }
 
-fn print_to(global: &Global<LineBuffer>, stream: u32, args: fmt::Arguments, line_buffered: bool) {
+fn print_to<const STREAM: u32>(global: &Global<LineBuffer<STREAM>>, args: fmt::Arguments, line_buffered: bool) {
     let done = global.with(|buf| {
         let _ = buf.write_fmt(args);
         let ends_line = buf.bytes[..buf.len].contains(&b'\n');
@@ -93,18 +95,18 @@ fn print_to(global: &Global<LineBuffer>, stream: u32, args: fmt::Arguments, line
         }
     });
     if done.is_none() {
-        let _ = Unbuffered(stream).write_fmt(args);
+        let _ = Unbuffered(STREAM).write_fmt(args);
     }
 }
 
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
-    print_to(&STDOUT, stream::STDOUT, args, true);
+    print_to(&STDOUT, args, true);
 }
 
 #[doc(hidden)]
 pub fn _eprint(args: fmt::Arguments) {
-    print_to(&STDERR, stream::STDERR, args, false);
+    print_to(&STDERR, args, false);
 }
 
 /// Sends whatever stdout holds to the VMM.

@@ -37,6 +37,11 @@ pub fn sleep_micros(micros: u32) {
     out(port::SLEEP, micros);
 }
 
+/// Parks the guest until the VMM releases it.
+pub fn wait_for_release() {
+    out(port::WAIT, 0);
+}
+
 /// Stops the guest with exit code `code`.
 pub fn exit(code: i32) -> ! {
     out(port::EXIT, code as u32);

@@ -42,6 +42,17 @@ mod start;
 pub use args::{Args, args, env, vars};
 pub use start::{boot_info, exit};
 
+/// Parks this guest until the VMM releases it (one exit). `vmm fleet --resident` keeps many
+/// guests alive this way; `vmm run` releases at once.
+///
+/// ```ignore
+/// kernel::wait_for_release();
+/// ```
+pub fn wait_for_release() {
+    console::flush();
+    hypercall::wait_for_release();
+}
+
 /// Names the app's entry point: `fn main(args: kernel::Args) -> i32`.
 ///
 /// The returned value becomes the exit status of `vmm run`.

@@ -120,7 +120,7 @@ fn test_guest_port_spray_is_survived() {
     require_kvm!();
     let code = [
         // 32-bit accesses cover four ports: stop where the last one is still open.
-        asm::port_spray(port::SLEEP + 1, port::LAST - 2),
+        asm::port_spray(port::WAIT + 1, port::LAST - 2),
         asm::port_spray(port::COM1, port::COM1 + port::COM1_LEN - 3),
         asm::exit(42),
     ]

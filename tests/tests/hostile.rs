@@ -196,7 +196,9 @@ fn test_hostile_write_to_page_tables_faults() {
 #[test]
 fn test_hostile_write_to_idt_faults() {
     require_kvm!();
-    let code = [0xc6, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00, 0x41]; // mov byte [0x2000], 'A'
+    let mut code = vec![0xc6, 0x04, 0x25]; // mov byte [IDT], 'A'
+    code.extend((vmm::arch::layout::IDT_ADDR as u32).to_le_bytes());
+    code.push(0x41);
     assert_stopped(
         "write-idt",
         &code,

@@ -85,6 +85,8 @@ pub enum Stop {
     BadHypercall(HypercallError),
     /// A sleep reached the `--timeout` deadline.
     TimedOut,
+    /// The guest parked itself until the VMM releases it.
+    Parked,
     /// The guest wrote more console output than `--max-output` allows.
     OutputLimit(u64),
     /// An exit the VMM does not expect.
@@ -237,6 +239,7 @@ impl ExitHandler {
             port::CRASH => Action::Stop(Stop::Exception {
                 vector: data.first().copied().unwrap_or(0xff),
             }),
+            port::WAIT => Action::Stop(Stop::Parked),
             port::SLEEP => match hypercall::port_value(port, data) {
                 Ok(micros) => self.sleep(Duration::from_micros(u64::from(micros))),
                 Err(err) => Action::Stop(Stop::BadHypercall(err)),

@@ -12,6 +12,7 @@ pub mod arch;
 pub mod crash;
 pub mod devices;
 pub mod exit;
+pub mod fleet;
 pub mod hypercall;
 pub mod image;
 pub mod memory;
@@ -21,6 +22,7 @@ pub mod symbols;
 pub mod teardown;
 pub mod timeline;
 pub mod vm;
+pub mod watchdog;
 
 pub use exit::Console;
 pub use image::{Image, ImageError};

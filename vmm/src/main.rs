@@ -40,6 +40,49 @@ enum TimelineFormat {
 enum Command {
     /// Print the system calls the sandboxed run loop may make, and why.
     SeccompList,
+    /// Boot many instances of an image (or a manifest's mix), each in its own VM, C at a time.
+    #[command(
+        after_help = "Exit status: 0 when the fleet ran (whatever its guests did), 125 on bad input."
+    )]
+    Fleet {
+        /// The image (not needed with --manifest).
+        #[arg(required_unless_present = "manifest")]
+        image: Option<PathBuf>,
+        /// Instances of IMAGE.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Worker threads booting instances.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Guest RAM per instance.
+        #[arg(long, default_value = "16M", value_parser = parse_size)]
+        mem: u64,
+        /// Per-instance timeout (until the guest exits, or parks with --resident).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Console bytes allowed per instance.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        max_output: u64,
+        /// Environment for every instance (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<String>,
+        /// Keep every instance alive at once (the image must park, like `idle`), then release
+        /// them all: measures density.
+        #[arg(long)]
+        resident: bool,
+        /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Print the report as JSON, with every instance's status and output.
+        #[arg(long)]
+        json: bool,
+        /// Run the workers without the seccomp sandbox.
+        #[arg(long)]
+        no_seccomp: bool,
+        /// Arguments for every instance.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Boot an image and exit with its exit code.
     #[command(after_help = EXIT_STATUS_HELP)]
     Run {
@@ -95,9 +138,69 @@ fn vmm_main() -> i32 {
     };
     timeline.args_parsed = Some(std::time::Instant::now());
     match cli.command {
+        Command::Fleet {
+            image,
+            count,
+            concurrency,
+            mem,
+            timeout,
+            max_output,
+            env,
+            resident,
+            manifest,
+            json,
+            no_seccomp,
+            args,
+        } => {
+            if no_seccomp {
+                eprintln!("warning: --no-seccomp: fleet workers run without their sandbox");
+            }
+            let defaults = vmm::fleet::GroupDefaults {
+                mem_size: mem,
+                timeout,
+                max_output,
+            };
+            let groups = match (manifest, image) {
+                (Some(path), _) => match vmm::fleet::read_manifest(&path, &defaults) {
+                    Ok(groups) => groups,
+                    Err(err) => return fleet_error(err),
+                },
+                (None, Some(image)) => vec![vmm::fleet::Group {
+                    name: vmm::fleet::group_name(&image),
+                    image,
+                    count,
+                    args,
+                    env,
+                    mem_size: mem,
+                    timeout,
+                    max_output,
+                }],
+                (None, None) => unreachable!("clap requires IMAGE or --manifest"),
+            };
+            let spec = vmm::fleet::FleetSpec {
+                groups,
+                concurrency,
+                resident,
+                seccomp: !no_seccomp,
+            };
+            match vmm::fleet::run_fleet(&spec) {
+                Ok(report) if json => {
+                    println!("{}", vmm::fleet::format_json(&report));
+                    0
+                }
+                Ok(report) => {
+                    print!("{}", vmm::fleet::format_table(&report));
+                    0
+                }
+                Err(err) => fleet_error(err),
+            }
+        }
         Command::SeccompList => {
             for (name, why) in vmm::sandbox::ALLOWED {
                 println!("{name:<16} {why}");
+            }
+            for name in vmm::sandbox::DENIED {
+                println!("{name:<16} denied with EACCES (library probes that cope with failure)");
             }
             0
         }
@@ -131,6 +234,11 @@ fn vmm_main() -> i32 {
             run(&config, timeline, format)
         }
     }
+}
+
+fn fleet_error(err: vmm::fleet::FleetError) -> i32 {
+    eprintln!("error: {:#}", anyhow::Error::from(err));
+    abi::exit_status::VMM_ERROR
 }
 
 fn parse_env(text: &str) -> Result<String, String> {

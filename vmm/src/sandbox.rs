@@ -64,6 +64,11 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ),
     ("brk", "memory allocation"),
     ("mmap", "memory allocation"),
+    (
+        "mprotect",
+        "memory allocation (glibc thread arenas), never with PROT_EXEC",
+    ),
+    ("mremap", "memory allocation (growing a large buffer)"),
     ("munmap", "memory release"),
     ("madvise", "memory release"),
     ("mincore", "--timeline: count guest pages touched"),
@@ -91,21 +96,39 @@ fn arg_eq(index: u8, value: u64) -> SeccompCondition {
 
 /// The filter for a thread that runs guests.
 pub fn run_loop_filter() -> Result<BpfProgram, SandboxError> {
+    filter_for(Profile::Runner)
+}
+
+/// The filter for `profile`.
+pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (name, _) in ALLOWED {
+    for name in ALLOWED
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(DENIED.iter().copied())
+    {
         rules.insert(syscall_number(name), Vec::new());
     }
     let rule = |conditions| {
         SeccompRule::new(conditions).map_err(|e| SandboxError::Build(seccompiler::Error::from(e)))
     };
-    rules.insert(
-        syscall_number("ioctl"),
-        vec![
-            rule(vec![arg_eq(1, KVM_RUN)])?,
-            rule(vec![arg_eq(1, KVM_GET_REGS)])?,
-            rule(vec![arg_eq(1, KVM_GET_SREGS)])?,
-        ],
-    );
+    let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
+    if profile == Profile::FleetWorker {
+        requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
+    }
+    let ioctl_rules = requests
+        .into_iter()
+        .map(|r| rule(vec![arg_eq(1, r)]))
+        .collect::<Result<_, _>>()?;
+    rules.insert(syscall_number("ioctl"), ioctl_rules);
+    let no_exec = SeccompCondition::new(
+        2,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )
+    .expect("argument index below 6");
+    rules.insert(syscall_number("mprotect"), vec![rule(vec![no_exec])?]);
     rules.insert(
         syscall_number("write"),
         vec![rule(vec![arg_eq(0, 1)])?, rule(vec![arg_eq(0, 2)])?],
@@ -130,22 +153,101 @@ thread_local! {
     static SANDBOXED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Confines the calling thread (once; later calls do nothing).
+/// Which threads a filter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// A thread that runs one guest that already exists ([`ALLOWED`]).
+    Runner,
+    /// A `vmm fleet` worker, which also creates and destroys VMs through an open `/dev/kvm`
+    /// ([`ALLOWED`] plus the VM-creation ioctls of [`FLEET_IOCTLS`]).
+    FleetWorker,
+}
+
+/// The extra `ioctl` requests of a fleet worker: creating a VM, its memory and vCPU.
+pub const FLEET_IOCTLS: &[(&str, u64)] = &[
+    ("KVM_CREATE_VM", 0xae01),
+    ("KVM_CHECK_EXTENSION", 0xae03),
+    ("KVM_GET_VCPU_MMAP_SIZE", 0xae04),
+    ("KVM_CREATE_VCPU", 0xae41),
+    (
+        "KVM_SET_USER_MEMORY_REGION",
+        ioc_write(0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>()),
+    ),
+    (
+        "KVM_SET_REGS",
+        ioc_write(0x82, size_of::<kvm_bindings::kvm_regs>()),
+    ),
+    (
+        "KVM_SET_SREGS",
+        ioc_write(0x84, size_of::<kvm_bindings::kvm_sregs>()),
+    ),
+    ("KVM_SET_CPUID2", ioc_write(0x90, 8)),
+    ("KVM_GET_TSC_KHZ", 0xaea3),
+];
+
+const fn ioc_write(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+/// Confines the calling thread as a [`Profile::Runner`] (once; later calls do nothing).
 pub fn confine_this_thread() -> Result<(), SandboxError> {
+    confine_this_thread_as(Profile::Runner)
+}
+
+/// Confines the calling thread (once; later calls do nothing).
+pub fn confine_this_thread_as(profile: Profile) -> Result<(), SandboxError> {
     if SANDBOXED.get() {
         return Ok(());
     }
-    static FILTER: std::sync::OnceLock<Result<BpfProgram, String>> = std::sync::OnceLock::new();
-    let filter = FILTER.get_or_init(|| run_loop_filter().map_err(|e| format!("{e:#?}")));
-    let filter = match filter {
+    type Cached = std::sync::OnceLock<Result<BpfProgram, String>>;
+    static RUNNER: Cached = Cached::new();
+    static FLEET: Cached = Cached::new();
+    let cache = if profile == Profile::Runner {
+        &RUNNER
+    } else {
+        &FLEET
+    };
+    let filter = match cache.get_or_init(|| filter_for(profile).map_err(|e| format!("{e:#?}"))) {
         Ok(filter) => filter,
         // Building is deterministic: if it failed once, build again for the real error.
-        Err(_) => &run_loop_filter()?,
+        Err(_) => &filter_for(profile)?,
+    };
+    static DENIALS: std::sync::OnceLock<Result<BpfProgram, String>> = std::sync::OnceLock::new();
+    let denials = match DENIALS.get_or_init(|| denial_filter().map_err(|e| format!("{e:#?}"))) {
+        Ok(filter) => filter,
+        Err(_) => &denial_filter()?,
     };
     install_sigsys_reporter();
+    // The denials first: once the main filter is in, installing filters is itself forbidden.
+    seccompiler::apply_filter(denials).map_err(SandboxError::Apply)?;
     seccompiler::apply_filter(filter).map_err(SandboxError::Apply)?;
     SANDBOXED.set(true);
     Ok(())
+}
+
+/// System calls that fail with `EACCES` instead of stopping the VMM, because library code
+/// probes with them and copes with the failure: glibc's `free` reads
+/// `/proc/sys/vm/overcommit_memory` once before shrinking a thread's heap.
+///
+/// The main filter lets these through; this second filter turns them into errors (seccomp
+/// takes the most restrictive verdict of all filters, and an error beats "allow").
+pub const DENIED: &[&str] = &["openat"];
+
+fn denial_filter() -> Result<BpfProgram, SandboxError> {
+    let rules = DENIED
+        .iter()
+        .map(|name| (syscall_number(name), Vec::new()))
+        .collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SandboxError::Build(e.into()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.into()))
 }
 
 /// Whether the calling thread is confined.
@@ -235,6 +337,15 @@ mod tests {
     }
 
     #[test]
+    fn test_fleet_ioctl_numbers_match_the_kernel() {
+        let number = |name| FLEET_IOCTLS.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(number("KVM_SET_USER_MEMORY_REGION"), 0x4020_ae46);
+        assert_eq!(number("KVM_SET_REGS"), 0x4090_ae82);
+        assert_eq!(number("KVM_SET_SREGS"), 0x4138_ae84);
+        assert_eq!(number("KVM_SET_CPUID2"), 0x4008_ae90);
+    }
+
+    #[test]
     fn test_filter_builds() {
         let program = run_loop_filter().unwrap();
         assert!(program.len() > ALLOWED.len());
@@ -242,7 +353,7 @@ mod tests {
 
     #[test]
     fn test_allowed_list_is_small_and_known() {
-        assert!(ALLOWED.len() <= 24, "{} syscalls", ALLOWED.len());
+        assert!(ALLOWED.len() <= 27, "{} syscalls", ALLOWED.len());
         for (name, _) in ALLOWED {
             assert!(SYSCALL_NAMES.contains(name), "{name}");
         }

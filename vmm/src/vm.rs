@@ -9,10 +9,10 @@ use crate::exit::{Action, Console, Exit, ExitHandler, ExitStats, Stop};
 use crate::image::Image;
 use crate::memory::GuestRam;
 use crate::timeline::Timeline;
+pub use crate::watchdog::Watchdog;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors that keep a guest from starting.
@@ -98,6 +98,15 @@ pub struct RunReport {
     pub ram_pages_touched: Option<u64>,
 }
 
+/// Where a started guest is.
+#[derive(Debug)]
+pub enum Progress {
+    /// It parked itself and waits for [`Vm::resume`].
+    Parked,
+    /// It stopped.
+    Finished(Box<RunReport>),
+}
+
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -123,13 +132,22 @@ pub struct Vm {
     vcpu: VcpuFd,
     _vm: VmFd,
     ram: GuestRam,
-    _kvm: Kvm,
+    _kvm: Arc<Kvm>,
     image: Arc<Image>,
     timeout: Option<Duration>,
     seccomp: bool,
     debug_blocked_syscall: bool,
     max_output: u64,
     timeline: Timeline,
+    handler: Option<ExitHandler>,
+    watchdog: Option<Watchdog>,
+}
+
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Arc<Kvm>, VmError> {
+    Kvm::new()
+        .map(Arc::new)
+        .map_err(|source| VmError::OpenKvm { source })
 }
 
 /// The KVM side of a guest, created before its image is known: `/dev/kvm`, the VM with its RAM
@@ -139,7 +157,7 @@ pub struct VmShell {
     vcpu: VcpuFd,
     vm: VmFd,
     ram: GuestRam,
-    kvm: Kvm,
+    kvm: Arc<Kvm>,
     tsc_khz: u64,
     sync_regs: bool,
 }
@@ -147,8 +165,17 @@ pub struct VmShell {
 impl VmShell {
     /// Creates the VM around `ram`.
     pub fn create(ram: GuestRam, timeline: &mut Timeline) -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(|source| VmError::OpenKvm { source })?;
+        let kvm = open_kvm()?;
         timeline.kvm_opened = Some(Instant::now());
+        Self::create_with(kvm, ram, timeline)
+    }
+
+    /// Creates the VM around `ram` through an open `/dev/kvm` (shared by many VMs).
+    pub fn create_with(
+        kvm: Arc<Kvm>,
+        ram: GuestRam,
+        timeline: &mut Timeline,
+    ) -> Result<Self, VmError> {
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         timeline.vm_created = Some(Instant::now());
         let region = kvm_userspace_memory_region {
@@ -186,7 +213,13 @@ impl VmShell {
 
 impl Vm {
     /// Creates the VM for `image`: loads it into fresh RAM, then creates the KVM side.
-    pub fn new(
+    pub fn new(image: Arc<Image>, config: &VmConfig, timeline: Timeline) -> Result<Self, VmError> {
+        Self::new_with(open_kvm()?, image, config, timeline)
+    }
+
+    /// Like [`Vm::new`], through an open `/dev/kvm` (shared by many VMs).
+    pub fn new_with(
+        kvm: Arc<Kvm>,
         image: Arc<Image>,
         config: &VmConfig,
         mut timeline: Timeline,
@@ -194,8 +227,15 @@ impl Vm {
         let ram = GuestRam::new(config.mem_size)?;
         arch::load_image(&ram, &image)?;
         timeline.image_loaded = Some(Instant::now());
-        let shell = VmShell::create(ram, &mut timeline)?;
+        let shell = VmShell::create_with(kvm, ram, &mut timeline)?;
         Self::from_shell(shell, image, config, timeline)
+    }
+
+    /// Stops enforcing the timeout (a parked guest may be resumed on another thread).
+    pub fn disarm_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.finish();
+        }
     }
 
     /// Finishes a VM whose RAM already holds `image` (see [`arch::load_image`]): writes the
@@ -241,6 +281,8 @@ impl Vm {
             debug_blocked_syscall: config.debug_blocked_syscall,
             max_output: config.max_output,
             timeline,
+            handler: None,
+            watchdog: None,
         })
     }
 
@@ -249,7 +291,8 @@ impl Vm {
         &self.ram
     }
 
-    /// Runs the guest until it stops; console output goes to `console`.
+    /// Runs the guest until it stops; console output goes to `console`. A guest that parks
+    /// itself ([`abi::port::WAIT`]) is released at once.
     ///
     /// `watchdog` enforces `--timeout` on this thread; without one, and with a timeout, `run`
     /// starts its own (which must then happen before this thread is confined).
@@ -258,10 +301,26 @@ impl Vm {
         console: Console,
         watchdog: Option<Watchdog>,
     ) -> Result<RunReport, VmError> {
+        let mut progress = self.start(console, watchdog)?;
+        loop {
+            match progress {
+                Progress::Finished(report) => return Ok(*report),
+                Progress::Parked => progress = self.resume()?,
+            }
+        }
+    }
+
+    /// Starts the guest: runs it until it stops or parks itself.
+    pub fn start(
+        &mut self,
+        console: Console,
+        watchdog: Option<Watchdog>,
+    ) -> Result<Progress, VmError> {
         let mut handler = ExitHandler::new(console);
         handler.deadline = self.timeout.map(|t| Instant::now() + t);
         handler.max_output = self.max_output;
-        let watchdog = watchdog.or_else(|| {
+        self.handler = Some(handler);
+        self.watchdog = watchdog.or_else(|| {
             // SAFETY: pthread_self has no preconditions.
             let me = unsafe { libc::pthread_self() };
             self.timeout.map(|t| Watchdog::start(t, me, self.seccomp))
@@ -273,8 +332,20 @@ impl Vm {
                 unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             }
         }
+        self.resume()
+    }
+
+    /// Continues a parked guest until it stops or parks again.
+    pub fn resume(&mut self) -> Result<Progress, VmError> {
+        let mut handler = self.handler.take().expect("resume() after start()");
+        let watchdog = self.watchdog.take();
         let stop = self.run_loop(&mut handler, watchdog.as_ref());
-        if let Some(watchdog) = watchdog {
+        self.watchdog = watchdog;
+        if let Ok(Some(Stop::Parked)) = stop {
+            self.handler = Some(handler);
+            return Ok(Progress::Parked);
+        }
+        if let Some(watchdog) = self.watchdog.take() {
             watchdog.finish();
         }
         self.timeline.guest_stopped = Some(Instant::now());
@@ -285,14 +356,14 @@ impl Vm {
             Some(Stop::Exited(code)) => Outcome::Exited(code),
             Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
         };
-        Ok(RunReport {
+        Ok(Progress::Finished(Box::new(RunReport {
             outcome,
             stats: handler.stats.clone(),
             timeline: self.timeline.clone(),
             milestones: std::mem::take(&mut handler.milestones),
             first_output: handler.first_output,
             ram_pages_touched: None,
-        })
+        })))
     }
 
     /// Runs until a stop; `None` means the watchdog fired.
@@ -374,7 +445,7 @@ impl Vm {
                 "guest stopped: it wrote more than --max-output {} of console output\n",
                 crate::size::Size(*limit)
             ),
-            Stop::Exited(_) | Stop::TimedOut => String::new(),
+            Stop::Exited(_) | Stop::TimedOut | Stop::Parked => String::new(),
         };
         if !matches!(stop, Stop::Exception { .. }) {
             let location = symbolize(regs.rip)
@@ -450,98 +521,4 @@ fn calibrate_tsc_khz() -> u64 {
     let tsc1 = unsafe { core::arch::x86_64::_rdtsc() };
     let ns = start.elapsed().as_nanos().max(1) as u64;
     tsc1.wrapping_sub(tsc0) * 1_000_000 / ns
-}
-
-/// Kicks the vCPU thread out of `KVM_RUN` with a signal once the timeout has passed.
-pub struct Watchdog {
-    shared: Arc<WatchdogShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-struct WatchdogShared {
-    done: Mutex<bool>,
-    wake: Condvar,
-    fired: AtomicBool,
-}
-
-/// The signal that interrupts `KVM_RUN`; its handler does nothing.
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
-}
-
-extern "C" fn ignore_signal(_: libc::c_int) {}
-
-fn install_kick_handler() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        // SAFETY: a zeroed sigaction is valid; we set a handler that does nothing, without
-        // SA_RESTART so that KVM_RUN returns EINTR.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = ignore_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
-        }
-    });
-}
-
-impl Watchdog {
-    /// Starts a watchdog that interrupts thread `vcpu_thread` after `timeout`; its own thread
-    /// confines itself when `seccomp` is set.
-    pub fn start(timeout: Duration, vcpu_thread: libc::pthread_t, seccomp: bool) -> Self {
-        install_kick_handler();
-        let shared = Arc::new(WatchdogShared {
-            done: Mutex::new(false),
-            wake: Condvar::new(),
-            fired: AtomicBool::new(false),
-        });
-        let deadline = Instant::now() + timeout;
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::spawn(move || {
-            if seccomp {
-                // The watchdog needs even less than the run loop; the same filter suffices.
-                let _ = crate::sandbox::confine_this_thread();
-            }
-            let shared = thread_shared;
-            let mut done = shared.done.lock().unwrap_or_else(|e| e.into_inner());
-            while !*done {
-                let now = Instant::now();
-                if now >= deadline {
-                    shared.fired.store(true, Ordering::SeqCst);
-                    // SAFETY: the vCPU thread is alive until it sets `done`, which it cannot
-                    // do while we hold the lock; the signal's handler does nothing.
-                    unsafe { libc::pthread_kill(vcpu_thread, kick_signal()) };
-                    // Resend until acknowledged: the signal may land just before KVM_RUN.
-                    done = shared
-                        .wake
-                        .wait_timeout(done, Duration::from_millis(5))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                } else {
-                    done = shared
-                        .wake
-                        .wait_timeout(done, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        });
-        Watchdog {
-            shared,
-            thread: Some(thread),
-        }
-    }
-
-    fn fired(&self) -> bool {
-        self.shared.fired.load(Ordering::SeqCst)
-    }
-
-    /// Stops the watchdog.
-    fn finish(mut self) {
-        *self.shared.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.shared.wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

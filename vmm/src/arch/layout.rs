@@ -3,9 +3,7 @@
 //!
 //! ```text
 //! 0x0000_0000  null page                      unmapped
-//! 0x0000_1000  GDT                            supervisor RW
-//! 0x0000_2000  IDT                            supervisor RO
-//! 0x0000_3000  TSS + I/O permission bitmap    supervisor RW
+//! 0x0000_1000  GDT, IDT, TSS + I/O bitmap      supervisor RW (one page: one fault, not three)
 //! 0x0000_4000  ring-0 stack (RSP0), 8 KiB     supervisor RW
 //! 0x0000_6000  double-fault stack (IST1)      supervisor RW
 //! 0x0000_8000  page tables                    unmapped
@@ -21,12 +19,14 @@ pub const PAGE_SIZE: u64 = 0x1000;
 /// Size of a large page.
 pub const LARGE_PAGE_SIZE: u64 = 0x20_0000;
 
-/// Global descriptor table.
+/// The page holding the GDT, IDT and TSS.
+pub const SYSTEM_TABLES_PAGE: u64 = 0x1000;
+/// Global descriptor table (7 slots).
 pub const GDT_ADDR: u64 = 0x1000;
-/// Interrupt descriptor table.
-pub const IDT_ADDR: u64 = 0x2000;
-/// Task-state segment, followed by its I/O permission bitmap.
-pub const TSS_ADDR: u64 = 0x3000;
+/// Interrupt descriptor table (32 gates, 512 bytes).
+pub const IDT_ADDR: u64 = 0x1200;
+/// Task-state segment, followed by its I/O permission bitmap (under 300 bytes).
+pub const TSS_ADDR: u64 = 0x1800;
 /// Bottom of the ring-0 stack that exceptions from ring 3 switch to.
 pub const RING0_STACK_BOTTOM: u64 = 0x4000;
 /// Top of the ring-0 stack (TSS.RSP0).
@@ -74,5 +74,6 @@ pub const DEFAULT_MEM_SIZE: u64 = 16 << 20;
 pub const MIN_HEAP_SIZE: u64 = 64 << 10;
 
 const _: () = assert!(PAGE_TABLES_END <= BOOT_INFO_ADDR);
+const _: () = assert!(TSS_ADDR + 0x400 <= SYSTEM_TABLES_PAGE + PAGE_SIZE);
 const _: () = assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= STACK_GUARD_ADDR);
 const _: () = assert!(MAX_MEM_SIZE <= MAX_PDS << 30);

@@ -1,0 +1,189 @@
+//! `vmm fleet`: many VMs from one VMM process, sharing nothing.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use tests::elf::ElfBuilder;
+use tests::{asm, image, require_kvm, status, stderr, stdout, vmm, vmm_run, write_scratch};
+
+fn fleet_json(args: &[&str]) -> Value {
+    let mut all = vec!["fleet", "--json"];
+    all.extend_from_slice(args);
+    let out = vmm(&all);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
+}
+
+#[test]
+fn test_fleet_boots_every_instance() {
+    require_kvm!();
+    let hello = image("hello");
+    let report = fleet_json(&[
+        hello.to_str().unwrap(),
+        "--count",
+        "20",
+        "--concurrency",
+        "2",
+        "--",
+        "x",
+    ]);
+    assert_eq!(report["count"], 20);
+    let instances = report["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 20);
+    for i in instances {
+        assert_eq!(i["status"], 0, "{i}");
+        assert_eq!(i["stdout"], "Hello from a unikernel!\nx\n", "{i}");
+    }
+    assert_eq!(report["outcomes"]["exit 0"], 20);
+    assert!(report["launch_rate"].as_f64().unwrap() > 0.0);
+    assert!(report["peak_concurrent"].as_u64().unwrap() <= 2);
+}
+
+#[test]
+fn test_fleet_instances_share_nothing() {
+    require_kvm!();
+    let dir = tests::scratch_dir("fleet-mix");
+    let spin = write_scratch("fleet-mix", "spin", &ElfBuilder::guest(&asm::SPIN).build());
+    // Prints 64 KiB of its own code per exit, forever.
+    let mut spam_code = vec![0x48, 0x83, 0xec, 0x20, 0x48, 0xc7, 0x04, 0x24];
+    spam_code.extend((tests::elf::CODE_ADDR as u32).to_le_bytes());
+    spam_code.extend([0xc7, 0x44, 0x24, 0x08, 0x00, 0x00, 0x01, 0x00]); // len 64 KiB
+    spam_code.extend([0xc7, 0x44, 0x24, 0x0c, 0x01, 0x00, 0x00, 0x00]); // stdout
+    spam_code.extend([0x89, 0xe0]); // mov eax, esp
+    let top = spam_code.len();
+    spam_code.extend([asm::mov_dx(abi::port::CONSOLE_WRITE), vec![asm::OUT_DX_EAX]].concat());
+    let back = top as i64 - (spam_code.len() as i64 + 2);
+    spam_code.extend([0xeb, back as i8 as u8]);
+    let spam = write_scratch("fleet-mix", "spam", &ElfBuilder::guest(&spam_code).build());
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let manifest = format!(
+        r#"
+[[vm]]
+image = "{hello}"
+count = 6
+args = ["alone", "together"]
+
+[[vm]]
+image = "{exitcode}"
+count = 4
+args = ["7"]
+
+[[vm]]
+image = "{fault}"
+name = "crasher"
+count = 3
+args = ["null"]
+
+[[vm]]
+image = "{spin}"
+count = 2
+timeout = "300ms"
+
+[[vm]]
+image = "{spam}"
+count = 2
+max_output = "64K"
+
+[[vm]]
+image = "{panic}"
+count = 2
+"#,
+        hello = path(&image("hello")),
+        exitcode = path(&image("exitcode")),
+        fault = path(&image("fault")),
+        spin = path(&spin),
+        spam = path(&spam),
+        panic = path(&image("panic")),
+    );
+    let manifest_path = dir.join("mix.toml");
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let report = fleet_json(&[
+        "--manifest",
+        manifest_path.to_str().unwrap(),
+        "--concurrency",
+        "2",
+    ]);
+    let instances = report["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 19);
+
+    // What each kind gives when run alone, through `vmm run`.
+    let alone = |image: &std::path::Path, flags: &[&str], args: &[&str]| {
+        let out = vmm_run(image, flags, args);
+        (status(&out), out.stdout)
+    };
+    let mut expected: BTreeMap<&str, (i32, Vec<u8>)> = BTreeMap::new();
+    expected.insert("hello", alone(&image("hello"), &[], &["alone", "together"]));
+    expected.insert("exitcode", alone(&image("exitcode"), &[], &["7"]));
+    expected.insert("crasher", alone(&image("fault"), &[], &["null"]));
+    expected.insert("spin", alone(&spin, &["--timeout", "300ms"], &[]));
+    expected.insert("spam", alone(&spam, &["--max-output", "64K"], &[]));
+    expected.insert("panic", alone(&image("panic"), &[], &[]));
+    assert_eq!(expected["spin"].0, 124);
+    assert_eq!(expected["spam"].0, 134);
+    assert_eq!(expected["crasher"].0, 134);
+
+    for i in instances {
+        let group = i["group"].as_str().unwrap();
+        let (status, out) = &expected[group];
+        assert_eq!(
+            i["status"].as_i64().unwrap(),
+            i64::from(*status),
+            "{group}: {i}"
+        );
+        assert_eq!(
+            i["stdout"].as_str().unwrap(),
+            String::from_utf8_lossy(out),
+            "{group}"
+        );
+    }
+    let outcomes = &report["outcomes"];
+    assert_eq!(outcomes["exit 0"], 6);
+    assert_eq!(outcomes["exit 7"], 4);
+    assert_eq!(outcomes["exit 101"], 2);
+    assert_eq!(outcomes["crashed"], 5);
+    assert_eq!(outcomes["timed out"], 2);
+}
+
+#[test]
+fn test_fleet_resident_holds_every_instance_at_once() {
+    require_kvm!();
+    let idle = image("idle");
+    let report = fleet_json(&[idle.to_str().unwrap(), "--count", "40", "--resident"]);
+    assert_eq!(report["peak_concurrent"], 40);
+    assert_eq!(report["outcomes"]["exit 0"], 40);
+    for i in report["instances"].as_array().unwrap() {
+        assert_eq!(i["stdout"], "released after holding 4096 bytes\n", "{i}");
+    }
+    assert!(report["memory"]["rss_at_peak_kib"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn test_fleet_table_names_the_figures() {
+    require_kvm!();
+    let out = vmm(&["fleet", image("hello").to_str().unwrap(), "--count", "4"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    for label in [
+        "launch rate",
+        "start→exit",
+        "outcomes",
+        "peak VMs",
+        "host memory",
+    ] {
+        assert!(text.contains(label), "{label} missing:\n{text}");
+    }
+}
+
+#[test]
+fn test_fleet_bad_manifest_is_refused() {
+    let path = write_scratch("fleet-bad", "bad.toml", b"[[vm]]\nimage = 3\n");
+    let out = vmm(&["fleet", "--manifest", path.to_str().unwrap()]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).starts_with("error: manifest"),
+        "{}",
+        stderr(&out)
+    );
+    let out = vmm(&["fleet", "/nonexistent/image", "--count", "2"]);
+    assert_eq!(status(&out), 125);
+}

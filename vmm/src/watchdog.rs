@@ -1,0 +1,200 @@
+//! `--timeout`: interrupting a vCPU thread in `KVM_RUN` with a signal once its deadline passes.
+//!
+//! [`Watchdog::start`] gives one guest a thread of its own (`vmm run`); a [`DeadlineService`]
+//! serves many guests from one thread (`vmm fleet`, whose worker threads are sandboxed and
+//! cannot start threads). Either way the signal's handler does nothing: its only effect is that
+//! `KVM_RUN` returns `EINTR`, and the run loop then sees [`Watchdog::fired`]. The signal is
+//! resent every 5 ms until the guest's thread acknowledges, since it may land just before
+//! `KVM_RUN` is entered.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const RESEND: Duration = Duration::from_millis(5);
+
+/// The signal that interrupts `KVM_RUN`.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn install_kick_handler() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // SAFETY: a zeroed sigaction is valid; the handler does nothing, and without
+        // SA_RESTART KVM_RUN returns EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+}
+
+struct Entry {
+    id: u64,
+    thread: libc::pthread_t,
+    deadline: Instant,
+    fired: Arc<AtomicBool>,
+}
+
+struct Shared {
+    entries: Mutex<Vec<Entry>>,
+    wake: Condvar,
+    stopping: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// One thread that watches the deadlines of many guests.
+pub struct DeadlineService {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeadlineService {
+    /// Starts the service's thread (confined by seccomp when `seccomp` is set).
+    pub fn start(seccomp: bool) -> Self {
+        install_kick_handler();
+        let shared = Arc::new(Shared {
+            entries: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("watchdog".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if seccomp {
+                    let _ = crate::sandbox::confine_this_thread();
+                }
+                serve(&thread_shared);
+            })
+            .ok();
+        DeadlineService { shared, thread }
+    }
+
+    /// Watches `vcpu_thread` until `timeout` from now.
+    pub fn watch(&self, timeout: Duration, vcpu_thread: libc::pthread_t) -> Watchdog {
+        let fired = Arc::new(AtomicBool::new(false));
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            id,
+            thread: vcpu_thread,
+            deadline: Instant::now() + timeout,
+            fired: Arc::clone(&fired),
+        };
+        lock(&self.shared.entries).push(entry);
+        self.shared.wake.notify_all();
+        let shared = Arc::clone(&self.shared);
+        Watchdog {
+            fired,
+            release: Some(Box::new(move || {
+                lock(&shared.entries).retain(|e| e.id != id);
+            })),
+        }
+    }
+}
+
+impl Drop for DeadlineService {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn serve(shared: &Shared) {
+    let mut entries = lock(&shared.entries);
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let mut next_wake = now + Duration::from_secs(3600);
+        for entry in entries.iter() {
+            if now >= entry.deadline {
+                entry.fired.store(true, Ordering::SeqCst);
+                // SAFETY: a watched thread removes its entry (under this lock) before it can
+                // exit, so it is alive; the signal's handler does nothing.
+                unsafe { libc::pthread_kill(entry.thread, kick_signal()) };
+                next_wake = next_wake.min(now + RESEND);
+            } else {
+                next_wake = next_wake.min(entry.deadline);
+            }
+        }
+        entries = shared
+            .wake
+            .wait_timeout(entries, next_wake.saturating_duration_since(now))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// The deadline of one guest.
+pub struct Watchdog {
+    fired: Arc<AtomicBool>,
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Watchdog {
+    /// A watchdog with a thread of its own that interrupts `vcpu_thread` after `timeout`.
+    pub fn start(timeout: Duration, vcpu_thread: libc::pthread_t, seccomp: bool) -> Self {
+        let service = DeadlineService::start(seccomp);
+        let mut watchdog = service.watch(timeout, vcpu_thread);
+        let release = watchdog.release.take();
+        watchdog.release = Some(Box::new(move || {
+            if let Some(release) = release {
+                release();
+            }
+            drop(service);
+        }));
+        watchdog
+    }
+
+    /// Whether the deadline has passed.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Stops watching; the guest's thread is no longer signalled after this returns.
+    pub fn finish(mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_deadline_service_fires_only_after_the_deadline() {
+        let service = DeadlineService::start(false);
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let early = service.watch(Duration::from_secs(60), me);
+        let late = service.watch(Duration::from_millis(20), me);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(late.fired());
+        assert!(!early.fired());
+        late.finish();
+        early.finish();
+    }
+}
