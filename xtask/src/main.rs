@@ -2,6 +2,7 @@
 //! compiled: freestanding `no_std` static ELFs for the host target, linked by
 //! `kernel/link.ld` (see DESIGN.md).
 
+mod bench;
 mod guest;
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +39,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure cold starts of our VMM against its peers; report in target/bench/.
+    Bench(bench::Bench),
     /// Feed the ELF loader, hypercall decoder and exit handler N random and mutated inputs.
     Fuzz {
         /// Cases per target.
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let status = cmd.status().context("cannot start the VMM")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
+        Task::Bench(args) => bench::run(args),
         Task::Fuzz { cases } => {
             let status = cargo()
                 .args(["test", "--release", "--package", "tests", "--test", "fuzz"])
@@ -146,7 +150,7 @@ pub fn vmm_path() -> PathBuf {
 ///
 /// Measured here: a dynamically linked VMM spends about 0.6 ms in the loader and in lazy
 /// binding before and during argument parsing; static non-PIE needs no relocations at start.
-fn build_vmm() -> Result<()> {
+pub fn build_vmm() -> Result<()> {
     let target_dir = project_root().join("target/vmm-static");
     let status = cargo()
         .args(["build", "--release", "--quiet", "--package", "vmm"])
