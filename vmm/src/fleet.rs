@@ -10,6 +10,7 @@ use crate::exit::Console;
 use crate::image::{Image, ImageError};
 use crate::sandbox::{self, Profile};
 use crate::size::{parse_duration, parse_size};
+use crate::snapshot::Snapshot;
 use crate::timeline::Timeline;
 use crate::vm::{self, Outcome, Progress, Vm, VmConfig, VmError};
 use crate::watchdog::DeadlineService;
@@ -119,6 +120,9 @@ pub struct MemoryFigures {
     pub rss_at_peak_kib: u64,
     /// This process's peak RSS (VmHWM).
     pub rss_high_water_kib: u64,
+    /// This process's PSS at the peak: pages shared with other processes (a snapshot's, in
+    /// the page cache) counted once among their sharers.
+    pub pss_at_peak_kib: u64,
 }
 
 /// What the fleet did.
@@ -199,6 +203,8 @@ struct Job {
 struct Prepared {
     group: Group,
     image: Arc<Image>,
+    /// Set when the group's "image" is a snapshot: instances are restored from it.
+    snapshot: Option<Arc<Snapshot>>,
     config: VmConfig,
 }
 
@@ -300,6 +306,8 @@ pub fn run_fleet(spec: &FleetSpec) -> Result<FleetReport, FleetError> {
     let wall = started.elapsed();
     memory.mem_available_at_peak_kib = mem_available_kib();
     memory.rss_at_peak_kib = rss_kib("VmRSS");
+    memory.pss_at_peak_kib =
+        std::fs::read_to_string("/proc/self/smaps_rollup").map_or(0, |t| meminfo_field(&t, "Pss:"));
     let mut parked = parked.into_inner().unwrap_or_else(|e| e.into_inner());
     release(&mut parked, spec, &results);
     memory.mem_available_after_kib = mem_available_kib();
@@ -377,7 +385,7 @@ fn boot(
 ) -> Boot {
     let started = Instant::now();
     let (stdout, stderr) = (Captured::default(), Captured::default());
-    let error = |job: Job, err: VmError| {
+    let error = |job: Job, err: String| {
         Boot::Done(InstanceResult {
             group: p.group.name.clone(),
             index: job.index,
@@ -385,15 +393,20 @@ fn boot(
             kind: "vmm error",
             latency_us: started.elapsed().as_secs_f64() * 1e6,
             stdout: String::new(),
-            stderr: format!("error: {:#}", anyhow_like(&err)),
+            stderr: format!("error: {err}"),
         })
     };
-    let mut vm = match Vm::new_with(
-        Arc::clone(kvm),
-        Arc::clone(&p.image),
-        &p.config,
-        Timeline::default(),
-    ) {
+    let created = match &p.snapshot {
+        Some(snapshot) => restore(kvm, snapshot, &p.image, &p.config),
+        None => Vm::new_with(
+            Arc::clone(kvm),
+            Arc::clone(&p.image),
+            &p.config,
+            Timeline::default(),
+        )
+        .map_err(|e| anyhow_like(&e)),
+    };
+    let mut vm = match created {
         Ok(vm) => vm,
         Err(err) => return error(job, err),
     };
@@ -433,6 +446,23 @@ fn boot(
         stderr,
     };
     Boot::Done(result_of(&running, progress, latency))
+}
+
+/// A VM restored from `snapshot`: its pages mapped copy-on-write, shared with every other
+/// instance restored from it.
+fn restore(
+    kvm: &Arc<kvm_ioctls::Kvm>,
+    snapshot: &Snapshot,
+    layout: &Arc<Image>,
+    config: &VmConfig,
+) -> Result<Vm, String> {
+    let ram = crate::memory::GuestRam::new(snapshot.mem_size).map_err(|e| anyhow_like(&e))?;
+    snapshot.map_into(&ram).map_err(|e| anyhow_like(&e))?;
+    let mut timeline = Timeline::default();
+    let shell = vm::VmShell::create_with(Arc::clone(kvm), ram, &mut timeline)
+        .map_err(|e| anyhow_like(&e))?;
+    Vm::from_snapshot(shell, snapshot, Arc::clone(layout), config, timeline)
+        .map_err(|e| anyhow_like(&e))
 }
 
 fn anyhow_like(err: &dyn std::error::Error) -> String {
@@ -489,6 +519,31 @@ fn prepare(spec: &FleetSpec) -> Result<Vec<Prepared>, FleetError> {
     let mut images: BTreeMap<PathBuf, Arc<Image>> = BTreeMap::new();
     let mut prepared = Vec::new();
     for group in &spec.groups {
+        if Snapshot::peek_mem_size(&group.image).is_ok() {
+            let snapshot = Snapshot::open(&group.image).map_err(|e| {
+                FleetError::Invalid(format!("{}: {}", group.image.display(), anyhow_like(&e)))
+            })?;
+            let config = VmConfig {
+                mem_size: snapshot.mem_size,
+                timeout: group.timeout,
+                args: std::iter::once(group.name.clone())
+                    .chain(group.args.iter().cloned())
+                    .collect(),
+                env: group.env.clone(),
+                seccomp: spec.seccomp,
+                debug_blocked_syscall: false,
+                max_output: group.max_output,
+                snapshot: false,
+            };
+            let image = Arc::new(snapshot.layout());
+            prepared.push(Prepared {
+                group: group.clone(),
+                image,
+                snapshot: Some(Arc::new(snapshot)),
+                config,
+            });
+            continue;
+        }
         crate::check_mem_size(group.mem_size).map_err(|e| FleetError::Invalid(e.to_string()))?;
         let image = match images.get(&group.image) {
             Some(image) => Arc::clone(image),
@@ -523,6 +578,7 @@ fn prepare(spec: &FleetSpec) -> Result<Vec<Prepared>, FleetError> {
         prepared.push(Prepared {
             group: group.clone(),
             image,
+            snapshot: None,
             config,
         });
     }
