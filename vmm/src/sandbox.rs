@@ -68,7 +68,10 @@ pub const ALLOWED: &[(&str, &str)] = &[
         "thread exit (glibc blocks signals while a thread ends)",
     ),
     ("brk", "memory allocation"),
-    ("mmap", "memory allocation"),
+    (
+        "mmap",
+        "memory allocation and snapshot pages, never with PROT_EXEC",
+    ),
     (
         "mprotect",
         "memory allocation (glibc thread arenas), never with PROT_EXEC",
@@ -137,7 +140,11 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
         0,
     )
     .expect("argument index below 6");
-    rules.insert(syscall_number("mprotect"), vec![rule(vec![no_exec])?]);
+    rules.insert(
+        syscall_number("mprotect"),
+        vec![rule(vec![no_exec.clone()])?],
+    );
+    rules.insert(syscall_number("mmap"), vec![rule(vec![no_exec])?]);
     let mut writable = vec![1u64, 2];
     if let Profile::ServeWorker { client_fd } = profile {
         writable.push(client_fd as u64);
