@@ -404,7 +404,7 @@ fn boot(
             &p.config,
             Timeline::default(),
         )
-        .map_err(|e| anyhow_like(&e)),
+        .map_err(|e| crate::error_chain(&e)),
     };
     let mut vm = match created {
         Ok(vm) => vm,
@@ -456,24 +456,16 @@ fn restore(
     layout: &Arc<Image>,
     config: &VmConfig,
 ) -> Result<Vm, String> {
-    let ram = crate::memory::GuestRam::new(snapshot.mem_size).map_err(|e| anyhow_like(&e))?;
-    snapshot.map_into(&ram).map_err(|e| anyhow_like(&e))?;
+    let ram =
+        crate::memory::GuestRam::new(snapshot.mem_size).map_err(|e| crate::error_chain(&e))?;
+    snapshot
+        .map_into(&ram)
+        .map_err(|e| crate::error_chain(&e))?;
     let mut timeline = Timeline::default();
     let shell = vm::VmShell::create_with(Arc::clone(kvm), ram, &mut timeline)
-        .map_err(|e| anyhow_like(&e))?;
+        .map_err(|e| crate::error_chain(&e))?;
     Vm::from_snapshot(shell, snapshot, Arc::clone(layout), config, timeline)
-        .map_err(|e| anyhow_like(&e))
-}
-
-fn anyhow_like(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+        .map_err(|e| crate::error_chain(&e))
 }
 
 fn result_of(
@@ -500,7 +492,7 @@ fn result_of(
             (abi::exit_status::VMM_ERROR, "vmm error")
         }
         Err(err) => {
-            stderr.push_str(&format!("error: {}", anyhow_like(&err)));
+            stderr.push_str(&format!("error: {}", crate::error_chain(&err)));
             (abi::exit_status::VMM_ERROR, "vmm error")
         }
     };
@@ -515,26 +507,35 @@ fn result_of(
     }
 }
 
+/// The VM configuration of each instance of `group`.
+fn instance_config(group: &Group, spec: &FleetSpec, mem_size: u64) -> VmConfig {
+    VmConfig {
+        mem_size,
+        timeout: group.timeout,
+        args: std::iter::once(group.name.clone())
+            .chain(group.args.iter().cloned())
+            .collect(),
+        env: group.env.clone(),
+        seccomp: spec.seccomp,
+        debug_blocked_syscall: false,
+        max_output: group.max_output,
+        snapshot: false,
+    }
+}
+
 fn prepare(spec: &FleetSpec) -> Result<Vec<Prepared>, FleetError> {
     let mut images: BTreeMap<PathBuf, Arc<Image>> = BTreeMap::new();
     let mut prepared = Vec::new();
     for group in &spec.groups {
         if Snapshot::peek_mem_size(&group.image).is_ok() {
             let snapshot = Snapshot::open(&group.image).map_err(|e| {
-                FleetError::Invalid(format!("{}: {}", group.image.display(), anyhow_like(&e)))
+                FleetError::Invalid(format!(
+                    "{}: {}",
+                    group.image.display(),
+                    crate::error_chain(&e)
+                ))
             })?;
-            let config = VmConfig {
-                mem_size: snapshot.mem_size,
-                timeout: group.timeout,
-                args: std::iter::once(group.name.clone())
-                    .chain(group.args.iter().cloned())
-                    .collect(),
-                env: group.env.clone(),
-                seccomp: spec.seccomp,
-                debug_blocked_syscall: false,
-                max_output: group.max_output,
-                snapshot: false,
-            };
+            let config = instance_config(group, spec, snapshot.mem_size);
             let image = Arc::new(snapshot.layout());
             prepared.push(Prepared {
                 group: group.clone(),
@@ -563,18 +564,7 @@ fn prepare(spec: &FleetSpec) -> Result<Vec<Prepared>, FleetError> {
                 path: group.image.clone(),
                 source,
             })?;
-        let config = VmConfig {
-            mem_size: group.mem_size,
-            timeout: group.timeout,
-            args: std::iter::once(group.name.clone())
-                .chain(group.args.iter().cloned())
-                .collect(),
-            env: group.env.clone(),
-            seccomp: spec.seccomp,
-            debug_blocked_syscall: false,
-            max_output: group.max_output,
-            snapshot: false,
-        };
+        let config = instance_config(group, spec, group.mem_size);
         prepared.push(Prepared {
             group: group.clone(),
             image,

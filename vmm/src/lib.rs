@@ -58,6 +58,18 @@ pub enum RunError {
     RunnerFailed,
 }
 
+/// An error and its causes on one line, `outer: inner: innermost`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// What `vmm run` boots.
 #[derive(Debug, Clone)]
 pub struct RunConfig {

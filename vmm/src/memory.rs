@@ -71,7 +71,8 @@ impl GuestRam {
     pub fn resident_page_list(&self) -> Vec<u64> {
         let pages = self.size.div_ceil(4096) as usize;
         let mut residency = vec![0u8; pages];
-        // SAFETY: as in `resident_pages`.
+        // SAFETY: the range is our own live mapping; mincore writes one byte per page into a
+        // vector of exactly that many bytes.
         let rc = unsafe {
             libc::mincore(
                 self.host_address() as *mut libc::c_void,
@@ -92,18 +93,7 @@ impl GuestRam {
 
     /// Number of 4 KiB pages of RAM the host has populated (touched by VMM or guest).
     pub fn resident_pages(&self) -> Option<u64> {
-        let pages = self.size.div_ceil(4096) as usize;
-        let mut residency = vec![0u8; pages];
-        // SAFETY: the range is our own live mapping; mincore writes one byte per page into a
-        // vector of exactly that many bytes.
-        let rc = unsafe {
-            libc::mincore(
-                self.host_address() as *mut libc::c_void,
-                self.size as usize,
-                residency.as_mut_ptr(),
-            )
-        };
-        (rc == 0).then(|| residency.iter().filter(|&&b| b & 1 != 0).count() as u64)
+        Some(self.resident_page_list().len() as u64)
     }
 
     /// Checks that `addr..addr+len` lies in RAM.

@@ -265,11 +265,14 @@ fn resolve(
         return Ok((key, target.clone()));
     }
     let target = if Snapshot::peek_mem_size(&key).is_ok() {
-        let snapshot = Arc::new(Snapshot::open(&key).map_err(|e| format!("error: {}", chain(&e)))?);
+        let snapshot = Arc::new(
+            Snapshot::open(&key).map_err(|e| format!("error: {}", crate::error_chain(&e)))?,
+        );
         let layout = Arc::new(snapshot.layout());
         Target::Snapshot(snapshot, layout)
     } else {
-        let image = Image::from_file(&key).map_err(|e| format!("error: {}", chain(&e)))?;
+        let image =
+            Image::from_file(&key).map_err(|e| format!("error: {}", crate::error_chain(&e)))?;
         image
             .check_fits(request.mem_size)
             .map_err(|e| format!("error: {e}"))?;
@@ -277,17 +280,6 @@ fn resolve(
     };
     targets.insert(key.clone(), target.clone());
     Ok((key, target))
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn refill(
@@ -390,7 +382,7 @@ fn serve_one(
                     &config,
                     Timeline::default(),
                 )
-                .map_err(|e| chain(&e))
+                .map_err(|e| crate::error_chain(&e))
             })
         }
         Target::Image(image) => {
@@ -404,7 +396,7 @@ fn serve_one(
                 &config,
                 Timeline::default(),
             )
-            .map_err(|e| chain(&e))
+            .map_err(|e| crate::error_chain(&e))
         }
     };
     let mut out = FdWriter(fd);
@@ -447,7 +439,7 @@ fn serve_one(
             let _ = send_frame(
                 &mut out,
                 frame::ERROR,
-                format!("error: {}", chain(&err)).as_bytes(),
+                format!("error: {}", crate::error_chain(&err)).as_bytes(),
             );
             return Some(vm);
         }

@@ -98,6 +98,14 @@ pub struct RunReport {
     pub ram_pages_touched: Option<u64>,
 }
 
+/// What the vCPU starts from.
+enum Start<'a> {
+    /// A fresh boot at the image's entry.
+    Boot,
+    /// The saved state of a snapshot.
+    Snapshot(&'a crate::snapshot::Snapshot),
+}
+
 /// Where a started guest is.
 #[derive(Debug)]
 pub enum Progress {
@@ -266,56 +274,9 @@ impl Vm {
         snapshot: &crate::snapshot::Snapshot,
         layout: Arc<Image>,
         config: &VmConfig,
-        mut timeline: Timeline,
+        timeline: Timeline,
     ) -> Result<Self, VmError> {
-        let VmShell {
-            mut vcpu,
-            vm,
-            ram,
-            kvm,
-            tsc_khz,
-            sync_regs,
-            random_seed,
-        } = shell;
-        let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
-        let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
-        let params = arch::RunParams {
-            args: &args,
-            env: &env,
-            clock: host_clock(tsc_khz),
-            flags: abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED,
-            random_seed,
-        };
-        arch::rewrite_boot_info(&ram, params)?;
-        let regs = crate::snapshot::restored_regs(&snapshot.state().regs);
-        let sregs = regs::initial_sregs();
-        if sync_regs {
-            let sync = vcpu.sync_regs_mut();
-            sync.regs = regs;
-            sync.sregs = sregs;
-            vcpu.set_sync_dirty_reg(SyncReg::Register);
-            vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
-        } else {
-            vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-            vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-        }
-        timeline.vcpu_ready = Some(Instant::now());
-        Ok(Vm {
-            vcpu,
-            _vm: vm,
-            ram,
-            _kvm: kvm,
-            image: layout,
-            timeout: config.timeout,
-            seccomp: config.seccomp,
-            debug_blocked_syscall: config.debug_blocked_syscall,
-            max_output: config.max_output,
-            timeline,
-            handler: None,
-            watchdog: None,
-            snapshot_mode: false,
-            com1_pending: snapshot.state().com1_pending.clone(),
-        })
+        Self::assemble(shell, Start::Snapshot(snapshot), layout, config, timeline)
     }
 
     /// Stops enforcing the timeout (a parked guest may be resumed on another thread).
@@ -331,6 +292,16 @@ impl Vm {
         shell: VmShell,
         image: Arc<Image>,
         config: &VmConfig,
+        timeline: Timeline,
+    ) -> Result<Self, VmError> {
+        Self::assemble(shell, Start::Boot, image, config, timeline)
+    }
+
+    fn assemble(
+        shell: VmShell,
+        start: Start<'_>,
+        image: Arc<Image>,
+        config: &VmConfig,
         mut timeline: Timeline,
     ) -> Result<Self, VmError> {
         let VmShell {
@@ -344,7 +315,7 @@ impl Vm {
         } = shell;
         let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
-        let params = arch::RunParams {
+        let mut params = arch::RunParams {
             args: &args,
             env: &env,
             clock: host_clock(tsc_khz),
@@ -355,8 +326,23 @@ impl Vm {
             },
             random_seed,
         };
-        arch::write_boot_info(&ram, &image, params)?;
-        let (sregs, regs) = (regs::initial_sregs(), regs::initial_regs(image.entry()));
+        let (regs, com1_pending) = match start {
+            Start::Boot => {
+                arch::write_boot_info(&ram, &image, params)?;
+                (regs::initial_regs(image.entry()), Vec::new())
+            }
+            Start::Snapshot(snapshot) => {
+                params.flags = abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED;
+                arch::rewrite_boot_info(&ram, params)?;
+                let saved = snapshot.state();
+                (
+                    crate::snapshot::restored_regs(&saved.regs),
+                    saved.com1_pending.clone(),
+                )
+            }
+        };
+        // The special registers are always the VMM's own, never a snapshot's.
+        let sregs = regs::initial_sregs();
         if sync_regs {
             // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
             let sync = vcpu.sync_regs_mut();
@@ -383,7 +369,7 @@ impl Vm {
             handler: None,
             watchdog: None,
             snapshot_mode: config.snapshot,
-            com1_pending: Vec::new(),
+            com1_pending,
         })
     }
 
