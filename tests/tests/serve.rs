@@ -150,3 +150,32 @@ fn test_via_without_server_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn test_serve_checks_the_clients_memory_size() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve-mem");
+    let server = start_server(&dir, &[]);
+    let hello = image("hello");
+    for mem in ["1M", "5M", "64G"] {
+        let out = vmm(&[
+            "run",
+            "--via",
+            server.socket.to_str().unwrap(),
+            "--mem",
+            mem,
+            hello.to_str().unwrap(),
+        ]);
+        assert_eq!(status(&out), 125, "--mem {mem}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--mem"), "{}", stderr(&out));
+    }
+    let out = vmm(&[
+        "run",
+        "--via",
+        server.socket.to_str().unwrap(),
+        "--mem",
+        "32M",
+        hello.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+}

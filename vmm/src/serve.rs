@@ -261,25 +261,37 @@ fn resolve(
 ) -> Result<(PathBuf, Target), String> {
     let key = std::fs::canonicalize(&request.target)
         .map_err(|e| format!("error: cannot read {}: {e}", request.target.display()))?;
-    if let Some(target) = targets.get(&key) {
-        return Ok((key, target.clone()));
+    let target = match targets.get(&key) {
+        Some(target) => target.clone(),
+        None => {
+            let target = load_target(&key)?;
+            targets.insert(key.clone(), target.clone());
+            target
+        }
+    };
+    // The client chooses the RAM of an image's VM: check it like `vmm run --mem`.
+    if let Target::Image(image) = &target {
+        crate::check_mem_size(request.mem_size).map_err(|e| format!("error: {e}"))?;
+        image
+            .check_fits(request.mem_size)
+            .map_err(|e| format!("error: {e}"))?;
     }
-    let target = if Snapshot::peek_mem_size(&key).is_ok() {
+    Ok((key, target))
+}
+
+fn load_target(key: &Path) -> Result<Target, String> {
+    let target = if Snapshot::peek_mem_size(key).is_ok() {
         let snapshot = Arc::new(
-            Snapshot::open(&key).map_err(|e| format!("error: {}", crate::error_chain(&e)))?,
+            Snapshot::open(key).map_err(|e| format!("error: {}", crate::error_chain(&e)))?,
         );
         let layout = Arc::new(snapshot.layout());
         Target::Snapshot(snapshot, layout)
     } else {
         let image =
-            Image::from_file(&key).map_err(|e| format!("error: {}", crate::error_chain(&e)))?;
-        image
-            .check_fits(request.mem_size)
-            .map_err(|e| format!("error: {e}"))?;
+            Image::from_file(key).map_err(|e| format!("error: {}", crate::error_chain(&e)))?;
         Target::Image(Arc::new(image))
     };
-    targets.insert(key.clone(), target.clone());
-    Ok((key, target))
+    Ok(target)
 }
 
 fn refill(
