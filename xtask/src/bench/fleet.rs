@@ -543,8 +543,13 @@ impl FleetBench {
             "Launch rate, {} instances {} at a time (per second, higher is better)",
             self.count, self.concurrency
         );
-        let target = RATE_TARGET_PER_CORE * self.machine.cores as f64;
-        write("fleet.svg", svg::rate_chart(&title, &bars, Some(target)))
+        let cores = self.machine.cores;
+        let target = RATE_TARGET_PER_CORE * cores as f64;
+        let label = format!("target: {RATE_TARGET_PER_CORE:.0}/s per core × {cores}");
+        write(
+            "fleet.svg",
+            svg::rate_chart(&title, &bars, Some((target, &label))),
+        )
     }
 
     /// The report as Markdown.

@@ -182,7 +182,8 @@ impl Report {
                     median_us: s.median_us,
                     p10_us: s.p10_us,
                     p90_us: s.p90_us,
-                    highlight: p.result.name == "ours",
+                    highlight: p.result.name == "ours"
+                        || super::peers::SNAPSHOT_PEERS.contains(&p.result.name),
                 })
             })
             .collect()

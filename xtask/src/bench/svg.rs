@@ -55,12 +55,12 @@ fn linear_step(max: f64) -> f64 {
 }
 
 /// The fleet chart: horizontal bars of launch rate per peer on a linear axis from 0 (ours
-/// highlighted), with `target` (per second) as a dashed line.
-pub fn rate_chart(title: &str, bars: &[RateBar], target: Option<f64>) -> String {
+/// highlighted), with `target` (per second, and its label) as a dashed line.
+pub fn rate_chart(title: &str, bars: &[RateBar], target: Option<(f64, &str)>) -> String {
     let max = bars
         .iter()
         .map(|b| b.rate)
-        .chain(target)
+        .chain(target.map(|t| t.0))
         .fold(0.0_f64, f64::max)
         .max(1.0);
     let step = linear_step(max);
@@ -101,16 +101,16 @@ pub fn rate_chart(title: &str, bars: &[RateBar], target: Option<f64>) -> String 
             bar.rate
         );
     }
-    if let Some(target) = target {
+    if let Some((target, label)) = target {
         let tx = x(target);
         let _ = writeln!(
             svg,
             "<line x1=\"{tx:.1}\" y1=\"{:.1}\" x2=\"{tx:.1}\" y2=\"{bottom}\" stroke=\"{ACCENT}\" \
              stroke-dasharray=\"5 4\"/>\
-             <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{ACCENT}\">target {}/s</text>",
+             <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{ACCENT}\">{}</text>",
             TOP - 14.0,
             TOP - 18.0,
-            trim(target)
+            escape(label)
         );
     }
     svg.push_str("</svg>\n");
@@ -374,9 +374,9 @@ mod tests {
             rate: r,
             highlight: h,
         });
-        let svg = rate_chart("t", &bars, Some(600.0));
+        let svg = rate_chart("t", &bars, Some((600.0, "target: 600/s")));
         assert!(svg.contains(">ours<") && svg.contains(">native<"));
-        assert!(svg.contains("target 600/s"));
+        assert!(svg.contains("target: 600/s"));
         assert!(svg.contains(ACCENT));
     }
 
