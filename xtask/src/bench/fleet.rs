@@ -9,7 +9,7 @@ use super::measure::{self, Watchdog};
 use super::peers::{self, Peer, Setup};
 use super::report::Part;
 use super::stats::{median, percentile};
-use super::{bench_dir, native, svg};
+use super::{bench_dir, hostmem, native, svg};
 use crate::{build_vmm, guest, vmm_path};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -37,10 +37,8 @@ pub const NAMES: [&str; 5] = ["ours", "native", "unshare", "crun", "density"];
 const PROCESS_PEERS: [&str; 3] = ["native", "unshare", "crun"];
 /// Untimed instances of each peer before its timed fleet.
 const WARMUP: usize = 4;
-/// A pause between peers, and before the density run a longer one: the kernel frees the
-/// memory of destroyed VMs lazily, which would distort `MemAvailable`.
+/// A pause between peers (the density run waits for a quiet host instead, see `hostmem`).
 const SETTLE: Duration = Duration::from_millis(200);
-const DENSITY_SETTLE: Duration = Duration::from_secs(2);
 /// The image whose instances park until released.
 const IDLE: &str = "idle";
 /// The targets (issue 5).
@@ -211,6 +209,10 @@ pub struct Density {
     pub asked: usize,
     /// Whether every one was alive at once and exited 0 when released.
     pub held: bool,
+    /// The wait for the kernel to finish freeing earlier VMs.
+    pub settled: hostmem::Settled,
+    /// `/proc/meminfo` fields at the lowest `MemAvailable` of the run, grown per VM, KiB.
+    pub meminfo_per_vm_kib: BTreeMap<String, f64>,
     /// `vmm fleet`'s report.
     pub fleet: VmmFleet,
 }
@@ -462,13 +464,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `asked` resident `idle` VMs after a pause (see [`DENSITY_SETTLE`]).
+/// `asked` resident `idle` VMs, once the host's memory is steady, with `/proc/meminfo`
+/// sampled throughout.
 fn density(idle: &Path, asked: usize) -> Result<Density> {
-    std::thread::sleep(DENSITY_SETTLE);
-    let fleet = vmm_fleet(idle, asked, &["--resident"])?;
+    let settled = hostmem::settle();
+    let sampler = hostmem::Sampler::start();
+    let fleet = vmm_fleet(idle, asked, &["--resident"]);
+    let meminfo_per_vm_kib = sampler.per_vm(asked);
+    let fleet = fleet?;
     Ok(Density {
         asked,
         held: fleet.peak_concurrent == asked && fleet.all_exit_0(),
+        settled,
+        meminfo_per_vm_kib,
         fleet,
     })
 }
@@ -636,16 +644,22 @@ fn density_section(density: Option<&Part<Density>>) -> String {
             let _ = writeln!(
                 md,
                 "`vmm fleet idle --count {} --resident`: every VM boots and parks, all are alive \
-                 at once, then all are released. Run after a {} s pause (the kernel frees the \
-                 memory of destroyed VMs lazily).\n\n\
+                 at once, then all are released. Run once the host's MemAvailable was steady \
+                 (after {:.0} s{}; the kernel frees the memory of destroyed VMs lazily, for \
+                 seconds).\n\n\
                  | resident VMs | held | MemAvailable / VM | RSS / VM | VMM PSS at peak | \
                  launch rate | p99 to parked |\n|---:|---|---:|---:|---:|---:|---:|\n\
                  | {} of {} | {} | {} | {} | {} | {:.0}/s | {} |\n\n\
                  MemAvailable / VM is the drop of the host's MemAvailable over the VMs (guest \
                  pages, page tables, KVM's structures: the kernel included); RSS / VM the \
-                 growth of the VMM process's RSS.",
+                 growth of the VMM process's RSS.\n\n{}",
                 d.asked,
-                DENSITY_SETTLE.as_secs(),
+                d.settled.waited_s,
+                if d.settled.steady {
+                    ""
+                } else {
+                    ", still moving"
+                },
                 f.peak_concurrent,
                 d.asked,
                 if d.held { "yes" } else { "**no**" },
@@ -653,11 +667,31 @@ fn density_section(density: Option<&Part<Density>>) -> String {
                 kib(f.rss_per_vm_kib),
                 kib(f.memory.pss_at_peak_kib as f64),
                 f.launch_rate,
-                ms(f.latency_us.p99)
+                ms(f.latency_us.p99),
+                meminfo_line(&d.meminfo_per_vm_kib)
             );
         }
     }
     md
+}
+
+/// Where the memory went, per VM, from the `/proc/meminfo` sample at the peak.
+fn meminfo_line(per_vm: &BTreeMap<String, f64>) -> String {
+    let mut parts: Vec<String> = hostmem::FIELDS
+        .iter()
+        .filter_map(|f| Some(format!("{f} {}", kib(*per_vm.get(*f)?))))
+        .collect();
+    if let Some(unaccounted) = hostmem::unaccounted(per_vm) {
+        parts.push(format!("in none of these {}", kib(unaccounted)));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Where it goes, per VM (`/proc/meminfo` sampled every few ms during the run, at its \
+         lowest MemAvailable, minus before): {}.",
+        parts.join(", ")
+    )
 }
 
 fn ms(us: f64) -> String {
@@ -732,6 +766,11 @@ mod tests {
         let density = Part::Done(Density {
             asked: 100,
             held: true,
+            settled: hostmem::Settled {
+                waited_s: 2.0,
+                steady: true,
+            },
+            meminfo_per_vm_kib: BTreeMap::new(),
             fleet,
         });
         let t = targets(&[], Some(&density));

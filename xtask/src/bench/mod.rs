@@ -5,6 +5,7 @@
 
 mod docker;
 mod fleet;
+mod hostmem;
 mod machine;
 mod measure;
 mod native;

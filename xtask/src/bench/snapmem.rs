@@ -4,19 +4,16 @@
 //! cache), so the VMM's PSS per VM is the honest figure beside its RSS per VM.
 
 use super::fleet::{VmmFleet, vmm_fleet};
+use super::hostmem;
 use super::serve::make_snapshot;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::path::Path;
-use std::time::Duration;
 
 /// The image whose instances park until released.
 pub const IMAGE: &str = "idle";
 /// Resident VMs restored from the snapshot.
 pub const COUNT: usize = 100;
-/// A pause first: the kernel frees the memory of destroyed VMs lazily, which would distort
-/// `MemAvailable`.
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// What 100 resident restored VMs cost.
 #[derive(Debug, Serialize)]
@@ -29,6 +26,8 @@ pub struct SnapshotMemory {
     pub rss_per_vm_kib: f64,
     /// The host's `MemAvailable` drop per VM, KiB (kernel memory included).
     pub mem_available_per_vm_kib: f64,
+    /// The wait for the kernel to finish freeing earlier VMs (MemAvailable is noisy until then).
+    pub settled: hostmem::Settled,
     /// `vmm fleet`'s report.
     pub fleet: VmmFleet,
 }
@@ -37,7 +36,7 @@ pub struct SnapshotMemory {
 pub fn measure(dir: &Path, image: &Path) -> Result<SnapshotMemory> {
     let snapshot = dir.join(format!("{IMAGE}.snap"));
     make_snapshot(image, &[], &snapshot)?;
-    std::thread::sleep(SETTLE);
+    let settled = hostmem::settle();
     let fleet = vmm_fleet(&snapshot, COUNT, &["--resident"])?;
     if fleet.peak_concurrent != COUNT || !fleet.all_exit_0() {
         bail!(
@@ -51,6 +50,7 @@ pub fn measure(dir: &Path, image: &Path) -> Result<SnapshotMemory> {
         pss_per_vm_kib: fleet.memory.pss_at_peak_kib as f64 / COUNT as f64,
         rss_per_vm_kib: fleet.rss_per_vm_kib,
         mem_available_per_vm_kib: fleet.mem_available_per_vm_kib,
+        settled,
         fleet,
     })
 }
