@@ -308,8 +308,18 @@ fn snapshot_section(memory: Option<&Part<SnapshotMemory>>, targets: &[Target]) -
                  target/bench/idle.snap --count {} --resident`): PSS of the VMM at the peak / VMs \
                  (its own pages included; the snapshot's pages shared through the page cache) \
                  **{:.0} KiB**, RSS growth / VM {:.0} KiB, MemAvailable drop / VM (kernel \
-                 included) {:.0} KiB.",
-                m.count, m.count, m.pss_per_vm_kib, m.rss_per_vm_kib, m.mem_available_per_vm_kib
+                 included) {:.0} KiB (measured once MemAvailable was steady, after {:.0} s{}).",
+                m.count,
+                m.count,
+                m.pss_per_vm_kib,
+                m.rss_per_vm_kib,
+                m.mem_available_per_vm_kib,
+                m.settled.waited_s,
+                if m.settled.steady {
+                    ""
+                } else {
+                    ", still moving"
+                }
             );
         }
     }
