@@ -35,6 +35,8 @@ const CONCURRENCY: usize = 2;
 pub const NAMES: [&str; 5] = ["ours", "native", "unshare", "crun", "density"];
 /// The process peers, in report order after ours.
 const PROCESS_PEERS: [&str; 3] = ["native", "unshare", "crun"];
+/// Rounds of every peer's fleet, interleaved; each peer's median round is reported.
+const ROUNDS: usize = 3;
 /// Untimed instances of each peer before its timed fleet.
 const WARMUP: usize = 4;
 /// A pause between peers (the density run waits for a quiet host instead, see `hostmem`).
@@ -178,6 +180,8 @@ pub struct Row {
     pub memory_kib: Option<f64>,
     /// How `memory_kib` was measured.
     pub memory_how: String,
+    /// The launch rate of every round (the row is the round with the median rate).
+    pub rounds_launch_rate: Vec<f64>,
     /// Ours: the whole `vmm fleet` report.
     pub vmm_fleet: Option<VmmFleet>,
 }
@@ -197,9 +201,37 @@ impl Row {
             latency_us: None,
             memory_kib: None,
             memory_how: String::new(),
+            rounds_launch_rate: Vec::new(),
             vmm_fleet: None,
         }
     }
+}
+
+/// Each peer's round with the median launch rate (or its first failed round), with every
+/// round's rate; `rounds` holds the peers in the same order in every round.
+fn median_rounds(rounds: Vec<Vec<Row>>) -> Vec<Row> {
+    let mut per_peer: Vec<Vec<Row>> = Vec::new();
+    for round in rounds {
+        for (i, row) in round.into_iter().enumerate() {
+            match per_peer.get_mut(i) {
+                Some(rows) => rows.push(row),
+                None => per_peer.push(vec![row]),
+            }
+        }
+    }
+    per_peer
+        .into_iter()
+        .filter_map(|mut rows| {
+            if let Some(failed) = rows.iter().position(|r| r.status != "ok") {
+                return Some(rows.swap_remove(failed));
+            }
+            let rates: Vec<f64> = rows.iter().map(|r| r.launch_rate).collect();
+            rows.sort_by(|a, b| a.launch_rate.total_cmp(&b.launch_rate));
+            let mut row = rows.swap_remove(rows.len().checked_sub(1)? / 2);
+            row.rounds_launch_rate = rates;
+            Some(row)
+        })
+        .collect()
 }
 
 /// The density run.
@@ -256,10 +288,6 @@ pub fn run(count: usize, quick: bool, selected: &dyn Fn(&str) -> bool) -> Result
     let images = guest::build(&["hello".to_owned(), IDLE.to_owned()])?;
     let (hello, idle) = (&images[0], &images[1]);
 
-    let mut rows = Vec::new();
-    if selected("ours") {
-        rows.push(ours_row(hello, count));
-    }
     let no_args: Vec<String> = Vec::new();
     let ours = peers::Ours {
         image: hello,
@@ -270,16 +298,25 @@ pub fn run(count: usize, quick: bool, selected: &dyn Fn(&str) -> bool) -> Result
     let only_processes = |n: &str| PROCESS_PEERS.contains(&n) && selected(n);
     let setups = peers::prepare(&dir, &ours, &only_processes);
     let probe = native::build_rss_probe(&dir);
-    for setup in &setups {
-        std::thread::sleep(SETTLE);
-        rows.push(match setup {
-            Setup::Ready(peer) => process_row(peer, count, probe.as_ref().ok()),
-            Setup::NotInstalled { name, install } => {
-                Row::missing(name, "not installed", install.clone())
-            }
-            Setup::Failed { name, reason } => Row::missing(name, "failed", reason.clone()),
-        });
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut round = Vec::new();
+        if selected("ours") {
+            round.push(ours_row(hello, count));
+        }
+        for setup in &setups {
+            std::thread::sleep(SETTLE);
+            round.push(match setup {
+                Setup::Ready(peer) => process_row(peer, count, probe.as_ref().ok()),
+                Setup::NotInstalled { name, install } => {
+                    Row::missing(name, "not installed", install.clone())
+                }
+                Setup::Failed { name, reason } => Row::missing(name, "failed", reason.clone()),
+            });
+        }
+        rounds.push(round);
     }
+    let rows = median_rounds(rounds);
     drop(setups);
     let density = selected("density").then(|| {
         let asked = if quick {
@@ -367,6 +404,7 @@ fn ours_row(hello: &Path, count: usize) -> Row {
              are shared by all",
             fleet.peak_concurrent, memory.rss_before_kib
         ),
+        rounds_launch_rate: Vec::new(),
         vmm_fleet: Some(fleet),
     }
 }
@@ -413,6 +451,7 @@ fn process_row(peer: &Peer, count: usize, probe: Option<&std::path::PathBuf>) ->
         }),
         memory_kib: median(&rss),
         memory_how: "peak RSS of one instance's process tree (median of 3 under rss-probe)".into(),
+        rounds_launch_rate: Vec::new(),
         vmm_fleet: None,
     }
 }
@@ -572,7 +611,9 @@ impl FleetBench {
         );
         let _ = writeln!(
             md,
-            "{} instances per peer, {} in flight at once, after {WARMUP} untimed ones. Ours: one \
+            "{} instances per peer, {} in flight at once, after {WARMUP} untimed ones; {ROUNDS} \
+             rounds of all peers interleaved, each peer's round with the median launch rate \
+             shown (every round's rate is in fleet.json). Ours: one \
              `vmm fleet` process booting a VM per instance on {} worker threads; launch rate \
              and latency (creation → exit) as it reports them. The others: the bench spawns \
              and reaps each instance from {} threads; launch rate = instances / (first spawn → \
@@ -595,6 +636,22 @@ impl FleetBench {
             .collect();
         if !notes.is_empty() {
             let _ = writeln!(md, "\nMemory / instance:\n{}", notes.join("\n"));
+        }
+        let rounds: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| !r.rounds_launch_rate.is_empty())
+            .map(|r| {
+                let rates: Vec<String> = r
+                    .rounds_launch_rate
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect();
+                format!("{} {}/s", r.name, rates.join(", "))
+            })
+            .collect();
+        if !rounds.is_empty() {
+            let _ = writeln!(md, "\nLaunch rate of each round: {}.", rounds.join("; "));
         }
         md.push_str(&density_section(self.density.as_ref()));
         md.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
@@ -730,6 +787,30 @@ mod tests {
         let mut row = Row::missing(name, "ok", String::new());
         row.launch_rate_per_core = per_core;
         row
+    }
+
+    #[test]
+    fn test_median_rounds_picks_each_peers_median_rate() {
+        let rounds = [[100.0, 10.0], [300.0, 30.0], [200.0, 20.0]]
+            .map(|rates| vec![row("ours", rates[0]), row("native", rates[1])])
+            .map(|mut round| {
+                for r in &mut round {
+                    r.launch_rate = r.launch_rate_per_core;
+                }
+                round
+            });
+        let rows = median_rounds(rounds.into_iter().collect());
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].name, rows[0].launch_rate), ("ours", 200.0));
+        assert_eq!(rows[1].launch_rate, 20.0);
+        assert_eq!(rows[0].rounds_launch_rate, [100.0, 300.0, 200.0]);
+    }
+
+    #[test]
+    fn test_median_rounds_reports_a_failed_round() {
+        let failed = Row::missing("ours", "failed", "boom".into());
+        let rows = median_rounds(vec![vec![row("ours", 1.0)], vec![failed]]);
+        assert_eq!(rows[0].status, "failed");
     }
 
     #[test]
