@@ -1,16 +1,22 @@
-//! `cargo xtask bench`: a quick bench of our VMM alone exits 0 and writes a report that parses.
+//! `cargo xtask bench`: a quick bench of our VMM alone (and of a warm request through
+//! `vmm serve`) exits 0 and writes a report that parses; so does a small `--fleet` run.
 //! No timing is asserted: the machine's load decides the numbers.
 
 use std::process::Command;
+use std::sync::Mutex;
 use tests::{project_root, require_kvm};
 
-#[test]
-fn test_bench_quick_only_ours_reports_ten_runs() {
-    require_kvm!();
+/// Both benches rebuild and copy the VMM and images: never run them at once.
+static BENCH: Mutex<()> = Mutex::new(());
+
+/// Runs `cargo xtask bench ARGS` and returns the JSON report `report` it wrote.
+fn bench(args: &[&str], report: &str) -> serde_json::Value {
+    let _one_at_a_time = BENCH.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(project_root())
-        .args(["xtask", "bench", "--quick", "--only", "ours"])
+        .args(["xtask", "bench"])
+        .args(args)
         .output()
         .expect("cannot run cargo xtask bench");
     assert!(
@@ -19,16 +25,40 @@ fn test_bench_quick_only_ours_reports_ten_runs() {
         tests::stdout(&out),
         tests::stderr(&out)
     );
+    let path = project_root().join("target/bench").join(report);
+    let text = std::fs::read_to_string(&path).expect("the report was not written");
+    serde_json::from_str(&text).expect("the report parses")
+}
 
-    let path = project_root().join("target/bench/report.json");
-    let text = std::fs::read_to_string(&path).expect("report.json was not written");
-    let report: serde_json::Value = serde_json::from_str(&text).expect("report.json parses");
+#[test]
+fn test_bench_quick_only_ours_reports_ten_runs() {
+    require_kvm!();
+    let report = bench(&["--quick", "--only", "ours,serve"], "report.json");
     let peers = report["peers"].as_array().expect("report.json has peers");
-    let ours = peers
-        .iter()
-        .find(|p| p["name"] == "ours")
-        .expect("report.json has an 'ours' entry");
+    for name in ["ours", "serve"] {
+        let peer = peers
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("report.json has no '{name}' entry"));
+        assert_eq!(peer["status"], "ok", "{peer}");
+        assert_eq!(peer["runs"], 10, "{peer}");
+        assert_eq!(peer["samples_us"].as_array().map(Vec::len), Some(10));
+    }
+}
+
+#[test]
+fn test_bench_fleet_only_ours_reports_its_launch_rate() {
+    require_kvm!();
+    let report = bench(&["--fleet", "10", "--only", "ours"], "fleet.json");
+    let rows = report["rows"].as_array().expect("fleet.json has rows");
+    assert_eq!(rows.len(), 1, "{report}");
+    let ours = &rows[0];
+    assert_eq!(ours["name"], "ours");
     assert_eq!(ours["status"], "ok", "{ours}");
-    assert_eq!(ours["runs"], 10, "{ours}");
-    assert_eq!(ours["samples_us"].as_array().map(Vec::len), Some(10));
+    assert_eq!(ours["count"], 10);
+    assert!(
+        ours["launch_rate"].as_f64().is_some_and(|r| r > 0.0),
+        "{ours}"
+    );
+    assert!(project_root().join("target/bench/fleet.svg").is_file());
 }

@@ -4,6 +4,8 @@
 //! session: which peers run, in what order, and where the report goes (`target/bench/`).
 
 mod docker;
+mod fleet;
+mod hostmem;
 mod machine;
 mod measure;
 mod native;
@@ -11,7 +13,9 @@ mod oci;
 mod peers;
 mod qemu;
 mod report;
+mod serve;
 mod sha256;
+mod snapmem;
 mod stats;
 mod svg;
 mod timeline;
@@ -35,8 +39,19 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 const RSS_PROBE_RUNS: usize = 3;
 
 /// What `--only` accepts: the peers in report order, then the compute comparison.
-const NAMES: [&str; 9] = [
-    "ours", "native", "true", "unshare", "crun", "runc", "docker", "qemu", "sha256",
+const NAMES: [&str; 12] = [
+    "ours",
+    "restore",
+    "serve",
+    "serve-process",
+    "native",
+    "true",
+    "unshare",
+    "crun",
+    "runc",
+    "docker",
+    "qemu",
+    "sha256",
 ];
 
 /// Arguments of `cargo xtask bench`.
@@ -48,8 +63,9 @@ pub struct Bench {
     /// 10 cold starts per peer instead of 50.
     #[arg(long)]
     quick: bool,
-    /// Only these peers (comma list of: ours, native, true, unshare, crun, runc, docker, qemu,
-    /// sha256).
+    /// Only these peers (comma list of: ours, restore, serve, serve-process, native, true,
+    /// unshare, crun, runc, docker, qemu, sha256; restore also measures the memory of VMs
+    /// restored from one snapshot).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Bench this image (a name in images/ or a path) as "ours" instead of hello.
@@ -58,6 +74,11 @@ pub struct Bench {
     /// The exit status that the image given with --image must end with.
     #[arg(long, default_value_t = 0, requires = "image")]
     expect_status: i32,
+    /// Instead of cold starts: N instances per peer, 2 at a time (ours through `vmm fleet`),
+    /// then a density run of resident VMs; report in target/bench/fleet.md [default N: 200,
+    /// with --quick 50]. --only takes: ours, native, unshare, crun, density.
+    #[arg(long, value_name = "N", num_args = 0..=1, conflicts_with_all = ["runs", "image"])]
+    fleet: Option<Option<usize>>,
     /// Arguments for the image given with --image.
     #[arg(last = true, requires = "image")]
     args: Vec<String>,
@@ -70,23 +91,29 @@ pub fn bench_dir() -> PathBuf {
 
 /// Runs the whole bench and prints the Markdown table.
 pub fn run(args: Bench) -> Result<ExitCode> {
+    if let Some(count) = args.fleet {
+        let count = match (count, args.quick) {
+            (Some(n), _) => n.max(1),
+            (None, true) => fleet::QUICK_COUNT,
+            (None, false) => fleet::DEFAULT_COUNT,
+        };
+        check_only(&args.only, &fleet::NAMES)?;
+        let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
+        return fleet::run(count, args.quick, &selected);
+    }
     let runs = match (args.runs, args.quick) {
         (Some(runs), _) => runs.max(1),
         (None, true) => QUICK_RUNS,
         (None, false) => DEFAULT_RUNS,
     };
-    if let Some(unknown) = args.only.iter().find(|n| !NAMES.contains(&n.as_str())) {
-        bail!(
-            "--only: no peer named '{unknown}' (peers: {})",
-            NAMES.join(", ")
-        );
-    }
+    check_only(&args.only, &NAMES)?;
     let dir = bench_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
     let want_sha = selected("sha256") && sha256::image_exists();
 
-    let ours_image = build_ours(args.image.as_deref(), want_sha)?;
+    let want_snapmem = selected("restore");
+    let ours_image = build_ours(args.image.as_deref(), want_sha, want_snapmem)?;
     let ours = peers::Ours {
         image: &ours_image,
         args: &args.args,
@@ -102,9 +129,13 @@ pub fn run(args: Bench) -> Result<ExitCode> {
         (false, true) => Some(Err(anyhow::anyhow!("image sha256 not built yet"))),
         (false, false) => None,
     };
-    drop(setups); // stops our Docker daemon and removes OCI state before writing the report
+    drop(setups); // stops our servers and removes OCI state before writing the report
+    let snapmem = want_snapmem.then(|| {
+        let idle = guest::images_dir().join(snapmem::IMAGE);
+        snapmem::measure(&dir, &idle)
+    });
 
-    let report = report::Report::new(runs, results, timeline, sha);
+    let report = report::Report::new(runs, results, timeline, sha, snapmem);
     report.write(&dir)?;
     print!("{}", report.markdown());
     println!("\nReport: {}", dir.join("report.md").display());
@@ -115,9 +146,20 @@ pub fn run(args: Bench) -> Result<ExitCode> {
     })
 }
 
-/// Builds the VMM and the image benched as "ours" (plus `sha256` when wanted); returns the
-/// image's path.
-fn build_ours(image: Option<&str>, with_sha: bool) -> Result<PathBuf> {
+/// Refuses an `--only` name that is not in `names`.
+fn check_only(only: &[String], names: &[&str]) -> Result<()> {
+    match only.iter().find(|n| !names.contains(&n.as_str())) {
+        Some(unknown) => bail!(
+            "--only: no peer named '{unknown}' (peers: {})",
+            names.join(", ")
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Builds the VMM and the image benched as "ours" (plus `sha256` and `idle` when wanted);
+/// returns the image's path.
+fn build_ours(image: Option<&str>, with_sha: bool, with_idle: bool) -> Result<PathBuf> {
     build_vmm()?;
     let path_given = image.filter(|i| i.contains('/') || Path::new(i).is_file());
     let mut names = Vec::new();
@@ -126,6 +168,9 @@ fn build_ours(image: Option<&str>, with_sha: bool) -> Result<PathBuf> {
     }
     if with_sha {
         names.push(sha256::IMAGE.to_owned());
+    }
+    if with_idle {
+        names.push(snapmem::IMAGE.to_owned());
     }
     let built = if names.is_empty() {
         Vec::new() // guest::build(&[]) would build every image
@@ -163,6 +208,10 @@ fn measure_session(setups: &[Setup], runs: usize) -> Vec<PeerResult> {
 /// Measures the peak RSS of `peer` under the RSS probe, unless the peer failed already. Without
 /// a probe, the report falls back on `wait4`'s numbers (which include the bench's own RSS).
 fn probe_rss(peer: &Peer, result: &mut PeerResult, probe: Result<&Path, &anyhow::Error>) {
+    if !peer.is_process() {
+        result.probe_note = Some("measured in-process: no process of its own".to_owned());
+        return;
+    }
     let probe = match probe {
         Ok(probe) if result.failure.is_none() => probe,
         Ok(_) => return,
@@ -192,7 +241,8 @@ fn run_verified(
         return;
     }
     let run_id = round.map_or_else(|| "warmup".to_owned(), |r| r.to_string());
-    let outcome = measure::run_once(&mut peer.command(&run_id), &peer.output_file, watchdog)
+    let outcome = peer
+        .run_once(&run_id, watchdog)
         .and_then(|sample| peer.verify(&sample).map(|()| sample));
     match outcome {
         Ok(sample) if round.is_some() => result.record(&sample),

@@ -2,17 +2,20 @@
 //! missing (not installed, with the command that installs it, or failed, with the reason).
 //! A peer is never silently dropped.
 
-use super::measure::{Sample, Status};
-use super::{docker, native, oci, qemu};
+use super::measure::{self, Sample, Status, Watchdog};
+use super::{docker, native, oci, qemu, serve};
 use crate::vmm_path;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 /// What "ours" prints when it boots the hello image.
 const OURS_HELLO: &str = "Hello from a unikernel!";
+/// Its whole stdout.
+const OURS_HELLO_LINE: &str = "Hello from a unikernel!\n";
 /// What every other hello prints.
 const HELLO: &str = "hello";
 /// Replaced in a peer's arguments by an id unique to the run (container names).
@@ -30,8 +33,10 @@ pub struct Peer {
     expect_status: i32,
     /// Where each run's output goes.
     pub output_file: PathBuf,
+    /// Set for the peer measured in-process (a request to `vmm serve`), not as a process.
+    client: Option<serve::Client>,
     /// Whatever must live as long as the peer runs (a daemon, container state), dropped last.
-    _guard: Option<Box<dyn Any>>,
+    _guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
 /// A peer as prepared: ready, or why not.
@@ -63,8 +68,24 @@ impl Peer {
         cmd
     }
 
+    /// Whether a run is a process (which `rss-probe` can measure).
+    pub fn is_process(&self) -> bool {
+        self.client.is_none()
+    }
+
+    /// One run, measured: a process under `watchdog`, or an in-process request.
+    pub fn run_once(&self, run_id: &str, watchdog: &Watchdog) -> Result<Sample> {
+        match &self.client {
+            Some(client) => client.run_once(measure::RUN_TIMEOUT),
+            None => measure::run_once(&mut self.command(run_id), &self.output_file, watchdog),
+        }
+    }
+
     /// The command line, for the report.
     pub fn command_line(&self) -> String {
+        if self.client.is_some() {
+            return format!("(in-process client of {})", self.program.display());
+        }
         let mut line = self.program.display().to_string();
         for arg in &self.args {
             line.push(' ');
@@ -171,7 +192,9 @@ impl PeerResult {
     pub fn record(&mut self, sample: &Sample) {
         let us = sample.wall.as_secs_f64() * 1e6;
         self.samples_us.push((us * 1000.0).round() / 1000.0);
-        self.rss_kib.push(sample.max_rss_kib);
+        if sample.max_rss_kib > 0 {
+            self.rss_kib.push(sample.max_rss_kib);
+        }
     }
 }
 
@@ -193,6 +216,7 @@ pub fn prepare(dir: &Path, ours: &Ours<'_>, selected: &dyn Fn(&str) -> bool) -> 
     if selected("ours") {
         setups.push(Setup::Ready(ours_peer(dir, ours)));
     }
+    setups.extend(snapshot_peers(dir, ours, selected));
     let needs_hello = ["native", "unshare", "crun", "runc", "docker"]
         .iter()
         .any(|n| selected(n));
@@ -240,6 +264,7 @@ fn peer(dir: &Path, name: &'static str, what: String, program: PathBuf, args: Ve
         expect_output: Some(HELLO),
         expect_status: 0,
         output_file: dir.join(format!("{name}.out")),
+        client: None,
         _guard: None,
     }
 }
@@ -257,6 +282,89 @@ fn ours_peer(dir: &Path, ours: &Ours<'_>) -> Peer {
     peer.expect_output = ours.is_hello.then_some(OURS_HELLO);
     peer.expect_status = ours.expect_status;
     peer
+}
+
+/// The rows of ours restored from a snapshot, in report order: a fresh `vmm run --from`, a
+/// warm request to `vmm serve` from the bench itself, and one from a fresh `vmm run --via`.
+pub const SNAPSHOT_PEERS: [&str; 3] = ["restore", "serve", "serve-process"];
+
+/// Snapshots ours into `dir/<image>.snap` and sets up the selected snapshot rows (starting
+/// one `vmm serve` for both serve rows).
+fn snapshot_peers(dir: &Path, ours: &Ours<'_>, selected: &dyn Fn(&str) -> bool) -> Vec<Setup> {
+    let wanted: Vec<&'static str> = SNAPSHOT_PEERS.into_iter().filter(|n| selected(n)).collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let image = ours.image.file_name().unwrap_or(ours.image.as_os_str());
+    let snapshot = dir.join(format!("{}.snap", image.to_string_lossy()));
+    if let Err(err) = serve::make_snapshot(ours.image, ours.args, &snapshot) {
+        return wanted.into_iter().map(|n| failed(n, &err)).collect();
+    }
+    let server = wanted
+        .iter()
+        .any(|n| n.starts_with("serve"))
+        .then(|| serve::Server::start(dir, &snapshot).map(Arc::new));
+    wanted
+        .into_iter()
+        .map(|name| match (name, &server) {
+            ("restore", _) => Setup::Ready(restore_peer(dir, ours, &snapshot)),
+            (_, Some(Ok(server))) => serve_peer(dir, name, ours, &snapshot, server),
+            (_, Some(Err(err))) => failed(name, err),
+            (_, None) => unreachable!("a serve row starts the server"),
+        })
+        .collect()
+}
+
+/// A peer running our VMM with `args` then `--` and ours' arguments, verified like ours.
+fn vmm_peer(dir: &Path, name: &'static str, what: String, args: &[&str], ours: &Ours<'_>) -> Peer {
+    let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    args.push("--".into());
+    args.extend(ours.args.iter().cloned());
+    let mut peer = peer(dir, name, what, vmm_path(), args);
+    peer.expect_output = ours.is_hello.then_some(OURS_HELLO);
+    peer.expect_status = ours.expect_status;
+    peer
+}
+
+fn restore_peer(dir: &Path, ours: &Ours<'_>, snapshot: &Path) -> Peer {
+    let snap = snapshot.display().to_string();
+    let what = format!("our VMM restoring {snap} in a fresh process");
+    vmm_peer(dir, "restore", what, &["run", "--from", &snap], ours)
+}
+
+fn serve_peer(
+    dir: &Path,
+    name: &'static str,
+    ours: &Ours<'_>,
+    snapshot: &Path,
+    server: &Arc<serve::Server>,
+) -> Setup {
+    let (snap, socket) = (snapshot.display(), server.socket.display().to_string());
+    let pool = serve::POOL;
+    let mut peer = if name == "serve" {
+        let what = format!(
+            "warm request to vmm serve (pool of {pool} VMs of {snap}) from the bench itself: \
+             connect and send → exit-status frame"
+        );
+        let mut peer = vmm_peer(dir, name, what, &[], ours);
+        let stdout = ours.is_hello.then_some(OURS_HELLO_LINE);
+        match serve::Client::new(&server.socket, snapshot, ours.args, stdout) {
+            Ok(client) => peer.client = Some(client),
+            Err(err) => return failed(name, &err),
+        }
+        peer
+    } else {
+        let what = "vmm run --via (a fresh client process) to the same vmm serve".to_owned();
+        vmm_peer(
+            dir,
+            name,
+            what,
+            &["run", "--via", &socket, "--from", &snap.to_string()],
+            ours,
+        )
+    };
+    peer._guard = Some(Box::new(Arc::clone(server)));
+    Setup::Ready(peer)
 }
 
 fn native_peer(dir: &Path, hello: &Path) -> Setup {

@@ -5,6 +5,7 @@
 use super::machine::Machine;
 use super::peers::PeerResult;
 use super::sha256::Comparison;
+use super::snapmem::SnapshotMemory;
 use super::stats::{Summary, median, summarize};
 use super::svg;
 use super::timeline::Timeline;
@@ -48,7 +49,25 @@ pub struct Report {
     pub timeline: Option<Part<Timeline>>,
     /// The compute comparison, or why it was skipped.
     pub sha256: Option<Part<Comparison>>,
+    /// Memory of VMs restored from one snapshot, or why it is missing.
+    pub snapshot_memory: Option<Part<SnapshotMemory>>,
+    /// The snapshot targets (issue 6), judged when their rows ran.
+    pub targets: Vec<Target>,
 }
+
+/// A target and whether it was met.
+#[derive(Serialize)]
+pub struct Target {
+    /// The target.
+    pub target: String,
+    /// What was measured.
+    pub measured: String,
+    /// Met or not.
+    pub met: bool,
+}
+
+/// Restoring in a fresh process may take this many times the native hello.
+const RESTORE_TARGET_RATIO: f64 = 1.5;
 
 /// An optional part of the report: there, or why not (`{"unavailable": "…"}` in JSON).
 #[derive(Serialize)]
@@ -64,7 +83,8 @@ pub enum Part<T> {
 }
 
 impl<T> Part<T> {
-    fn from_result<E: std::fmt::Display>(result: Result<T, E>) -> Part<T> {
+    /// `Ok` as measured, `Err` as the reason it is missing.
+    pub fn from_result<E: std::fmt::Display>(result: Result<T, E>) -> Part<T> {
         match result {
             Ok(done) => Part::Done(done),
             Err(err) => Part::Missing {
@@ -106,6 +126,7 @@ impl Report {
         results: Vec<PeerResult>,
         timeline: Option<Result<Timeline, String>>,
         sha256: Option<Result<Comparison>>,
+        snapshot_memory: Option<Result<SnapshotMemory>>,
     ) -> Report {
         let mut peers: Vec<PeerReport> = results.into_iter().map(PeerReport::new).collect();
         let baseline = peers
@@ -119,9 +140,12 @@ impl Report {
         Report {
             machine: Machine::detect(),
             runs_per_peer,
-            peers,
             timeline: timeline.map(Part::from_result),
             sha256: sha256.map(|r| Part::from_result(r.map_err(|e| format!("{e:#}")))),
+            snapshot_memory: snapshot_memory
+                .map(|r| Part::from_result(r.map_err(|e| format!("{e:#}")))),
+            targets: targets(&peers),
+            peers,
         }
     }
 
@@ -154,11 +178,12 @@ impl Report {
             .filter_map(|p| {
                 let s = p.summary?;
                 Some(svg::Bar {
-                    label: p.result.name.to_owned(),
+                    label: label(p.result.name).to_owned(),
                     median_us: s.median_us,
                     p10_us: s.p10_us,
                     p90_us: s.p90_us,
-                    highlight: p.result.name == "ours",
+                    highlight: p.result.name == "ours"
+                        || super::peers::SNAPSHOT_PEERS.contains(&p.result.name),
                 })
             })
             .collect()
@@ -191,10 +216,121 @@ impl Report {
         for peer in &self.peers {
             md.push_str(&peer_row(peer));
         }
+        md.push_str(&snapshot_section(
+            self.snapshot_memory.as_ref(),
+            &self.targets,
+        ));
         md.push_str(&timeline_section(self.timeline.as_ref()));
         md.push_str(&sha256_section(self.sha256.as_ref()));
         md
     }
+}
+
+/// A peer's name as the report shows it.
+fn label(name: &str) -> &str {
+    match name {
+        "serve-process" => "serve (process)",
+        other => other,
+    }
+}
+
+/// The snapshot targets, for the rows that ran: a warm request through the pool faster than
+/// the static native process; a restore in a fresh process within 1.5× of it.
+fn targets(peers: &[PeerReport]) -> Vec<Target> {
+    let median = |name: &str| {
+        peers
+            .iter()
+            .find(|p| p.result.name == name)
+            .and_then(|p| p.summary)
+            .map(|s| s.median_us)
+    };
+    let Some(native) = median(BASELINE) else {
+        return Vec::new();
+    };
+    let mut targets = Vec::new();
+    if let Some(serve) = median("serve") {
+        targets.push(Target {
+            target: "a warm request through the pool (serve) is faster than the static native \
+                     process"
+                .to_owned(),
+            measured: format!(
+                "{} against {} ({:.2}×)",
+                ms(serve),
+                ms(native),
+                serve / native
+            ),
+            met: serve < native,
+        });
+    }
+    if let Some(restore) = median("restore") {
+        targets.push(Target {
+            target: format!(
+                "a restore in a fresh process is within {RESTORE_TARGET_RATIO}× of the static \
+                 native process"
+            ),
+            measured: format!(
+                "{} against {} ({:.2}×)",
+                ms(restore),
+                ms(native),
+                restore / native
+            ),
+            met: restore <= RESTORE_TARGET_RATIO * native,
+        });
+    }
+    targets
+}
+
+fn snapshot_section(memory: Option<&Part<SnapshotMemory>>, targets: &[Target]) -> String {
+    if memory.is_none() && targets.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n## Snapshots\n\n");
+    md.push_str(
+        "restore: `vmm run --from` a snapshot of the image, a fresh process. serve: a request to \
+         a `vmm serve` holding a pool of ready VMs of that snapshot, sent by the bench itself \
+         and timed from connect to the exit-status frame (stdout and status checked). serve \
+         (process): the same request from a fresh `vmm run --via` process. The server is started \
+         once, before the runs.\n",
+    );
+    match memory {
+        None => {}
+        Some(Part::Missing { unavailable }) => {
+            let _ = writeln!(
+                md,
+                "\nMemory of restored VMs: failed: {}.",
+                cell(unavailable)
+            );
+        }
+        Some(Part::Done(m)) => {
+            let _ = writeln!(
+                md,
+                "\nMemory of {} resident VMs restored from one snapshot of `idle` (`vmm fleet \
+                 target/bench/idle.snap --count {} --resident`): PSS of the VMM at the peak / VMs \
+                 (its own pages included; the snapshot's pages shared through the page cache) \
+                 **{:.0} KiB**, RSS growth / VM {:.0} KiB, MemAvailable drop / VM (kernel \
+                 included) {:.0} KiB (measured once MemAvailable was steady, after {:.0} s{}).",
+                m.count,
+                m.count,
+                m.pss_per_vm_kib,
+                m.rss_per_vm_kib,
+                m.mem_available_per_vm_kib,
+                m.settled.waited_s,
+                if m.settled.steady {
+                    ""
+                } else {
+                    ", still moving"
+                }
+            );
+        }
+    }
+    if !targets.is_empty() {
+        md.push_str("\n| target | measured | met |\n|---|---|---|\n");
+        for t in targets {
+            let met = if t.met { "yes" } else { "**no**" };
+            let _ = writeln!(md, "| {} | {} | {met} |", t.target, t.measured);
+        }
+    }
+    md
 }
 
 fn peer_row(peer: &PeerReport) -> String {
@@ -202,7 +338,7 @@ fn peer_row(peer: &PeerReport) -> String {
     let name = if r.name == "ours" {
         "**ours**".to_owned()
     } else {
-        r.name.to_owned()
+        label(r.name).to_owned()
     };
     match (&peer.summary, &r.install, &r.failure) {
         (Some(s), _, _) => format!(

@@ -33,6 +33,90 @@ const PALETTE: [&str; 16] = [
     "#495057", "#f59f00", "#364fc7", "#a61e4d", "#087f5b", "#d9480f", "#862e9c", "#74b816",
 ];
 
+/// One peer's launch rate.
+pub struct RateBar {
+    /// The peer's name.
+    pub label: String,
+    /// Instances per second.
+    pub rate: f64,
+    /// Drawn in the accent colour.
+    pub highlight: bool,
+}
+
+/// A round step for about five ticks from 0 to `max`.
+fn linear_step(max: f64) -> f64 {
+    let raw = (max / 5.0).max(1e-9);
+    let decade = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * decade)
+        .find(|s| *s >= raw);
+    step.unwrap_or(10.0 * decade)
+}
+
+/// The fleet chart: horizontal bars of launch rate per peer on a linear axis from 0 (ours
+/// highlighted), with `target` (per second, and its label) as a dashed line.
+pub fn rate_chart(title: &str, bars: &[RateBar], target: Option<(f64, &str)>) -> String {
+    let max = bars
+        .iter()
+        .map(|b| b.rate)
+        .chain(target.map(|t| t.0))
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let step = linear_step(max);
+    let top = (max / step).ceil() * step;
+    let x = |v: f64| PLOT_LEFT + (v / top).clamp(0.0, 1.0) * (PLOT_RIGHT - PLOT_LEFT);
+    let bottom = TOP + ROW * bars.len().max(1) as f64;
+    let mut svg = open(bottom + 40.0, title);
+    let mut tick = 0.0;
+    while tick <= top + step / 2.0 {
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{0:.1}\" y1=\"{TOP}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"#e9ecef\"/>\
+             <text x=\"{0:.1}\" y=\"{1:.1}\" text-anchor=\"middle\" fill=\"#495057\">{2}/s</text>",
+            x(tick),
+            bottom + 16.0,
+            trim(tick)
+        );
+        tick += step;
+    }
+    for (i, bar) in bars.iter().enumerate() {
+        let y = TOP + ROW * i as f64;
+        let color = if bar.highlight { ACCENT } else { MUTED };
+        let weight = if bar.highlight { "bold" } else { "normal" };
+        let end = x(bar.rate);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-weight=\"{weight}\">{}</text>\
+             <rect x=\"{PLOT_LEFT}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-weight=\"{weight}\">{:.0}/s</text>",
+            PLOT_LEFT - 8.0,
+            y + ROW / 2.0 + 4.0,
+            escape(&bar.label),
+            y + 6.0,
+            (end - PLOT_LEFT).max(1.0),
+            ROW - 12.0,
+            end + 6.0,
+            y + ROW / 2.0 + 4.0,
+            bar.rate
+        );
+    }
+    if let Some((target, label)) = target {
+        let tx = x(target);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{tx:.1}\" y1=\"{:.1}\" x2=\"{tx:.1}\" y2=\"{bottom}\" stroke=\"{ACCENT}\" \
+             stroke-dasharray=\"5 4\"/>\
+             <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{ACCENT}\">{}</text>",
+            TOP - 14.0,
+            TOP - 18.0,
+            escape(label)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 /// The log-scale x axis: `[10^lo, 10^hi]` µs over the plot width.
 struct LogAxis {
     lo: f64,
@@ -274,6 +358,26 @@ mod tests {
         assert_eq!(time_label(500.0), "500 µs");
         assert_eq!(time_label(2000.0), "2 ms");
         assert_eq!(time_label(1e6), "1 s");
+    }
+
+    #[test]
+    fn test_linear_step_is_round() {
+        assert_eq!(linear_step(700.0), 200.0);
+        assert_eq!(linear_step(3000.0), 1000.0);
+        assert_eq!(linear_step(50.0), 10.0);
+    }
+
+    #[test]
+    fn test_rate_chart_draws_each_bar_and_the_target() {
+        let bars = [("ours", 900.0, true), ("native", 2500.0, false)].map(|(l, r, h)| RateBar {
+            label: l.into(),
+            rate: r,
+            highlight: h,
+        });
+        let svg = rate_chart("t", &bars, Some((600.0, "target: 600/s")));
+        assert!(svg.contains(">ours<") && svg.contains(">native<"));
+        assert!(svg.contains("target: 600/s"));
+        assert!(svg.contains(ACCENT));
     }
 
     #[test]
