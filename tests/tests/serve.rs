@@ -31,9 +31,14 @@ fn snapshot(dir: &Path, name: &str, image_name: &str) -> PathBuf {
 }
 
 fn start_server(dir: &Path, snapshots: &[&Path]) -> Server {
+    start_server_with(dir, snapshots, &[])
+}
+
+fn start_server_with(dir: &Path, snapshots: &[&Path], flags: &[&str]) -> Server {
     let socket = dir.join("flick.sock");
     let mut cmd = Command::new(vmm_bin());
     cmd.args(["serve", "--socket", socket.to_str().unwrap(), "--pool", "2"]);
+    cmd.args(flags);
     for snap in snapshots {
         cmd.args(["--snapshot", snap.to_str().unwrap()]);
     }
@@ -178,4 +183,32 @@ fn test_serve_checks_the_clients_memory_size() {
         hello.to_str().unwrap(),
     ]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn test_serve_without_seccomp_still_serves() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve-noseccomp");
+    let hello = snapshot(&dir, "hello.snap", "hello");
+    let server = start_server_with(&dir, &[&hello], &["--no-seccomp"]);
+    let out = via(&server, &["--from", hello.to_str().unwrap()], &["x"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Hello from a unikernel!\nx\n");
+}
+
+#[test]
+fn test_serve_survives_being_stopped_and_continued() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve-stop");
+    let hello = snapshot(&dir, "hello.snap", "hello");
+    let server = start_server(&dir, &[&hello]);
+    let pid = server.child.id().to_string();
+    for signal in ["-STOP", "-CONT"] {
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = via(&server, &["--from", hello.to_str().unwrap()], &[]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Hello from a unikernel!\n");
 }

@@ -122,6 +122,11 @@ struct Pool {
 }
 
 impl Pool {
+    /// Lets the refill thread replace what requests took.
+    fn request_done(&self) {
+        self.refill.notify_all();
+    }
+
     fn take(&self, key: &Path) -> Option<VmShell> {
         let shell = self
             .ready
@@ -129,7 +134,8 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(key)?
             .pop_front();
-        self.refill.notify_all();
+        // The refill waits for `request_done`: building a VM now would compete with the
+        // request for the CPU.
         shell
     }
 }
@@ -330,7 +336,9 @@ fn prepare_snapshot_shell(
     snapshot: &Snapshot,
 ) -> Result<VmShell, String> {
     let ram = GuestRam::new(snapshot.mem_size).map_err(|e| e.to_string())?;
-    snapshot.map_into(&ram).map_err(|e| e.to_string())?;
+    snapshot
+        .map_into_with(&ram, true)
+        .map_err(|e| e.to_string())?;
     VmShell::create_with(Arc::clone(kvm), ram, &mut Timeline::default()).map_err(|e| e.to_string())
 }
 
@@ -348,14 +356,15 @@ fn runner(
         return;
     }
     while let Ok(job) = jobs.recv() {
-        let vm = serve_one(job, client_fd, pool, kvm, deadlines);
+        let vm = serve_one(job, client_fd, pool, kvm, deadlines, seccomp);
         // SAFETY: the connection's fd is ours until we report idle; closing it ends the reply.
         unsafe { libc::close(client_fd) };
         if idle.send(index).is_err() {
             break;
         }
-        // The VM's teardown happens after the client has its answer.
+        // The VM's teardown and the pool's refill happen after the client has its answer.
         drop(vm);
+        pool.request_done();
     }
 }
 
@@ -366,6 +375,7 @@ fn serve_one(
     pool: &Pool,
     kvm: &Arc<kvm_ioctls::Kvm>,
     deadlines: &DeadlineService,
+    seccomp: bool,
 ) -> Option<Vm> {
     let name = crate::fleet::group_name(&job.request.target);
     let config = VmConfig {
@@ -375,7 +385,7 @@ fn serve_one(
             .chain(job.request.args.iter().cloned())
             .collect(),
         env: job.request.env.clone(),
-        seccomp: true,
+        seccomp,
         debug_blocked_syscall: false,
         max_output: job.request.max_output,
         snapshot: false,
