@@ -235,7 +235,6 @@ struct Running {
     group: String,
     vm: Vm,
     job: Job,
-    started: Instant,
     latency: Duration,
     stdout: Captured,
     stderr: Captured,
@@ -417,35 +416,28 @@ fn boot(
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
     let watchdog = p.group.timeout.map(|t| deadlines.watch(t, me));
-    let progress = match vm.start(console, watchdog) {
-        Ok(Progress::Parked) if resident => {
-            // The guest may be resumed on another thread: its timeout ends here.
-            vm.disarm_watchdog();
-            let latency = started.elapsed();
-            return Boot::Parked(Box::new(Running {
-                group: p.group.name.clone(),
-                vm,
-                job,
-                started,
-                latency,
-                stdout,
-                stderr,
-            }));
-        }
-        Ok(Progress::Parked) => finish(&mut vm),
-        other => other,
-    };
+    let mut progress = vm.start(console, watchdog);
+    let parked = matches!(progress, Ok(Progress::Parked));
+    if parked && resident {
+        // The guest may be resumed on another thread: its timeout ends here.
+        vm.disarm_watchdog();
+    } else if parked {
+        progress = finish(&mut vm);
+    }
     let latency = started.elapsed();
     let running = Running {
         group: p.group.name.clone(),
         vm,
         job,
-        started,
         latency,
         stdout,
         stderr,
     };
-    Boot::Done(result_of(&running, progress, latency))
+    if parked && resident {
+        Boot::Parked(Box::new(running))
+    } else {
+        Boot::Done(result_of(&running, progress, latency))
+    }
 }
 
 /// A VM restored from `snapshot`: its pages mapped copy-on-write, shared with every other
@@ -473,7 +465,6 @@ fn result_of(
     progress: Result<Progress, VmError>,
     latency: Duration,
 ) -> InstanceResult {
-    let _ = running.started;
     let group = running.group.clone();
     let mut stderr = running.stderr.text();
     let (status, kind) = match progress {
