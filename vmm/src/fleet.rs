@@ -361,14 +361,21 @@ fn release(parked: &mut Vec<Running>, spec: &FleetSpec, results: &Mutex<Vec<Inst
 }
 
 /// Resumes until the guest stops (a guest that parks again is released again).
+///
+/// A released guest that parks again is released again, up to [`MAX_PARKS`] times: a guest
+/// that parks forever must not hang the fleet (its timeout no longer runs once released).
 fn finish(vm: &mut Vm) -> Result<Progress, VmError> {
-    loop {
+    for _ in 0..MAX_PARKS {
         match vm.resume()? {
             Progress::Parked => continue,
             done => return Ok(done),
         }
     }
+    Ok(Progress::Parked)
 }
+
+/// Times a guest may park again after its release before it counts as crashed.
+pub const MAX_PARKS: usize = 1000;
 
 enum Boot {
     Parked(Box<Running>),
@@ -479,9 +486,13 @@ fn result_of(
                 }
             }
         }
-        Ok(Progress::Parked | Progress::AtSnapshotPoint) => {
-            (abi::exit_status::VMM_ERROR, "vmm error")
+        Ok(Progress::Parked) => {
+            stderr.push_str(&format!(
+                "guest stopped: it parked again {MAX_PARKS} times after its release\n"
+            ));
+            (abi::exit_status::CRASH, "crashed")
         }
+        Ok(Progress::AtSnapshotPoint) => (abi::exit_status::VMM_ERROR, "vmm error"),
         Err(err) => {
             stderr.push_str(&format!("error: {}", crate::error_chain(&err)));
             (abi::exit_status::VMM_ERROR, "vmm error")
