@@ -210,12 +210,19 @@ fn test_fleet_restores_resident_instances_from_a_snapshot() {
 fn test_fleet_release_survives_a_guest_that_parks_forever() {
     require_kvm!();
     // loop: out WAIT, eax
-    let code = [asm::mov_dx(abi::port::WAIT), vec![asm::OUT_DX_EAX, 0xeb, 0xfd]].concat();
+    let code = [
+        asm::mov_dx(abi::port::WAIT),
+        vec![asm::OUT_DX_EAX, 0xeb, 0xfd],
+    ]
+    .concat();
     let path = write_scratch("fleet-park", "parker", &ElfBuilder::guest(&code).build());
     let started = std::time::Instant::now();
     let report = fleet_json(&[path.to_str().unwrap(), "--count", "2", "--resident"]);
     assert!(started.elapsed().as_secs() < 60, "the release hung");
     assert_eq!(report["outcomes"]["crashed"], 2, "{report}");
     let first = &report["instances"][0];
-    assert!(first["stderr"].as_str().unwrap().contains("parked again"), "{first}");
+    assert!(
+        first["stderr"].as_str().unwrap().contains("parked again"),
+        "{first}"
+    );
 }

@@ -212,3 +212,29 @@ fn test_serve_survives_being_stopped_and_continued() {
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "Hello from a unikernel!\n");
 }
+
+#[test]
+fn test_serve_caps_how_long_a_request_may_run() {
+    require_kvm!();
+    let dir = tests::scratch_dir("serve-cap");
+    let spin = tests::write_scratch(
+        "serve-cap",
+        "spin",
+        &tests::elf::ElfBuilder::guest(&tests::asm::SPIN).build(),
+    );
+    let server = start_server_with(&dir, &[], &["--max-timeout", "300ms"]);
+    let started = Instant::now();
+    let out = via(&server, &[spin.to_str().unwrap()], &[]);
+    assert_eq!(status(&out), 124, "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // A client's own shorter timeout still applies.
+    let out = vmm(&[
+        "run",
+        "--via",
+        server.socket.to_str().unwrap(),
+        "--timeout",
+        "50ms",
+        spin.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&out), 124, "{}", stderr(&out));
+}

@@ -54,6 +54,9 @@ enum Command {
         /// Threads running guests.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// The longest a request may run (also the timeout of requests that give none).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        max_timeout: Duration,
         /// Run without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
@@ -286,6 +289,7 @@ fn vmm_main() -> i32 {
             pool,
             snapshots,
             workers,
+            max_timeout,
             no_seccomp,
         } => {
             if no_seccomp {
@@ -297,6 +301,7 @@ fn vmm_main() -> i32 {
                 snapshots,
                 workers,
                 seccomp: !no_seccomp,
+                max_timeout,
             };
             match vmm::serve::serve(&config) {
                 Ok(()) => 0,

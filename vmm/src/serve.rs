@@ -100,6 +100,9 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Sandbox runners and the refill thread.
     pub seccomp: bool,
+    /// The longest any request may run; requests without a timeout get this one, so that a
+    /// guest that spins cannot hold a runner for ever.
+    pub max_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -202,13 +205,15 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     }
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        let request = match read_request(&mut stream) {
+        let mut request = match read_request(&mut stream) {
             Ok(request) => request,
             Err(why) => {
                 let _ = send_frame(&mut stream, frame::ERROR, why.as_bytes());
                 continue;
             }
         };
+        let limit = config.max_timeout.as_millis() as u64;
+        request.timeout_ms = Some(request.timeout_ms.map_or(limit, |t| t.min(limit)));
         let (key, target) = match resolve(&mut targets, &request) {
             Ok(found) => found,
             Err(why) => {
