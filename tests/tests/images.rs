@@ -58,3 +58,17 @@ fn test_hello_runs_with_large_memory() {
     let out = vmm_run(&image("hello"), &["--mem", "2G"], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
+
+#[test]
+fn test_serial_driver_initialises_and_prints_through_com1() {
+    require_kvm!();
+    let out = vmm_run(&image("serial"), &["--timeline=json"], &["a", "b"]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "hello over COM1\na\nb\nlast line without newline"
+    );
+    // Byte by byte in, a line at a time out: the console gets the UART's bytes in few writes.
+    let timeline = stderr(&out);
+    assert!(timeline.contains("\"0x3f8\":"), "{timeline}");
+}
