@@ -146,7 +146,6 @@ impl Pool {
 /// Runs the server until the process is killed.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     let kvm = vm::open_kvm()?;
-    crate::timeline::hypervisor();
     let mut targets: BTreeMap<PathBuf, Target> = BTreeMap::new();
     let mut pooled = Vec::new();
     for path in &config.snapshots {
@@ -247,6 +246,25 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Checks what `vmm run`'s command line would have checked: a request comes from any local
+/// process, not necessarily from `vmm run --via`.
+pub fn check_request(request: &Request) -> Result<(), String> {
+    if let Some(arg) = request.args.iter().find(|a| a.contains('\0')) {
+        return Err(format!("error: argument {arg:?} contains a NUL byte"));
+    }
+    for entry in &request.env {
+        match entry.split_once('=') {
+            Some((key, _)) if !key.is_empty() && !entry.contains('\0') => {}
+            _ => {
+                return Err(format!(
+                    "error: invalid environment entry {entry:?} (expected KEY=VALUE)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -263,7 +281,10 @@ fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     stream
         .read_exact(&mut body)
         .map_err(|e| format!("error: bad request: {e}"))?;
-    serde_json::from_slice(&body).map_err(|e| format!("error: bad request: {e}"))
+    let request: Request =
+        serde_json::from_slice(&body).map_err(|e| format!("error: bad request: {e}"))?;
+    check_request(&request)?;
+    Ok(request)
 }
 
 fn resolve(
@@ -562,5 +583,30 @@ pub fn run_via(socket: &Path, request: &Request) -> Result<i32, String> {
             }
             other => return Err(format!("the server sent an unknown frame kind {other}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(args: &[&str], env: &[&str]) -> Request {
+        Request {
+            target: PathBuf::from("/x"),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            env: env.iter().map(|s| (*s).to_owned()).collect(),
+            timeout_ms: None,
+            max_output: 1 << 20,
+            mem_size: 16 << 20,
+        }
+    }
+
+    #[test]
+    fn test_check_request_refuses_what_the_command_line_would() {
+        assert!(check_request(&request(&["a", "b c"], &["K=V", "EMPTY="])).is_ok());
+        assert!(check_request(&request(&["a\0b"], &[])).is_err());
+        assert!(check_request(&request(&[], &["NOEQUALS"])).is_err());
+        assert!(check_request(&request(&[], &["=value"])).is_err());
+        assert!(check_request(&request(&[], &["K=v\0"])).is_err());
     }
 }
