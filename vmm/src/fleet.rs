@@ -251,7 +251,6 @@ pub fn run_fleet(spec: &FleetSpec) -> Result<FleetReport, FleetError> {
     let total: usize = prepared.iter().map(|p| p.group.count).sum();
     raise_fd_limit(total);
     let kvm = vm::open_kvm()?;
-    crate::timeline::hypervisor();
     let mut memory = MemoryFigures {
         mem_available_before_kib: mem_available_kib(),
         rss_before_kib: rss_kib("VmRSS"),

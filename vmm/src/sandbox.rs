@@ -286,11 +286,6 @@ fn denial_filter() -> Result<BpfProgram, SandboxError> {
         .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.into()))
 }
 
-/// Whether the calling thread is confined.
-pub fn is_confined() -> bool {
-    SANDBOXED.get()
-}
-
 fn install_sigsys_reporter() {
     // SAFETY: a zeroed sigaction is valid; the handler only makes async-signal-safe raw
     // syscalls (write, exit_group) that the filter allows.

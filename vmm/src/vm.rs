@@ -206,14 +206,12 @@ impl VmShell {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpu.set_cpuid2(&arch::cpuid::guest_cpuid())
+        vcpu.set_cpuid2(arch::cpuid::guest_cpuid())
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
         let tsc_khz = vcpu
             .get_tsc_khz()
             .map_or_else(|_| calibrate_tsc_khz(), u64::from);
         let sync_regs = kvm.check_extension(Cap::SyncRegs);
-        // Look up now what reports need later, before the sandbox forbids the file system.
-        crate::timeline::hypervisor();
         timeline.vcpu_created = Some(Instant::now());
         Ok(VmShell {
             vcpu,

@@ -39,7 +39,15 @@ const LEAF7_EBX_CLEAR: u32 = (1 << 5)
     | (1 << 31);
 
 /// The CPUID entries for the guest, derived from the host.
-pub fn guest_cpuid() -> CpuId {
+///
+/// Computed once per process (a fleet or a server creates many vCPUs; each `cpuid` costs
+/// about a microsecond here, more under nesting).
+pub fn guest_cpuid() -> &'static CpuId {
+    static CPUID: std::sync::OnceLock<CpuId> = std::sync::OnceLock::new();
+    CPUID.get_or_init(build_guest_cpuid)
+}
+
+fn build_guest_cpuid() -> CpuId {
     let mut entries = Vec::new();
     let host = |leaf, sub| __cpuid_count(leaf, sub);
     let max_basic = host(0, 0).eax.min(MAX_BASIC_LEAF);

@@ -7,8 +7,6 @@ use abi::port;
 
 /// Kernel code segment selector (the IDT gates' target).
 pub const KERNEL_CS: u16 = 0x08;
-/// Kernel data segment selector.
-pub const KERNEL_DS: u16 = 0x10;
 /// User data segment selector (RPL 3).
 pub const USER_DS: u16 = 0x18 | 3;
 /// User code segment selector (RPL 3).
