@@ -147,3 +147,14 @@ pub fn status(out: &Output) -> i32 {
         )
     })
 }
+
+/// Snapshots the built image `name` into `path` with `vmm snapshot` (panics if that fails).
+pub fn snapshot_image(name: &str, path: &Path) {
+    let out = vmm(&[
+        "snapshot",
+        image(name).to_str().unwrap(),
+        "-o",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&out), 0, "vmm snapshot {name}: {}", stderr(&out));
+}

@@ -193,13 +193,7 @@ fn test_fleet_restores_resident_instances_from_a_snapshot() {
     require_kvm!();
     let dir = tests::scratch_dir("fleet-snapshot");
     let snap = dir.join("idle.snap");
-    let out = vmm(&[
-        "snapshot",
-        image("idle").to_str().unwrap(),
-        "-o",
-        snap.to_str().unwrap(),
-    ]);
-    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    tests::snapshot_image("idle", &snap);
     let report = fleet_json(&[snap.to_str().unwrap(), "--count", "20", "--resident"]);
     assert_eq!(report["peak_concurrent"], 20);
     assert_eq!(report["outcomes"]["exit 0"], 20, "{report}");

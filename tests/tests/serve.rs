@@ -20,13 +20,7 @@ impl Drop for Server {
 
 fn snapshot(dir: &Path, name: &str, image_name: &str) -> PathBuf {
     let path = dir.join(name);
-    let out = vmm(&[
-        "snapshot",
-        image(image_name).to_str().unwrap(),
-        "-o",
-        path.to_str().unwrap(),
-    ]);
-    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    tests::snapshot_image(image_name, &path);
     path
 }
 

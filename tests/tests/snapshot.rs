@@ -6,13 +6,7 @@ use tests::{asm, image, require_kvm, status, stderr, stdout, vmm, vmm_run, write
 
 fn take_snapshot(name: &str, image_name: &str) -> PathBuf {
     let path = tests::scratch_dir("snapshot").join(name);
-    let out = vmm(&[
-        "snapshot",
-        image(image_name).to_str().unwrap(),
-        "-o",
-        path.to_str().unwrap(),
-    ]);
-    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    tests::snapshot_image(image_name, &path);
     path
 }
 
