@@ -1,8 +1,12 @@
-//! Decoding and validation of hypercall arguments. Everything here comes from the guest and is
-//! checked once, where it enters: struct address, buffer address and length, stream number.
+//! Hypercall decoding: an `out` to a hypercall port becomes one typed [`Hypercall`] here, with
+//! every guest-given value checked once, where it enters (port width, struct address, buffer
+//! address and length, stream number). The exit handler then acts on values it can trust.
 
+use crate::devices::Stream;
 use crate::memory::{GuestRam, RangeError};
 use abi::hypercall::{CONSOLE_WRITE_MAX, ConsoleWrite, stream};
+use abi::port::Hypercall as Port;
+use std::time::Duration;
 
 /// A hypercall the VMM refuses; the guest is stopped with a crash report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,10 +50,61 @@ pub enum HypercallError {
     /// An unknown console stream.
     #[error("console write: unknown stream {0}")]
     UnknownStream(u32),
+    /// The crash port was written from outside the VMM's exception stubs.
+    #[error(
+        "crash port written from {0}, not from the VMM's exception stubs (a forged crash report)"
+    )]
+    ForgedCrash(&'static str),
 }
 
-/// The 32-bit value of a port write, which must be exactly 4 bytes wide.
-pub fn port_value(port: u16, data: &[u8]) -> Result<u32, HypercallError> {
+/// A validated console write: `len` bytes at `buf` lie in guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConsoleRequest {
+    /// Which stream.
+    pub stream: Stream,
+    /// Start of the bytes.
+    pub buf: u64,
+    /// Number of bytes.
+    pub len: u32,
+}
+
+/// A decoded hypercall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hypercall {
+    /// The app exited with this code.
+    Exit(i32),
+    /// Write console bytes.
+    ConsoleWrite(ConsoleRequest),
+    /// An exception stub reported this vector (where it came from is checked on the crash
+    /// path, which reads the registers anyway).
+    Crash(u8),
+    /// A boot milestone.
+    Milestone(u32),
+    /// Wait this long.
+    Sleep(Duration),
+    /// Park until released.
+    Wait,
+    /// The snapshot point.
+    SnapshotPoint,
+}
+
+/// Decodes an `out` of `data` to hypercall `port`.
+pub(crate) fn decode(port: Port, data: &[u8], ram: &GuestRam) -> Result<Hypercall, HypercallError> {
+    let value = port_value(port.port(), data)?;
+    Ok(match port {
+        Port::Exit => Hypercall::Exit(value as i32),
+        Port::ConsoleWrite => Hypercall::ConsoleWrite(decode_console_write(ram, value)?),
+        Port::Crash => Hypercall::Crash(value as u8),
+        Port::Milestone => Hypercall::Milestone(value),
+        Port::Sleep => Hypercall::Sleep(Duration::from_micros(u64::from(value))),
+        Port::Wait => Hypercall::Wait,
+        Port::Snapshot => Hypercall::SnapshotPoint,
+    })
+}
+
+/// The 32-bit value of a port write, which must be exactly 4 bytes wide (one rule for every
+/// hypercall port).
+fn port_value(port: u16, data: &[u8]) -> Result<u32, HypercallError> {
     let bytes: [u8; 4] = data.try_into().map_err(|_| HypercallError::WrongWidth {
         port,
         size: data.len(),
@@ -57,31 +112,17 @@ pub fn port_value(port: u16, data: &[u8]) -> Result<u32, HypercallError> {
     Ok(u32::from_le_bytes(bytes))
 }
 
-/// A validated console write: `len` bytes at `buf` lie in guest RAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConsoleRequest {
-    /// [`stream::STDOUT`] or [`stream::STDERR`].
-    pub stream: u32,
-    /// Start of the bytes.
-    pub buf: u64,
-    /// Number of bytes.
-    pub len: u32,
-}
-
 /// Reads and validates a [`ConsoleWrite`] at guest-physical `addr`.
-pub fn decode_console_write(ram: &GuestRam, addr: u32) -> Result<ConsoleRequest, HypercallError> {
+fn decode_console_write(ram: &GuestRam, addr: u32) -> Result<ConsoleRequest, HypercallError> {
     const CALL: &str = "console write";
-    let mut raw = [0u8; size_of::<ConsoleWrite>()];
-    ram.read(u64::from(addr), &mut raw)
+    let args: ConsoleWrite = ram
+        .read_obj(u64::from(addr))
         .map_err(|source| HypercallError::Struct { call: CALL, source })?;
-    let args = ConsoleWrite {
-        buf: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
-        len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
-        stream: u32::from_le_bytes(raw[12..16].try_into().unwrap()),
+    let stream = match args.stream {
+        stream::STDOUT => Stream::Stdout,
+        stream::STDERR => Stream::Stderr,
+        other => return Err(HypercallError::UnknownStream(other)),
     };
-    if args.stream != stream::STDOUT && args.stream != stream::STDERR {
-        return Err(HypercallError::UnknownStream(args.stream));
-    }
     if args.len > CONSOLE_WRITE_MAX {
         return Err(HypercallError::TooLong {
             call: CALL,
@@ -92,7 +133,7 @@ pub fn decode_console_write(ram: &GuestRam, addr: u32) -> Result<ConsoleRequest,
     ram.check_range(args.buf, u64::from(args.len))
         .map_err(|source| HypercallError::Buffer { call: CALL, source })?;
     Ok(ConsoleRequest {
-        stream: args.stream,
+        stream,
         buf: args.buf,
         len: args.len,
     })
@@ -106,60 +147,58 @@ mod tests {
 
     fn ram_with_struct(at: u64, buf: u64, len: u32, stream: u32) -> GuestRam {
         let ram = GuestRam::new(MEM).unwrap();
-        let mut raw = Vec::new();
-        raw.extend_from_slice(&buf.to_le_bytes());
-        raw.extend_from_slice(&len.to_le_bytes());
-        raw.extend_from_slice(&stream.to_le_bytes());
-        ram.write(at, &raw).unwrap();
+        ram.write_obj(at, ConsoleWrite { buf, len, stream })
+            .unwrap();
         ram
+    }
+
+    fn console_write(ram: &GuestRam, addr: u32) -> Result<Hypercall, HypercallError> {
+        decode(Port::ConsoleWrite, &addr.to_le_bytes(), ram)
     }
 
     #[test]
     fn test_decode_console_write_valid_request_is_accepted() {
         let ram = ram_with_struct(0x1000, 0x2000, 5, stream::STDOUT);
-        let req = decode_console_write(&ram, 0x1000).unwrap();
         assert_eq!(
-            req,
-            ConsoleRequest {
-                stream: stream::STDOUT,
+            console_write(&ram, 0x1000),
+            Ok(Hypercall::ConsoleWrite(ConsoleRequest {
+                stream: Stream::Stdout,
                 buf: 0x2000,
                 len: 5
-            }
+            }))
         );
     }
 
     #[test]
     fn test_decode_console_write_struct_past_ram_is_refused() {
         let ram = GuestRam::new(MEM).unwrap();
-        let err = decode_console_write(&ram, (MEM - 8) as u32).unwrap_err();
+        let err = console_write(&ram, (MEM - 8) as u32).unwrap_err();
         assert!(matches!(err, HypercallError::Struct { .. }), "{err}");
-        let err = decode_console_write(&ram, u32::MAX).unwrap_err();
+        let err = console_write(&ram, u32::MAX).unwrap_err();
         assert!(matches!(err, HypercallError::Struct { .. }), "{err}");
     }
 
     #[test]
     fn test_decode_console_write_wrapping_buffer_is_refused() {
         let ram = ram_with_struct(0x1000, u64::MAX - 2, 16, stream::STDOUT);
-        let err = decode_console_write(&ram, 0x1000).unwrap_err();
         assert!(matches!(
-            err,
-            HypercallError::Buffer {
+            console_write(&ram, 0x1000),
+            Err(HypercallError::Buffer {
                 source: RangeError::Overflow { .. },
                 ..
-            }
+            })
         ));
     }
 
     #[test]
     fn test_decode_console_write_buffer_past_ram_is_refused() {
         let ram = ram_with_struct(0x1000, MEM - 4, 16, stream::STDOUT);
-        let err = decode_console_write(&ram, 0x1000).unwrap_err();
         assert!(matches!(
-            err,
-            HypercallError::Buffer {
+            console_write(&ram, 0x1000),
+            Err(HypercallError::Buffer {
                 source: RangeError::OutOfRam { .. },
                 ..
-            }
+            })
         ));
     }
 
@@ -167,7 +206,7 @@ mod tests {
     fn test_decode_console_write_overlong_is_refused() {
         let ram = ram_with_struct(0x1000, 0x2000, CONSOLE_WRITE_MAX + 1, stream::STDOUT);
         assert!(matches!(
-            decode_console_write(&ram, 0x1000),
+            console_write(&ram, 0x1000),
             Err(HypercallError::TooLong { .. })
         ));
     }
@@ -176,7 +215,7 @@ mod tests {
     fn test_decode_console_write_unknown_stream_is_refused() {
         let ram = ram_with_struct(0x1000, 0x2000, 1, 7);
         assert_eq!(
-            decode_console_write(&ram, 0x1000),
+            console_write(&ram, 0x1000),
             Err(HypercallError::UnknownStream(7))
         );
     }
@@ -185,13 +224,33 @@ mod tests {
     fn test_decode_console_write_struct_overlapping_buffer_is_fine() {
         // The buffer may overlap its own struct: the VMM copies both out before using them.
         let ram = ram_with_struct(0x1000, 0x1000, 16, stream::STDERR);
-        assert!(decode_console_write(&ram, 0x1000).is_ok());
+        assert!(console_write(&ram, 0x1000).is_ok());
     }
 
     #[test]
-    fn test_port_value_requires_four_bytes() {
-        assert_eq!(port_value(0x500, &[7, 0, 0, 0]), Ok(7));
-        assert!(port_value(0x500, &[7]).is_err());
-        assert!(port_value(0x500, &[7, 0]).is_err());
+    fn test_decode_every_port_refuses_narrow_writes() {
+        let ram = GuestRam::new(MEM).unwrap();
+        for port in Port::ALL {
+            for data in [&[7u8][..], &[7, 0], &[7, 0, 0, 0, 0, 0, 0, 0]] {
+                assert_eq!(
+                    decode(port, data, &ram),
+                    Err(HypercallError::WrongWidth {
+                        port: port.port(),
+                        size: data.len()
+                    }),
+                    "{port:?} with {} bytes",
+                    data.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn test_decode_exit_takes_the_whole_value() {
+        let ram = GuestRam::new(MEM).unwrap();
+        assert_eq!(
+            decode(Port::Exit, &0x1_0007u32.to_le_bytes(), &ram),
+            Ok(Hypercall::Exit(0x1_0007))
+        );
     }
 }
