@@ -256,10 +256,14 @@ pub mod exit_status {
     pub const PANIC: i32 = 101;
     /// The guest ran longer than `--timeout`.
     pub const TIMEOUT: i32 = 124;
-    /// The VMM could not start the guest: bad image, bad flag, no KVM, too little memory.
+    /// The VMM failed: it could not start the guest (bad image, bad flag, no KVM, too little
+    /// memory), or it stopped itself (a system call its sandbox blocks, an internal error).
+    /// Never the status of anything a guest did.
     pub const VMM_ERROR: i32 = 125;
     /// The guest crashed: CPU exception, triple fault, emulation failure, bad hypercall.
     pub const CRASH: i32 = 134;
+    /// The guest's stdout was closed while it wrote (as a process killed by SIGPIPE: 128 + 13).
+    pub const BROKEN_PIPE: i32 = 141;
 }
 
 #[cfg(feature = "vm-memory")]
@@ -321,7 +325,7 @@ mod tests {
     fn test_crash_port_is_closed_to_ring3() {
         assert!(!port::Hypercall::Crash.open_to_ring3());
         // A 32-bit `out` to the last open port must not reach it either.
-        assert!(port::CRASH > port::LAST);
+        const { assert!(port::CRASH > port::LAST) };
         assert!(port::Hypercall::Exit.open_to_ring3());
     }
 

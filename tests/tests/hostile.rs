@@ -336,3 +336,41 @@ fn test_hostile_malformed_sleep_is_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn test_hostile_output_nobody_reads_cannot_outlast_the_timeout() {
+    require_kvm!();
+    // Endless output into a pipe that is never read: the VMM blocks in write(2) once the pipe
+    // is full; `--timeout` must still stop the guest.
+    let mut code = console_struct_on_stack(0, CODE_ADDR as i32, 65536, 1);
+    let top = code.len();
+    code.extend(console_call());
+    let back = top as i64 - (code.len() as i64 + 2);
+    code.extend([0xeb, back as i8 as u8]);
+    let image = tests::write_scratch(
+        "hostile-unread",
+        "unread",
+        &ElfBuilder::guest(&code).build(),
+    );
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(tests::vmm_bin())
+        .args(["run", image.to_str().unwrap(), "--timeout", "500ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let unread = child.stdout.take(); // held open, never read
+    let deadline = started + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the VMM is still blocked writing 20 s after a 500 ms --timeout");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(unread);
+    assert_eq!(status.code(), Some(124), "{status:?}");
+}

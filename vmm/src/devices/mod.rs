@@ -24,15 +24,17 @@ pub(crate) enum Stream {
 
 /// Where devices put console output.
 pub(crate) trait ConsoleSink {
-    /// Writes `bytes`; `false` once the output budget is exhausted (what fits is written).
-    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> bool;
+    /// Writes `bytes` (what fits in the output budget); an error says why the guest must stop.
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), DeviceStop>;
 }
 
-/// A device's verdict on an access that the guest must not get away with.
+/// Why console output stops the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DeviceStop {
     /// The guest's console output went past `--max-output`.
     OutputLimit,
+    /// Nobody reads the guest's stdout any more (a closed pipe, as in `| head -1`).
+    BrokenPipe,
 }
 
 /// Why a device's saved state cannot be loaded.
@@ -162,9 +164,9 @@ mod tests {
     struct Collected(Vec<u8>);
 
     impl ConsoleSink for Collected {
-        fn emit(&mut self, _: Stream, bytes: &[u8]) -> bool {
+        fn emit(&mut self, _: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
             self.0.extend_from_slice(bytes);
-            true
+            Ok(())
         }
     }
 

@@ -133,8 +133,8 @@ impl PortDevice for Com1 {
             .uart
             .write(offset as u8, data.first().copied().unwrap_or(0));
         match self.take_lines() {
-            Some(lines) if !console.emit(Stream::Stdout, &lines) => Err(DeviceStop::OutputLimit),
-            _ => Ok(()),
+            Some(lines) => console.emit(Stream::Stdout, &lines),
+            None => Ok(()),
         }
     }
 
@@ -216,9 +216,9 @@ mod tests {
     struct Collected(Vec<u8>);
 
     impl ConsoleSink for Collected {
-        fn emit(&mut self, _: Stream, bytes: &[u8]) -> bool {
+        fn emit(&mut self, _: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
             self.0.extend_from_slice(bytes);
-            true
+            Ok(())
         }
     }
 

@@ -10,7 +10,7 @@
 //! requests allowed do nothing on a file that is not a vCPU.
 //!
 //! A blocked call raises SIGSYS; the handler prints `seccomp: blocked syscall NAME (NR)` and
-//! exits with status 134.
+//! exits with status 125 (a VMM failure, never reported as a guest crash).
 
 mod syscalls;
 
@@ -351,7 +351,7 @@ extern "C" fn report_blocked_syscall(
     // SAFETY: raw write of our own buffer to stderr, then exit: both async-signal-safe.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);
-        libc::syscall(libc::SYS_exit_group, abi::exit_status::CRASH);
+        libc::syscall(libc::SYS_exit_group, abi::exit_status::VMM_ERROR);
     }
 }
 

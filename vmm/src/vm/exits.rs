@@ -85,6 +85,8 @@ pub(crate) enum Stop {
     SnapshotPoint,
     /// The guest wrote more console output than `--max-output` allows.
     OutputLimit(u64),
+    /// Nobody reads the guest's stdout any more.
+    BrokenPipe,
     /// An exit the VMM does not expect.
     Unexpected(&'static str),
 }
@@ -125,7 +127,7 @@ impl ExitHandler {
     /// A handler writing to `console`, with the guest's devices in `bus`.
     pub(crate) fn new(console: Console, bus: PortBus, limits: Limits) -> Self {
         Self {
-            console: ConsoleOutput::new(console, limits.max_output),
+            console: ConsoleOutput::new(console, limits.max_output, limits.deadline),
             bus,
             limits,
             scratch: Vec::new(),
@@ -192,7 +194,7 @@ impl ExitHandler {
         }
         match self.bus.write(port, data, &mut self.console) {
             Some(Ok(())) => Action::Continue,
-            Some(Err(DeviceStop::OutputLimit)) => self.output_limit_reached(),
+            Some(Err(stop)) => self.console_stop(stop),
             None => {
                 self.stats.unknown_port_accesses += 1;
                 Action::Continue
@@ -240,17 +242,19 @@ impl ExitHandler {
         bytes.resize(request.len as usize, 0);
         // The range was validated when the hypercall was decoded.
         let _ = ram.read(request.buf, &mut bytes);
-        let fits = self.console.emit(request.stream, &bytes);
+        let emitted = self.console.emit(request.stream, &bytes);
         self.scratch = bytes;
-        if fits {
-            Action::Continue
-        } else {
-            self.output_limit_reached()
+        match emitted {
+            Ok(()) => Action::Continue,
+            Err(stop) => self.console_stop(stop),
         }
     }
 
-    fn output_limit_reached(&self) -> Action {
-        Action::Stop(Stop::OutputLimit(self.console.max_output()))
+    fn console_stop(&self, stop: DeviceStop) -> Action {
+        Action::Stop(match stop {
+            DeviceStop::OutputLimit => Stop::OutputLimit(self.console.max_output()),
+            DeviceStop::BrokenPipe => Stop::BrokenPipe,
+        })
     }
 
     /// Hands on whatever the devices still hold; called once the guest has stopped.

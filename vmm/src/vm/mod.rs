@@ -403,6 +403,7 @@ impl Vm {
                 Outcome::TimedOut(self.config.timeout.unwrap_or_default())
             }
             Some(Stop::Exited(code)) => Outcome::Exited(code),
+            Some(Stop::BrokenPipe) => Outcome::BrokenPipe,
             Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
         };
         Ok(Progress::Finished(Box::new(RunReport {
@@ -503,7 +504,11 @@ impl Vm {
                 "guest stopped: it wrote more than --max-output {} of console output\n",
                 crate::size::Size(*limit)
             ),
-            Stop::Exited(_) | Stop::TimedOut | Stop::Parked | Stop::SnapshotPoint => String::new(),
+            Stop::Exited(_)
+            | Stop::TimedOut
+            | Stop::Parked
+            | Stop::SnapshotPoint
+            | Stop::BrokenPipe => String::new(),
         };
         if !genuine_exception {
             let location = symbolize(regs.rip)
