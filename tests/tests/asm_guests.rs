@@ -257,7 +257,11 @@ fn test_guest_vector_registers_hold_nothing_of_the_host_or_other_guests() {
         // and there is no such state to leak.
         return;
     }
-    assert_eq!(status(&out), 1, "the reader must see a guest's own ones: {err}");
+    assert_eq!(
+        status(&out),
+        1,
+        "the reader must see a guest's own ones: {err}"
+    );
     // A fresh VMM process: nothing of the host's own vector state reaches the guest.
     let out = vmm_run(&reader, &[], &[]);
     assert_eq!(

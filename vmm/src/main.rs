@@ -230,9 +230,8 @@ fn vm_config(
         args,
         env,
         seccomp,
-        debug_blocked_syscall: false,
         max_output,
-        stop_at_snapshot_point: false,
+        ..VmConfig::default()
     }
 }
 

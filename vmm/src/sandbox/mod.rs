@@ -57,6 +57,10 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("write", "fds 1 and 2 only: guest console, reports"),
     ("futex", "locks (stdout, watchdog)"),
     ("nanosleep", "the guest's sleep hypercall"),
+    (
+        "ppoll",
+        "the guest's poll hypercall: wait for its input sources until a deadline",
+    ),
     ("clock_nanosleep", "the guest's sleep hypercall"),
     (
         "clock_gettime",
