@@ -1,6 +1,6 @@
 //! `cargo xtask`: builds, runs and tests flick. The only place that knows how guests are
 //! compiled: freestanding `no_std` static ELFs for the host target, linked by
-//! `kernel/link.ld` (see DESIGN.md).
+//! `kernel/link.ld` (see docs/PLATFORM.md).
 
 mod bench;
 mod guest;
