@@ -20,7 +20,7 @@ pub const GDT_ENTRIES: usize = 7;
 const TSS_BASE_SIZE: usize = 104;
 /// Bytes of I/O bitmap: enough to cover the highest port a guest may open (all ports above are
 /// closed by the all-ones byte that ends the bitmap and by the TSS limit).
-const IO_BITMAP_SIZE: usize = port::LAST as usize / 8 + 1;
+const IO_BITMAP_SIZE: usize = (port::DEVICE_PORTS_END as usize - 1) / 8 + 1;
 /// TSS limit: base, bitmap, and the all-ones byte the CPU may read past the bitmap.
 pub const TSS_LIMIT: u32 = (TSS_BASE_SIZE + IO_BITMAP_SIZE) as u32;
 
@@ -72,7 +72,9 @@ pub(crate) fn port_open_to_guest(port: u16) -> bool {
 }
 
 const _: () = assert!(
-    port::COM1 < port::LAST,
+    port::COM1 < port::DEVICE_PORTS_END
+        && port::LAST < port::DEVICE_PORTS_END
+        && port::NET + port::NET_LEN <= port::DEVICE_PORTS_END,
     "the bitmap covers the devices' ports"
 );
 
@@ -83,7 +85,7 @@ fn tss_bytes() -> Vec<u8> {
     tss[102..104].copy_from_slice(&(TSS_BASE_SIZE as u16).to_le_bytes()); // I/O map base
     let bitmap = &mut tss[TSS_BASE_SIZE..];
     bitmap.fill(0xff);
-    for port in 0..=port::LAST {
+    for port in 0..port::DEVICE_PORTS_END {
         if port_open_to_guest(port) {
             bitmap[usize::from(port / 8)] &= !(1 << (port % 8));
         }
@@ -134,6 +136,8 @@ mod tests {
         }
         assert!(port_allowed(&tss, port::EXIT));
         assert!(port_allowed(&tss, port::COM1));
+        assert!(port_allowed(&tss, port::NET_EXCHANGE + 3));
+        assert!(!port_allowed(&tss, port::NET + port::NET_LEN));
         assert!(!port_allowed(&tss, 0x80));
         assert!(
             !port_allowed(&tss, port::CRASH),

@@ -16,6 +16,7 @@
 //! `abi::port` (and in [`port_ranges`], which opens it to ring 3), its settings in
 //! [`DeviceConfig`], and its construction in [`PortBus::new`].
 
+pub mod net;
 pub(crate) mod serial;
 
 use crate::memory::GuestRam;
@@ -44,12 +45,10 @@ pub(crate) enum DeviceStop {
     OutputLimit,
     /// Nobody reads the guest's stdout any more (a closed pipe, as in `| head -1`).
     BrokenPipe,
+    /// The guest's `--timeout` passed while the device waited for input.
+    TimedOut,
     /// The guest made a request the device refuses (a bad address, length or value): the
     /// guest is stopped with a report, like a bad hypercall.
-    #[expect(
-        dead_code,
-        reason = "for the input devices (stdin, volumes, network) to come"
-    )]
     BadRequest {
         /// The device.
         device: &'static str,
@@ -61,16 +60,11 @@ pub(crate) enum DeviceStop {
 /// What a device may use while it handles a guest access.
 pub(crate) struct DeviceContext<'a> {
     /// Guest RAM, for buffers the guest names (validated by the device before use).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the input devices (stdin, volumes, network) to come"
-        )
-    )]
     pub ram: &'a GuestRam,
     /// The console.
     pub console: &'a mut dyn ConsoleSink,
+    /// When `--timeout` stops the guest: a device that waits for input waits no longer.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// A device's answer to the `Poll` hypercall.
@@ -86,7 +80,18 @@ pub(crate) struct PollSource {
 
 /// The settings of a guest's devices beyond the standard ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceConfig {}
+pub struct DeviceConfig {
+    /// A network device over a tap (`--net`).
+    pub net: Option<net::NetConfig>,
+}
+
+impl DeviceConfig {
+    /// The host fds the devices read and write while the guest runs (the sandbox allows
+    /// `read` and `write` on these alone).
+    pub fn host_fds(&self) -> Vec<RawFd> {
+        self.net.iter().map(|n| n.tap.raw_fd()).collect()
+    }
+}
 
 /// Why a device's saved state cannot be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,8 +142,8 @@ pub struct DeviceState {
 }
 
 /// The port ranges the devices own (opened to ring 3 by the TSS I/O bitmap).
-pub(crate) fn port_ranges() -> [Range<u16>; 1] {
-    [serial::PORTS]
+pub(crate) fn port_ranges() -> [Range<u16>; 2] {
+    [serial::PORTS, net::PORTS]
 }
 
 /// The devices of a guest, by port range.
@@ -156,8 +161,13 @@ impl PortBus {
 
     /// The standard devices and those `config` asks for.
     pub(crate) fn new(config: &DeviceConfig) -> Self {
-        let DeviceConfig {} = config;
-        Self::standard()
+        let DeviceConfig { net } = config;
+        let mut bus = Self::standard();
+        if let Some(net) = net {
+            bus.devices
+                .push((net::PORTS, Box::new(net::NetDevice::new(net.clone()))));
+        }
+        bus
     }
 
     /// Adds a device (tests plug fakes in this way).
@@ -255,6 +265,7 @@ mod tests {
         let mut ctx = DeviceContext {
             ram: &ram,
             console: &mut out,
+            deadline: None,
         };
         assert!(bus.write(abi::port::COM1, b"x", &mut ctx).is_some());
         assert!(bus.write(0x80, b"x", &mut ctx).is_none());
@@ -285,6 +296,7 @@ mod tests {
             let mut ctx = DeviceContext {
                 ram: &ram,
                 console: &mut out,
+                deadline: None,
             };
             bus.write(abi::port::COM1, &[b], &mut ctx);
         }
