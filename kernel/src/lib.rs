@@ -31,6 +31,8 @@ extern crate alloc;
 pub mod args;
 pub mod console;
 pub mod heap;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod time;
 mod global;
 mod hypercall;

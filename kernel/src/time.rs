@@ -27,6 +27,12 @@ fn ticks_to_duration(ticks: u64) -> Duration {
     Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
 }
 
+/// Time on the monotonic clock since its origin (the TSC's zero), for clocks built on it.
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
+pub(crate) fn monotonic() -> Duration {
+    ticks_to_duration(rdtsc())
+}
+
 /// A point on the monotonic clock.
 ///
 /// ```ignore
@@ -66,7 +72,10 @@ impl Add<Duration> for Instant {
 
     fn add(self, d: Duration) -> Instant {
         let ticks = d.as_nanos() * u128::from(tsc_khz()) / 1_000_000;
-        Instant(self.0.saturating_add(ticks.min(u128::from(u64::MAX)) as u64))
+        Instant(
+            self.0
+                .saturating_add(ticks.min(u128::from(u64::MAX)) as u64),
+        )
     }
 }
 

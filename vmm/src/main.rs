@@ -175,6 +175,12 @@ enum Command {
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
+        /// Give the guest a network device on an existing tap:
+        /// tap=NAME,ip=ADDR/PREFIX[,gw=ADDR][,mac=MAC][,tx-rate=BYTES] (fd=N instead of
+        /// tap=NAME: a tap fd this process inherited). The MAC is random by default; frames
+        /// the guest sends beyond tx-rate bytes/s (default 128M) are dropped.
+        #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
+        net: Option<vmm::net::NetSpec>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -351,6 +357,7 @@ fn vmm_main() -> i32 {
             debug_blocked_syscall,
             debug_panic,
             max_output,
+            net,
             args,
         } => {
             assert!(!debug_panic, "--debug-panic");
@@ -364,12 +371,21 @@ fn vmm_main() -> i32 {
             let mut vm = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
             vm.debug_blocked_syscall = debug_blocked_syscall;
             if let Some(socket) = via {
+                if net.is_some() {
+                    return usage("--net cannot be used with --via yet");
+                }
                 if format.is_some() {
                     return usage(
                         "--timeline cannot be used with --via (the guest runs in the server)",
                     );
                 }
                 return run_via(&socket, target, &vm);
+            }
+            if let Some(spec) = net {
+                match spec.open() {
+                    Ok(net) => vm.devices.net = Some(net),
+                    Err(err) => return fail(&err),
+                }
             }
             let config = RunConfig {
                 target,
