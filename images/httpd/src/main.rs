@@ -2,8 +2,8 @@
 //! `/`, and a JSON endpoint `/api/...` that echoes the request path and a request counter.
 //!
 //! `httpd [--port N] [--requests N] [--backlog N]`: port 80 by default; with `--requests`, it
-//! exits 0 once it has answered that many requests; `--backlog` connections may be opening or
-//! waiting at once (default 128).
+//! exits 0 once it has answered that many requests; `--backlog` sockets listen at once
+//! (default 32: connection requests beyond that in one burst are refused).
 
 #![no_std]
 #![no_main]
@@ -34,7 +34,7 @@ fn parse_options(args: kernel::Args) -> Result<Options, &'static str> {
     let mut options = Options {
         port: 80,
         requests: None,
-        backlog: 128,
+        backlog: kernel::net::tcp::DEFAULT_BACKLOG,
     };
     let mut args = args.skip(1);
     while let Some(flag) = args.next() {

@@ -28,7 +28,7 @@
 //! whatever call is running.
 
 mod device;
-mod tcp;
+pub mod tcp;
 mod udp;
 
 pub use device::DeviceStats;

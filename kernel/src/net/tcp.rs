@@ -8,12 +8,17 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{Socket, SocketBuffer, State};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-/// Receive buffer of each connection (its advertised window).
-const RX_BUFFER: usize = 8 * 1024;
+/// Receive buffer of each connection (its advertised window). Every socket's buffers are
+/// touched when it is made (a first touch of a page costs a few µs here): kept small.
+const RX_BUFFER: usize = 4 * 1024;
 /// Send buffer of each connection.
-const TX_BUFFER: usize = 16 * 1024;
-/// Connections a listener can hold half-open or unaccepted by default.
+const TX_BUFFER: usize = 8 * 1024;
+/// Sockets a listener keeps listening by default: one batch of frames can bring that many
+/// connection requests at once.
 pub const DEFAULT_BACKLOG: usize = 32;
+/// Connections opening or waiting for `accept` per listening socket kept; beyond, new ones
+/// are refused (a full accept queue).
+const PENDING_PER_LISTENER: usize = 4;
 /// How long a closed connection may take to say goodbye.
 const CLOSE_TIMEOUT_S: u64 = 10;
 /// First local port for outgoing connections.
@@ -41,7 +46,8 @@ fn socket(stack: &mut Stack, handle: SocketHandle) -> &mut Socket<'static> {
 /// ```
 pub struct TcpListener {
     port: u16,
-    /// Sockets listening or connected but not yet accepted, oldest first.
+    backlog: usize,
+    /// Sockets listening, opening, or connected but not yet accepted, oldest first.
     waiting: Vec<SocketHandle>,
 }
 
@@ -51,8 +57,10 @@ impl TcpListener {
         Self::bind_with_backlog(port, DEFAULT_BACKLOG)
     }
 
-    /// Listens on `port`; up to `backlog` connections can be opening or waiting for
-    /// [`accept`](Self::accept) at once (more are refused, as a full backlog refuses them).
+    /// Listens on `port` with `backlog` sockets listening: that many connection requests can
+    /// arrive at once; each is replaced as it opens, and up to four times as many connections
+    /// can be opening or waiting for [`accept`](Self::accept) (more are refused, as a full
+    /// accept queue refuses them).
     pub fn bind_with_backlog(port: u16, backlog: usize) -> Result<TcpListener, NetError> {
         if port == 0 {
             return Err(NetError::InvalidAddress);
@@ -69,11 +77,10 @@ impl TcpListener {
             }
             let mut listener = TcpListener {
                 port,
-                waiting: Vec::with_capacity(backlog.max(1)),
+                backlog: backlog.max(1),
+                waiting: Vec::new(),
             };
-            for _ in 0..backlog.max(1) {
-                listener.waiting.push(listen(stack, port)?);
-            }
+            listener.refill(stack)?;
             Ok(listener)
         })
     }
@@ -94,19 +101,34 @@ impl TcpListener {
         with_stack(|stack| self.take_connected(stack)?.ok_or(NetError::WouldBlock))
     }
 
-    /// Takes the oldest connection past its handshake, listening anew in its place.
+    /// Takes the oldest connection past its handshake; keeps `backlog` sockets listening.
     fn take_connected(&mut self, stack: &mut Stack) -> Result<Option<TcpStream>, NetError> {
-        let Some(index) = self.waiting.iter().position(|h| {
+        let index = self.waiting.iter().position(|h| {
             !matches!(
                 stack.sockets.get::<Socket>(*h).state(),
                 State::Listen | State::SynReceived
             )
-        }) else {
-            return Ok(None);
-        };
-        let handle = self.waiting.remove(index);
-        self.waiting.push(listen(stack, self.port)?);
-        Ok(Some(TcpStream { handle }))
+        });
+        let taken = index.map(|i| TcpStream {
+            handle: self.waiting.remove(i),
+        });
+        self.refill(stack)?;
+        Ok(taken)
+    }
+
+    /// Listens anew in place of the sockets that have left `Listen`, within the bound on
+    /// connections waiting.
+    fn refill(&mut self, stack: &mut Stack) -> Result<(), NetError> {
+        let listening = self
+            .waiting
+            .iter()
+            .filter(|h| stack.sockets.get::<Socket>(**h).state() == State::Listen)
+            .count();
+        let room = (self.backlog * PENDING_PER_LISTENER).saturating_sub(self.waiting.len());
+        for _ in 0..self.backlog.saturating_sub(listening).min(room) {
+            self.waiting.push(listen(stack, self.port)?);
+        }
+        Ok(())
     }
 }
 

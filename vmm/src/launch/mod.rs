@@ -227,7 +227,7 @@ pub fn run(
         report.ram_pages_touched = vm.ram().resident_pages();
     }
     if config.detach_teardown {
-        vm::teardown::detach(vm);
+        vm::teardown::detach_closing(vm, &config.vm.devices.host_fds());
     } else {
         drop(vm);
     }
