@@ -1,12 +1,14 @@
 //! Test support shared by the integration tests in `tests/tests/`:
 //! - [`elf`]: builds ELF files byte by byte, valid images and every kind of broken one;
 //! - [`asm`]: tiny hand-assembled guests;
+//! - [`netns`]: private network namespaces with a tap, and clients that talk only inside them;
 //! - locating the VMM binary and the built images (built once per test run);
 //! - the KVM gate: KVM tests fail with a clear reason when `/dev/kvm` cannot be opened, unless
 //!   `SKIP_KVM_TESTS=1` is set on purpose.
 
 pub mod asm;
 pub mod elf;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

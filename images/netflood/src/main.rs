@@ -5,8 +5,8 @@
 #![no_std]
 #![no_main]
 
-use kernel::eprintln;
 use kernel::net::{self, UdpSocket};
+use kernel::{eprintln, println};
 
 kernel::main!(main);
 
@@ -15,6 +15,7 @@ fn main(_args: kernel::Args) -> i32 {
         let config = net::config()?;
         let gateway = config.gateway.unwrap_or(config.address);
         let socket = UdpSocket::bind(9999)?;
+        println!("netflood: flooding {gateway}:9");
         let payload = [0x5au8; 1400];
         loop {
             socket.send_to(&payload, (gateway, 9))?;
