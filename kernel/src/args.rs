@@ -25,7 +25,10 @@ fn packed_strings() -> &'static [u8] {
 
 /// The arguments of this boot.
 pub fn args() -> Args {
-    Args { rest: packed_strings(), remaining: crate::boot_info().argc as usize }
+    Args {
+        rest: packed_strings(),
+        remaining: crate::boot_info().argc as usize,
+    }
 }
 
 /// The environment given with `vmm run --env KEY=VALUE`, as `(key, value)` pairs.
@@ -37,7 +40,10 @@ pub fn args() -> Args {
 /// ```
 pub fn vars() -> impl Iterator<Item = (&'static str, &'static str)> {
     let info = crate::boot_info();
-    let mut strings = Args { rest: packed_strings(), remaining: (info.argc + info.envc) as usize };
+    let mut strings = Args {
+        rest: packed_strings(),
+        remaining: (info.argc + info.envc) as usize,
+    };
     strings.by_ref().take(info.argc as usize).for_each(drop);
     strings.filter_map(|entry| entry.split_once('='))
 }

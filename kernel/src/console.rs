@@ -21,7 +21,10 @@ struct LineBuffer<const STREAM: u32> {
 
 impl<const STREAM: u32> LineBuffer<STREAM> {
     const fn new() -> Self {
-        Self { len: 0, bytes: [0; BUFFER_SIZE] }
+        Self {
+            len: 0,
+            bytes: [0; BUFFER_SIZE],
+        }
     }
 
     fn flush(&mut self) {
@@ -56,7 +59,10 @@ pub(crate) struct StackLine {
 
 impl StackLine {
     pub(crate) const fn new() -> Self {
-        Self { len: 0, bytes: [0; 256] }
+        Self {
+            len: 0,
+            bytes: [0; 256],
+        }
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
@@ -86,7 +92,11 @@ impl Write for Unbuffered {
     }
 }
 
-fn print_to<const STREAM: u32>(global: &Global<LineBuffer<STREAM>>, args: fmt::Arguments, line_buffered: bool) {
+fn print_to<const STREAM: u32>(
+    global: &Global<LineBuffer<STREAM>>,
+    args: fmt::Arguments,
+    line_buffered: bool,
+) {
     let done = global.with(|buf| {
         let _ = buf.write_fmt(args);
         let ends_line = buf.bytes[..buf.len].contains(&b'\n');

@@ -17,7 +17,10 @@ unsafe impl<T> Sync for Global<T> {}
 impl<T> Global<T> {
     /// A global holding `value`.
     pub const fn new(value: T) -> Self {
-        Self { busy: Cell::new(false), value: UnsafeCell::new(value) }
+        Self {
+            busy: Cell::new(false),
+            value: UnsafeCell::new(value),
+        }
     }
 
     /// Runs `f` on the value, or returns `None` if the value is already in use higher up the

@@ -23,7 +23,9 @@ struct KernelHeap {
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap { talc: Global::new(None) };
+static HEAP: KernelHeap = KernelHeap {
+    talc: Global::new(None),
+};
 
 /// Heap usage figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +49,11 @@ pub fn stats() -> HeapStats {
         .with(|talc| match talc {
             Some(talc) => {
                 let c = talc.counters();
-                HeapStats { size: c.claimed_bytes, allocated: c.allocated_bytes, free: c.available_bytes }
+                HeapStats {
+                    size: c.claimed_bytes,
+                    allocated: c.allocated_bytes,
+                    free: c.available_bytes,
+                }
             }
             None => HeapStats::default(),
         })
@@ -70,9 +76,9 @@ fn out_of_memory(layout: Layout) -> ! {
     crate::console::flush();
     let stats = stats();
     let mut line = crate::console::StackLine::new();
-    let _ = write!(
+    let _ = writeln!(
         line,
-        "out of memory: asked for {} bytes (align {}); {} of {} heap bytes free\n",
+        "out of memory: asked for {} bytes (align {}); {} of {} heap bytes free",
         layout.size(),
         layout.align(),
         stats.free,
@@ -87,7 +93,10 @@ fn out_of_memory(layout: Layout) -> ! {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        let ptr = self.talc.with(|slot| unsafe { claim(slot).alloc(layout) }).unwrap_or(core::ptr::null_mut());
+        let ptr = self
+            .talc
+            .with(|slot| unsafe { claim(slot).alloc(layout) })
+            .unwrap_or(core::ptr::null_mut());
         if ptr.is_null() {
             out_of_memory(layout);
         }
@@ -96,7 +105,8 @@ unsafe impl GlobalAlloc for KernelHeap {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded with the caller's guarantees.
-        self.talc.with(|slot| unsafe { claim(slot).dealloc(ptr, layout) });
+        self.talc
+            .with(|slot| unsafe { claim(slot).dealloc(ptr, layout) });
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

@@ -30,14 +30,14 @@ extern crate alloc;
 pub mod args;
 pub mod console;
 pub mod exceptions;
-pub mod heap;
-pub mod time;
 mod global;
+pub mod heap;
 mod hypercall;
 mod mem;
 mod note;
 mod panic;
 mod start;
+pub mod time;
 
 pub use args::{Args, args, env, vars};
 pub use start::{boot_info, exit, snapshot_point};

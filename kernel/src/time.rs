@@ -66,7 +66,10 @@ impl Add<Duration> for Instant {
 
     fn add(self, d: Duration) -> Instant {
         let ticks = d.as_nanos() * u128::from(tsc_khz()) / 1_000_000;
-        Instant(self.0.saturating_add(ticks.min(u128::from(u64::MAX)) as u64))
+        Instant(
+            self.0
+                .saturating_add(ticks.min(u128::from(u64::MAX)) as u64),
+        )
     }
 }
 
