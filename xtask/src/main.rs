@@ -1,6 +1,6 @@
-//! `cargo xtask`: builds, runs and tests flick. The only place that knows how guests are
-//! compiled: freestanding `no_std` static ELFs for the host target, linked by
-//! `kernel/link.ld` (see DESIGN.md).
+//! `cargo xtask`: builds, runs and tests flick. The front door for guests, which are
+//! freestanding `no_std` static ELFs for the host target, built with the link setup of
+//! `images/.cargo/config.toml` (see [`guest`]).
 
 mod bench;
 mod guest;
@@ -9,10 +9,15 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test flick images")]
 struct Cli {
+    /// Hide cargo's build output (shown by default: progress on a terminal, one line per
+    /// crate otherwise).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Task,
 }
@@ -55,8 +60,17 @@ enum Task {
     },
 }
 
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether nested cargo builds run with `--quiet` (`cargo xtask --quiet ...`).
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -152,8 +166,8 @@ pub fn vmm_path() -> PathBuf {
 /// binding before and during argument parsing; static non-PIE needs no relocations at start.
 pub fn build_vmm() -> Result<()> {
     let target_dir = project_root().join("target/vmm-static");
-    let status = cargo()
-        .args(["build", "--release", "--quiet", "--package", "vmm"])
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--package", "vmm"])
         .args(["--target", guest::GUEST_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -161,9 +175,11 @@ pub fn build_vmm() -> Result<()> {
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "-Ctarget-feature=+crt-static\x1f-Crelocation-model=static",
-        )
-        .status()
-        .context("cannot run cargo")?;
+        );
+    if quiet() {
+        cmd.arg("--quiet");
+    }
+    let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
         bail!("building the VMM failed");
     }
