@@ -1,6 +1,6 @@
 //! The `vmm` command line: bad input gets one clear line on stderr and status 125.
 
-use tests::{image, status, stderr, vmm, vmm_run, write_scratch};
+use tests::{image, kvm_test, status, stderr, vmm, vmm_run, write_scratch};
 
 fn assert_one_line_error(out: &std::process::Output, expected: &str) {
     let err = stderr(out);
@@ -68,9 +68,8 @@ fn test_cli_help_documents_exit_statuses() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_cli_blocked_syscall_is_reported_and_exits_134() {
-    tests::require_kvm!();
     let out = vmm_run(&image("hello"), &["--debug-blocked-syscall"], &[]);
     assert_eq!(status(&out), 134, "{}", stderr(&out));
     assert!(
@@ -80,9 +79,8 @@ fn test_cli_blocked_syscall_is_reported_and_exits_134() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_cli_no_seccomp_warns_and_still_runs() {
-    tests::require_kvm!();
     let out = vmm_run(&image("hello"), &["--no-seccomp"], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(
