@@ -4,6 +4,9 @@
 
 mod bench;
 mod guest;
+mod lint;
+mod runner;
+mod test;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -52,11 +55,24 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
     },
-    /// Build everything and run the whole test suite.
+    /// Lint (as `lint` does), build everything, run the guest unit tests in microVMs and the
+    /// whole host test suite; fails on any finding, any failed test, or when no test ran.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Arguments for every test binary (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// rustfmt and clippy (`-D warnings`) over the host workspace and the guest crates.
+    Lint,
+    /// Cargo's runner for guest crates (images/runner): boots an image, or runs a guest test
+    /// binary one VM per test.
+    #[command(hide = true)]
+    Runner {
+        /// The image cargo built.
+        image: PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
 }
 
@@ -121,22 +137,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Task::Test { args } => {
-            build_vmm()?;
-            guest::build(&[])?;
-            let status = cargo()
-                .args(["test", "--workspace", "--release", "--no-fail-fast"])
-                .env("FLICK_VMM", vmm_path())
-                .env("FLICK_IMAGES", guest::images_dir())
-                .arg("--")
-                .args(&args)
-                .status()
-                .context("cannot run cargo test")?;
-            if !status.success() {
-                bail!("tests failed");
-            }
+        Task::Test { args } => test::run(&args),
+        Task::Lint => {
+            lint::run()?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Runner { image, args } => runner::run(&image, &args),
     }
 }
 
