@@ -35,3 +35,22 @@ impl<T> Global<T> {
         Some(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[kernel::test]
+    fn test_global_reentrant_access_gets_none() {
+        let global = Global::new(1);
+        let inner = global.with(|_| global.with(|value| *value));
+        assert_eq!(inner, Some(None));
+    }
+
+    #[kernel::test]
+    fn test_global_is_free_again_after_access() {
+        let global = Global::new(1);
+        global.with(|value| *value += 1);
+        assert_eq!(global.with(|value| *value), Some(2));
+    }
+}

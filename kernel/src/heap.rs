@@ -122,3 +122,71 @@ unsafe impl GlobalAlloc for KernelHeap {
         new
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::boxed::Box;
+    use alloc::vec::Vec;
+
+    // Each test runs in a VM of its own, and the harness allocates nothing before it: the
+    // heap is untouched when a test starts.
+
+    #[kernel::test]
+    fn test_heap_is_unclaimed_before_the_first_allocation() {
+        assert_eq!(stats(), HeapStats::default());
+    }
+
+    #[kernel::test]
+    fn test_heap_claims_the_free_ram_that_boot_info_reports() {
+        let _first = Box::new(7u64);
+        let info = crate::boot_info();
+        let range = (info.heap_end - info.heap_start) as usize;
+        let stats = stats();
+        assert!(stats.size <= range, "{stats:?} within {range}");
+        assert!(
+            stats.size > range - 4096,
+            "{stats:?} claims all but metadata of {range}"
+        );
+        assert!(stats.allocated + stats.free <= stats.size, "{stats:?}");
+    }
+
+    #[kernel::test]
+    fn test_heap_counts_allocations_and_frees() {
+        let _warm = Box::new(0u8);
+        let before = stats().allocated;
+        let block: Vec<u8> = Vec::with_capacity(100_000);
+        assert!(stats().allocated >= before + 100_000, "{:?}", stats());
+        drop(block);
+        assert_eq!(stats().allocated, before);
+    }
+
+    #[kernel::test]
+    fn test_heap_serves_a_large_block_and_its_memory_is_usable() {
+        let mut block = alloc::vec![0u8; 8 << 20];
+        block[0] = 1;
+        let last = block.len() - 1;
+        block[last] = 2;
+        assert_eq!(block.iter().map(|&b| u64::from(b)).sum::<u64>(), 3);
+    }
+
+    #[kernel::test]
+    fn test_heap_realloc_keeps_the_contents() {
+        let mut numbers: Vec<u32> = Vec::with_capacity(1);
+        for i in 0..10_000 {
+            numbers.push(i);
+        }
+        assert!(numbers.iter().copied().eq(0..10_000));
+    }
+
+    #[kernel::test]
+    fn test_heap_honours_large_alignment() {
+        let layout = Layout::from_size_align(64, 4096).unwrap();
+        // SAFETY: the layout has a non-zero size; the block is freed with the same layout.
+        unsafe {
+            let ptr = HEAP.alloc(layout);
+            assert_eq!(ptr as usize % 4096, 0);
+            HEAP.dealloc(ptr, layout);
+        }
+    }
+}
