@@ -31,7 +31,15 @@ fn ensure_built() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(project_root())
-            .args(["run", "--quiet", "--package", "xtask", "--", "build"])
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "--quiet",
+                "build",
+            ])
             .stdout(std::process::Stdio::null())
             .status()
             .expect("cannot run cargo xtask build");

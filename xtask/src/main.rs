@@ -98,8 +98,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Task::Build { images } => {
-            build_vmm()?;
+            // Images first: a wrong name fails in a second, not after the VMM's build.
             let built = guest::build(&images)?;
+            build_vmm()?;
             for path in built {
                 println!("{}", path.display());
             }
@@ -111,8 +112,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             args,
         } => {
-            build_vmm()?;
             let built = guest::build(std::slice::from_ref(&image))?;
+            build_vmm()?;
             let mut cmd = Command::new(vmm_path());
             cmd.arg("run").arg(&built[0]);
             if let Some(mem) = mem {

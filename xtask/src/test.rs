@@ -122,8 +122,8 @@ fn harness_args(user_args: &[String]) -> Vec<String> {
 /// `cargo xtask test [-- ARGS]`.
 pub fn run(user_args: &[String]) -> Result<ExitCode> {
     lint::run()?;
-    build_vmm()?;
     guest::build(&[])?;
+    build_vmm()?;
     let args = harness_args(user_args);
     let mut tally = Tally::default();
 

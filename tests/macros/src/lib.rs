@@ -1,7 +1,7 @@
 //! `#[kvm_test]`, the attribute of every test that needs `/dev/kvm` (re-exported as
 //! `tests::kvm_test`).
 //!
-//! ```ignore
+//! ```text
 //! #[tests::kvm_test]
 //! fn test_hello_greets_and_exits_zero() { /* boots a VM */ }
 //! ```
