@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use tests::{kvm_test, project_root, status, stderr, stdout, vmm_bin};
+use tests::{image, kvm_test, project_root, status, stderr, stdout, vmm_bin};
 
 /// `cargo ARGS` run in `dir` as a developer would, with the VMM that this test run built.
 fn cargo_in(dir: &Path, args: &[&str]) -> Output {
@@ -165,9 +165,32 @@ fn test_cargo_run_in_an_image_crate_boots_it_with_the_arguments() {
 }
 
 #[test]
+fn test_guest_tests_skip_kvm_names_each_test_ignored_without_booting() {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(project_root().join("images"))
+        .args(["test", "--package", "exitcode"])
+        .env("SKIP_KVM_TESTS", "1")
+        .env("FLICK_VMM", project_root().join("target/no-such-vmm"))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cannot run cargo");
+    let text = stdout(&out);
+    assert_eq!(status(&out), 0, "{text}{}", stderr(&out));
+    assert!(
+        text.contains("test tests::test_exit_code_is_the_argument ... ignored, SKIP_KVM_TESTS=1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test result: ok. 0 passed; 0 failed; 2 ignored;"),
+        "{text}"
+    );
+}
+
+#[test]
 fn test_runner_without_a_vmm_says_how_to_build_it() {
     let out = Command::new(project_root().join("images/runner"))
-        .arg(project_root().join("images/hello/Cargo.toml"))
+        .arg(image("hello"))
         .env("FLICK_VMM", project_root().join("target/no-such-vmm"))
         .output()
         .expect("cannot run images/runner");

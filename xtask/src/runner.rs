@@ -10,6 +10,9 @@
 //!   kernel's panic handler ends the VM with 101), crashes the CPU or hangs fails alone, with
 //!   its message or the VMM's crash report, and every test starts from a fresh kernel.
 //!
+//! Under `SKIP_KVM_TESTS=1` no VM boots: the tests are named from the image's `__flick_test
+//! PATH` symbols and each is reported as `ignored, SKIP_KVM_TESTS=1`, like the host's KVM tests.
+//!
 //! `FLICK_VMM` names the VMM (default `target/release/vmm`); `FLICK_VMM_FLAGS` adds flags to
 //! every `vmm run` (e.g. `--mem 64M`); test VMs get `--timeout 60s` unless it sets one.
 
@@ -26,6 +29,10 @@ use std::time::Instant;
 const TEST_HARNESS_SYMBOL: &str = "__FLICK_TEST_HARNESS";
 /// What the guest prints after a test returned (`kernel::testing::PASSED_MARKER`).
 const PASSED_MARKER: &str = "flick-test: passed";
+/// The prefix of the symbol that `#[kernel::test]` gives each test's registration.
+const TEST_SYMBOL_PREFIX: &str = "__flick_test ";
+/// The ignore reason of every test under `SKIP_KVM_TESTS=1`, as for host KVM tests.
+const SKIP_KVM_REASON: &str = "SKIP_KVM_TESTS=1";
 /// The timeout of a test VM unless `FLICK_VMM_FLAGS` sets one.
 const TEST_TIMEOUT: &str = "60s";
 /// Exit status of a test run with failures, as libtest's.
@@ -35,28 +42,45 @@ const CANNOT_START: u8 = 125;
 
 /// `cargo xtask runner IMAGE [ARGS...]`.
 pub fn run(image: &Path, args: &[OsString]) -> Result<ExitCode> {
+    let symbols = read_symbols(image)?;
+    if symbols.is_test_binary {
+        return run_test_binary(image, symbols.tests, args);
+    }
+    let Some(vmm) = find_vmm() else {
+        return Ok(ExitCode::from(CANNOT_START));
+    };
+    let err = Command::new(&vmm)
+        .arg("run")
+        .arg(image)
+        .args(vmm_flags())
+        .arg("--")
+        .args(args)
+        .exec();
+    bail!("cannot start {}: {err}", vmm.display())
+}
+
+/// The VMM to boot with; `None`, after saying how to build it, when there is none.
+fn find_vmm() -> Option<PathBuf> {
     let vmm = std::env::var_os("FLICK_VMM")
         .map(PathBuf::from)
         .unwrap_or_else(vmm_path);
-    if !vmm.is_file() {
-        eprintln!(
-            "error: no VMM at {}: build it with `cargo xtask build` (in {})",
-            vmm.display(),
-            crate::project_root().display()
-        );
-        return Ok(ExitCode::from(CANNOT_START));
+    if vmm.is_file() {
+        return Some(vmm);
     }
-    let flags = vmm_flags();
-    if !is_test_binary(image)? {
-        let err = Command::new(&vmm)
-            .arg("run")
-            .arg(image)
-            .args(&flags)
-            .arg("--")
-            .args(args)
-            .exec();
-        bail!("cannot start {}: {err}", vmm.display());
-    }
+    eprintln!(
+        "error: no VMM at {}: build it with `cargo xtask build` (in {})",
+        vmm.display(),
+        crate::project_root().display()
+    );
+    None
+}
+
+/// Whether `SKIP_KVM_TESTS=1` switches KVM tests off, guest tests included.
+fn skip_kvm() -> bool {
+    std::env::var("SKIP_KVM_TESTS").is_ok_and(|v| v == "1")
+}
+
+fn run_test_binary(image: &Path, test_paths: Vec<String>, args: &[OsString]) -> Result<ExitCode> {
     let args: Vec<String> = args
         .iter()
         .map(|a| a.to_str().map(str::to_owned))
@@ -69,12 +93,39 @@ pub fn run(image: &Path, args: &[OsString]) -> Result<ExitCode> {
             return Ok(ExitCode::from(TESTS_FAILED));
         }
     };
-    let mut flags = flags;
+    if skip_kvm() {
+        // Named from the image's symbols: no VM boots, every test is reported ignored.
+        let tests = test_paths
+            .into_iter()
+            .map(|path| GuestTest {
+                name: name_of(&path).to_owned(),
+                ignore: Some(SKIP_KVM_REASON.to_owned()),
+                should_panic: ShouldPanic::No,
+            })
+            .collect();
+        return report(None, tests, &options);
+    }
+    let Some(vmm) = find_vmm() else {
+        return Ok(ExitCode::from(CANNOT_START));
+    };
+    let mut flags = vmm_flags();
     if !flags.iter().any(|f| f.starts_with("--timeout")) {
         flags.extend(["--timeout".to_owned(), TEST_TIMEOUT.to_owned()]);
     }
     let guest = Guest { vmm, image, flags };
-    run_tests(&guest, &options)
+    let listing = guest.boot(&["--flick-list"])?;
+    if listing.status.code() != Some(0) {
+        std::io::stderr().write_all(&listing.stderr)?;
+        eprintln!(
+            "error: {} did not list its tests (status {:?}); guest tests run in microVMs and \
+             need /dev/kvm: set SKIP_KVM_TESTS=1 to skip them on purpose",
+            image.display(),
+            listing.status.code()
+        );
+        return Ok(ExitCode::from(CANNOT_START));
+    }
+    let tests = parse_list(&String::from_utf8_lossy(&listing.stdout))?;
+    report(Some(&guest), tests, &options)
 }
 
 /// `FLICK_VMM_FLAGS`, split at whitespace.
@@ -86,15 +137,40 @@ fn vmm_flags() -> Vec<String> {
         .collect()
 }
 
-/// Whether `image` is a guest test binary: it defines the harness's marker symbol.
-fn is_test_binary(image: &Path) -> Result<bool> {
+/// What the runner reads from an image's symbol table.
+struct Symbols {
+    /// It defines the harness's marker symbol.
+    is_test_binary: bool,
+    /// The paths of its tests, from the `__flick_test PATH` symbols of `#[kernel::test]`.
+    tests: Vec<String>,
+}
+
+fn read_symbols(image: &Path) -> Result<Symbols> {
     let bytes = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
     let elf = goblin::elf::Elf::parse(&bytes)
         .with_context(|| format!("{} is not an ELF image", image.display()))?;
-    Ok(elf
+    let names = elf
         .syms
         .iter()
-        .any(|sym| elf.strtab.get_at(sym.st_name) == Some(TEST_HARNESS_SYMBOL)))
+        .filter_map(|sym| elf.strtab.get_at(sym.st_name));
+    let mut symbols = Symbols {
+        is_test_binary: false,
+        tests: Vec::new(),
+    };
+    for name in names {
+        if name == TEST_HARNESS_SYMBOL {
+            symbols.is_test_binary = true;
+        } else if let Some(path) = name.strip_prefix(TEST_SYMBOL_PREFIX) {
+            symbols.tests.push(path.to_owned());
+        }
+    }
+    Ok(symbols)
+}
+
+/// A test's name as libtest prints it: its path without the crate name (as
+/// `kernel::testing::TestCase::name` does).
+fn name_of(path: &str) -> &str {
+    path.split_once("::").map_or(path, |(_crate, rest)| rest)
 }
 
 /// The libtest options a guest test binary understands.
@@ -298,18 +374,9 @@ impl Paint {
     }
 }
 
-fn run_tests(guest: &Guest, options: &Options) -> Result<ExitCode> {
-    let listing = guest.boot(&["--flick-list"])?;
-    if listing.status.code() != Some(0) {
-        std::io::stderr().write_all(&listing.stderr)?;
-        eprintln!(
-            "error: {} did not list its tests (status {:?})",
-            guest.image.display(),
-            listing.status.code()
-        );
-        return Ok(ExitCode::from(CANNOT_START));
-    }
-    let mut tests = parse_list(&String::from_utf8_lossy(&listing.stdout))?;
+/// Runs `tests` as `options` select them, one VM each, and reports like libtest. Without a
+/// `guest` (`SKIP_KVM_TESTS=1`) every test is reported as ignored.
+fn report(guest: Option<&Guest>, mut tests: Vec<GuestTest>, options: &Options) -> Result<ExitCode> {
     tests.sort_by(|a, b| a.name.cmp(&b.name));
     let total = tests.len();
     tests.retain(|t| options.selects(&t.name, t.ignore.is_some()));
@@ -333,15 +400,17 @@ fn run_tests(guest: &Guest, options: &Options) -> Result<ExitCode> {
     let plural = if tests.len() == 1 { "" } else { "s" };
     writeln!(out, "\nrunning {} test{plural}", tests.len())?;
     for test in &tests {
-        if let Some(reason) = test.ignore.as_ref().filter(|_| !options.runs_ignored()) {
+        let runs = guest.filter(|_| test.ignore.is_none() || options.runs_ignored());
+        let Some(guest) = runs else {
+            let reason = test.ignore.as_deref().unwrap_or(SKIP_KVM_REASON);
             let word = paint.word("ignored", 33);
-            match reason.as_str() {
+            match reason {
                 "" => writeln!(out, "test {} ... {word}", test.name)?,
                 reason => writeln!(out, "test {} ... {word}, {reason}", test.name)?,
             }
             ignored += 1;
             continue;
-        }
+        };
         let should_panic = match test.should_panic {
             ShouldPanic::No => "",
             _ => " - should panic",
@@ -437,6 +506,15 @@ mod tests {
         assert_eq!(options.skip, ["slow"]);
         assert!(options.exact);
         assert_eq!(options.color, Some(false));
+    }
+
+    #[test]
+    fn test_name_of_drops_the_crate_name() {
+        assert_eq!(
+            name_of("kernel::heap::tests::test_a"),
+            "heap::tests::test_a"
+        );
+        assert_eq!(name_of("lonely"), "lonely");
     }
 
     #[test]

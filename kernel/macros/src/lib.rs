@@ -14,7 +14,9 @@
 //!
 //! The function is kept only in test builds (`cfg(test)`), like libtest's. Next to it goes a
 //! `kernel::testing::TestCase` static in the `.flick_tests` link section, which
-//! `kernel/link.ld` gathers into one array; the harness walks it. `#[ignore]`,
+//! `kernel/link.ld` gathers into one array; the harness walks it. The static's symbol is
+//! `__flick_test PATH`, so that the runner can name the tests without booting the image (when
+//! `SKIP_KVM_TESTS=1` switches VMs off). `#[ignore]`,
 //! `#[ignore = "why"]`, `#[should_panic]` and `#[should_panic(expected = "text")]` under the
 //! attribute mean what they mean for libtest.
 
@@ -67,6 +69,9 @@ fn expand(mut test: ItemFn) -> syn::Result<Tokens> {
         const _: () = {
             #[used]
             #[unsafe(link_section = ".flick_tests")]
+            #[unsafe(export_name = ::core::concat!(
+                "__flick_test ", ::core::module_path!(), "::", ::core::stringify!(#name)
+            ))]
             static TEST_CASE: ::kernel::testing::TestCase = ::kernel::testing::TestCase {
                 path: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#name)),
                 run: #name,
