@@ -164,6 +164,16 @@ fn test_cargo_run_in_an_image_crate_boots_it_with_the_arguments() {
     assert_eq!(status(&out), 42, "{}", stderr(&out));
 }
 
+#[kvm_test]
+fn test_cargo_run_in_the_guest_workspace_boots_the_named_image() {
+    // From images/ cargo names the image by a relative path: the runner must keep it valid.
+    let out = cargo_in(
+        &project_root().join("images"),
+        &["run", "--package", "exitcode", "--", "43"],
+    );
+    assert_eq!(status(&out), 43, "{}", stderr(&out));
+}
+
 #[test]
 fn test_guest_tests_skip_kvm_names_each_test_ignored_without_booting() {
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
