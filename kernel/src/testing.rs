@@ -13,11 +13,13 @@
 //! - `--flick-list`: one line per test, `test<TAB>PATH<TAB>IGNORED<TAB>SHOULD_PANIC`, where
 //!   IGNORED is `-` or `ignored[: reason]` and SHOULD_PANIC is `-`, `panics` or
 //!   `panics: expected text`;
-//! - `--flick-run PATH`: runs that test, then prints [`PASSED_MARKER`] and exits 0. A panic
-//!   exits 101 through the kernel's panic handler, with `panicked at FILE:LINE:COL: MESSAGE`
-//!   on stderr, as in an app.
+//! - `--flick-run PATH`: runs that test, then prints a newline and [`PASSED_MARKER`] on stdout
+//!   and exits 0. A panic exits 101 through the kernel's panic handler, with
+//!   `panicked at FILE:LINE:COL: MESSAGE` on stderr, as in an app.
 //!
-//! PATH is the test's module path without the crate name, as libtest prints it.
+//! PATH is the test's module path without the crate name, as libtest prints it. Each
+//! registration's symbol is `__flick_test PATH` (crate name included), so that the runner can
+//! name the tests without booting the image when `SKIP_KVM_TESTS=1` switches VMs off.
 
 use crate::{Args, print, println};
 
@@ -125,8 +127,8 @@ pub fn run(mut args: Args) -> i32 {
                 return USAGE;
             };
             (test.run)();
-            crate::console::flush();
-            println!("{PASSED_MARKER}");
+            // On a line of its own even after output without a final newline.
+            println!("\n{PASSED_MARKER}");
             0
         }
         _ => {

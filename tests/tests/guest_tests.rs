@@ -53,7 +53,7 @@ fn test_guest_tests_failure_exits_101_with_libtest_summary() {
     let (code, report) = subjects_report();
     assert_eq!(*code, 101, "{report}");
     assert!(
-        report.contains("test result: FAILED. 2 passed; 4 failed; 1 ignored; 0 measured;"),
+        report.contains("test result: FAILED. 3 passed; 4 failed; 1 ignored; 0 measured;"),
         "{report}"
     );
 }
@@ -69,6 +69,13 @@ fn test_guest_tests_passing_test_reported_ok() {
         !report.contains("output of a passing test"),
         "a passing test's output is captured: {report}"
     );
+}
+
+#[kvm_test]
+fn test_guest_tests_output_without_final_newline_reported_ok() {
+    let report = &subjects_report().1;
+    let name = "tests::test_runner_reports_a_test_whose_output_lacks_a_final_newline_ok";
+    assert!(report.contains(&format!("test {name} ... ok")), "{report}");
 }
 
 #[kvm_test]

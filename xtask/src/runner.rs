@@ -27,8 +27,18 @@ use std::time::Instant;
 
 /// The symbol that marks a guest test binary (`kernel::__test_entry!`).
 const TEST_HARNESS_SYMBOL: &str = "__FLICK_TEST_HARNESS";
-/// What the guest prints after a test returned (`kernel::testing::PASSED_MARKER`).
+/// What the guest prints last, on a line of its own, after a test returned
+/// (`kernel::testing::PASSED_MARKER`).
 const PASSED_MARKER: &str = "flick-test: passed";
+
+/// The test's own output (stdout without the newline and marker line that the guest adds);
+/// and whether the marker ended it.
+fn split_marker(stdout: &str) -> (&str, bool) {
+    match stdout.strip_suffix(&format!("\n{PASSED_MARKER}\n")) {
+        Some(output) => (output, true),
+        None => (stdout, false),
+    }
+}
 /// The prefix of the symbol that `#[kernel::test]` gives each test's registration.
 const TEST_SYMBOL_PREFIX: &str = "__flick_test ";
 /// The ignore reason of every test under `SKIP_KVM_TESTS=1`, as for host KVM tests.
@@ -333,7 +343,7 @@ enum Verdict {
 
 /// Judges one test VM by its exit status, its output and what the test expected.
 fn judge(test: &GuestTest, status: Option<i32>, stdout: &str, stderr: &str) -> Verdict {
-    let returned = status == Some(0) && stdout.lines().any(|l| l == PASSED_MARKER);
+    let returned = status == Some(0) && split_marker(stdout).1;
     let panicked = status == Some(101);
     let failed = |note: &str| Verdict::Failed(note.to_owned());
     match (&test.should_panic, returned, panicked) {
@@ -420,11 +430,12 @@ fn report(guest: Option<&Guest>, mut tests: Vec<GuestTest>, options: &Options) -
         let vm = guest.boot(&["--flick-run", &test.name])?;
         let stdout = String::from_utf8_lossy(&vm.stdout);
         let stderr = String::from_utf8_lossy(&vm.stderr);
-        let shown: String = stdout
-            .lines()
-            .filter(|l| *l != PASSED_MARKER)
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let (output, _) = split_marker(&stdout);
+        let shown = if output.is_empty() || output.ends_with('\n') {
+            output.to_owned()
+        } else {
+            format!("{output}\n")
+        };
         if options.nocapture {
             write!(out, "\n{shown}")?;
             std::io::stderr().write_all(stderr.as_bytes())?;
@@ -563,12 +574,23 @@ mod tests {
     #[test]
     fn test_judge_returned_test_passes_only_with_marker() {
         let test = plain("t");
-        let ok = format!("output\n{PASSED_MARKER}\n");
+        let ok = format!("output\n\n{PASSED_MARKER}\n");
         assert_eq!(judge(&test, Some(0), &ok, ""), Verdict::Passed);
         assert!(matches!(
             judge(&test, Some(0), "output\n", ""),
             Verdict::Failed(note) if note.contains("before returning")
         ));
+    }
+
+    #[test]
+    fn test_split_marker_finds_it_after_output_with_or_without_a_final_newline() {
+        let marker = format!("\n{PASSED_MARKER}\n");
+        assert_eq!(split_marker(&marker), ("", true));
+        assert_eq!(split_marker(&format!("line\n{marker}")), ("line\n", true));
+        assert_eq!(split_marker(&format!("partial{marker}")), ("partial", true));
+        assert_eq!(split_marker("no marker\n"), ("no marker\n", false));
+        let mid = format!("{marker}after\n");
+        assert_eq!(split_marker(&mid), (mid.as_str(), false));
     }
 
     #[test]
@@ -592,7 +614,7 @@ mod tests {
             judge(&test, Some(101), "", "panicked at src/x.rs:1:1: other\n"),
             Verdict::Failed(note) if note.contains("expected substring")
         ));
-        let returned = format!("{PASSED_MARKER}\n");
+        let returned = format!("\n{PASSED_MARKER}\n");
         assert!(matches!(
             judge(&test, Some(0), &returned, ""),
             Verdict::Failed(note) if note.contains("did not panic")

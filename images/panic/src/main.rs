@@ -15,13 +15,18 @@ fn main(args: kernel::Args) -> i32 {
 }
 
 // Subjects for tests of the guest test runner itself (tests/tests/guest_tests.rs checks each
-// verdict): one passes, one panics as it should, and those of the `failing-tests` feature fail
+// verdict): two pass, one panics as it should, and those of the `failing-tests` feature fail
 // on purpose, each its own way, and one is ignored.
 #[cfg(test)]
 mod tests {
     #[kernel::test]
     fn test_runner_reports_a_passing_test_ok() {
         kernel::println!("output of a passing test");
+    }
+
+    #[kernel::test]
+    fn test_runner_reports_a_test_whose_output_lacks_a_final_newline_ok() {
+        kernel::print!("no newline at the end");
     }
 
     #[kernel::test]
