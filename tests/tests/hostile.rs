@@ -207,7 +207,8 @@ fn test_hostile_write_to_boot_info_faults() {
 
 #[kvm_test]
 fn test_hostile_execute_data_faults() {
-    let code = [0xff, 0xe4]; // jmp rsp: the stack is not executable
+    // lea rax, [rsp - 8]; jmp rax: the stack is not executable
+    let code = [0x48, 0x8d, 0x44, 0x24, 0xf8, 0xff, 0xe0];
     assert_stopped("exec-stack", &code, "instruction fetch from");
 }
 
@@ -314,4 +315,41 @@ fn test_hostile_malformed_sleep_is_refused() {
         "{}",
         out.stderr
     );
+}
+
+#[kvm_test]
+fn test_hostile_output_nobody_reads_cannot_outlast_the_timeout() {
+    // Endless output into a pipe that is never read: the VMM blocks in write(2) once the pipe
+    // is full; `--timeout` must still stop the guest.
+    let mut code = console_struct_on_stack(0, CODE_ADDR as i32, 65536, 1);
+    let top = code.len();
+    code.extend(console_call());
+    let back = top as i64 - (code.len() as i64 + 2);
+    code.extend([0xeb, back as i8 as u8]);
+    let image = tests::write_scratch(
+        "hostile-unread",
+        "unread",
+        &ElfBuilder::guest(&code).build(),
+    );
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(tests::vmm_bin())
+        .args(["run", image.to_str().unwrap(), "--timeout", "500ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let unread = child.stdout.take(); // held open, never read
+    let deadline = started + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the VMM is still blocked writing 20 s after a 500 ms --timeout");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(unread);
+    assert_eq!(status.code(), Some(124), "{status:?}");
 }
