@@ -1,6 +1,6 @@
 //! `cargo xtask`: builds, runs and tests flick. The front door for guests, which are
 //! freestanding `no_std` static ELFs for the host target, built with the link setup of
-//! `images/.cargo/config.toml` (see [`guest`]).
+//! `images/.cargo/config.toml` (see [`guest`] and docs/PLATFORM.md).
 
 mod bench;
 mod guest;
