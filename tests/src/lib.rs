@@ -83,6 +83,20 @@ pub fn require_kvm() {
     }
 }
 
+/// The old way to mark a KVM test, kept so that tests written before `#[kvm_test]` still
+/// compile: under `SKIP_KVM_TESTS=1` such a test would run and pass without doing anything,
+/// so it fails instead, saying what to write.
+#[deprecated(note = "write #[tests::kvm_test] instead of #[test] and require_kvm!()")]
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if cfg!(skip_kvm) {
+            panic!("SKIP_KVM_TESTS=1 did not skip this KVM test: mark it #[tests::kvm_test]");
+        }
+        $crate::require_kvm();
+    };
+}
+
 /// A unique scratch directory for one test.
 pub fn scratch_dir(test: &str) -> PathBuf {
     let dir = project_root()
