@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tests::elf::ElfBuilder;
-use tests::{asm, image, require_kvm, status, stderr, write_scratch};
+use tests::{asm, image, kvm_test, status, stderr, write_scratch};
 
 /// Runs `vmm` with `args`, killing it (and failing) if it is still running after `limit`.
 fn vmm_within(args: &[&str], limit: Duration) -> Output {
@@ -112,9 +112,8 @@ fn test_hardening_durations_beyond_any_clock_are_refused() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_manifest_arguments_are_checked_like_the_command_line() {
-    require_kvm!();
     let hello = image("hello");
     for (entry, expected) in [
         ("args = [\"a\\u0000b\"]", "NUL byte"),
@@ -133,9 +132,8 @@ fn test_hardening_manifest_arguments_are_checked_like_the_command_line() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_snapshot_of_a_guest_that_never_gets_there_times_out() {
-    require_kvm!();
     let spin = write_scratch(
         "hardening-spin",
         "spin",
@@ -157,9 +155,8 @@ fn test_hardening_snapshot_of_a_guest_that_never_gets_there_times_out() {
     assert!(stderr(&out).contains("it timed out"), "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_resident_fleet_release_of_a_spinning_guest_ends() {
-    require_kvm!();
     // out WAIT, then spin forever once released.
     let code = [
         asm::mov_dx(abi::port::WAIT),
@@ -191,9 +188,8 @@ fn test_hardening_resident_fleet_release_of_a_spinning_guest_ends() {
     assert_eq!(report["outcomes"]["timed out"], 2, "{report}");
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_snapshot_layout_error_is_said_once() {
-    require_kvm!();
     let good = std::fs::read({
         let path = tests::scratch_dir("hardening-layout").join("hello.snap");
         tests::snapshot_image("hello", &path);
