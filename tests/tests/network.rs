@@ -11,7 +11,7 @@ use tests::netns::{
     FrameSender, GUEST_IP, Guest, HOST_IP, Pinger, TAP, guest_mac, in_netns, ipv4_header, mac_of,
     net_spec, tap_rx_bytes,
 };
-use tests::{image, require_kvm, status, stderr, vmm_run};
+use tests::{image, kvm_test, status, stderr, vmm_run};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,9 +77,8 @@ fn get(stream: &mut TcpStream, path: &str) -> (String, Vec<u8>) {
     read_response(stream)
 }
 
-#[test]
+#[kvm_test]
 fn test_net_guest_answers_arp_and_ping() {
-    require_kvm!();
     in_netns(|| {
         let guest = echo_guest();
         let pinger = Pinger::new();
@@ -99,9 +98,8 @@ fn test_net_guest_answers_arp_and_ping() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_mac_given_is_the_one_the_guest_uses() {
-    require_kvm!();
     in_netns(|| {
         let spec = net_spec(",mac=02:12:34:56:78:9a");
         let _guest = Guest::boot(
@@ -116,9 +114,8 @@ fn test_net_mac_given_is_the_one_the_guest_uses() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_echo_returns_tcp_bytes_and_udp_datagrams() {
-    require_kvm!();
     in_netns(|| {
         let _guest = echo_guest();
         let text: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -141,9 +138,8 @@ fn test_net_echo_returns_tcp_bytes_and_udp_datagrams() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_httpd_serves_page_and_json_to_curl() {
-    require_kvm!();
     in_netns(|| {
         let _guest = httpd_guest(&[]);
         let curl = |path: &str| {
@@ -167,9 +163,8 @@ fn test_net_httpd_serves_page_and_json_to_curl() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_httpd_100_concurrent_keep_alive_connections_all_answered() {
-    require_kvm!();
     in_netns(|| {
         let _guest = httpd_guest(&[]);
         const CONNECTIONS: usize = 100;
@@ -206,9 +201,8 @@ fn test_net_httpd_100_concurrent_keep_alive_connections_all_answered() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_httpd_with_request_limit_exits_zero() {
-    require_kvm!();
     in_netns(|| {
         let guest = httpd_guest(&["--requests", "3"]);
         let mut stream = connect(80);
@@ -220,9 +214,8 @@ fn test_net_httpd_with_request_limit_exits_zero() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_ping_flood_leaves_guest_answering_and_vmm_memory_flat() {
-    require_kvm!();
     in_netns(|| {
         let mut guest = echo_guest();
         let pinger = Pinger::new();
@@ -342,9 +335,8 @@ fn garbage_frames(guest: [u8; 6], host: [u8; 6], seed: u64) -> Vec<Vec<u8>> {
     frames
 }
 
-#[test]
+#[kvm_test]
 fn test_net_garbage_frames_leave_guest_answering_and_vmm_memory_flat() {
-    require_kvm!();
     in_netns(|| {
         let mut guest = echo_guest();
         let pinger = Pinger::new();
@@ -403,9 +395,8 @@ fn flood_bytes(rate: &str, timeout: &str) -> (u64, Option<i32>, Duration) {
     (tap_rx_bytes() - before, code, started.elapsed())
 }
 
-#[test]
+#[kvm_test]
 fn test_net_guest_flooding_the_tap_is_rate_limited_and_timeout_stops_it() {
-    require_kvm!();
     in_netns(|| {
         let (limited, code, took) = flood_bytes("256K", "2s");
         assert_eq!(code, Some(124), "--timeout stops the flooding guest");
@@ -429,9 +420,8 @@ fn test_net_guest_flooding_the_tap_is_rate_limited_and_timeout_stops_it() {
     });
 }
 
-#[test]
+#[kvm_test]
 fn test_net_missing_tap_is_a_one_line_error() {
-    require_kvm!();
     in_netns(|| {
         let spec = format!("tap=nosuchtap,ip={GUEST_IP}/24");
         let out = vmm_run(&image("echo"), &["--net", &spec], &[]);
@@ -449,9 +439,8 @@ fn test_net_bad_spec_is_refused_before_boot() {
     assert!(stderr(&out).contains("ADDRESS/PREFIX"), "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_net_image_without_net_device_says_so() {
-    require_kvm!();
     let out = vmm_run(&image("echo"), &["--timeout", "10s"], &[]);
     assert_eq!(status(&out), 1);
     assert!(
