@@ -243,7 +243,7 @@ fn respond(head: &[u8], count: u64, out: &mut Vec<u8>) -> bool {
     } else if path.starts_with("/api/") || path == "/api" {
         body.extend_from_slice(b"{\"path\":\"");
         json_escape(path, &mut body);
-        let _ = write!(Bytes(&mut body), "\",\"count\":{count}}}\n");
+        let _ = writeln!(Bytes(&mut body), "\",\"count\":{count}}}");
         ("200 OK", "application/json")
     } else {
         body.extend_from_slice(b"not found\n");
@@ -291,5 +291,88 @@ impl Write for Bytes<'_> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         self.0.extend_from_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `format!` without its unwinding path (which a debug guest cannot link).
+    fn formatted(args: core::fmt::Arguments<'_>) -> alloc::string::String {
+        let mut out = alloc::string::String::new();
+        let _ = out.write_fmt(args);
+        out
+    }
+
+    fn answer(head: &str, count: u64) -> (bool, alloc::string::String) {
+        let mut out = Vec::new();
+        let keep_alive = respond(head.as_bytes(), count, &mut out);
+        (keep_alive, alloc::string::String::from_utf8(out).unwrap())
+    }
+
+    #[kernel::test]
+    fn test_respond_page_keeps_http11_connections_open() {
+        let (keep_alive, text) = answer("GET / HTTP/1.1\r\nHost: x", 1);
+        assert!(keep_alive);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains(&formatted(format_args!(
+            "Content-Length: {}\r\n",
+            PAGE.len()
+        ))));
+        assert!(text.ends_with(PAGE));
+    }
+
+    #[kernel::test]
+    fn test_respond_closes_on_request_or_http10() {
+        assert!(!answer("GET / HTTP/1.1\r\nConnection: close", 1).0);
+        assert!(!answer("GET / HTTP/1.0", 1).0);
+        assert!(answer("GET / HTTP/1.0\r\nconnection: Keep-Alive", 1).0);
+    }
+
+    #[kernel::test]
+    fn test_respond_api_echoes_path_escaped_and_count() {
+        let (_, text) = answer("GET /api/a\"b\\c HTTP/1.1", 42);
+        assert!(text.contains("application/json"));
+        assert!(
+            text.ends_with("{\"path\":\"/api/a\\\"b\\\\c\",\"count\":42}\n"),
+            "{text}"
+        );
+    }
+
+    #[kernel::test]
+    fn test_respond_head_sends_no_body() {
+        let (_, text) = answer("HEAD / HTTP/1.1", 1);
+        assert!(text.ends_with("\r\n\r\n"));
+        assert!(text.contains(&formatted(format_args!("Content-Length: {}", PAGE.len()))));
+    }
+
+    #[kernel::test]
+    fn test_respond_refuses_bad_requests_and_closes() {
+        for (head, status) in [
+            ("BREW / HTTP/1.1", "405"),
+            ("GET /", "400"),
+            ("GET / HTTP/2.0", "505"),
+            ("GET / HTTP/1.1 extra", "400"),
+            ("POST / HTTP/1.1\r\nContent-Length: 5", "413"),
+        ] {
+            let (keep_alive, text) = answer(head, 1);
+            assert!(!keep_alive, "{head}");
+            assert!(
+                text.starts_with(&formatted(format_args!("HTTP/1.1 {status}"))),
+                "{head}: {text}"
+            );
+        }
+        assert!(
+            answer("GET /nothing HTTP/1.1", 1)
+                .1
+                .starts_with("HTTP/1.1 404")
+        );
+    }
+
+    #[kernel::test]
+    fn test_find_locates_the_end_of_a_head() {
+        assert_eq!(find(b"ab\r\n\r\ncd", b"\r\n\r\n"), Some(2));
+        assert_eq!(find(b"ab\r\n", b"\r\n\r\n"), None);
     }
 }

@@ -7,6 +7,9 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::udp::{PacketBuffer, PacketMetadata, RecvError, SendError, Socket};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+/// A datagram's length and sender.
+type Received = (usize, (Ipv4Addr, u16));
+
 /// Datagrams each direction can hold.
 const PACKETS: usize = 32;
 /// Payload bytes each direction can hold.
@@ -66,7 +69,7 @@ impl UdpSocket {
 
     /// Waits for a datagram; its length and sender. A datagram longer than `buf` is dropped
     /// with [`NetError::TooLarge`].
-    pub fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, (Ipv4Addr, u16)), NetError> {
+    pub fn recv_from(&self, buf: &mut [u8]) -> Result<Received, NetError> {
         let handle = self.handle;
         with_stack(|stack| {
             stack.block_on(|stack| recv_step(stack.sockets.get_mut::<Socket>(handle), buf))
@@ -75,7 +78,7 @@ impl UdpSocket {
 
     /// A datagram if one has arrived, else [`NetError::WouldBlock`] (runs no part of the
     /// stack, no VM exit: see [`super::wait`]).
-    pub fn try_recv_from(&self, buf: &mut [u8]) -> Result<(usize, (Ipv4Addr, u16)), NetError> {
+    pub fn try_recv_from(&self, buf: &mut [u8]) -> Result<Received, NetError> {
         let handle = self.handle;
         with_stack(|stack| {
             recv_step(stack.sockets.get_mut::<Socket>(handle), buf)
@@ -84,10 +87,7 @@ impl UdpSocket {
     }
 }
 
-fn recv_step(
-    socket: &mut Socket<'static>,
-    buf: &mut [u8],
-) -> Option<Result<(usize, (Ipv4Addr, u16)), NetError>> {
+fn recv_step(socket: &mut Socket<'static>, buf: &mut [u8]) -> Option<Result<Received, NetError>> {
     match socket.recv_slice(buf) {
         Ok((n, meta)) => {
             let IpAddress::Ipv4(address) = meta.endpoint.addr;

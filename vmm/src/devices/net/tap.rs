@@ -86,9 +86,9 @@ impl Tap {
         // SAFETY: fcntl on an fd we own.
         let old = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
         // SAFETY: as above.
-        if old < 0
-            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, old | libc::O_NONBLOCK) } < 0
-        {
+        let set = old >= 0
+            && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, old | libc::O_NONBLOCK) } >= 0;
+        if !set {
             return Err(NetError::NotATap(std::io::Error::last_os_error()));
         }
         Ok(Self {

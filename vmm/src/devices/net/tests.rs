@@ -240,7 +240,8 @@ fn test_net_frame_from_a_foreign_mac_is_dropped() {
 
 #[test]
 fn test_net_bad_requests_stop_the_guest_and_send_nothing() {
-    let cases: [(&str, fn(&GuestRam)); 7] = [
+    type Setup = fn(&GuestRam);
+    let cases: [(&str, Setup); 7] = [
         ("too many to send", |ram| {
             request(ram, &[frame_from(MAC, 60, 0)], 0, 0, 0);
             let mut ex: NetExchange = ram.read_obj(REQUEST_AT).unwrap();
