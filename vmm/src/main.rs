@@ -130,6 +130,11 @@ enum Command {
         /// Run the workers without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
+        /// A network device for every instance, as for `vmm run --net`: in the tap name,
+        /// `{i}` becomes the instance's number (0, 1, ...), and the address grows by it
+        /// (tap=fl{i},ip=10.77.0.10/16: fl0 at 10.77.0.10, fl1 at 10.77.0.11, ...).
+        #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
+        net: Option<vmm::net::NetSpec>,
         /// Arguments for every instance.
         #[arg(last = true)]
         args: Vec<String>,
@@ -331,6 +336,7 @@ fn vmm_main() -> i32 {
             manifest,
             json,
             no_seccomp,
+            net,
             args,
         } => {
             let defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
@@ -342,6 +348,7 @@ fn vmm_main() -> i32 {
                 concurrency,
                 resident,
                 json,
+                net,
             )
         }
         Command::Run {
@@ -488,6 +495,7 @@ fn serve(config: vmm::serve::ServeConfig) -> i32 {
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "one per flag of vmm fleet")]
 fn fleet(
     image: Option<PathBuf>,
     manifest: Option<PathBuf>,
@@ -496,6 +504,7 @@ fn fleet(
     concurrency: usize,
     resident: bool,
     json: bool,
+    net: Option<vmm::net::NetSpec>,
 ) -> i32 {
     use vmm::fleet::{FleetSpec, Group};
     if !defaults.seccomp {
@@ -519,6 +528,7 @@ fn fleet(
         concurrency,
         resident,
         seccomp: defaults.seccomp,
+        net,
     };
     match vmm::fleet::run_fleet(&spec) {
         Ok(report) if json => {
