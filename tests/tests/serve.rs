@@ -225,3 +225,19 @@ fn test_serve_caps_how_long_a_request_may_run() {
     ]);
     assert_eq!(status(&out), 124, "{}", stderr(&out));
 }
+
+#[kvm_test]
+fn test_serve_request_with_net_is_refused_with_a_reason() {
+    let dir = tests::scratch_dir("serve-net");
+    let server = start_server(&dir, &[]);
+    let out = vmm(&[
+        "run",
+        "--via",
+        server.socket.to_str().unwrap(),
+        image("echo").to_str().unwrap(),
+        "--net",
+        "tap=tap0,ip=10.99.0.2/24",
+    ]);
+    assert_eq!(status(&out), 125);
+    assert!(stderr(&out).contains("network device"), "{}", stderr(&out));
+}

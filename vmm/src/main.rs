@@ -378,15 +378,12 @@ fn vmm_main() -> i32 {
             let mut vm = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
             vm.debug_blocked_syscall = debug_blocked_syscall;
             if let Some(socket) = via {
-                if net.is_some() {
-                    return usage("--net cannot be used with --via yet");
-                }
                 if format.is_some() {
                     return usage(
                         "--timeline cannot be used with --via (the guest runs in the server)",
                     );
                 }
-                return run_via(&socket, target, &vm);
+                return run_via(&socket, target, &vm, net.as_ref());
             }
             if let Some(spec) = net {
                 match spec.open() {
@@ -453,7 +450,12 @@ fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -
     status
 }
 
-fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
+fn run_via(
+    socket: &std::path::Path,
+    target: PathBuf,
+    vm: &VmConfig,
+    net: Option<&vmm::net::NetSpec>,
+) -> i32 {
     let request = vmm::serve::Request {
         target: std::path::absolute(&target).unwrap_or(target),
         args: vm.args.clone(),
@@ -463,6 +465,7 @@ fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
         max_output: vm.max_output,
         mem_size: vm.mem_size,
+        net: net.map(ToString::to_string),
     };
     match vmm::serve::run_via(socket, &request) {
         Ok(status) => status,

@@ -158,6 +158,12 @@ fn resolve(
     targets: &mut BTreeMap<PathBuf, Target>,
     request: &Request,
 ) -> Result<(PathBuf, Target), String> {
+    if request.net.is_some() {
+        // A runner's sandbox is built before it knows a request's tap: refused, not ignored.
+        return Err(
+            "this server does not run guests with a network device (--net): use vmm run".into(),
+        );
+    }
     let key = std::fs::canonicalize(&request.target)
         .map_err(|e| format!("cannot read {}: {e}", request.target.display()))?;
     let target = match targets.get(&key) {

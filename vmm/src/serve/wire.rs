@@ -43,6 +43,9 @@ pub struct Request {
     pub max_output: u64,
     /// Guest RAM for images (snapshots bring their own).
     pub mem_size: u64,
+    /// A network device, as `vmm run --net` takes it (absent from older clients' requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
 }
 
 /// The header of every frame.

@@ -135,6 +135,28 @@ impl NetSpec {
     }
 }
 
+impl std::fmt::Display for NetSpec {
+    /// The `--net` text that [`NetSpec::parse`] reads back into this spec.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tap {
+            TapSource::Name(name) => write!(f, "tap={name}")?,
+            TapSource::Fd(fd) => write!(f, "fd={fd}")?,
+        }
+        write!(f, ",ip={}/{}", self.ip, self.prefix_len)?;
+        if let Some(gateway) = self.gateway {
+            write!(f, ",gw={gateway}")?;
+        }
+        if let Some(m) = self.mac {
+            write!(
+                f,
+                ",mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )?;
+        }
+        write!(f, ",tx-rate={}", self.tx_rate)
+    }
+}
+
 fn set_once<T>(slot: &mut Option<T>, value: T, key: &str) -> Result<(), NetError> {
     if slot.is_some() {
         return Err(NetError::BadSpec(format!("{key} is given twice")));
@@ -290,6 +312,17 @@ mod tests {
         assert!(spec.for_instance(5).is_err(), "10.1.0.255 is the broadcast");
         let fixed_mac = NetSpec::parse("tap=f{i},ip=10.1.0.2/24,mac=02:00:00:00:00:01").unwrap();
         assert!(fixed_mac.for_instance(1).is_err());
+    }
+
+    #[test]
+    fn test_display_parses_back_to_the_same_spec() {
+        for text in [
+            "tap=ftap0,mac=02:00:00:00:00:07,ip=10.0.0.2/24,gw=10.0.0.1,tx-rate=1M",
+            "fd=5,ip=10.9.8.7/8",
+        ] {
+            let spec = NetSpec::parse(text).unwrap();
+            assert_eq!(NetSpec::parse(&spec.to_string()).unwrap(), spec);
+        }
     }
 
     #[test]
