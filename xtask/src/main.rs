@@ -5,6 +5,7 @@
 mod bench;
 mod guest;
 mod lint;
+mod netbench;
 mod runner;
 mod test;
 
@@ -47,6 +48,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure networking (time to first response, throughput, fleet density) against a
+    /// native server process and unshare, inside namespaces it makes; report in
+    /// target/bench/network.md.
+    BenchNetwork(netbench::BenchNetwork),
     /// Measure cold starts of our VMM against its peers; report in target/bench/.
     Bench(bench::Bench),
     /// Feed the ELF loader, hypercall decoder and exit handler N random and mutated inputs.
@@ -127,6 +132,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
         Task::Bench(args) => bench::run(args),
+        Task::BenchNetwork(args) => netbench::run(args),
         Task::Fuzz { cases } => {
             let status = cargo()
                 .args(["test", "--release", "--package", "tests", "--test", "fuzz"])
