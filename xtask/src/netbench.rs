@@ -93,7 +93,15 @@ pub fn run(args: BenchNetwork) -> Result<ExitCode> {
 fn build_native_httpd() -> Result<PathBuf> {
     let target_dir = project_root().join("target/vmm-static");
     let status = crate::cargo()
-        .args(["build", "--release", "--quiet", "--package", "xtask", "--bin", "native-httpd"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--bin",
+            "native-httpd",
+        ])
         .args(["--target", guest::GUEST_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -107,7 +115,9 @@ fn build_native_httpd() -> Result<PathBuf> {
     if !status.success() {
         bail!("building native-httpd failed");
     }
-    Ok(target_dir.join(guest::GUEST_TARGET).join("release/native-httpd"))
+    Ok(target_dir
+        .join(guest::GUEST_TARGET)
+        .join("release/native-httpd"))
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -119,9 +129,16 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("cannot run ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -133,25 +150,63 @@ struct Links {
 
 impl Links {
     fn make() -> Result<Links> {
-        let links = Links { peer_ns: format!("flick-bench-{}", std::process::id()) };
+        let links = Links {
+            peer_ns: format!("flick-bench-{}", std::process::id()),
+        };
         ip(&["link", "set", "lo", "up"])?;
         ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
         ip(&["addr", "add", &format!("{TAP_HOST}/24"), "dev", TAP])?;
         ip(&["link", "set", TAP, "up"])?;
-        ip(&["neigh", "replace", &GUEST.to_string(), "lladdr", GUEST_MAC, "dev", TAP, "nud", "permanent"])?;
+        ip(&[
+            "neigh",
+            "replace",
+            &GUEST.to_string(),
+            "lladdr",
+            GUEST_MAC,
+            "dev",
+            TAP,
+            "nud",
+            "permanent",
+        ])?;
         ip(&["netns", "add", &links.peer_ns])?;
         let ns = links.peer_ns.as_str();
-        ip(&["link", "add", VETH, "type", "veth", "peer", "name", VETH_PEER])?;
+        ip(&[
+            "link", "add", VETH, "type", "veth", "peer", "name", VETH_PEER,
+        ])?;
         ip(&["link", "set", VETH_PEER, "netns", ns])?;
         ip(&["addr", "add", &format!("{VETH_HOST}/24"), "dev", VETH])?;
         ip(&["link", "set", VETH, "up"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{NATIVE}/24"), "dev", VETH_PEER])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{NATIVE}/24"),
+            "dev",
+            VETH_PEER,
+        ])?;
         ip(&["-n", ns, "link", "set", VETH_PEER, "up"])?;
-        let out = Command::new("ip").args(["-n", ns, "-br", "link", "show", "dev", VETH_PEER]).output()?;
+        let out = Command::new("ip")
+            .args(["-n", ns, "-br", "link", "show", "dev", VETH_PEER])
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mac = text.split_whitespace().nth(2).context("the peer veth's MAC")?.to_owned();
-        ip(&["neigh", "replace", &NATIVE.to_string(), "lladdr", &mac, "dev", VETH, "nud", "permanent"])?;
+        let mac = text
+            .split_whitespace()
+            .nth(2)
+            .context("the peer veth's MAC")?
+            .to_owned();
+        ip(&[
+            "neigh",
+            "replace",
+            &NATIVE.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            VETH,
+            "nud",
+            "permanent",
+        ])?;
         Ok(links)
     }
 
@@ -229,7 +284,15 @@ fn spawn(
             let mut cmd = Command::new("nsenter");
             cmd.arg(format!("--net={}", links.peer_ns_path().display()))
                 .arg("unshare")
-                .args(["--mount", "--uts", "--ipc", "--pid", "--fork", "--cgroup", "--kill-child"])
+                .args([
+                    "--mount",
+                    "--uts",
+                    "--ipc",
+                    "--pid",
+                    "--fork",
+                    "--cgroup",
+                    "--kill-child",
+                ])
                 .arg(native)
                 .arg(&listen);
             cmd
@@ -238,7 +301,10 @@ fn spawn(
             let mut cmd = Command::new(vmm_path());
             cmd.arg("run")
                 .arg(httpd)
-                .args(["--net", &format!("tap={TAP},ip={GUEST}/24,gw={TAP_HOST},mac={GUEST_MAC}")])
+                .args([
+                    "--net",
+                    &format!("tap={TAP},ip={GUEST}/24,gw={TAP_HOST},mac={GUEST_MAC}"),
+                ])
                 .args(vm_flags);
             cmd
         }
@@ -247,7 +313,9 @@ fn spawn(
     if capture_stderr {
         cmd.stderr(Stdio::piped());
     }
-    let child = cmd.spawn().with_context(|| format!("cannot start {}", peer.name()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", peer.name()))?;
     drop(peer_ns);
     Ok(child)
 }
@@ -259,7 +327,10 @@ fn first_response(address: Ipv4Addr, limit: Duration) -> Result<()> {
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(1)) {
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            if stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_ok() {
+            if stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                .is_ok()
+            {
                 let mut head = [0u8; 12];
                 if stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200") {
                     return Ok(());
@@ -283,16 +354,29 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn measure(links: &Links, httpd: &Path, native: &Path, runs: usize, load: Duration, fleet: usize) -> Result<String> {
+fn measure(
+    links: &Links,
+    httpd: &Path,
+    native: &Path,
+    runs: usize,
+    load: Duration,
+    fleet: usize,
+) -> Result<String> {
     let peers = [Peer::Native, Peer::Unshare, Peer::Ours];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     // Interleaved rounds: load on the machine drifts, each peer sees the same drift.
     for _ in 0..runs {
         for (i, peer) in peers.iter().enumerate() {
             let started = Instant::now();
-            let server = Server(spawn(*peer, links, httpd, native, &["--timeout", "30s"], false)?);
-            first_response(peer.address(), Duration::from_secs(10))
-                .with_context(|| peer.name())?;
+            let server = Server(spawn(
+                *peer,
+                links,
+                httpd,
+                native,
+                &["--timeout", "30s"],
+                false,
+            )?);
+            first_response(peer.address(), Duration::from_secs(10)).with_context(|| peer.name())?;
             times[i].push(started.elapsed().as_secs_f64() * 1e3);
             drop(server);
         }
@@ -303,7 +387,12 @@ fn measure(links: &Links, httpd: &Path, native: &Path, runs: usize, load: Durati
         "Time to first response (spawn → first `GET /` answered 200), median of {runs}:\n\n| peer | ms | × native |\n|---|---:|---:|\n"
     ));
     for (i, peer) in peers.iter().enumerate() {
-        report.push_str(&format!("| {} | {:.2} | {:.2} |\n", peer.name(), medians[i], medians[i] / medians[0]));
+        report.push_str(&format!(
+            "| {} | {:.2} | {:.2} |\n",
+            peer.name(),
+            medians[i],
+            medians[i] / medians[0]
+        ));
     }
     report.push_str(&throughput(links, httpd, native, load)?);
     if fleet > 0 {
@@ -322,9 +411,15 @@ fn wrk(address: Ipv4Addr, load: Duration) -> Result<(f64, f64, u64)> {
         .context("cannot run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let field = |prefix: &str| {
-        text.lines().find_map(|l| l.trim_start().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+        text.lines().find_map(|l| {
+            l.trim_start()
+                .strip_prefix(prefix)
+                .map(|v| v.trim().to_owned())
+        })
     };
-    let rate: f64 = field("Requests/sec:").and_then(|v| v.parse().ok()).context(text.clone())?;
+    let rate: f64 = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .context(text.clone())?;
     let p99 = field("99%").map(|v| latency_ms(&v)).unwrap_or(f64::NAN);
     let count = text
         .lines()
@@ -336,7 +431,10 @@ fn wrk(address: Ipv4Addr, load: Duration) -> Result<(f64, f64, u64)> {
 }
 
 fn latency_ms(text: &str) -> f64 {
-    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
     let value: f64 = number.parse().unwrap_or(f64::NAN);
     match unit {
         "us" => value / 1e3,
@@ -352,7 +450,14 @@ fn throughput(links: &Links, httpd: &Path, native: &Path, load: Duration) -> Res
     let (native_rate, native_p99, _) = wrk(NATIVE, load)?;
     drop(server);
     let timeout = format!("{}s", load.as_secs() + 3);
-    let mut vm = spawn(Peer::Ours, links, httpd, native, &["--timeout", &timeout, "--timeline=json"], true)?;
+    let mut vm = spawn(
+        Peer::Ours,
+        links,
+        httpd,
+        native,
+        &["--timeout", &timeout, "--timeline=json"],
+        true,
+    )?;
     first_response(GUEST, Duration::from_secs(10))?;
     let (rate, p99, count) = wrk(GUEST, load)?;
     // The VM stops at its timeout and prints its exit counts.
@@ -363,7 +468,9 @@ fn throughput(links: &Links, httpd: &Path, native: &Path, load: Duration) -> Res
         "\nThroughput (wrk, 2 threads, 32 keep-alive connections, {} s, `GET /`):\n\n| server | requests/s | p99 ms | VM exits per request |\n|---|---:|---:|---:|\n",
         load.as_secs()
     );
-    text.push_str(&format!("| native process (veth) | {native_rate:.0} | {native_p99:.2} | - |\n"));
+    text.push_str(&format!(
+        "| native process (veth) | {native_rate:.0} | {native_p99:.2} | - |\n"
+    ));
     text.push_str(&format!(
         "| flick microVM (tap) | {rate:.0} ({:.2} × native) | {p99:.2} | {} |\n",
         rate / native_rate,
@@ -397,8 +504,18 @@ fn density(httpd: &Path, count: usize) -> Result<String> {
         Command::new(vmm_path())
             .args(["fleet"])
             .arg(httpd)
-            .args(["--count", &count.to_string(), "--concurrency", &count.to_string()])
-            .args(["--timeout", "120s", "--net", &format!("tap=fbfl{{i}},ip={FLEET_FIRST}/16")])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--concurrency",
+                &count.to_string(),
+            ])
+            .args([
+                "--timeout",
+                "120s",
+                "--net",
+                &format!("tap=fbfl{{i}},ip={FLEET_FIRST}/16"),
+            ])
             .args(["--", "--requests", "2", "--backlog", "2"])
             .stdout(Stdio::null())
             .spawn()

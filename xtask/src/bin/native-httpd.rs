@@ -12,7 +12,9 @@ const PAGE: &str = "<!doctype html>\n<html><head><title>flick httpd</title></hea
 static COUNT: AtomicU64 = AtomicU64::new(0);
 
 fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "0.0.0.0:80".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "0.0.0.0:80".into());
     let listener = match TcpListener::bind(&addr) {
         Ok(listener) => listener,
         Err(err) => {
@@ -52,7 +54,10 @@ fn respond(head: &str) -> (Vec<u8>, bool) {
     let mut lines = head.split("\r\n");
     let request: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
     let [method, path, version] = request[..] else {
-        return (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(), false);
+        return (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            false,
+        );
     };
     let mut keep_alive = version == "HTTP/1.1";
     for line in lines {
@@ -63,14 +68,22 @@ fn respond(head: &str) -> (Vec<u8>, bool) {
         }
     }
     if method != "GET" {
-        return (b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(), false);
+        return (
+            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+            false,
+        );
     }
     let count = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     let (status, kind, body) = if path == "/" {
         ("200 OK", "text/html; charset=utf-8", PAGE.to_owned())
     } else if path.starts_with("/api/") || path == "/api" {
         let escaped = path.replace('\\', "\\\\").replace('"', "\\\"");
-        ("200 OK", "application/json", format!("{{\"path\":\"{escaped}\",\"count\":{count}}}\n"))
+        (
+            "200 OK",
+            "application/json",
+            format!("{{\"path\":\"{escaped}\",\"count\":{count}}}\n"),
+        )
     } else {
         ("404 Not Found", "text/plain", "not found\n".to_owned())
     };
