@@ -462,3 +462,23 @@ fn test_net_seccomp_list_names_the_tap_calls() {
         assert!(line.contains("tap"), "{line}");
     }
 }
+
+#[kvm_test]
+fn test_net_httpd_restored_from_a_snapshot_serves() {
+    let dir = tests::scratch_dir("net-snapshot");
+    let snapshot = dir.join("httpd.snap");
+    tests::snapshot_image("httpd", &snapshot);
+    in_netns(|| {
+        let _guest = Guest::boot(
+            &snapshot,
+            &net_spec(""),
+            &["--timeout", "60s"],
+            &[],
+            "listening",
+        );
+        let mut stream = connect(80);
+        let (status, body) = get(&mut stream, "/api/restored");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&body).contains("\"count\":1"));
+    });
+}

@@ -230,14 +230,25 @@ fn test_serve_caps_how_long_a_request_may_run() {
 fn test_serve_request_with_net_is_refused_with_a_reason() {
     let dir = tests::scratch_dir("serve-net");
     let server = start_server(&dir, &[]);
-    let out = vmm(&[
-        "run",
-        "--via",
-        server.socket.to_str().unwrap(),
-        image("echo").to_str().unwrap(),
-        "--net",
-        "tap=tap0,ip=10.99.0.2/24",
-    ]);
+    let request = || {
+        vmm(&[
+            "run",
+            "--via",
+            server.socket.to_str().unwrap(),
+            image("echo").to_str().unwrap(),
+            "--net",
+            "tap=tap0,ip=10.99.0.2/24",
+        ])
+    };
+    let mut out = request();
+    // The socket file appears a moment before the server listens on it.
+    for _ in 0..100 {
+        if !stderr(&out).contains("cannot reach") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        out = request();
+    }
     assert_eq!(status(&out), 125);
     assert!(stderr(&out).contains("network device"), "{}", stderr(&out));
 }
