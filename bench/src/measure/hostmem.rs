@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The `/proc/meminfo` fields reported per VM, in report order.
-pub const FIELDS: [&str; 8] = [
+pub(crate) const FIELDS: [&str; 8] = [
     "AnonPages",
     "Slab",
     "SUnreclaim",
@@ -32,7 +32,7 @@ const QUIET_WINDOW: Duration = Duration::from_secs(1);
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 
 /// Parses `/proc/meminfo` text into KiB per field.
-pub fn parse(text: &str) -> BTreeMap<String, u64> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|line| {
             let (key, rest) = line.split_once(':')?;
@@ -43,7 +43,7 @@ pub fn parse(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// `/proc/meminfo` now (empty when unreadable).
-pub fn meminfo() -> BTreeMap<String, u64> {
+pub(crate) fn meminfo() -> BTreeMap<String, u64> {
     parse(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default())
 }
 
@@ -53,16 +53,16 @@ fn mem_available() -> u64 {
 
 /// How the wait for a quiet host went.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settled {
+pub(crate) struct Settled {
     /// Seconds waited.
-    pub waited_s: f64,
+    pub(crate) waited_s: f64,
     /// Whether `MemAvailable` became steady (else the wait hit its limit).
-    pub steady: bool,
+    pub(crate) steady: bool,
 }
 
 /// Waits until `MemAvailable` stops moving (the kernel done freeing earlier VMs): at least
 /// [`MIN_SETTLE`], at most [`MAX_SETTLE`].
-pub fn settle() -> Settled {
+pub(crate) fn settle() -> Settled {
     let start = Instant::now();
     std::thread::sleep(MIN_SETTLE);
     let mut last = mem_available();
@@ -82,7 +82,7 @@ pub fn settle() -> Settled {
 
 /// Reads `/proc/meminfo` in a thread until stopped, keeping the sample with the lowest
 /// `MemAvailable`.
-pub struct Sampler {
+pub(crate) struct Sampler {
     before: BTreeMap<String, u64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<BTreeMap<String, u64>>>,
@@ -90,7 +90,7 @@ pub struct Sampler {
 
 impl Sampler {
     /// Takes the "before" sample and starts sampling.
-    pub fn start() -> Sampler {
+    pub(crate) fn start() -> Sampler {
         let before = meminfo();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -116,7 +116,7 @@ impl Sampler {
 
     /// Stops sampling; returns each of [`FIELDS`] at the lowest `MemAvailable` minus before,
     /// divided by `count` (KiB per VM; `MemAvailable` as a drop, the others as growth).
-    pub fn per_vm(mut self, count: usize) -> BTreeMap<String, f64> {
+    pub(crate) fn per_vm(mut self, count: usize) -> BTreeMap<String, f64> {
         self.stop.store(true, Ordering::Relaxed);
         let lowest = self
             .thread
@@ -149,7 +149,7 @@ fn per_vm(
 
 /// The part of the `MemAvailable` drop that none of the counted fields explains (memory the
 /// hypervisor allocates page by page, for one), or `None` when a field is missing.
-pub fn unaccounted(per_vm: &BTreeMap<String, f64>) -> Option<f64> {
+pub(crate) fn unaccounted(per_vm: &BTreeMap<String, f64>) -> Option<f64> {
     let counted = [
         "AnonPages",
         "Slab",

@@ -1,0 +1,423 @@
+//! The fleet report: `fleet.json`, `fleet.md` (launch rate and latency per peer, memory per
+//! resident instance measured alike for every peer, our density run, the targets, and a
+//! README-ready block) and the chart `fleet.svg`.
+
+use super::markdown::{cell, kib, ms};
+use super::{svg, write};
+use crate::error::{Error, Result};
+use crate::fleet::{CONCURRENCY, FleetBench, ROUNDS, Resident, Row, WARMUP, cores};
+use crate::measure::Part;
+use crate::measure::hostmem;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Launch rate per core, issue 5.
+const RATE_TARGET_PER_CORE: f64 = 300.0;
+/// Launch rate per core, issue 15.
+const RATE_GOAL_PER_CORE: f64 = 1000.0;
+/// Host memory per resident VM by `MemAvailable`.
+const MEMORY_TARGET_KIB: f64 = 256.0;
+/// Resident VMs held at once.
+const RESIDENT_TARGET: usize = 1000;
+
+/// A target and whether it was met (`None`: not measured).
+#[derive(Serialize)]
+pub(crate) struct Target {
+    /// The target, and the issue that set it.
+    pub(crate) target: String,
+    /// What was measured.
+    pub(crate) measured: String,
+    /// Met or not.
+    pub(crate) met: Option<bool>,
+}
+
+/// The fleet bench with its targets, as written.
+#[derive(Serialize)]
+struct FleetReport<'a> {
+    #[serde(flatten)]
+    bench: &'a FleetBench,
+    targets: Vec<Target>,
+}
+
+/// Writes fleet.json, fleet.md and fleet.svg into `dir`; returns the Markdown.
+pub(crate) fn write_fleet(bench: &FleetBench, dir: &Path) -> Result<String> {
+    let report = FleetReport {
+        bench,
+        targets: targets(bench),
+    };
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(Error::json("cannot encode the fleet report"))?;
+    write(dir, "fleet.json", json + "\n")?;
+    let md = markdown(&report);
+    write(dir, "fleet.md", md.clone())?;
+    let bars: Vec<svg::RateBar> = bench
+        .rows
+        .iter()
+        .filter(|r| r.status == "ok")
+        .map(|r| svg::RateBar {
+            label: r.name.to_owned(),
+            rate: r.launch_rate,
+            highlight: r.name == "ours",
+        })
+        .collect();
+    let title = format!(
+        "Launch rate, {} instances {} at a time (per second, higher is better)",
+        bench.count, bench.concurrency
+    );
+    let cores = bench.machine.cores;
+    let target = RATE_TARGET_PER_CORE * cores as f64;
+    let label = format!("target: {RATE_TARGET_PER_CORE:.0}/s per core × {cores}");
+    write(
+        dir,
+        "fleet.svg",
+        svg::rate_chart(&title, &bars, Some((target, &label))),
+    )?;
+    Ok(md)
+}
+
+/// The memory per resident instance of `row` (ours': the density run's).
+fn resident_of<'a>(bench: &'a FleetBench, row: &'a Row) -> Option<&'a Part<Resident>> {
+    if row.name == "ours" {
+        bench.density.as_ref()
+    } else {
+        row.resident.as_ref()
+    }
+}
+
+/// The targets, judged on what was measured.
+fn targets(bench: &FleetBench) -> Vec<Target> {
+    let ours = bench
+        .rows
+        .iter()
+        .find(|r| r.name == "ours" && r.status == "ok");
+    let density = bench.density.as_ref().and_then(Part::done);
+    let rate = |goal: f64, issue: &str| Target {
+        target: format!("≥ {goal:.0} VMs/s per core ({issue})"),
+        measured: ours.map_or("not measured".into(), |r| {
+            format!(
+                "{:.0} VMs/s per core ({:.0}/s on {:.0} cores)",
+                r.launch_rate_per_core,
+                r.launch_rate,
+                cores()
+            )
+        }),
+        met: ours.map(|r| r.launch_rate_per_core >= goal),
+    };
+    let per_vm = density.and_then(Resident::mem_available_kib);
+    let memory = Target {
+        target: format!(
+            "≤ {MEMORY_TARGET_KIB:.0} KiB host memory per resident VM, by MemAvailable \
+             (issues 5 and 15)"
+        ),
+        measured: match (density, per_vm) {
+            (Some(d), Some(kib)) => format!(
+                "{kib:.0} KiB from MemAvailable (kernel included), {:.0} KiB from the VMM's RSS, \
+                 {} resident",
+                d.fleet.as_ref().map_or(0.0, |f| f.rss_per_vm_kib),
+                d.asked
+            ),
+            _ => "not measured".into(),
+        },
+        met: per_vm.map(|kib| kib <= MEMORY_TARGET_KIB),
+    };
+    let resident = Target {
+        target: format!("{RESIDENT_TARGET} resident VMs on this machine (issue 5)"),
+        measured: density.map_or("not measured".into(), |d| {
+            let alive = d.fleet.as_ref().map_or(0, |f| f.peak_concurrent);
+            let exited = if d.held { ", all exited 0" } else { "" };
+            format!("{alive} of {} alive at once{exited}", d.asked)
+        }),
+        met: density
+            .filter(|d| d.asked >= RESIDENT_TARGET)
+            .map(|d| d.held),
+    };
+    vec![
+        rate(RATE_TARGET_PER_CORE, "issue 5"),
+        rate(RATE_GOAL_PER_CORE, "issue 15"),
+        memory,
+        resident,
+    ]
+}
+
+fn markdown(report: &FleetReport<'_>) -> String {
+    let bench = report.bench;
+    let m = &bench.machine;
+    let mut md = format!("# flick fleet bench, {}\n\n", m.date);
+    let _ = writeln!(md, "{}.\n", machine_line(bench));
+    let _ = writeln!(
+        md,
+        "{} instances per peer, {CONCURRENCY} in flight at once, after {WARMUP} untimed ones; \
+         {ROUNDS} rounds of all peers interleaved, each peer's round with the median launch rate \
+         shown (every round's rate is in fleet.json). Ours: one `vmm fleet` process booting a \
+         VM per instance on {CONCURRENCY} worker threads; launch rate as it reports it, latency \
+         (creation → exit) from its instances. The others: the bench spawns and reaps each \
+         instance from {CONCURRENCY} threads; launch rate = instances / (first spawn → last \
+         exit), latency = spawn → `wait4`. Percentiles interpolated alike for every row. Every \
+         instance's output and status is checked.\n\n\
+         Memory / resident instance: the drop of the host's MemAvailable (kernel included) \
+         while N instances are alive at once, over N, for every peer alike (sampled every few ms \
+         by the bench, once MemAvailable was steady). Ours: `vmm fleet idle --resident` (the \
+         VMM process included); the others: N instances of a static program that prints \
+         \"ready\" and waits for the end of its stdin, started one after the other.",
+        bench.count
+    );
+    md.push_str(&table(bench));
+    let rounds: Vec<String> = bench
+        .rows
+        .iter()
+        .filter(|r| !r.rounds_launch_rate.is_empty())
+        .map(|r| {
+            let rates: Vec<String> = r
+                .rounds_launch_rate
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect();
+            format!("{} {}/s", r.name, rates.join(", "))
+        })
+        .collect();
+    if !rounds.is_empty() {
+        let _ = writeln!(md, "\nLaunch rate of each round: {}.", rounds.join("; "));
+    }
+    md.push_str(&resident_notes(bench));
+    md.push_str(&density_section(bench.density.as_ref()));
+    md.push_str(&targets_table(&report.targets));
+    md.push_str(
+        "\n## For README (paste as it is)\n\n<!-- from the bench report; do not edit by hand -->\n",
+    );
+    let _ = writeln!(
+        md,
+        "`cargo xtask bench --fleet {}`, {}: {}; {} instances, {CONCURRENCY} at a time, median \
+         of {ROUNDS} interleaved rounds.",
+        bench.count,
+        m.date,
+        machine_line(bench),
+        bench.count
+    );
+    md.push_str(&table(bench));
+    md.push_str(&targets_table(&report.targets).replace("\n## ", "\n#### "));
+    md
+}
+
+fn machine_line(bench: &FleetBench) -> String {
+    let m = &bench.machine;
+    format!(
+        "Linux {}, {} ({} cores), /dev/kvm: {}; load average at the start {}, at the end {}",
+        m.kernel, m.cpu, m.cores, m.kvm, bench.loadavg_at_start, m.loadavg
+    )
+}
+
+fn table(bench: &FleetBench) -> String {
+    let mut md = String::from(
+        "\n| peer | launch rate | per core | p50 | p90 | p99 | memory / resident instance |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for row in &bench.rows {
+        let name = if row.name == "ours" {
+            "**ours** (`vmm fleet`: a VM per instance)"
+        } else {
+            match row.name {
+                "native" => "native processes (static hello)",
+                "unshare" => "unshare sandboxes",
+                "crun" => "crun containers",
+                other => other,
+            }
+        };
+        let Some(l) = row.latency_us else {
+            let note = cell(row.note.as_deref().unwrap_or(""));
+            let _ = writeln!(md, "| {name} | {} | – | – | – | – | {note} |", row.status);
+            continue;
+        };
+        let memory = match resident_of(bench, row) {
+            Some(Part::Done(r)) => r.mem_available_kib().map_or("–".into(), |k| {
+                let held = if r.held { "" } else { " (not all held)" };
+                format!("{}{held}", kib(k))
+            }),
+            Some(Part::Missing { .. }) => "failed".into(),
+            None => "not measured".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0}/s | {:.0}/s | {} | {} | {} | {memory} |",
+            row.launch_rate,
+            row.launch_rate_per_core,
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+        );
+    }
+    md
+}
+
+/// How many instances each memory figure held, and why a figure is missing.
+fn resident_notes(bench: &FleetBench) -> String {
+    let notes: Vec<String> = bench
+        .rows
+        .iter()
+        .filter_map(|row| match resident_of(bench, row)? {
+            Part::Done(r) => Some(format!(
+                "{}: {} resident, MemAvailable steady after {:.0} s{}",
+                row.name,
+                r.asked,
+                r.settled.waited_s,
+                if r.settled.steady {
+                    ""
+                } else {
+                    " (still moving)"
+                }
+            )),
+            Part::Missing { unavailable } => {
+                Some(format!("{}: failed: {}", row.name, cell(unavailable)))
+            }
+        })
+        .collect();
+    if notes.is_empty() {
+        return String::new();
+    }
+    format!("\nMemory runs: {}.\n", notes.join("; "))
+}
+
+fn density_section(density: Option<&Part<Resident>>) -> String {
+    let mut md = String::from("\n## Density: our resident VMs\n\n");
+    match density {
+        None => return String::new(),
+        Some(Part::Missing { unavailable }) => {
+            let _ = writeln!(md, "Failed: {}.", cell(unavailable));
+        }
+        Some(Part::Done(d)) => {
+            let Some(f) = &d.fleet else {
+                return String::new();
+            };
+            let latency = f.latency().map_or(f.latency_us.p99, |l| l.p99);
+            let _ = writeln!(
+                md,
+                "`vmm fleet idle --count {} --resident`: every VM boots and parks, all are alive \
+                 at once, then all are released.\n\n\
+                 | resident VMs | held | MemAvailable / VM (bench) | MemAvailable / VM (vmm \
+                 fleet) | RSS / VM | VMM PSS at peak | launch rate | p99 to parked |\n\
+                 |---:|---|---:|---:|---:|---:|---:|---:|\n\
+                 | {} of {} | {} | {} | {} | {} | {} | {:.0}/s | {} |\n\n\
+                 MemAvailable / VM: the drop of the host's MemAvailable over the VMs (guest \
+                 pages, page tables, KVM's structures: the kernel included), as the bench \
+                 sampled it (lowest during the run) and as `vmm fleet` read it (at its peak); \
+                 RSS / VM: the growth of the VMM process's RSS, what is ours alone.\n\n{}",
+                d.asked,
+                f.peak_concurrent,
+                d.asked,
+                if d.held { "yes" } else { "**no**" },
+                d.mem_available_kib().map_or("–".into(), kib),
+                kib(f.mem_available_per_vm_kib),
+                kib(f.rss_per_vm_kib),
+                kib(f.memory.pss_at_peak_kib as f64),
+                f.launch_rate,
+                ms(latency),
+                meminfo_line(&d.meminfo_per_instance_kib)
+            );
+        }
+    }
+    md
+}
+
+/// Where the memory went, per VM, from the `/proc/meminfo` sample at the peak.
+fn meminfo_line(per_vm: &BTreeMap<String, f64>) -> String {
+    let mut parts: Vec<String> = hostmem::FIELDS
+        .iter()
+        .filter_map(|f| Some(format!("{f} {}", kib(*per_vm.get(*f)?))))
+        .collect();
+    if let Some(unaccounted) = hostmem::unaccounted(per_vm) {
+        parts.push(format!("in none of these {}", kib(unaccounted)));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Where it goes, per VM (`/proc/meminfo` at the lowest MemAvailable, minus before): {}.",
+        parts.join(", ")
+    )
+}
+
+fn targets_table(targets: &[Target]) -> String {
+    let mut md = String::from("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    for t in targets {
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(md, "| {} | {} | {met} |", t.target, t.measured);
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contracts::{FLEET_JSON_EXAMPLE, VmmFleet};
+    use crate::measure::hostmem::Settled;
+    use crate::measure::machine::Machine;
+
+    fn bench(rows: Vec<Row>, density: Option<Part<Resident>>) -> FleetBench {
+        FleetBench {
+            machine: Machine::detect(),
+            loadavg_at_start: String::new(),
+            count: 2,
+            concurrency: 2,
+            rows,
+            density,
+        }
+    }
+
+    fn ours(per_core: f64) -> Row {
+        let mut row = Row::missing("ours", "ok", String::new());
+        row.launch_rate_per_core = per_core;
+        row
+    }
+
+    fn resident(asked: usize, mem_available_kib: f64) -> Resident {
+        let fleet: VmmFleet = serde_json::from_str(FLEET_JSON_EXAMPLE).unwrap();
+        Resident {
+            asked,
+            held: true,
+            settled: Settled {
+                waited_s: 2.0,
+                steady: true,
+            },
+            meminfo_per_instance_kib: [("MemAvailable".to_owned(), mem_available_kib)].into(),
+            fleet: Some(fleet),
+        }
+    }
+
+    #[test]
+    fn test_targets_rate_met_only_at_300_per_core() {
+        let met = |per_core| targets(&bench(vec![ours(per_core)], None))[0].met;
+        assert_eq!(met(300.0), Some(true));
+        assert_eq!(met(299.0), Some(false));
+    }
+
+    #[test]
+    fn test_targets_without_density_are_not_measured() {
+        let t = targets(&bench(Vec::new(), None));
+        assert!(t.iter().all(|t| t.met.is_none()));
+    }
+
+    #[test]
+    fn test_targets_memory_uses_the_bench_sampled_mem_available() {
+        let t = targets(&bench(Vec::new(), Some(Part::Done(resident(100, 300.0)))));
+        assert_eq!(t[2].met, Some(false)); // 300 KiB per VM, though vmm fleet read 50
+        assert_eq!(t[3].met, None); // only 100 tried
+    }
+
+    #[test]
+    fn test_table_memory_column_is_mem_available_for_every_peer() {
+        let mut native = Row::missing("native", "ok", String::new());
+        native.latency_us = crate::contracts::Latency::of(&[300.0]);
+        native.resident = Some(Part::Done(resident(100, 150.0)));
+        let mut ours = ours(500.0);
+        ours.latency_us = crate::contracts::Latency::of(&[600.0]);
+        let bench = bench(vec![ours, native], Some(Part::Done(resident(100, 600.0))));
+        let md = table(&bench);
+        assert!(md.contains("| 600 KiB |"), "{md}");
+        assert!(md.contains("| 150 KiB |"), "{md}");
+    }
+}
