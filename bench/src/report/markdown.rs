@@ -178,10 +178,7 @@ impl Report {
 
     /// The block for README: machine and date, then the tables without the long descriptions.
     fn readme_block(&self) -> String {
-        let mut md = String::from(
-            "\n## For README (paste as it is)\n\n<!-- from the bench report; do not edit by \
-             hand -->\n",
-        );
+        let mut md = String::from("\n<!-- from the bench report; do not edit by hand -->\n");
         let _ = writeln!(
             md,
             "`cargo xtask bench`, {}: {} ({} runs per peer, medians).",
@@ -193,7 +190,8 @@ impl Report {
         md.push_str(&self.warm_table(false));
         md.push_str(&self.back_to_back_table());
         md.push_str(&self.targets_table());
-        md.replace("\n## ", "\n#### ")
+        let md = md.replace("\n## ", "\n#### ");
+        format!("\n## For README (paste as it is)\n{md}")
     }
 }
 
