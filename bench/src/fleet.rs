@@ -19,6 +19,7 @@ use crate::peers::{self, HELLO_PRINTS, IDLE_PRINTS};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
@@ -97,16 +98,6 @@ impl Row {
             vmm_fleet: None,
         }
     }
-
-    fn from_setup(setup: &Setup) -> Option<Row> {
-        match setup {
-            Setup::Ready(_) => None,
-            Setup::NotInstalled { name, install } => {
-                Some(Row::missing(name, "not installed", install.clone()))
-            }
-            Setup::Failed { name, reason } => Some(Row::missing(name, "failed", reason.clone())),
-        }
-    }
 }
 
 /// Each peer's round with the median launch rate (or its first failed round), with every
@@ -179,11 +170,17 @@ pub(crate) struct FleetBench {
 /// What the fleet bench runs: the VMM, the `hello` and `idle` images, `count` instances per
 /// peer, `resident` instances in the memory runs, in `dir`.
 pub(crate) struct Plan<'a> {
+    /// The VMM.
     pub(crate) vmm: &'a Path,
+    /// The `hello` image.
     pub(crate) hello: &'a Path,
+    /// The `idle` image.
     pub(crate) idle: &'a Path,
+    /// Where scratch files go.
     pub(crate) dir: &'a Path,
+    /// Instances per peer and round.
     pub(crate) count: usize,
+    /// Instances held at once in the memory runs.
     pub(crate) resident: usize,
 }
 
@@ -208,7 +205,10 @@ pub(crate) fn run(plan: &Plan<'_>, selected: &dyn Fn(&str) -> bool) -> FleetBenc
             std::thread::sleep(SETTLE);
             round.push(match setup {
                 Setup::Ready(peer) => process_row(peer, plan.count),
-                other => Row::from_setup(other).expect("not ready"),
+                Setup::NotInstalled { name, install } => {
+                    Row::missing(name, "not installed", install.clone())
+                }
+                Setup::Failed { name, reason } => Row::missing(name, "failed", reason.clone()),
             });
         }
         rounds.push(round);
@@ -478,7 +478,6 @@ fn start_resident(peer: &Peer, output: &Path, i: usize) -> Result<Child> {
     let err = out
         .try_clone()
         .map_err(Error::io("cannot duplicate the output file"))?;
-    use std::os::unix::process::CommandExt;
     peer.command(&format!("resident{i}"))
         .stdin(Stdio::piped())
         .stdout(out)

@@ -181,7 +181,11 @@ fn run_cold(options: &Options, built: &Built) -> Result<bool> {
         is_hello: options.image.is_none(),
         expect_status: options.expect_status,
     };
-    let hello = peers::native::build_hello(dir);
+    let hello = if peers::NEED_HELLO.iter().any(|n| selected(n)) {
+        peers::native::build_hello(dir)
+    } else {
+        Err(Error::Check("no peer runs the static hello".to_owned()))
+    };
     let setups = peers::prepare(dir, &ours, hello.as_deref(), &selected);
     let probe = peers::native::build_rss_probe(dir);
     let results = session::measure(&setups, runs, probe.as_deref());

@@ -27,6 +27,9 @@ pub(crate) const COLD: [&str; 10] = [
 ];
 /// The warm peers in report order: a request to something started ahead.
 pub(crate) const WARM: [&str; 3] = ["serve", "serve-process", "native-pool"];
+/// The peers that run the static hello.
+pub(crate) const NEED_HELLO: [&str; 6] =
+    ["native", "unshare", "crun", "runc", "docker", "native-pool"];
 /// What the static hello prints.
 pub(crate) const HELLO_PRINTS: &str = "hello";
 /// What the static idle program prints once it runs.
