@@ -151,7 +151,7 @@ fn run_fleet(options: &Options, built: &Built, count: Option<usize>) -> Result<b
         resident,
     };
     let bench = fleet::run(&plan, &|name| is_selected(&options.only, name));
-    let md = report::fleet::write_fleet(&bench, &options.out)?;
+    let md = report::write::fleet(&bench, &options.out)?;
     print!("{md}");
     println!("\nReport: {}", options.out.join("fleet.md").display());
     Ok(!bench
@@ -217,8 +217,8 @@ fn run_cold(options: &Options, built: &Built) -> Result<bool> {
         sha256,
         snapshot_memory,
     });
-    report.write(dir)?;
-    print!("{}", report.markdown());
+    let md = report::write::cold(&report, dir)?;
+    print!("{md}");
     println!("\nReport: {}", dir.join("report.md").display());
     Ok(!report.ours_failed())
 }

@@ -14,6 +14,9 @@ use crate::error::Result;
 use std::path::Path;
 use std::process::Command;
 
+/// The peer's name.
+pub(crate) const NAME: &str = "native-pool";
+
 /// The gateway and its workers (one program: `--worker` makes a worker).
 const WARM_POOL_C: &str = r#"#define _GNU_SOURCE
 #include <errno.h>
@@ -145,7 +148,7 @@ int main(int argc, char **argv) {
 pub(crate) fn setup(dir: &Path, hello: Payload<'_>) -> Setup {
     match prepare(dir, hello) {
         Ok(peer) => Setup::Ready(peer),
-        Err(err) => Setup::failed("native-pool", &err),
+        Err(err) => Setup::failed(NAME, &err),
     }
 }
 
@@ -160,7 +163,7 @@ fn prepare(dir: &Path, hello: Payload<'_>) -> Result<Peer> {
          request, refilled after the reply) over a Unix socket in vmm serve's wire format, \
          from the bench itself: connect and send → exit-status frame"
     );
-    let mut peer = Peer::new(dir, "native-pool", what, program, Vec::new(), hello.prints);
+    let mut peer = Peer::new(dir, NAME, what, program, Vec::new(), hello.prints);
     let client = Client::new(&socket, hello.path, &[], Some("hello\n"))?;
     peer.client = Some(client);
     peer.guard = Some(Box::new(server));

@@ -1,20 +1,17 @@
-//! The fleet report: `fleet.json`, `fleet.md` (launch rate and latency per peer, memory per
-//! resident instance measured alike for every peer, our density run, the targets, and a
-//! README-ready block) and the chart `fleet.svg`.
+//! The fleet report: the targets judged on the fleet bench, and its Markdown (launch rate and
+//! latency per peer, memory per resident instance measured alike for every peer, our density
+//! run, the targets, and a README-ready block).
 
-use super::markdown::{cell, kib, ms};
-use super::{svg, write};
-use crate::error::{Error, Result};
+use super::format::{cell, kib, ms};
 use crate::fleet::{CONCURRENCY, FleetBench, ROUNDS, Resident, Row, WARMUP, cores};
 use crate::measure::Part;
 use crate::measure::hostmem;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// Launch rate per core, issue 5.
-const RATE_TARGET_PER_CORE: f64 = 300.0;
+pub(crate) const RATE_TARGET_PER_CORE: f64 = 300.0;
 /// Launch rate per core, issue 15.
 const RATE_GOAL_PER_CORE: f64 = 1000.0;
 /// Host memory per resident VM by `MemAvailable`.
@@ -35,46 +32,22 @@ pub(crate) struct Target {
 
 /// The fleet bench with its targets, as written.
 #[derive(Serialize)]
-struct FleetReport<'a> {
+pub(crate) struct FleetReport<'a> {
+    /// What was measured.
     #[serde(flatten)]
-    bench: &'a FleetBench,
-    targets: Vec<Target>,
+    pub(crate) bench: &'a FleetBench,
+    /// The targets judged on it.
+    pub(crate) targets: Vec<Target>,
 }
 
-/// Writes fleet.json, fleet.md and fleet.svg into `dir`; returns the Markdown.
-pub(crate) fn write_fleet(bench: &FleetBench, dir: &Path) -> Result<String> {
-    let report = FleetReport {
-        bench,
-        targets: targets(bench),
-    };
-    let json = serde_json::to_string_pretty(&report)
-        .map_err(Error::json("cannot encode the fleet report"))?;
-    write(dir, "fleet.json", json + "\n")?;
-    let md = markdown(&report);
-    write(dir, "fleet.md", md.clone())?;
-    let bars: Vec<svg::RateBar> = bench
-        .rows
-        .iter()
-        .filter(|r| r.status == "ok")
-        .map(|r| svg::RateBar {
-            label: r.name.to_owned(),
-            rate: r.launch_rate,
-            highlight: r.name == "ours",
-        })
-        .collect();
-    let title = format!(
-        "Launch rate, {} instances {} at a time (per second, higher is better)",
-        bench.count, bench.concurrency
-    );
-    let cores = bench.machine.cores;
-    let target = RATE_TARGET_PER_CORE * cores as f64;
-    let label = format!("target: {RATE_TARGET_PER_CORE:.0}/s per core × {cores}");
-    write(
-        dir,
-        "fleet.svg",
-        svg::rate_chart(&title, &bars, Some((target, &label))),
-    )?;
-    Ok(md)
+impl FleetReport<'_> {
+    /// The report of `bench`, with its targets.
+    pub(crate) fn new(bench: &FleetBench) -> FleetReport<'_> {
+        FleetReport {
+            bench,
+            targets: targets(bench),
+        }
+    }
 }
 
 /// The memory per resident instance of `row` (ours': the density run's).
@@ -141,7 +114,8 @@ fn targets(bench: &FleetBench) -> Vec<Target> {
     ]
 }
 
-fn markdown(report: &FleetReport<'_>) -> String {
+/// The fleet report as Markdown.
+pub(crate) fn markdown(report: &FleetReport<'_>) -> String {
     let bench = report.bench;
     let m = &bench.machine;
     let mut md = format!("# flick fleet bench, {}\n\n", m.date);

@@ -3,7 +3,8 @@
 //! back-to-back rows, the targets, snapshot memory, our phases beside the floor's, the compute
 //! comparison, and a README-ready block stating machine and date that can be pasted as it is.
 
-use super::{NATIVE_POOL, PeerReport, Report};
+use super::format::{cell, ms, peak_rss, readme_label, short_label};
+use super::{PeerReport, Report};
 use crate::contracts::Phase;
 use crate::measure::Part;
 use crate::measure::timeline::Timeline;
@@ -165,8 +166,8 @@ impl Report {
             return String::new();
         }
         let mut md = String::from(
-            "\n## Targets\n\nJudged on the medians above (until the command returned): cold \
-             rows against cold rows, warm against warm.\n\n\
+            "\n## Targets\n\nJudged on the medians above (until the command returned, unless \
+             the target says otherwise): cold rows against cold rows, warm against warm.\n\n\
              | kind | target | measured | met |\n|---|---|---|---|\n",
         );
         for t in &self.targets {
@@ -270,34 +271,6 @@ fn bold_ours(name: &str) -> String {
         "**ours**".to_owned()
     } else {
         short_label(name).to_owned()
-    }
-}
-
-/// A peer's name as tables and charts show it.
-pub(crate) fn short_label(name: &str) -> &str {
-    match name {
-        "serve-process" => "serve (process)",
-        NATIVE_POOL => "native pool",
-        other => other,
-    }
-}
-
-/// A peer's name with what it runs, for README.
-fn readme_label(name: &str) -> &str {
-    match name {
-        "ours" => "**ours** (`vmm run hello`)",
-        "restore" => "**restore** (`vmm run --from hello.snap`)",
-        "floor" => "floor (C: only the KVM calls of a boot)",
-        "native" => "native (static glibc hello)",
-        "true" => "`/bin/true` (dynamic)",
-        "unshare" => "unshare (all namespaces)",
-        "crun" => "crun (no wrapper)",
-        "docker" => "Docker",
-        "qemu" => "QEMU microvm + qboot",
-        "serve" => "**serve** (warm request to `vmm serve`, client in-process)",
-        "serve-process" => "**serve (process)** (`vmm run --via`)",
-        NATIVE_POOL => "native pool (warm request to a pre-started process, client in-process)",
-        other => other,
     }
 }
 
@@ -443,58 +416,4 @@ fn sha256_section(sha: Option<&Part<Comparison>>) -> String {
         }
     }
     md
-}
-
-/// Microseconds as milliseconds with about three significant digits.
-pub(crate) fn ms(us: f64) -> String {
-    let ms = us / 1000.0;
-    match ms {
-        x if x < 10.0 => format!("{x:.2} ms"),
-        x if x < 100.0 => format!("{x:.1} ms"),
-        x => format!("{x:.0} ms"),
-    }
-}
-
-/// KiB as KiB, or MiB from 10 MiB on.
-pub(crate) fn kib(kib: f64) -> String {
-    if kib >= 10240.0 {
-        format!("{:.1} MiB", kib / 1024.0)
-    } else {
-        format!("{kib:.0} KiB")
-    }
-}
-
-fn peak_rss(kib: Option<u64>) -> String {
-    kib.map_or_else(
-        || "–".to_owned(),
-        |k| format!("{:.1} MiB", k as f64 / 1024.0),
-    )
-}
-
-/// Text made safe for one Markdown table cell.
-pub(crate) fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_ms_keeps_three_digits() {
-        assert_eq!(ms(650.0), "0.65 ms");
-        assert_eq!(ms(34_700.0), "34.7 ms");
-        assert_eq!(ms(308_000.0), "308 ms");
-    }
-
-    #[test]
-    fn test_cell_escapes_pipes_and_newlines() {
-        assert_eq!(cell("a|b\nc"), "a\\|b c");
-    }
-
-    #[test]
-    fn test_kib_switches_to_mib_at_ten() {
-        assert_eq!(kib(634.4), "634 KiB");
-        assert_eq!(kib(20480.0), "20.0 MiB");
-    }
 }
