@@ -161,6 +161,8 @@ pub(crate) struct FleetBench {
     pub(crate) count: usize,
     /// In flight at once.
     pub(crate) concurrency: usize,
+    /// Instances held at once per peer in the memory runs.
+    pub(crate) resident: usize,
     /// The peers, ours first.
     pub(crate) rows: Vec<Row>,
     /// Ours' resident VMs (the density run), or why it is missing.
@@ -224,6 +226,7 @@ pub(crate) fn run(plan: &Plan<'_>, selected: &dyn Fn(&str) -> bool) -> FleetBenc
         loadavg_at_start,
         count: plan.count,
         concurrency: CONCURRENCY,
+        resident: plan.resident,
         rows,
         density,
     }

@@ -59,7 +59,9 @@ pub(crate) struct Peer {
     pub(crate) name: &'static str,
     /// What it is, for the report.
     pub(crate) what: String,
+    /// The program a run starts (for an in-process peer: the server's, for the report).
     pub(crate) program: PathBuf,
+    /// Its arguments; [`RUN_ID`] stands for an id unique to the run.
     pub(crate) args: Vec<String>,
     /// What every run's output must contain (`None`: anything).
     pub(crate) expect_output: Option<String>,

@@ -163,11 +163,12 @@ pub(crate) fn markdown(report: &FleetReport<'_>) -> String {
     let _ = writeln!(
         md,
         "`cargo xtask bench --fleet {}`, {}: {}; {} instances, {CONCURRENCY} at a time, median \
-         of {ROUNDS} interleaved rounds.",
+         of {ROUNDS} interleaved rounds; memory: {} resident instances per peer.",
         bench.count,
         m.date,
         machine_line(bench),
-        bench.count
+        bench.count,
+        bench.resident
     );
     md.push_str(&table(bench));
     md.push_str(&targets_table(&report.targets).replace("\n## ", "\n#### "));
@@ -337,6 +338,7 @@ mod tests {
             loadavg_at_start: String::new(),
             count: 2,
             concurrency: 2,
+            resident: 100,
             rows,
             density,
         }
