@@ -58,6 +58,10 @@ pub(crate) struct Settled {
     pub(crate) waited_s: f64,
     /// Whether `MemAvailable` became steady (else the wait hit its limit).
     pub(crate) steady: bool,
+    /// How far `MemAvailable` moved in the last second of the wait, KiB: the host's own noise,
+    /// which a run over N instances carries at about this / N per instance.
+    #[serde(default)]
+    pub(crate) last_move_kib: u64,
 }
 
 /// Waits until `MemAvailable` stops moving (the kernel done freeing earlier VMs): at least
@@ -69,11 +73,13 @@ pub(crate) fn settle() -> Settled {
     loop {
         std::thread::sleep(QUIET_WINDOW);
         let now = mem_available();
-        let steady = now.abs_diff(last) < QUIET_KIB;
+        let moved = now.abs_diff(last);
+        let steady = moved < QUIET_KIB;
         if steady || start.elapsed() >= MAX_SETTLE {
             return Settled {
                 waited_s: start.elapsed().as_secs_f64(),
                 steady,
+                last_move_kib: moved,
             };
         }
         last = now;

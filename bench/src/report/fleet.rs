@@ -232,15 +232,18 @@ fn resident_notes(bench: &FleetBench) -> String {
         .iter()
         .filter_map(|row| match resident_of(bench, row)? {
             Part::Done(r) => Some(format!(
-                "{}: {} resident, MemAvailable steady after {:.0} s{}",
+                "{}: {} resident, after a wait of {:.0} s for a steady MemAvailable{} (it moved \
+                 {} in the last second: about ±{} per instance of the host's own noise)",
                 row.name,
                 r.asked,
                 r.settled.waited_s,
                 if r.settled.steady {
                     ""
                 } else {
-                    " (still moving)"
-                }
+                    ", which never came"
+                },
+                kib(r.settled.last_move_kib as f64),
+                kib(r.settled.last_move_kib as f64 / r.asked.max(1) as f64)
             )),
             Part::Missing { unavailable } => {
                 Some(format!("{}: failed: {}", row.name, cell(unavailable)))
@@ -358,6 +361,7 @@ mod tests {
             settled: Settled {
                 waited_s: 2.0,
                 steady: true,
+                last_move_kib: 100,
             },
             meminfo_per_instance_kib: [("MemAvailable".to_owned(), mem_available_kib)].into(),
             fleet: Some(fleet),

@@ -3,7 +3,7 @@
 //! back-to-back rows, the targets, snapshot memory, our phases beside the floor's, the compute
 //! comparison, and a README-ready block stating machine and date that can be pasted as it is.
 
-use super::format::{cell, ms, peak_rss, readme_label, short_label};
+use super::format::{cell, kib, ms, peak_rss, readme_label, short_label};
 use super::{PeerReport, Report};
 use crate::contracts::Phase;
 use crate::measure::Part;
@@ -290,7 +290,8 @@ fn snapshot_section(memory: Option<&Part<SnapshotMemory>>) -> String {
                  idle.snap --count {} --resident`): PSS of the VMM at the peak / VMs (its own \
                  pages included; the snapshot's pages shared through the page cache) \
                  **{:.0} KiB**, RSS growth / VM {:.0} KiB, MemAvailable drop / VM (kernel \
-                 included) {:.0} KiB (measured once MemAvailable was steady, after {:.0} s{}).",
+                 included) {:.0} KiB (measured once MemAvailable was steady, after {:.0} s{}; it \
+                 moved {} in the last second: about ±{} per VM of the host's own noise).",
                 m.count,
                 m.count,
                 m.pss_per_vm_kib,
@@ -301,7 +302,9 @@ fn snapshot_section(memory: Option<&Part<SnapshotMemory>>) -> String {
                     ""
                 } else {
                     ", still moving"
-                }
+                },
+                kib(m.settled.last_move_kib as f64),
+                kib(m.settled.last_move_kib as f64 / m.count.max(1) as f64)
             );
         }
     }
