@@ -127,26 +127,58 @@ fn median_rounds(rounds: Vec<Vec<Row>>) -> Vec<Row> {
         .collect()
 }
 
-/// Instances held alive at once, and what they cost the host.
+/// One memory round of one peer: instances held alive at once, and what they cost the host.
 #[derive(Serialize)]
-pub(crate) struct Resident {
-    /// Instances asked for.
-    pub(crate) asked: usize,
+pub(crate) struct ResidentRound {
     /// Whether every one was alive at once and exited 0 when released.
     pub(crate) held: bool,
-    /// The wait for the kernel to finish freeing earlier instances.
+    /// The wait for a steady `MemAvailable` before the round.
     pub(crate) settled: Settled,
-    /// `/proc/meminfo` fields at the lowest `MemAvailable` of the run minus before, per
-    /// instance, KiB (`MemAvailable` as a drop, the others as growth).
+    /// The drop of `MemAvailable` from right before the first instance to the moment all were
+    /// alive, per instance, KiB (ours: as `vmm fleet` reads it, the same two moments).
+    pub(crate) mem_available_kib: f64,
+    /// `/proc/meminfo` fields at the peak minus before, per instance, KiB (`MemAvailable` as a
+    /// drop, the others as growth); ours: at the lowest `MemAvailable` the bench sampled.
     pub(crate) meminfo_per_instance_kib: BTreeMap<String, f64>,
     /// Ours: `vmm fleet`'s report.
     pub(crate) fleet: Option<VmmFleet>,
 }
 
+/// A peer's memory rounds: the round with the median figure, and every round's figure.
+#[derive(Serialize)]
+pub(crate) struct Resident {
+    /// Instances held at once in each round.
+    pub(crate) asked: usize,
+    /// Whether every round held them all.
+    pub(crate) held: bool,
+    /// Each round's `MemAvailable` drop per instance, KiB.
+    pub(crate) rounds_kib: Vec<f64>,
+    /// The round with the median figure.
+    pub(crate) median_round: ResidentRound,
+}
+
 impl Resident {
-    /// The drop of `MemAvailable` per instance, KiB.
-    pub(crate) fn mem_available_kib(&self) -> Option<f64> {
-        self.meminfo_per_instance_kib.get("MemAvailable").copied()
+    /// The median round's `MemAvailable` drop per instance, KiB.
+    pub(crate) fn mem_available_kib(&self) -> f64 {
+        self.median_round.mem_available_kib
+    }
+
+    /// The median of `rounds` (the first failure, if one failed).
+    fn of(asked: usize, rounds: Vec<Result<ResidentRound>>) -> Result<Resident> {
+        let mut rounds = rounds.into_iter().collect::<Result<Vec<_>>>()?;
+        let held = rounds.iter().all(|r| r.held);
+        let rounds_kib: Vec<f64> = rounds.iter().map(|r| r.mem_available_kib).collect();
+        rounds.sort_by(|a, b| a.mem_available_kib.total_cmp(&b.mem_available_kib));
+        let middle = rounds.len().checked_sub(1).map(|n| n / 2);
+        let median_round = middle
+            .map(|i| rounds.swap_remove(i))
+            .ok_or_else(|| Error::Check("no memory rounds".to_owned()))?;
+        Ok(Resident {
+            asked,
+            held,
+            rounds_kib,
+            median_round,
+        })
     }
 }
 
@@ -217,10 +249,7 @@ pub(crate) fn run(plan: &Plan<'_>, selected: &dyn Fn(&str) -> bool) -> FleetBenc
     }
     let mut rows = median_rounds(rounds);
     drop(setups);
-    let density = selected("density").then(|| Part::from_result(density(plan)));
-    if selected("density") {
-        resident_rows(plan, &mut rows, selected);
-    }
+    let density = selected("density").then(|| memory_runs(plan, &mut rows, selected));
     FleetBench {
         machine: Machine::detect(),
         loadavg_at_start,
@@ -358,9 +387,50 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Ours' resident VMs: `vmm fleet idle --resident`, once the host's memory is steady, with
-/// `/proc/meminfo` sampled throughout.
-fn density(plan: &Plan<'_>) -> Result<Resident> {
+/// Rounds of the memory runs, interleaved across peers; each peer's median round is reported.
+const MEMORY_ROUNDS: usize = 3;
+
+/// The memory runs: [`MEMORY_ROUNDS`] rounds of ours (`vmm fleet idle --resident`) and of every
+/// process row that ran (N `idle` processes), each round once the host's memory is steady.
+/// Returns ours; the process rows get theirs.
+fn memory_runs(
+    plan: &Plan<'_>,
+    rows: &mut [Row],
+    selected: &dyn Fn(&str) -> bool,
+) -> Part<Resident> {
+    let idle = native::build_idle(plan.dir);
+    let idle = idle.as_deref().map(|path| Payload {
+        path,
+        name: "idle",
+        prints: IDLE_PRINTS,
+    });
+    let ran = |name: &str| rows.iter().any(|r| r.name == name && r.status == "ok");
+    let setups = peers::prepare_processes(plan.dir, idle, &|n| selected(n) && ran(n));
+    let mut ours = Vec::new();
+    let mut theirs: Vec<Vec<Result<ResidentRound>>> = setups.iter().map(|_| Vec::new()).collect();
+    for _ in 0..MEMORY_ROUNDS {
+        ours.push(density_round(plan));
+        for (setup, rounds) in setups.iter().zip(&mut theirs) {
+            rounds.push(match setup {
+                Setup::Ready(peer) => resident_round(plan.dir, peer, plan.resident),
+                Setup::NotInstalled { install, .. } => {
+                    Err(Error::Check(format!("not installed: {install}")))
+                }
+                Setup::Failed { reason, .. } => Err(Error::Check(reason.clone())),
+            });
+        }
+    }
+    for (setup, rounds) in setups.iter().zip(theirs) {
+        if let Some(row) = rows.iter_mut().find(|r| r.name == setup.name()) {
+            row.resident = Some(Part::from_result(Resident::of(plan.resident, rounds)));
+        }
+    }
+    Part::from_result(Resident::of(plan.resident, ours))
+}
+
+/// One round of ours' resident VMs: `vmm fleet idle --resident`, once the host's memory is
+/// steady, with `/proc/meminfo` sampled throughout for where the memory went.
+fn density_round(plan: &Plan<'_>) -> Result<ResidentRound> {
     let settled = hostmem::settle();
     let sampler = hostmem::Sampler::start();
     let fleet = ours::vmm_fleet(
@@ -372,40 +442,30 @@ fn density(plan: &Plan<'_>) -> Result<Resident> {
     );
     let meminfo_per_instance_kib = sampler.per_vm(plan.resident);
     let fleet = fleet?;
-    Ok(Resident {
-        asked: plan.resident,
+    Ok(ResidentRound {
         held: fleet.peak_concurrent == plan.resident && fleet.all_exit_0(),
         settled,
+        mem_available_kib: fleet.mem_available_per_vm_kib,
         meminfo_per_instance_kib,
         fleet: Some(fleet),
     })
 }
 
-/// Measures the resident memory of every process row that ran, running the static `idle`
-/// program instead of hello.
-fn resident_rows(plan: &Plan<'_>, rows: &mut [Row], selected: &dyn Fn(&str) -> bool) {
-    let idle = native::build_idle(plan.dir);
-    let idle = idle.as_deref().map(|path| Payload {
-        path,
-        name: "idle",
-        prints: IDLE_PRINTS,
-    });
-    let setups = peers::prepare_processes(plan.dir, idle, selected);
-    for setup in &setups {
-        let Some(row) = rows
-            .iter_mut()
-            .find(|r| r.name == setup.name() && r.status == "ok")
-        else {
-            continue;
-        };
-        row.resident = Some(Part::from_result(match setup {
-            Setup::Ready(peer) => resident_processes(plan.dir, peer, plan.resident),
-            Setup::NotInstalled { install, .. } => {
-                Err(Error::Check(format!("not installed: {install}")))
-            }
-            Setup::Failed { reason, .. } => Err(Error::Check(reason.clone())),
-        }));
-    }
+/// One round of `count` instances of `peer` alive at once, once the host's memory is steady.
+fn resident_round(dir: &Path, peer: &Peer, count: usize) -> Result<ResidentRound> {
+    let settled = hostmem::settle();
+    let (held, meminfo_per_instance_kib) = hold_resident(dir, peer, count)?;
+    let mem_available_kib = meminfo_per_instance_kib
+        .get("MemAvailable")
+        .copied()
+        .ok_or_else(|| Error::Check("/proc/meminfo has no MemAvailable".to_owned()))?;
+    Ok(ResidentRound {
+        held,
+        settled,
+        mem_available_kib,
+        meminfo_per_instance_kib,
+        fleet: None,
+    })
 }
 
 /// Instances of `peer` (running `idle`) that the bench keeps alive and releases.
@@ -425,27 +485,15 @@ impl Drop for Instances {
     }
 }
 
-/// `count` instances of `peer` alive at once, once the host's memory is steady.
-fn resident_processes(dir: &Path, peer: &Peer, count: usize) -> Result<Resident> {
-    let settled = hostmem::settle();
-    let (held, meminfo_per_instance_kib) = hold_resident(dir, peer, count)?;
-    Ok(Resident {
-        asked: count,
-        held,
-        settled,
-        meminfo_per_instance_kib,
-        fleet: None,
-    })
-}
-
 /// `count` instances of `peer` alive at once (each started once the previous one said what it
 /// prints), then released by closing their stdin; returns whether all exited 0 and the
-/// `/proc/meminfo` fields per instance, sampled throughout.
+/// `/proc/meminfo` fields per instance from right before the first to the moment all were
+/// alive.
 fn hold_resident(dir: &Path, peer: &Peer, count: usize) -> Result<(bool, BTreeMap<String, f64>)> {
     let outputs = dir.join("resident");
     std::fs::create_dir_all(&outputs)
         .map_err(Error::io(format!("cannot create {}", outputs.display())))?;
-    let sampler = hostmem::Sampler::start();
+    let before = hostmem::meminfo();
     let mut instances = Instances {
         children: Vec::with_capacity(count),
     };
@@ -456,8 +504,8 @@ fn hold_resident(dir: &Path, peer: &Peer, count: usize) -> Result<(bool, BTreeMa
         let last = instances.children.last_mut().expect("just pushed");
         wait_until_ready(last, &output, peer)
     });
-    let meminfo_per_instance_kib = sampler.per_vm(count);
     started?;
+    let meminfo_per_instance_kib = hostmem::per_instance(&before, &hostmem::meminfo(), count);
     for child in &mut instances.children {
         drop(child.stdin.take()); // end of stdin: the instance exits
     }
@@ -571,6 +619,33 @@ mod tests {
         let (held, per_instance) = hold_resident(&dir, &peer, 3).unwrap();
         assert!(held);
         assert!(per_instance.contains_key("MemAvailable"));
+    }
+
+    fn round(kib: f64) -> Result<ResidentRound> {
+        Ok(ResidentRound {
+            held: true,
+            settled: Settled {
+                waited_s: 2.0,
+                steady: true,
+                last_move_kib: 0,
+            },
+            mem_available_kib: kib,
+            meminfo_per_instance_kib: BTreeMap::new(),
+            fleet: None,
+        })
+    }
+
+    #[test]
+    fn test_resident_of_rounds_reports_the_median_round() {
+        let resident = Resident::of(10, vec![round(0.0), round(300.0), round(120.0)]).unwrap();
+        assert_eq!(resident.mem_available_kib(), 120.0);
+        assert_eq!(resident.rounds_kib, [0.0, 300.0, 120.0]);
+    }
+
+    #[test]
+    fn test_resident_of_a_failed_round_fails() {
+        let failed = Err(Error::Check("boom".to_owned()));
+        assert!(Resident::of(10, vec![round(1.0), failed]).is_err());
     }
 
     #[test]

@@ -129,12 +129,13 @@ impl Sampler {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default();
-        per_vm(&self.before, &lowest, count)
+        per_instance(&self.before, &lowest, count)
     }
 }
 
-/// Each of [`FIELDS`] from `before` to `peak`, per VM.
-fn per_vm(
+/// Each of [`FIELDS`] from `before` to `peak`, per instance (`MemAvailable` as a drop, the
+/// others as growth).
+pub(crate) fn per_instance(
     before: &BTreeMap<String, u64>,
     peak: &BTreeMap<String, u64>,
     count: usize,
@@ -194,7 +195,7 @@ mod tests {
                 .replace("20000000", "19900000")
                 .replace("100000", "150000"),
         );
-        let per_vm = per_vm(&before, &peak, 100);
+        let per_vm = per_instance(&before, &peak, 100);
         assert_eq!(per_vm["MemAvailable"], 1000.0);
         assert_eq!(per_vm["Slab"], 500.0);
         assert!(!per_vm.contains_key("KernelStack"));
