@@ -179,6 +179,7 @@ pub(crate) fn markdown(report: &FleetReport<'_>) -> String {
         bench.resident
     );
     md.push_str(&table(bench));
+    md.push_str(&memory_rounds_line(bench));
     md.push_str(&targets_table(&report.targets).replace("\n## ", "\n#### "));
     md
 }
@@ -268,6 +269,26 @@ fn resident_notes(bench: &FleetBench) -> String {
         return String::new();
     }
     format!("\nMemory runs: {}.\n", notes.join("; "))
+}
+
+/// Every memory round's figure per peer, on one line (the spread is the host's noise).
+fn memory_rounds_line(bench: &FleetBench) -> String {
+    let rounds: Vec<String> = bench
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let r = resident_of(bench, row)?.done()?;
+            let figures: Vec<String> = r.rounds_kib.iter().map(|k| format!("{k:.0}")).collect();
+            Some(format!("{} {} KiB", row.name, figures.join(", ")))
+        })
+        .collect();
+    if rounds.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nMemory / resident instance in each round (the median is shown above): {}.\n",
+        rounds.join("; ")
+    )
 }
 
 fn density_section(density: Option<&Part<Resident>>) -> String {
