@@ -46,7 +46,7 @@ pub(crate) const WARMUP: usize = 4;
 const SETTLE: Duration = Duration::from_millis(200);
 /// The image whose instances park until released.
 pub(crate) const IDLE: &str = "idle";
-/// How long one resident process instance may take to say "ready".
+/// How long a resident process instance may take to say "ready" once the bench waits for it.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One peer's fleet.
@@ -485,8 +485,9 @@ impl Drop for Instances {
     }
 }
 
-/// `count` instances of `peer` alive at once (each started once the previous one said what it
-/// prints), then released by closing their stdin; returns whether all exited 0 and the
+/// `count` instances of `peer` alive at once (all started, then each waited for until it says
+/// what it prints, so that the window in which the rest of the host can move `MemAvailable`
+/// stays short), then released by closing their stdin; returns whether all exited 0 and the
 /// `/proc/meminfo` fields per instance from right before the first to the moment all were
 /// alive.
 fn hold_resident(dir: &Path, peer: &Peer, count: usize) -> Result<(bool, BTreeMap<String, f64>)> {
@@ -497,14 +498,15 @@ fn hold_resident(dir: &Path, peer: &Peer, count: usize) -> Result<(bool, BTreeMa
     let mut instances = Instances {
         children: Vec::with_capacity(count),
     };
-    let started = (0..count).try_for_each(|i| {
-        let output = outputs.join(format!("{}-{i}.out", peer.name));
-        let child = start_resident(peer, &output, i)?;
-        instances.children.push(child);
-        let last = instances.children.last_mut().expect("just pushed");
-        wait_until_ready(last, &output, peer)
-    });
-    started?;
+    let output = |i: usize| outputs.join(format!("{}-{i}.out", peer.name));
+    for i in 0..count {
+        instances
+            .children
+            .push(start_resident(peer, &output(i), i)?);
+    }
+    for (i, child) in instances.children.iter_mut().enumerate() {
+        wait_until_ready(child, &output(i), peer)?;
+    }
     let meminfo_per_instance_kib = hostmem::per_instance(&before, &hostmem::meminfo(), count);
     for child in &mut instances.children {
         drop(child.stdin.take()); // end of stdin: the instance exits
@@ -541,7 +543,7 @@ fn start_resident(peer: &Peer, output: &Path, i: usize) -> Result<Child> {
         )))
 }
 
-/// Waits until `output` holds what `peer` prints once it runs.
+/// Waits until `output` holds what `peer` prints once it runs ([`READY_TIMEOUT`] at most).
 fn wait_until_ready(child: &mut Child, output: &Path, peer: &Peer) -> Result<()> {
     let expected = peer.expect_output.as_deref().unwrap_or("");
     let start = Instant::now();

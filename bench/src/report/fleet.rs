@@ -142,7 +142,7 @@ pub(crate) fn markdown(report: &FleetReport<'_>) -> String {
          while N instances are alive at once, over N, for every peer alike (sampled every few ms \
          by the bench, once MemAvailable was steady). Ours: `vmm fleet idle --resident` (the \
          VMM process included); the others: N instances of a static program that prints \
-         \"ready\" and waits for the end of its stdin, started one after the other.",
+         \"ready\" and waits for the end of its stdin, all started, then each waited for until it says \"ready\".",
         bench.count
     );
     md.push_str(&table(bench));
