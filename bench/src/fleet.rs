@@ -388,7 +388,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Rounds of the memory runs, interleaved across peers; each peer's median round is reported.
-const MEMORY_ROUNDS: usize = 3;
+pub(crate) const MEMORY_ROUNDS: usize = 3;
 
 /// The memory runs: [`MEMORY_ROUNDS`] rounds of ours (`vmm fleet idle --resident`) and of every
 /// process row that ran (N `idle` processes), each round once the host's memory is steady.

@@ -3,7 +3,7 @@
 //! run, the targets, and a README-ready block).
 
 use super::format::{cell, kib, ms};
-use crate::fleet::{CONCURRENCY, FleetBench, ROUNDS, Resident, Row, WARMUP, cores};
+use crate::fleet::{CONCURRENCY, FleetBench, MEMORY_ROUNDS, ROUNDS, Resident, Row, WARMUP, cores};
 use crate::measure::Part;
 use crate::measure::hostmem;
 use serde::Serialize;
@@ -139,10 +139,12 @@ pub(crate) fn markdown(report: &FleetReport<'_>) -> String {
          exit), latency = spawn → `wait4`. Percentiles interpolated alike for every row. Every \
          instance's output and status is checked.\n\n\
          Memory / resident instance: the drop of the host's MemAvailable (kernel included) \
-         while N instances are alive at once, over N, for every peer alike (sampled every few ms \
-         by the bench, once MemAvailable was steady). Ours: `vmm fleet idle --resident` (the \
-         VMM process included); the others: N instances of a static program that prints \
-         \"ready\" and waits for the end of its stdin, all started, then each waited for until it says \"ready\".",
+         from right before the first instance to the moment all N are alive, over N, for every \
+         peer alike, once MemAvailable was steady; {MEMORY_ROUNDS} rounds interleaved across \
+         peers, the median shown. Ours: `vmm fleet idle --resident` (the VMM process included; \
+         the two moments as `vmm fleet` reads them); the others: N instances of a static \
+         program that prints \"ready\" and waits for the end of its stdin, all started, then \
+         each waited for until it is ready.",
         bench.count
     );
     md.push_str(&table(bench));
