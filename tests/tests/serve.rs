@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tests::{image, require_kvm, status, stderr, stdout, vmm, vmm_bin};
+use tests::{image, kvm_test, status, stderr, stdout, vmm, vmm_bin};
 use vmm::serve::wire::frame;
 
 struct Server {
@@ -218,9 +218,8 @@ fn rss(pid: u32) -> u64 {
     kib << 10
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_behaves_like_a_local_run() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server(&dir, &[&hello]);
@@ -254,9 +253,8 @@ fn test_serve_behaves_like_a_local_run() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_gives_every_request_a_fresh_vm() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-fresh");
     let warm = snapshot(&dir, "warmup.snap", "warmup");
     let server = start_server(&dir, &[&warm]);
@@ -279,9 +277,8 @@ fn test_serve_gives_every_request_a_fresh_vm() {
     assert_eq!(seeds.len(), 6, "each request must get its own VM and seed");
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_bad_target_is_a_clear_error() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-bad");
     let server = start_server(&dir, &[]);
     let out = via(&server, &["/bin/true"], &[]);
@@ -312,9 +309,8 @@ fn test_via_without_server_is_a_clear_error() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_checks_the_clients_memory_size() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-mem");
     let server = start_server(&dir, &[]);
     let hello = image("hello");
@@ -341,9 +337,8 @@ fn test_serve_checks_the_clients_memory_size() {
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_without_seccomp_still_serves() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-noseccomp");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server_with(&dir, &[&hello], &["--no-seccomp"]);
@@ -352,9 +347,8 @@ fn test_serve_without_seccomp_still_serves() {
     assert_eq!(stdout(&out), "Hello from a unikernel!\nx\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_survives_being_stopped_and_continued() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-stop");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server(&dir, &[&hello]);
@@ -369,9 +363,8 @@ fn test_serve_survives_being_stopped_and_continued() {
     assert_eq!(stdout(&out), "Hello from a unikernel!\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_caps_how_long_a_request_may_run() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-cap");
     let spin = tests::write_scratch(
         "serve-cap",
@@ -396,9 +389,8 @@ fn test_serve_caps_how_long_a_request_may_run() {
 }
 
 // Issue 9, item 2: replies reach their own clients, however many descriptors the server holds.
-#[test]
+#[kvm_test]
 fn test_serve_with_hundreds_of_pooled_vms_answers_each_client_with_its_own_reply() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-fds");
     let hello = snapshot(&dir, "hello.snap", "hello");
     // 460 pooled VMs hold over 900 descriptors (the numbers the first design gave clients),
@@ -436,9 +428,8 @@ fn test_serve_with_hundreds_of_pooled_vms_answers_each_client_with_its_own_reply
 }
 
 // Issue 9, item 4: a silent client, a client dripping its request and a FIFO stall nobody.
-#[test]
+#[kvm_test]
 fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-slow");
     let server = start_server(&dir, &[]);
     let _silent = UnixStream::connect(&server.socket).unwrap();
@@ -472,9 +463,8 @@ fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
 }
 
 // Issue 9, item 4: a request has a bounded time in all, not per read.
-#[test]
+#[kvm_test]
 fn test_serve_refuses_a_request_not_sent_within_the_request_timeout() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-drip");
     let server = start_server_with(&dir, &[], &["--request-timeout", "500ms"]);
     let request = vmm::serve::Request {
@@ -510,9 +500,8 @@ fn test_serve_refuses_a_request_not_sent_within_the_request_timeout() {
 }
 
 // Issue 9, item 5: clients that never read their replies hold no runner past the deadline.
-#[test]
+#[kvm_test]
 fn test_serve_clients_that_never_read_do_not_pin_the_runners() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-noread");
     let chatty = chatty_guest("serve-noread");
     let server = start_server_with(&dir, &[], &["--workers", "2", "--max-timeout", "500ms"]);
@@ -539,9 +528,8 @@ fn test_serve_clients_that_never_read_do_not_pin_the_runners() {
 }
 
 // Issue 9, item 6: a file replaced at a path is served as it now is.
-#[test]
+#[kvm_test]
 fn test_serve_runs_the_file_now_at_a_path_not_a_cached_one() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-replace");
     let server = start_server(&dir, &[]);
     let app = dir.join("app");
@@ -573,9 +561,8 @@ fn padded_hello(path: &Path, size: usize) {
 }
 
 // Issue 9, item 6: links to one file share one cache entry.
-#[test]
+#[kvm_test]
 fn test_serve_memory_does_not_grow_with_links_to_one_image() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-links");
     let server = start_server(&dir, &[]);
     let big = dir.join("big");
@@ -596,9 +583,8 @@ fn test_serve_memory_does_not_grow_with_links_to_one_image() {
 }
 
 // Issue 9, item 6: the cache holds at most --cache-size bytes of distinct images.
-#[test]
+#[kvm_test]
 fn test_serve_memory_stays_within_the_cache_size() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-cache");
     let server = start_server_with(&dir, &[], &["--cache-size", "8M"]);
     let before = rss(server.child.id());
@@ -622,9 +608,8 @@ fn serve_under_fd_limit(dir: &Path, limit: &str, flags: &[&str]) -> Command {
 }
 
 // Issue 9, item 7: a low soft limit is raised.
-#[test]
+#[kvm_test]
 fn test_serve_raises_a_low_soft_open_files_limit() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-nofile");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let cmd = serve_under_fd_limit(
@@ -642,9 +627,8 @@ fn test_serve_raises_a_low_soft_open_files_limit() {
 }
 
 // Issue 9, item 7: a hard limit too low for what was asked is a clear refusal at start.
-#[test]
+#[kvm_test]
 fn test_serve_refuses_to_start_under_a_too_low_hard_open_files_limit() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-nofile-hard");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let mut cmd = serve_under_fd_limit(
@@ -676,9 +660,8 @@ fn refused_start(cmd: &mut Command) -> String {
 }
 
 // Issue 9, item 8: a file at the socket path is never removed.
-#[test]
+#[kvm_test]
 fn test_serve_leaves_a_file_at_its_socket_path_alone() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-file-at-path");
     let path = dir.join("flick.sock");
     std::fs::write(&path, b"precious").unwrap();
@@ -688,9 +671,8 @@ fn test_serve_leaves_a_file_at_its_socket_path_alone() {
 }
 
 // Issue 9, item 8: a second server does not take the path of a running one.
-#[test]
+#[kvm_test]
 fn test_serve_refuses_to_start_while_another_server_answers() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-twice");
     let first = start_server(&dir, &[]);
     let why = refused_start(&mut serve_command(&dir, &[], &[]));
@@ -700,9 +682,8 @@ fn test_serve_refuses_to_start_while_another_server_answers() {
 }
 
 // Issue 9, item 8: a stale socket (its server killed) is replaced.
-#[test]
+#[kvm_test]
 fn test_serve_replaces_a_stale_socket() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-stale");
     let first = start_server(&dir, &[]);
     drop(first);
@@ -723,9 +704,8 @@ fn socket_mode(path: &Path) -> u32 {
 }
 
 // Issue 9, item 9: the socket is owner-only whatever the umask.
-#[test]
+#[kvm_test]
 fn test_serve_socket_is_owner_only_whatever_the_umask() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-umask");
     let inner = serve_command(&dir, &[], &[]);
     let mut cmd = Command::new("sh");
@@ -737,9 +717,8 @@ fn test_serve_socket_is_owner_only_whatever_the_umask() {
 }
 
 // Issue 9, item 9: a socket others may use needs --allow, which limits what they may run.
-#[test]
+#[kvm_test]
 fn test_serve_wider_socket_mode_needs_allow_and_allow_limits_targets() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-allow");
     let why = refused_start(&mut serve_command(&dir, &[], &["--socket-mode", "660"]));
     assert!(why.contains("--allow"), "{why}");
@@ -817,9 +796,8 @@ fn test_via_refuses_a_target_path_that_is_not_utf8() {
 }
 
 // Issue 14: a ready line, and one log line per request unless --quiet.
-#[test]
+#[kvm_test]
 fn test_serve_says_when_it_is_ready_and_logs_each_request() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-log");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server(&dir, &[&hello]);

@@ -69,9 +69,8 @@ impl Job {
             args: self.request.args.clone(),
             env: self.request.env.clone(),
             seccomp,
-            debug_blocked_syscall: false,
             max_output: self.request.max_output,
-            stop_at_snapshot_point: false,
+            ..VmConfig::default()
         }
     }
 }
