@@ -12,6 +12,10 @@
 //! or a refusal naming the numbers), then the snapshots, then the socket path (see `socket`).
 //! When the pool is full it prints one line, `listening on PATH (...)`; then, unless quiet, one
 //! line per request.
+//!
+//! What can still hold things up, by design: the dispatcher reads target files (at most
+//! [`MAX_CACHED_TARGETS`]'s worth are kept), so a file on a filesystem that hangs (a dead NFS
+//! server) holds up dispatching; `--allow` keeps targets to directories the operator trusts.
 
 use super::acceptor::{Acceptor, MAX_PENDING, MAX_QUEUED, Received};
 use super::log::Log;
@@ -169,19 +173,17 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         queued,
         log,
     };
-    let acceptor = std::thread::Builder::new()
-        .name("acceptor".into())
-        .spawn(move || acceptor.run())
-        .map_err(ServeError::Spawn)?;
+    spawn("acceptor".into(), None, move || acceptor.run())?;
     let ready = pool.wait_until_full(POOL_FILL_WAIT);
     eprintln!(
         "listening on {} ({})",
         config.socket.display(),
         describe_pool(config, &pooled, ready)
     );
-    // The acceptor never returns; if it died, so does the server (its socket path with it).
-    let _ = acceptor.join();
-    Ok(())
+    // The other threads serve until the process is killed (or one of them stops it).
+    loop {
+        std::thread::park();
+    }
 }
 
 fn check_config(config: &ServeConfig) -> Result<(), ServeError> {
@@ -303,12 +305,16 @@ fn describe_pool(config: &ServeConfig, pooled: &[(FileId, Target)], ready: usize
 }
 
 /// Starts a thread, confined as `profile` before it runs `body`; fails if it cannot be.
+///
+/// None of the server's threads ever ends: if one does (a bug), the whole server stops at once
+/// with status 125, rather than go on with a runner, the dispatcher or the acceptor missing.
 fn spawn(
     name: String,
     profile: Option<Profile>,
     body: impl FnOnce() + Send + 'static,
 ) -> Result<(), ServeError> {
     let (confined, result) = mpsc::channel();
+    let thread = name.clone();
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
@@ -316,7 +322,8 @@ fn spawn(
             let ok = sandboxed.is_ok();
             let _ = confined.send(sandboxed);
             if ok {
-                body();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+                stop_server(&thread);
             }
         })
         .map_err(ServeError::Spawn)?;
@@ -329,6 +336,17 @@ fn spawn(
         Err(_) => Err(ServeError::Spawn(std::io::Error::other(format!(
             "the {name} thread ended at start"
         )))),
+    }
+}
+
+/// Ends the process because the server's `thread` ended: one line on stderr, status 125.
+/// Only `write` and `exit_group`, which every sandbox profile allows.
+fn stop_server(thread: &str) {
+    let text = format!("vmm serve: internal error: the {thread} thread stopped; exiting\n");
+    // SAFETY: a write of our own buffer to stderr, then _exit: no Rust state is used after.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, text.as_ptr().cast(), text.len());
+        libc::_exit(abi::exit_status::VMM_ERROR);
     }
 }
 

@@ -24,7 +24,7 @@
 use super::wire::{frame, send_frame};
 use crate::sandbox::SERVE_SEND_FLAGS;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 /// How long after its guest's timeout a reply may still take (the last frames, a slow client).
 pub(crate) const REPLY_GRACE: Duration = Duration::from_secs(1);
 
-/// One reserved descriptor per runner.
+/// One reserved descriptor per runner. The slots are never closed, not even when this is
+/// dropped: a runner may still hold its number, and that number must never be free.
 pub(crate) struct Slots {
     null: OwnedFd,
-    slots: Vec<OwnedFd>,
+    slots: Vec<RawFd>,
 }
 
 impl Slots {
@@ -47,14 +48,14 @@ impl Slots {
             .open("/dev/null")?
             .into();
         let slots = (0..count)
-            .map(|_| null.try_clone())
+            .map(|_| null.try_clone().map(IntoRawFd::into_raw_fd))
             .collect::<std::io::Result<_>>()?;
         Ok(Self { null, slots })
     }
 
     /// Runner `runner`'s slot number.
     pub(crate) fn fd(&self, runner: usize) -> RawFd {
-        self.slots[runner].as_raw_fd()
+        self.slots[runner]
     }
 
     /// Puts `connection` in `runner`'s slot (the slot keeps its own reference to it).
@@ -69,8 +70,8 @@ impl Slots {
     }
 
     fn put(&self, runner: usize, what: BorrowedFd<'_>) -> std::io::Result<()> {
-        // SAFETY: dup3 replaces the file at a number that `self.slots[runner]` owns and keeps
-        // open (it then refers to `what`'s file); no other object owns or closes that number.
+        // SAFETY: dup3 replaces the file at a number that `self.slots[runner]` reserves and
+        // that nothing ever closes (it then refers to `what`'s file).
         let done = unsafe { libc::dup3(what.as_raw_fd(), self.fd(runner), libc::O_CLOEXEC) };
         if done < 0 {
             Err(std::io::Error::last_os_error())

@@ -112,20 +112,29 @@ impl Targets {
         if !path.is_absolute() {
             return Err(ResolveError::NotAbsolute(path.to_owned()));
         }
-        let opened = open_path(path)?;
+        let opened = match open_path(path) {
+            Ok(opened) => opened,
+            // Whether something exists outside the allowed directories is not for a client
+            // to learn.
+            Err(_) if !self.lexically_allowed(path) => {
+                return Err(ResolveError::NotAllowed(path.to_owned()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let id = FileId::of(&opened.meta);
+        // The pooled snapshots were named by whoever started the server: always served.
+        if let Some(target) = self.pinned.get(&id) {
+            return Ok(Resolved {
+                target: target.at_path(path),
+                pooled: Some(id),
+            });
+        }
         if !self.allow.is_empty() {
             let real = std::fs::read_link(format!("/proc/self/fd/{}", opened.file.as_raw_fd()))
                 .map_err(io_error(path))?;
             if !self.allow.iter().any(|dir| real.starts_with(dir)) {
                 return Err(ResolveError::NotAllowed(path.to_owned()));
             }
-        }
-        let id = FileId::of(&opened.meta);
-        if let Some(target) = self.pinned.get(&id) {
-            return Ok(Resolved {
-                target: target.at_path(path),
-                pooled: Some(id),
-            });
         }
         match self.cache.get(&id.inode()) {
             Some((known, target)) if known == id => {
@@ -152,6 +161,15 @@ impl Targets {
             target,
             pooled: None,
         })
+    }
+
+    /// Whether `path`, as written, names something inside an allowed directory (or there is
+    /// no `--allow`).
+    fn lexically_allowed(&self, path: &Path) -> bool {
+        let plain = path
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+        self.allow.is_empty() || (plain && self.allow.iter().any(|dir| path.starts_with(dir)))
     }
 }
 
@@ -329,12 +347,25 @@ mod tests {
             targets.resolve(Path::new("relative")),
             Err(ResolveError::NotAbsolute(_))
         ));
-        for path in [dir.join("outside"), inside.join("link")] {
-            assert!(matches!(
-                targets.resolve(&path),
-                Err(ResolveError::NotAllowed(_))
-            ));
+        let missing_outside = dir.join("missing");
+        let sneaky = inside.join("..").join("outside");
+        for path in [
+            dir.join("outside"),
+            inside.join("link"),
+            missing_outside,
+            sneaky,
+        ] {
+            assert!(
+                matches!(targets.resolve(&path), Err(ResolveError::NotAllowed(_))),
+                "{}",
+                path.display()
+            );
         }
+        let missing_inside = inside.canonicalize().unwrap().join("missing");
+        assert!(matches!(
+            targets.resolve(&missing_inside),
+            Err(ResolveError::Target(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
