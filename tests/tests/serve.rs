@@ -462,6 +462,30 @@ fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
     }
 }
 
+// Issue 9, item 4: a flood of idle connections delays others by a bounded time, and holds a
+// bounded number of descriptors.
+#[kvm_test]
+fn test_serve_flood_of_idle_connections_delays_others_only_boundedly() {
+    let dir = tests::scratch_dir("serve-flood");
+    let server = start_server_with(&dir, &[], &["--request-timeout", "300ms", "--quiet"]);
+    let flood: Vec<UnixStream> = (0..400)
+        .map(|_| UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    let out = via_within(
+        &server,
+        &[image("hello").to_str().unwrap()],
+        &["through"],
+        Duration::from_secs(15),
+    );
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Hello from a unikernel!\nthrough\n");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
+        .unwrap()
+        .count();
+    assert!(fds < 300, "{fds} descriptors open");
+    drop(flood);
+}
+
 // Issue 9, item 4: a request has a bounded time in all, not per read.
 #[kvm_test]
 fn test_serve_refuses_a_request_not_sent_within_the_request_timeout() {

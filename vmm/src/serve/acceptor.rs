@@ -6,8 +6,8 @@
 //! all to send its whole request, counted from its acceptance (not per read: a client dripping
 //! a byte at a time gets no more); then it is refused. At most [`MAX_PENDING`] connections are
 //! read at once (more wait in the listener's backlog), and at most [`MAX_QUEUED`] complete
-//! requests wait for a runner (more are refused as busy), so memory and descriptors stay
-//! bounded whatever clients do. A complete request goes to the dispatcher, which opens its
+//! requests wait for a runner (more are refused as busy), so memory (a request is at most
+//! [`wire::MAX_REQUEST`] bytes) and descriptors stay bounded whatever clients do. A complete request goes to the dispatcher, which opens its
 //! target: no file is touched on this thread.
 
 use super::log::Log;

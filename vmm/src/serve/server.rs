@@ -389,57 +389,68 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Queues requests and hands each to the next idle runner. A request's target is opened
+    /// only then, so that at most one loaded target per runner is held beside the cache,
+    /// however many requests wait.
     fn run(mut self, events: &mpsc::Receiver<Event>) {
         let mut idle: VecDeque<usize> = (0..self.runners.len()).collect();
-        let mut waiting: VecDeque<(UnixStream, Job)> = VecDeque::new();
+        let mut waiting: VecDeque<Received> = VecDeque::new();
         while let Ok(event) = events.recv() {
             match event {
                 Event::Done { runner } => {
                     self.slots.release(runner);
                     idle.push_back(runner);
                 }
-                Event::Request(received) => match self.prepare(received.request) {
-                    Ok(job) => waiting.push_back((received.connection, job)),
-                    Err((target, why)) => {
-                        self.queued.fetch_sub(1, Ordering::SeqCst);
-                        slots::refuse(received.connection.as_fd(), &why);
-                        self.log
-                            .line(format!("{}: refused: {why}", target.display()));
-                    }
-                },
+                Event::Request(received) => waiting.push_back(received),
             }
-            while !idle.is_empty() && !waiting.is_empty() {
-                let (Some(runner), Some((connection, job))) =
-                    (idle.pop_front(), waiting.pop_front())
-                else {
+            while let Some(&runner) = idle.front() {
+                let Some(received) = waiting.pop_front() else {
                     break;
                 };
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                if hung_up(&connection) {
-                    // Nobody would read the reply: the guest is not run for nobody.
-                    let target = job.target.path().display();
-                    self.log.line(format!(
-                        "{target}: dropped: the client hung up before its turn"
-                    ));
-                    idle.push_front(runner);
-                    continue;
-                }
-                if let Err(err) = self.slots.hand(runner, connection.as_fd()) {
-                    let why = format!("the server cannot hand the connection on: {err}");
-                    slots::refuse(connection.as_fd(), &why);
-                    self.log
-                        .line(format!("{}: {why}", job.target.path().display()));
-                    idle.push_front(runner);
-                    continue;
-                }
-                drop(connection);
-                if self.runners[runner].send(job).is_err() {
-                    // Runners never return; if one did, it takes no more jobs.
-                    self.slots.release(runner);
-                    self.log.line(format!("serve: runner {runner} has stopped"));
+                if self.hand_over(runner, received) {
+                    idle.pop_front();
                 }
             }
         }
+    }
+
+    /// Prepares `received` and hands it to `runner`; false if it was answered here instead.
+    fn hand_over(&mut self, runner: usize, received: Received) -> bool {
+        let Received {
+            connection,
+            request,
+        } = received;
+        if hung_up(&connection) {
+            // Nobody would read the reply: the guest is not run for nobody.
+            let target = request.target.display();
+            self.log.line(format!(
+                "{target}: dropped: the client hung up before its turn"
+            ));
+            return false;
+        }
+        let job = match self.prepare(request) {
+            Ok(job) => job,
+            Err((target, why)) => {
+                slots::refuse(connection.as_fd(), &why);
+                self.log
+                    .line(format!("{}: refused: {why}", target.display()));
+                return false;
+            }
+        };
+        if let Err(err) = self.slots.hand(runner, connection.as_fd()) {
+            let why = format!("the server cannot hand the connection on: {err}");
+            slots::refuse(connection.as_fd(), &why);
+            self.log
+                .line(format!("{}: {why}", job.target.path().display()));
+            return false;
+        }
+        drop(connection);
+        if self.runners[runner].send(job).is_err() {
+            // Runners never return (the server stops if one does).
+            self.slots.release(runner);
+        }
+        true
     }
 
     /// Opens and checks the request's target; on failure, the target and why.

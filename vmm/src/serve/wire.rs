@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use vm_memory::ByteValued;
 
-/// Largest request accepted.
-pub const MAX_REQUEST: u32 = 1 << 20;
+/// Largest request accepted: room for the most arguments and environment a guest can take
+/// (64 KiB of boot info), even if JSON escapes every byte (6 bytes each), and a path.
+pub const MAX_REQUEST: u32 = 512 << 10;
 /// Largest frame payload a client accepts.
 pub const MAX_FRAME: u32 = 64 << 20;
 
