@@ -19,6 +19,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The request cannot be encoded.
+    #[error(transparent)]
+    Encode(#[from] wire::EncodeError),
     /// The request could not be sent.
     #[error("cannot send the request")]
     Send(#[source] std::io::Error),
@@ -35,13 +38,12 @@ pub enum ClientError {
 
 /// Sends `request` to the server at `socket`; returns the guest's exit status.
 pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
+    let message = wire::encode_request(request)?;
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_owned(),
         source,
     })?;
-    stream
-        .write_all(&wire::encode_request(request))
-        .map_err(ClientError::Send)?;
+    stream.write_all(&message).map_err(ClientError::Send)?;
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     loop {
         let (kind, payload) = wire::read_frame(&mut stream).map_err(ClientError::Reply)?;
