@@ -1,14 +1,16 @@
 //! The bench's copies of what it shares with the VMM, gathered here so that replacing them by
 //! the VMM's own definitions is a change to this one file:
-//! - the `vmm serve` wire format (`vmm/src/serve.rs`: [`frame`] kinds, the length-prefixed JSON
-//!   request, the reply frames), spoken by the bench's in-process client and by the native
-//!   warm pool;
-//! - the `vmm fleet --json` report (`vmm/src/fleet.rs`, `format_json`): the fields the bench
-//!   reads;
-//! - the `vmm run --timeline=json` line (`vmm/src/timeline.rs`) and its spawn-time variable;
-//! - the percentile helpers. Note: `vmm fleet` picks the nearest rank, the bench interpolates
-//!   between closest ranks; the bench recomputes our fleet's percentiles from the instances'
-//!   latencies with [`percentile`] so that every row of its tables uses one method.
+//! - the `vmm serve` wire format (`vmm/src/serve/wire.rs`: the [`frame`] kinds, `MAX_FRAME`,
+//!   the length-prefixed JSON `Request`, the reply frames), spoken by the bench's in-process
+//!   client and by the native warm pool;
+//! - the `vmm fleet --json` report (`vmm/src/fleet/report.rs`, `FleetSummary`): the fields the
+//!   bench reads;
+//! - the `vmm run --timeline=json` line and its spawn-time variable
+//!   (`vmm/src/report/timeline.rs`, `SPAWN_TIME_ENV`);
+//! - the percentile helpers (`vmm/src/fleet/report.rs`, `percentile`). Note: `vmm fleet` picks
+//!   the nearest rank, the bench interpolates between closest ranks; the bench recomputes our
+//!   fleet's percentiles from the instances' latencies with [`percentile`] so that every row of
+//!   its tables uses one method.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-/// Reply frame kinds (`vmm::serve::frame`).
+/// Reply frame kinds (`vmm::serve::wire::frame`).
 pub(crate) mod frame {
     /// Guest stdout bytes.
     pub(crate) const STDOUT: u8 = 1;
@@ -29,12 +31,12 @@ pub(crate) mod frame {
     pub(crate) const ERROR: u8 = 4;
 }
 
-/// The largest reply frame the bench accepts (the server's `max_output` default).
+/// The largest reply frame the bench accepts (`vmm::serve::wire::MAX_FRAME`).
 pub(crate) const MAX_FRAME: u32 = 64 << 20;
 /// Guest RAM a request asks for (snapshots bring their own size; the server needs the field).
 const REQUEST_MEM_SIZE: u64 = 16 << 20;
 
-/// A request as `vmm::serve::Request` serialises it.
+/// A request as `vmm::serve::wire::Request` serialises it.
 #[derive(Debug, Serialize)]
 struct Request<'a> {
     target: &'a Path,

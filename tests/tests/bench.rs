@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use tests::{project_root, require_kvm};
+use tests::{kvm_test, project_root};
 
 /// Both benches rebuild and copy the VMM and images: never run them at once.
 static BENCH: Mutex<()> = Mutex::new(());
@@ -66,9 +66,8 @@ fn numbers(value: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
-#[test]
+#[kvm_test]
 fn test_bench_quick_reports_ten_verified_runs_per_peer() {
-    require_kvm!();
     let out = out_dir("quick");
     let only = "ours,floor,serve,native-pool,back-to-back";
     let report = bench(&["--quick", "--only", only], &out, "report.json");
@@ -82,9 +81,8 @@ fn test_bench_quick_reports_ten_verified_runs_per_peer() {
     assert!(out.join("report.md").is_file() && out.join("boot.svg").is_file());
 }
 
-#[test]
+#[kvm_test]
 fn test_bench_quick_ours_waits_for_its_teardown_helper() {
-    require_kvm!();
     let out = out_dir("helper");
     let report = bench(&["--quick", "--only", "ours"], &out, "report.json");
     let ours = peer(&report, "ours");
@@ -95,9 +93,8 @@ fn test_bench_quick_ours_waits_for_its_teardown_helper() {
     assert!(reaped.iter().all(|n| n == 1), "one helper per run: {ours}");
 }
 
-#[test]
+#[kvm_test]
 fn test_bench_quick_back_to_back_covers_ours_and_the_floor() {
-    require_kvm!();
     let out = out_dir("b2b");
     let report = bench(
         &["--quick", "--only", "ours,floor,back-to-back"],
@@ -119,9 +116,8 @@ fn test_bench_quick_back_to_back_covers_ours_and_the_floor() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_bench_fleet_only_ours_reports_its_launch_rate() {
-    require_kvm!();
     let out = out_dir("fleet");
     let report = bench(&["--fleet", "10", "--only", "ours"], &out, "fleet.json");
     let rows = report["rows"].as_array().expect("fleet.json has rows");

@@ -1,6 +1,6 @@
 //! The `vmm` command line: bad input gets one clear line on stderr and status 125.
 
-use tests::{image, status, stderr, vmm, vmm_run, write_scratch};
+use tests::{image, kvm_test, status, stderr, vmm, vmm_run, write_scratch};
 
 fn assert_one_line_error(out: &std::process::Output, expected: &str) {
     let err = stderr(out);
@@ -10,10 +10,28 @@ fn assert_one_line_error(out: &std::process::Output, expected: &str) {
     assert!(err.contains(expected), "expected '{expected}' in: {err}");
 }
 
+/// A usage error keeps clap's whole message: the error on its first line, then its tips and
+/// the pointer to `--help`.
+fn assert_usage_error(out: &std::process::Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(status(out), 125, "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: "), "{err}");
+    assert!(
+        first.contains(expected),
+        "expected '{expected}' in: {first}"
+    );
+    assert!(err.contains("--help"), "{err}");
+}
+
 #[test]
 fn test_cli_unknown_flag_is_refused() {
     let out = vmm(&["run", "x", "--bogus"]);
-    assert_one_line_error(&out, "--bogus");
+    assert_usage_error(&out, "--bogus");
+    assert!(
+        stderr(&out).contains("use '-- --bogus'"),
+        "clap's tip survives"
+    );
 }
 
 #[test]
@@ -26,7 +44,7 @@ fn test_cli_missing_image_is_refused() {
 fn test_cli_bad_mem_is_refused() {
     let hello = image("hello");
     let hello = hello.to_str().unwrap();
-    assert_one_line_error(&vmm(&["run", hello, "--mem", "lots"]), "invalid size");
+    assert_usage_error(&vmm(&["run", hello, "--mem", "lots"]), "invalid size");
     assert_one_line_error(&vmm(&["run", hello, "--mem", "1M"]), "below the minimum");
     assert_one_line_error(&vmm(&["run", hello, "--mem", "64G"]), "above the maximum");
     assert_one_line_error(&vmm(&["run", hello, "--mem", "5M"]), "multiple of 2 MiB");
@@ -35,7 +53,11 @@ fn test_cli_bad_mem_is_refused() {
 #[test]
 fn test_cli_bad_timeout_is_refused() {
     let out = vmm(&["run", "x", "--timeout", "soon"]);
-    assert_one_line_error(&out, "invalid duration");
+    assert_usage_error(&out, "invalid duration");
+    let out = vmm(&["run", "x", "--timeout", "0"]);
+    assert_usage_error(&out, "is zero");
+    let out = vmm(&["run", "x", "--timeout", "18446744073709552s"]);
+    assert_usage_error(&out, "out of range");
 }
 
 #[test]
@@ -68,11 +90,11 @@ fn test_cli_help_documents_exit_statuses() {
     }
 }
 
-#[test]
-fn test_cli_blocked_syscall_is_reported_and_exits_134() {
-    tests::require_kvm!();
+#[kvm_test]
+fn test_cli_blocked_syscall_is_reported_and_exits_125() {
     let out = vmm_run(&image("hello"), &["--debug-blocked-syscall"], &[]);
-    assert_eq!(status(&out), 134, "{}", stderr(&out));
+    // A VMM failure, never reported as a guest crash (134).
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("seccomp: blocked syscall socket (41)"),
         "{}",
@@ -80,9 +102,8 @@ fn test_cli_blocked_syscall_is_reported_and_exits_134() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_cli_no_seccomp_warns_and_still_runs() {
-    tests::require_kvm!();
     let out = vmm_run(&image("hello"), &["--no-seccomp"], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(
@@ -99,7 +120,8 @@ fn test_cli_seccomp_list_is_short_and_explained() {
     assert_eq!(status(&out), 0);
     let text = tests::stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!((10..=27).contains(&lines.len()), "{text}");
+    // The run loop's calls, serve runners' two extra (sendto, poll), the denials.
+    assert!((10..=30).contains(&lines.len()), "{text}");
     assert!(
         lines
             .iter()
@@ -107,4 +129,33 @@ fn test_cli_seccomp_list_is_short_and_explained() {
         "{text}"
     );
     assert!(!text.contains("socket"), "{text}");
+}
+
+#[test]
+fn test_cli_vmm_panic_exits_125_not_as_a_guest_crash() {
+    let out = vmm_run(&image("hello"), &["--debug-panic"], &[]);
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).contains("internal error"), "{}", stderr(&out));
+}
+
+#[kvm_test]
+fn test_cli_closed_stdout_ends_the_guest_like_sigpipe() {
+    // `yes`-like: the `alloc` image's "spam" mode would do; `sha256` over a long input too.
+    // Here: a guest printing without end into a pipe whose reader has gone.
+    let mut child = std::process::Command::new(tests::vmm_bin())
+        .args([
+            "run",
+            image("hello").to_str().unwrap(),
+            "--timeout",
+            "20s",
+            "--",
+        ])
+        .args(std::iter::repeat_n("line", 2000))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status(&out), 141, "{}", stderr(&out));
 }

@@ -1,0 +1,129 @@
+//! The pool of ready VMs: for every snapshot named at start, `wanted` shells (VM, memory slot,
+//! vCPU) whose RAM already holds the snapshot's pages, copied in (no page fault while a
+//! request runs). A refill thread replaces what requests took, after their replies.
+//!
+//! Snapshots are keyed by file identity ([`FileId`]): a request reaches a pooled VM only if
+//! the file it names is the very file the pool was made from.
+
+use super::log::Log;
+use super::targets::FileId;
+use crate::launch::{self, LaunchError, Target};
+use crate::report::Timeline;
+use crate::vm::VmShell;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Ready VMs, per pooled snapshot.
+pub(crate) struct Pool {
+    ready: Mutex<BTreeMap<FileId, VecDeque<VmShell>>>,
+    wanted: usize,
+    /// Wakes the refill thread (a request is done).
+    refill: Condvar,
+    /// Wakes whoever waits for the pool to fill.
+    filled: Condvar,
+    /// The last attempt to create a VM failed.
+    failing: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    /// An empty pool for these snapshots, `wanted` VMs each.
+    pub(crate) fn new(keys: impl Iterator<Item = FileId>, wanted: usize) -> Self {
+        Self {
+            ready: Mutex::new(keys.map(|k| (k, VecDeque::new())).collect()),
+            wanted,
+            refill: Condvar::new(),
+            filled: Condvar::new(),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// Lets the refill thread replace what requests took.
+    pub(crate) fn request_done(&self) {
+        self.refill.notify_all();
+    }
+
+    /// A ready VM for `key`, if one is there. The refill waits for [`Pool::request_done`]:
+    /// building a VM now would compete with the request for the CPU.
+    pub(crate) fn take(&self, key: &FileId) -> Option<VmShell> {
+        lock(&self.ready).get_mut(key)?.pop_front()
+    }
+
+    /// Waits until every snapshot has its VMs ready (or creating one failed), at most `limit`;
+    /// returns the VMs ready.
+    pub(crate) fn wait_until_full(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut ready = lock(&self.ready);
+        loop {
+            let count: usize = ready.values().map(VecDeque::len).sum();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let full = ready.values().all(|q| q.len() >= self.wanted);
+            if full || left.is_zero() || self.failing.load(Ordering::SeqCst) {
+                return count;
+            }
+            ready = self
+                .filled
+                .wait_timeout(ready, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The refill thread's loop (never returns). A failure is logged once, when it starts.
+    pub(crate) fn refill(
+        &self,
+        kvm: &Arc<kvm_ioctls::Kvm>,
+        pooled: &[(FileId, Target)],
+        log: &Log,
+    ) {
+        loop {
+            let mut ready = lock(&self.ready);
+            let short = pooled
+                .iter()
+                .find(|(key, _)| ready.get(key).is_some_and(|q| q.len() < self.wanted));
+            let Some((key, target)) = short else {
+                drop(self.refill.wait(ready).unwrap_or_else(|e| e.into_inner()));
+                continue;
+            };
+            drop(ready);
+            let made = prepare_shell(kvm, target);
+            let was_failing = self.failing.swap(made.is_err(), Ordering::SeqCst);
+            if let (Err(err), false) = (&made, was_failing) {
+                log.line(format!(
+                    "serve: cannot create a ready VM of {} (retrying): {}",
+                    target.path().display(),
+                    crate::error_chain(err)
+                ));
+            }
+            if let Ok(shell) = made {
+                ready = lock(&self.ready);
+                if let Some(queue) = ready.get_mut(key) {
+                    queue.push_back(shell);
+                }
+                self.filled.notify_all();
+            } else {
+                self.filled.notify_all();
+                // Creating VMs fails (out of memory or fds): try again later, never spin.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A shell whose RAM holds `target`'s pages, populated (a snapshot's, copied in now).
+pub(crate) fn prepare_shell(
+    kvm: &Arc<kvm_ioctls::Kvm>,
+    target: &Target,
+) -> Result<VmShell, LaunchError> {
+    let ram = launch::load_ram(target, target.mem_size(0), true)?;
+    Ok(VmShell::create_with(
+        Arc::clone(kvm),
+        ram,
+        &mut Timeline::default(),
+    )?)
+}
