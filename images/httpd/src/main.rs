@@ -2,8 +2,8 @@
 //! `/`, and a JSON endpoint `/api/...` that echoes the request path and a request counter.
 //!
 //! `httpd [--port N] [--requests N] [--backlog N]`: port 80 by default; with `--requests`, it
-//! exits 0 once it has answered that many requests; `--backlog` sockets listen at once
-//! (default 32: connection requests beyond that in one burst are refused).
+//! exits 0 once it has answered that many requests; up to `--backlog` connections may be
+//! opening or waiting to be served at once (default 128; more are refused).
 
 #![no_std]
 #![no_main]

@@ -72,6 +72,11 @@ impl FrameDevice {
         !self.tx.pending.is_empty()
     }
 
+    /// The received frames waiting to be processed.
+    pub(crate) fn received(&self) -> impl Iterator<Item = &[u8]> {
+        self.ready.iter().map(|(buf, len)| &buf[..*len])
+    }
+
     /// Received frames wait to be processed.
     pub(crate) fn has_received(&self) -> bool {
         !self.ready.is_empty()

@@ -106,9 +106,11 @@ pub struct NetConfig {
 pub(crate) struct Stack {
     iface: Interface,
     pub(crate) sockets: SocketSet<'static>,
-    device: FrameDevice,
+    pub(crate) device: FrameDevice,
     config: NetConfig,
     closing: alloc::vec::Vec<SocketHandle>,
+    /// The TCP listeners, by id (`None` once dropped).
+    pub(crate) listeners: alloc::vec::Vec<Option<tcp::Listening>>,
 }
 
 static STACK: Global<Option<Stack>> = Global::new(None);
@@ -151,11 +153,15 @@ impl Stack {
             device,
             config,
             closing: vec![],
+            listeners: vec![],
         })
     }
 
     /// Processes every frame received, runs timers, and queues what the sockets have to send.
     pub(crate) fn poll(&mut self) {
+        if self.device.has_received() {
+            tcp::prepare_for_connections(self);
+        }
         self.iface.poll(now(), &mut self.device, &mut self.sockets);
         self.reap_closed();
     }

@@ -13,12 +13,11 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 const RX_BUFFER: usize = 4 * 1024;
 /// Send buffer of each connection.
 const TX_BUFFER: usize = 8 * 1024;
-/// Sockets a listener keeps listening by default: one batch of frames can bring that many
-/// connection requests at once.
-pub const DEFAULT_BACKLOG: usize = 32;
-/// Connections opening or waiting for `accept` per listening socket kept; beyond, new ones
-/// are refused (a full accept queue).
-const PENDING_PER_LISTENER: usize = 4;
+/// Connections a listener holds opening or waiting for `accept` by default.
+pub const DEFAULT_BACKLOG: usize = 128;
+/// Sockets a listener keeps listening while no connection request is in sight; a batch of
+/// frames bringing more requests gets one listening socket each before the stack sees it.
+const MIN_LISTENING: usize = 2;
 /// How long a closed connection may take to say goodbye.
 const CLOSE_TIMEOUT_S: u64 = 10;
 /// First local port for outgoing connections.
@@ -38,6 +37,16 @@ fn socket(stack: &mut Stack, handle: SocketHandle) -> &mut Socket<'static> {
     stack.sockets.get_mut::<Socket>(handle)
 }
 
+/// A port's listening state, kept in the stack so that it can listen more as connection
+/// requests arrive (see [`prepare_for_connections`]).
+pub(crate) struct Listening {
+    port: u16,
+    /// Most sockets listening, opening, or connected but not yet accepted.
+    backlog: usize,
+    /// Those sockets, oldest first.
+    waiting: Vec<SocketHandle>,
+}
+
 /// A TCP port accepting connections.
 ///
 /// ```ignore
@@ -46,42 +55,38 @@ fn socket(stack: &mut Stack, handle: SocketHandle) -> &mut Socket<'static> {
 /// ```
 pub struct TcpListener {
     port: u16,
-    backlog: usize,
-    /// Sockets listening, opening, or connected but not yet accepted, oldest first.
-    waiting: Vec<SocketHandle>,
+    /// Its entry in the stack's listeners.
+    id: usize,
 }
 
 impl TcpListener {
-    /// Listens on `port` with [`DEFAULT_BACKLOG`] connections held before they are accepted.
+    /// Listens on `port`, holding up to [`DEFAULT_BACKLOG`] connections before they are
+    /// accepted.
     pub fn bind(port: u16) -> Result<TcpListener, NetError> {
         Self::bind_with_backlog(port, DEFAULT_BACKLOG)
     }
 
-    /// Listens on `port` with `backlog` sockets listening: that many connection requests can
-    /// arrive at once; each is replaced as it opens, and up to four times as many connections
-    /// can be opening or waiting for [`accept`](Self::accept) (more are refused, as a full
-    /// accept queue refuses them).
+    /// Listens on `port`; up to `backlog` connections can be opening or waiting for
+    /// [`accept`](Self::accept) at once (more are refused, as a full accept queue refuses
+    /// them). A few sockets listen while nothing happens; a burst of connection requests gets
+    /// one each as its frames arrive, so that none is refused while there is room.
     pub fn bind_with_backlog(port: u16, backlog: usize) -> Result<TcpListener, NetError> {
         if port == 0 {
             return Err(NetError::InvalidAddress);
         }
         with_stack(|stack| {
-            let taken = stack.sockets.iter().any(|(_, s)| match s {
-                smoltcp::socket::Socket::Tcp(tcp) => {
-                    tcp.is_listening() && tcp.listen_endpoint().port == port
-                }
-                _ => false,
-            });
+            let taken = stack.listeners.iter().flatten().any(|l| l.port == port);
             if taken {
                 return Err(NetError::AddressInUse);
             }
-            let mut listener = TcpListener {
+            let id = stack.listeners.len();
+            stack.listeners.push(Some(Listening {
                 port,
                 backlog: backlog.max(1),
                 waiting: Vec::new(),
-            };
-            listener.refill(stack)?;
-            Ok(listener)
+            }));
+            refill(stack, id, MIN_LISTENING)?;
+            Ok(TcpListener { port, id })
         })
     }
 
@@ -92,44 +97,95 @@ impl TcpListener {
 
     /// Waits for a connection.
     pub fn accept(&mut self) -> Result<TcpStream, NetError> {
-        with_stack(|stack| stack.block_on(|stack| self.take_connected(stack).transpose()))
+        let id = self.id;
+        with_stack(|stack| stack.block_on(|stack| take_connected(stack, id).transpose()))
     }
 
     /// A connection if one is ready, else [`NetError::WouldBlock`]. It runs no part of the
     /// stack (no VM exit): an event loop calls [`super::wait`] when nothing is ready.
     pub fn try_accept(&mut self) -> Result<TcpStream, NetError> {
-        with_stack(|stack| self.take_connected(stack)?.ok_or(NetError::WouldBlock))
+        let id = self.id;
+        with_stack(|stack| take_connected(stack, id)?.ok_or(NetError::WouldBlock))
     }
+}
 
-    /// Takes the oldest connection past its handshake; keeps `backlog` sockets listening.
-    fn take_connected(&mut self, stack: &mut Stack) -> Result<Option<TcpStream>, NetError> {
-        let index = self.waiting.iter().position(|h| {
-            !matches!(
-                stack.sockets.get::<Socket>(*h).state(),
-                State::Listen | State::SynReceived
-            )
-        });
-        let taken = index.map(|i| TcpStream {
-            handle: self.waiting.remove(i),
-        });
-        self.refill(stack)?;
-        Ok(taken)
-    }
+/// Takes listener `id`'s oldest connection past its handshake; keeps a few sockets listening.
+fn take_connected(stack: &mut Stack, id: usize) -> Result<Option<TcpStream>, NetError> {
+    let Some(Some(listening)) = stack.listeners.get_mut(id) else {
+        return Err(NetError::NotConnected);
+    };
+    let sockets = &stack.sockets;
+    let index = listening.waiting.iter().position(|h| {
+        !matches!(
+            sockets.get::<Socket>(*h).state(),
+            State::Listen | State::SynReceived
+        )
+    });
+    let taken = index.map(|i| TcpStream {
+        handle: listening.waiting.remove(i),
+    });
+    refill(stack, id, MIN_LISTENING)?;
+    Ok(taken)
+}
 
-    /// Listens anew in place of the sockets that have left `Listen`, within the bound on
-    /// connections waiting.
-    fn refill(&mut self, stack: &mut Stack) -> Result<(), NetError> {
-        let listening = self
-            .waiting
-            .iter()
-            .filter(|h| stack.sockets.get::<Socket>(**h).state() == State::Listen)
-            .count();
-        let room = (self.backlog * PENDING_PER_LISTENER).saturating_sub(self.waiting.len());
-        for _ in 0..self.backlog.saturating_sub(listening).min(room) {
-            self.waiting.push(listen(stack, self.port)?);
+/// Makes listener `id` have `wanted` sockets listening, within its backlog.
+fn refill(stack: &mut Stack, id: usize, wanted: usize) -> Result<(), NetError> {
+    let Some(Some(listening)) = stack.listeners.get(id) else {
+        return Ok(());
+    };
+    let port = listening.port;
+    let sockets = &stack.sockets;
+    let listening_now = listening
+        .waiting
+        .iter()
+        .filter(|h| sockets.get::<Socket>(**h).state() == State::Listen)
+        .count();
+    let room = listening.backlog.saturating_sub(listening.waiting.len());
+    for _ in 0..wanted.saturating_sub(listening_now).min(room) {
+        let handle = listen(stack, port)?;
+        if let Some(Some(listening)) = stack.listeners.get_mut(id) {
+            listening.waiting.push(handle);
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// Before the stack processes a batch of received frames: every listener gets a listening
+/// socket for each connection request (TCP SYN) in the batch addressed to its port.
+pub(crate) fn prepare_for_connections(stack: &mut Stack) {
+    let mut requests: Vec<(u16, usize)> = Vec::new();
+    for port in stack.device.received().filter_map(syn_port) {
+        match requests.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, n)) => *n += 1,
+            None => requests.push((port, 1)),
+        }
+    }
+    for (port, count) in requests {
+        let id = stack
+            .listeners
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.port == port));
+        if let Some(id) = id {
+            let _ = refill(stack, id, count.max(MIN_LISTENING));
+        }
+    }
+}
+
+/// The destination port of a frame that is a TCP connection request (SYN without ACK) in an
+/// unfragmented IPv4 packet.
+fn syn_port(frame: &[u8]) -> Option<u16> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff;
+    if *ip.get(9)? != 6 || header_len < 20 || fragment != 0 {
+        return None;
+    }
+    let tcp = ip.get(header_len..)?;
+    let flags = *tcp.get(13)?;
+    (flags & 0x12 == 0x02).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
 }
 
 fn listen(stack: &mut Stack, port: u16) -> Result<SocketHandle, NetError> {
@@ -142,14 +198,58 @@ fn listen(stack: &mut Stack, port: u16) -> Result<SocketHandle, NetError> {
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
-        let waiting = core::mem::take(&mut self.waiting);
+        let id = self.id;
         let _ = with_stack(|stack| {
+            let waiting = stack
+                .listeners
+                .get_mut(id)
+                .and_then(Option::take)
+                .map(|l| l.waiting)
+                .unwrap_or_default();
             for handle in waiting {
                 socket(stack, handle).abort();
                 stack.retire(handle);
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::syn_port;
+
+    fn frame(ethertype: u16, protocol: u8, fragment: u16, flags: u8) -> alloc::vec::Vec<u8> {
+        let mut frame = alloc::vec![0u8; 14 + 20 + 20];
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        frame[14] = 0x45;
+        frame[20..22].copy_from_slice(&fragment.to_be_bytes());
+        frame[23] = protocol;
+        frame[34 + 2..34 + 4].copy_from_slice(&8080u16.to_be_bytes());
+        frame[34 + 13] = flags;
+        frame
+    }
+
+    #[kernel::test]
+    fn test_syn_port_finds_connection_requests_only() {
+        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x02)), Some(8080));
+        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x12)), None, "SYN-ACK");
+        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x10)), None, "ACK");
+        assert_eq!(syn_port(&frame(0x0800, 17, 0, 0x02)), None, "UDP");
+        assert_eq!(syn_port(&frame(0x0806, 6, 0, 0x02)), None, "ARP");
+        assert_eq!(
+            syn_port(&frame(0x0800, 6, 0x0010, 0x02)),
+            None,
+            "a fragment"
+        );
+        assert_eq!(
+            syn_port(&frame(0x0800, 6, 0, 0x02)[..40]),
+            None,
+            "truncated"
+        );
+        let mut short_header = frame(0x0800, 6, 0, 0x02);
+        short_header[14] = 0x44;
+        assert_eq!(syn_port(&short_header), None, "IHL below 5");
     }
 }
 
