@@ -173,6 +173,7 @@ fn run_network(options: &Options, built: &Built) -> Result<bool> {
         } else {
             network::DEFAULT_FLEET
         },
+        dir: &options.out,
     };
     let md = network::run(&plan)?;
     print!("{md}");

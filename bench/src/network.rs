@@ -67,6 +67,8 @@ pub struct Plan<'a> {
     pub load: Duration,
     /// Instances of the density fleet (0: none).
     pub fleet: usize,
+    /// Scratch space (the crun bundle and state).
+    pub dir: &'a Path,
 }
 
 /// Runs the section inside a network namespace of its own; its Markdown.
@@ -211,6 +213,7 @@ impl Drop for Server {
 enum Peer {
     Native,
     Unshare,
+    Crun,
     Ours,
 }
 
@@ -219,6 +222,7 @@ impl Peer {
         match self {
             Peer::Native => "native process",
             Peer::Unshare => "unshare (all namespaces)",
+            Peer::Crun => "crun container",
             Peer::Ours => "flick microVM",
         }
     }
@@ -273,6 +277,9 @@ fn spawn(
                 .arg(native)
                 .arg(&listen);
             cmd
+        }
+        Peer::Crun => {
+            return Err(fail("crun runs through its OCI peer (see Crun)"));
         }
         Peer::Ours => {
             let mut cmd = Command::new(plan.vmm);
@@ -335,21 +342,32 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn measure(links: &Links, plan: &Plan<'_>) -> Result<String> {
     let runs = plan.runs.max(1);
-    let peers = [Peer::Native, Peer::Unshare, Peer::Ours];
+    let crun = Crun::setup(links, plan);
+    let peers: Vec<Peer> = [Peer::Native, Peer::Unshare, Peer::Crun, Peer::Ours]
+        .into_iter()
+        .filter(|p| *p != Peer::Crun || crun.is_ok())
+        .collect();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     // Interleaved rounds: load on the machine drifts, each peer sees the same drift.
-    for _ in 0..runs {
+    for run in 0..runs {
         for (i, peer) in peers.iter().enumerate() {
             let started = Instant::now();
-            let server = Server(spawn(*peer, links, plan, &["--timeout", "30s"], false)?);
-            first_response(peer.address(), Duration::from_secs(10)).map_err(|e| {
-                Error::Context {
-                    what: peer.name().to_owned(),
-                    source: Box::new(e),
-                }
-            })?;
-            times[i].push(started.elapsed().as_secs_f64() * 1e3);
+            let id = format!("net{run}");
+            let server = match (peer, &crun) {
+                (Peer::Crun, Ok(crun)) => Server(crun.start(&id)?),
+                _ => Server(spawn(*peer, links, plan, &["--timeout", "30s"], false)?),
+            };
+            let answered = first_response(peer.address(), Duration::from_secs(10));
+            let elapsed = started.elapsed();
             drop(server);
+            if let (Peer::Crun, Ok(crun)) = (peer, &crun) {
+                crun.remove(&id);
+            }
+            answered.map_err(|e| Error::Context {
+                what: peer.name().to_owned(),
+                source: Box::new(e),
+            })?;
+            times[i].push(elapsed.as_secs_f64() * 1e3);
         }
     }
     let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
@@ -365,11 +383,82 @@ fn measure(links: &Links, plan: &Plan<'_>) -> Result<String> {
             medians[i] / medians[0]
         ));
     }
+    if let Err(why) = &crun {
+        report.push_str(&format!("| crun container | not run: {why} | |\n"));
+    }
     report.push_str(&throughput(links, plan)?);
     if plan.fleet > 0 {
         report.push_str(&density(plan)?);
     }
     Ok(report)
+}
+
+/// crun running the native server in a container that joins the peers' network namespace
+/// (the bench's OCI peer, its bundle's config changed to run the server there).
+struct Crun {
+    peer: crate::peers::peer::Peer,
+}
+
+impl Crun {
+    fn setup(links: &Links, plan: &Plan<'_>) -> std::result::Result<Crun, String> {
+        use crate::peers::oci::{self, Runtime};
+        use crate::peers::peer::Setup;
+        let payload = crate::peers::native::Payload {
+            path: plan.native,
+            name: "native-httpd",
+            prints: "",
+        };
+        let peer = match oci::setup(plan.dir, Runtime::Crun, payload) {
+            Setup::Ready(peer) => peer,
+            Setup::NotInstalled { install, .. } => {
+                return Err(format!("not installed ({install})"));
+            }
+            Setup::Failed { reason, .. } => return Err(reason),
+        };
+        let path = plan.dir.join("bundle-native-httpd/config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        config["process"]["args"] = serde_json::json!(["/native-httpd", format!("{NATIVE}:80")]);
+        if let Some(namespaces) = config["linux"]["namespaces"].as_array_mut() {
+            for ns in namespaces.iter_mut().filter(|ns| ns["type"] == "network") {
+                ns["path"] = serde_json::json!(links.peer_ns_path());
+            }
+        }
+        std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
+        Ok(Crun { peer })
+    }
+
+    fn start(&self, id: &str) -> Result<Child> {
+        self.peer
+            .command(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(Error::io("cannot start crun"))
+    }
+
+    /// Kills and deletes container `id` (killing `crun run` leaves the server running).
+    fn remove(&self, id: &str) {
+        let run = self.peer.command(id);
+        let args: Vec<std::ffi::OsString> = run.get_args().map(Into::into).collect();
+        let Some(verb) = args.iter().position(|a| a == "run") else {
+            return;
+        };
+        let container = args.last().cloned().unwrap_or_default();
+        let mut delete = Command::new(run.get_program());
+        delete
+            .args(&args[..verb])
+            .args(["delete", "-f"])
+            .arg(container)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(ns) = &self.peer.mount_ns {
+            ns.enter_before_exec(&mut delete);
+        }
+        let _ = delete.status();
+    }
 }
 
 /// wrk's requests/s, p99 (ms) and request count.
