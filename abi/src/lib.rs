@@ -564,7 +564,10 @@ mod tests {
     #[test]
     fn test_device_ports_lie_outside_the_hypercall_range() {
         for first in [port::STDIN, port::FS] {
-            assert!(first > port::CRASH, "past the hypercalls and the crash port");
+            assert!(
+                first > port::CRASH,
+                "past the hypercalls and the crash port"
+            );
         }
         assert_eq!(port::STDIN + port::STDIN_LEN, port::FS);
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use vmm::launch::RunConfig;
 use vmm::report::timeline::{self, Timeline};
 use vmm::size::{parse_size, parse_timeout};
-use vmm::{Console, VmConfig};
+use vmm::{Console, StdinSource, VmConfig, Volume, VolumeSpec};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -25,7 +25,8 @@ Exit status:
   101  the app panicked
   124  the guest ran longer than --timeout
   125  the VMM could not start the guest (bad image, bad flag, no KVM, too little memory)
-  134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)";
+  134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)
+  141  the guest's stdout was closed (`vmm run app | head -1`), as SIGPIPE ends a process";
 
 /// A minimal KVM VMM that boots flick images at ring 3.
 #[derive(Parser, Debug)]
@@ -86,6 +87,10 @@ enum Command {
         /// Give up when the guest has not reached its snapshot point after this long.
         #[arg(long, default_value = "60s", value_parser = parse_timeout)]
         timeout: Duration,
+        /// Share a host directory while booting to the snapshot point (repeatable; files open
+        /// at the snapshot point make it fail: open files are not part of a snapshot).
+        #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
+        volumes: Vec<VolumeSpec>,
         /// Arguments while booting to the snapshot point.
         #[arg(last = true)]
         args: Vec<String>,
@@ -117,11 +122,17 @@ enum Command {
         /// Environment for every instance (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
+        /// Share a host directory with every instance (repeatable; a manifest entry's
+        /// `volumes` replace these). Instances get an empty stdin unless their manifest entry
+        /// names a `stdin` file.
+        #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
+        volumes: Vec<VolumeSpec>,
         /// Keep every instance alive at once (the image must park, like `idle`), then release
         /// them all: measures density.
         #[arg(long)]
         resident: bool,
-        /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name).
+        /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name,
+        /// volumes, stdin).
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// Print the report as JSON, with every instance's status and output.
@@ -175,6 +186,10 @@ enum Command {
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
+        /// Share a host directory with the app at GUEST_PATH (repeatable): read-write, or
+        /// read-only with `:ro`. The app can reach nothing outside it.
+        #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
+        volumes: Vec<VolumeSpec>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -250,17 +265,19 @@ fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
         return None;
     }
     let args = guest_args.iter().map(|a| (*a).to_owned()).collect();
+    let mut vm = vm_config(
+        parse_size(DEFAULT_MEM).ok()?,
+        None,
+        args,
+        Vec::new(),
+        parse_size(DEFAULT_MAX_OUTPUT).ok()?,
+        true,
+    );
+    vm.devices.stdin = StdinSource::inherit();
     Some(RunConfig {
         target: PathBuf::from(image),
         snapshot_only: false,
-        vm: vm_config(
-            parse_size(DEFAULT_MEM).ok()?,
-            None,
-            args,
-            Vec::new(),
-            parse_size(DEFAULT_MAX_OUTPUT).ok()?,
-            true,
-        ),
+        vm,
         measure_ram: false,
         detach_teardown: true,
     })
@@ -302,12 +319,17 @@ fn vmm_main() -> i32 {
             env,
             max_output,
             timeout,
+            volumes,
             args,
         } => {
+            let mut vm = vm_config(mem, Some(timeout), args, env, max_output, true);
+            if let Err(status) = give_input(&mut vm, &volumes) {
+                return status;
+            }
             let config = RunConfig {
                 target: image,
                 snapshot_only: false,
-                vm: vm_config(mem, Some(timeout), args, env, max_output, true),
+                vm,
                 measure_ram: false,
                 detach_teardown: false,
             };
@@ -321,13 +343,18 @@ fn vmm_main() -> i32 {
             timeout,
             max_output,
             env,
+            volumes,
             resident,
             manifest,
             json,
             no_seccomp,
             args,
         } => {
-            let defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
+            let mut defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
+            defaults.devices.volumes = match Volume::open_all(&volumes) {
+                Ok(volumes) => volumes,
+                Err(err) => return fail(&err),
+            };
             fleet(
                 image,
                 manifest,
@@ -351,6 +378,7 @@ fn vmm_main() -> i32 {
             debug_blocked_syscall,
             debug_panic,
             max_output,
+            volumes,
             args,
         } => {
             assert!(!debug_panic, "--debug-panic");
@@ -363,6 +391,9 @@ fn vmm_main() -> i32 {
             };
             let mut vm = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
             vm.debug_blocked_syscall = debug_blocked_syscall;
+            if let Err(status) = give_input(&mut vm, &volumes) {
+                return status;
+            }
             if let Some(socket) = via {
                 if format.is_some() {
                     return usage(
@@ -515,6 +546,18 @@ fn fleet(
         }
         Err(err) => fail(&err),
     }
+}
+
+/// Gives the guest this process's stdin and the volumes, opened now (before any sandbox); the
+/// error status on a volume that cannot be opened.
+fn give_input(vm: &mut VmConfig, volumes: &[VolumeSpec]) -> Result<(), i32> {
+    vm.devices.volumes = Volume::open_all(volumes).map_err(|err| fail(&err))?;
+    vm.devices.stdin = StdinSource::inherit();
+    Ok(())
+}
+
+fn parse_volume(text: &str) -> Result<VolumeSpec, String> {
+    VolumeSpec::parse(text).map_err(|err| err.to_string())
 }
 
 fn parse_env(text: &str) -> Result<String, String> {

@@ -39,6 +39,31 @@ pub enum StdinSource {
     File(SharedFd),
 }
 
+impl StdinSource {
+    /// This process's own stdin (fd 0), as `vmm run` forwards it. If it is a pipe, the pipe
+    /// is widened to 1 MiB where the host allows it, so that a fast writer can fill a guest's
+    /// 1 MiB reads (one exit each) instead of 64 KiB ones.
+    pub fn inherit() -> Self {
+        // SAFETY: F_SETPIPE_SZ only resizes a pipe's buffer; on anything else it fails, and a
+        // failure (not a pipe, over the host's limit) changes nothing.
+        unsafe {
+            libc::fcntl(
+                libc::STDIN_FILENO,
+                libc::F_SETPIPE_SZ,
+                abi::MAX_TRANSFER as i32,
+            )
+        };
+        StdinSource::Stream(libc::STDIN_FILENO)
+    }
+
+    /// A file every guest reads from its start (a fleet manifest's `stdin`); refuses anything
+    /// but a regular file, without blocking.
+    pub fn file(path: &std::path::Path) -> Result<Self, crate::files::FileError> {
+        let (file, _) = crate::files::open_regular(path)?;
+        Ok(StdinSource::File(SharedFd::new(file.into())))
+    }
+}
+
 /// The stdin device of one guest.
 pub(crate) struct StdinDevice {
     source: StdinSource,
