@@ -32,9 +32,8 @@ impl<const STREAM: u32> LineBuffer<STREAM> {
     }
 }
 
-impl<const STREAM: u32> Write for LineBuffer<STREAM> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut bytes = s.as_bytes();
+impl<const STREAM: u32> LineBuffer<STREAM> {
+    fn push(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.len == BUFFER_SIZE {
                 self.flush();
@@ -44,6 +43,12 @@ impl<const STREAM: u32> Write for LineBuffer<STREAM> {
             self.len += n;
             bytes = &bytes[n..];
         }
+    }
+}
+
+impl<const STREAM: u32> Write for LineBuffer<STREAM> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s.as_bytes());
         Ok(())
     }
 }
@@ -107,6 +112,32 @@ pub fn _print(args: fmt::Arguments) {
 #[doc(hidden)]
 pub fn _eprint(args: fmt::Arguments) {
     print_to(&STDERR, args, false);
+}
+
+/// Writes raw bytes to stdout (for `kernel::io::stdout()`), in order with `print!`: small
+/// writes go through the line buffer (sent on a newline, like `print!`), a write of a whole
+/// buffer or more goes out directly, one exit per 64 KiB.
+pub(crate) fn write_stdout(bytes: &[u8]) {
+    let done = STDOUT.with(|buf| {
+        if bytes.len() >= BUFFER_SIZE {
+            buf.flush();
+            hypercall::console_write(stream::STDOUT, bytes);
+        } else {
+            buf.push(bytes);
+            if bytes.contains(&b'\n') {
+                buf.flush();
+            }
+        }
+    });
+    if done.is_none() {
+        hypercall::console_write(stream::STDOUT, bytes);
+    }
+}
+
+/// Writes raw bytes to stderr, unbuffered (for `kernel::io::stderr()`).
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    STDERR.with(LineBuffer::flush);
+    hypercall::console_write(stream::STDERR, bytes);
 }
 
 /// Sends whatever stdout holds to the VMM.

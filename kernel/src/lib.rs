@@ -30,7 +30,9 @@ extern crate alloc;
 
 pub mod args;
 pub mod console;
+pub mod fs;
 pub mod heap;
+pub mod io;
 pub mod time;
 mod global;
 mod hypercall;
