@@ -5,8 +5,12 @@
 //! Commands: `read PATH`, `write PATH TEXT`, `append PATH TEXT`, `mkdir PATH`, `mkdirs PATH`,
 //! `rm PATH`, `rmdir PATH`, `mv FROM TO`, `ls PATH`, `stat PATH`, `readat PATH OFFSET LEN`,
 //! `seek PATH FROM OFFSET` (FROM: start, end, current), `openmany PATH N`, `repeat PATH N`
-//! (reads PATH N times; prints each distinct content once), `stdin-lines`, and `hold PATH`
-//! (opens PATH, then reaches the snapshot point with it open).
+//! (reads PATH N times; prints each distinct content once), `stdin-lines`, `hold PATH`
+//! (opens PATH, then reaches the snapshot point with it open), and `after-stdin COMMAND...`
+//! (waits for a line on stdin first, so that a test can change the host's files meanwhile).
+//!
+//! Its snapshot point comes first (before `main` reads its arguments), so that a snapshot of
+//! it runs any command when restored.
 
 #![no_std]
 #![no_main]
@@ -24,12 +28,21 @@ use kernel::println;
 kernel::main!(main, snapshot = manual);
 
 fn main(args: kernel::Args) -> i32 {
-    let args: Vec<&str> = args.skip(1).collect();
-    if let ["hold", path] = args.as_slice() {
+    if let ["hold", path] = args.skip(1).collect::<Vec<_>>().as_slice() {
         return hold(path);
     }
     kernel::snapshot_point();
-    match run(&args) {
+    // After a restore, this run's arguments.
+    let args: Vec<&str> = kernel::args().skip(1).collect();
+    let args = match args.as_slice() {
+        ["after-stdin", rest @ ..] => {
+            let mut line = String::new();
+            let _ = io::stdin().read_line(&mut line);
+            rest
+        }
+        all => all,
+    };
+    match run(args) {
         Ok(()) => 0,
         Err(err) => {
             println!("err {:?}", err.kind());

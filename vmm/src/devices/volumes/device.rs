@@ -348,9 +348,11 @@ impl FsDevice {
             entry(volume.dir(), &from.rest)?,
             entry(volume.dir(), &to.rest)?,
         );
-        // SAFETY: both names are live NUL-terminated strings; renameat2 only reads them.
+        // SAFETY: both names are live NUL-terminated strings; renameat2 only reads them. The
+        // raw system call: glibc's wrapper makes `renameat` instead when the flags are 0.
         let rc = unsafe {
-            libc::renameat2(
+            libc::syscall(
+                libc::SYS_renameat2,
                 from.parent.as_raw_fd(),
                 from.name.as_ptr(),
                 to.parent.as_raw_fd(),
