@@ -275,19 +275,22 @@ impl PortBus {
     }
 }
 
+/// A console sink that keeps everything, for device tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Collected(pub Vec<u8>);
+
+#[cfg(test)]
+impl ConsoleSink for Collected {
+    fn emit(&mut self, _: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Collected(Vec<u8>);
-
-    impl ConsoleSink for Collected {
-        fn emit(&mut self, _: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
-            self.0.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
 
     #[test]
     fn test_bus_routes_com1_and_ignores_other_ports() {

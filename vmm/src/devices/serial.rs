@@ -211,16 +211,7 @@ impl PortDevice for Com1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Collected(Vec<u8>);
-
-    impl ConsoleSink for Collected {
-        fn emit(&mut self, _: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
-            self.0.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
+    use crate::devices::Collected;
 
     fn write_all(com1: &mut Com1, offset: u16, bytes: &[u8]) -> Vec<u8> {
         let mut out = Collected::default();

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {source}{hint}", hint = kvm_open_hint(source.errno()))]
+    #[error("cannot open /dev/kvm{hint}", hint = kvm_open_hint(source.errno()))]
     OpenKvm {
         /// The cause.
         #[source]
