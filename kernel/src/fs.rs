@@ -537,3 +537,43 @@ impl DirEntry {
         metadata(&self.path())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[kernel::test]
+    fn test_guest_path_is_made_absolute_and_checked() {
+        assert_eq!(guest_path("/data/x").unwrap(), "/data/x");
+        assert_eq!(guest_path("data/x").unwrap(), "/data/x");
+        assert_eq!(
+            guest_path("a\0b").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        let long = "x".repeat(abi::fs::PATH_MAX as usize);
+        assert_eq!(
+            guest_path(&long).unwrap_err().kind(),
+            ErrorKind::InvalidFilename
+        );
+    }
+
+    #[kernel::test]
+    fn test_open_options_set_and_clear_flags() {
+        let options = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .create(false);
+        assert_eq!(options.flags, open_flags::WRITE | open_flags::TRUNCATE);
+    }
+
+    #[kernel::test]
+    fn test_paths_under_no_volume_are_not_found() {
+        // A guest unit test runs without volumes.
+        assert_eq!(
+            File::open("/nowhere/x").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert!(!exists("/nowhere").unwrap());
+    }
+}

@@ -73,7 +73,11 @@ pub fn exit(code: i32) -> ! {
 /// Waits (one exit) until a source of `interest` ([`abi::hypercall::poll_source`]) has input
 /// or `timeout_ns` passes (`u64::MAX`: no limit); the sources that are ready.
 pub fn poll(interest: u32, timeout_ns: u64) -> u32 {
-    let args = abi::hypercall::Poll { timeout_ns, interest, ready: 0 };
+    let args = abi::hypercall::Poll {
+        timeout_ns,
+        interest,
+        ready: 0,
+    };
     out(port::POLL, address_of(&args));
     // SAFETY: a live local the VMM may have written during the exit.
     unsafe { core::ptr::read_volatile(&args) }.ready
@@ -84,7 +88,12 @@ pub fn poll(interest: u32, timeout_ns: u64) -> u32 {
 pub fn stdin_read(buf: &mut [u8]) -> Result<usize, u32> {
     let len = buf.len().min(abi::MAX_TRANSFER as usize) as u32;
     loop {
-        let args = InputRead { buf: buf.as_mut_ptr() as u64, len, status: 0, count: 0 };
+        let args = InputRead {
+            buf: buf.as_mut_ptr() as u64,
+            len,
+            status: 0,
+            count: 0,
+        };
         out(port::STDIN, address_of(&args));
         // SAFETY: a live local the VMM wrote during the exit.
         let done = unsafe { core::ptr::read_volatile(&args) };

@@ -761,3 +761,149 @@ impl Write for Stderr {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[kernel::test]
+    fn test_lines_strip_lf_and_crlf_and_keep_a_last_line_without_newline() {
+        let lines: Vec<String> = (&b"one\r\ntwo\n\nthree"[..])
+            .lines()
+            .map(|l| l.unwrap())
+            .collect();
+        assert_eq!(lines, ["one", "two", "", "three"]);
+    }
+
+    #[kernel::test]
+    fn test_read_line_refuses_invalid_utf8_and_leaves_the_buffer() {
+        let mut text = String::from("kept");
+        let err = (&b"\xff\xfe\n"[..]).read_line(&mut text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+        assert_eq!(text, "kept");
+    }
+
+    /// A reader that hands out at most `chunk` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+        reads: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+            self.reads += 1;
+            let n = self.chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[kernel::test]
+    fn test_read_exact_gathers_short_reads_and_reports_early_end() {
+        let mut reader = Trickle {
+            data: b"abcdefgh",
+            chunk: 3,
+            reads: 0,
+        };
+        let mut buf = [0u8; 8];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"abcdefgh");
+        let err = reader.read_exact(&mut buf[..1]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnexpectedEof);
+    }
+
+    #[kernel::test]
+    fn test_read_to_end_appends_everything() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut reader = Trickle {
+            data: &data,
+            chunk: 70_000,
+            reads: 0,
+        };
+        let mut out = vec![1, 2];
+        assert_eq!(reader.read_to_end(&mut out).unwrap(), data.len());
+        assert_eq!(&out[2..], &data[..]);
+    }
+
+    #[kernel::test]
+    fn test_bufreader_serves_small_reads_from_one_large_one() {
+        let data = [7u8; 1000];
+        let mut reader = BufReader::with_capacity(
+            512,
+            Trickle {
+                data: &data,
+                chunk: 512,
+                reads: 0,
+            },
+        );
+        let mut byte = [0u8; 1];
+        for _ in 0..512 {
+            reader.read_exact(&mut byte).unwrap();
+        }
+        assert_eq!(reader.into_inner().reads, 1);
+    }
+
+    #[kernel::test]
+    fn test_bufreader_large_read_bypasses_the_buffer() {
+        let data = [7u8; 4096];
+        let mut reader = BufReader::with_capacity(
+            64,
+            Trickle {
+                data: &data,
+                chunk: 4096,
+                reads: 0,
+            },
+        );
+        let mut buf = [0u8; 4096];
+        assert_eq!(reader.read(&mut buf).unwrap(), 4096);
+    }
+
+    #[kernel::test]
+    fn test_bufwriter_batches_small_writes() {
+        let mut out = BufWriter::with_capacity(16, Vec::new());
+        out.write_all(b"0123456789").unwrap();
+        assert!(out.get_mut().is_empty());
+        out.write_all(b"abcdefghij").unwrap();
+        assert_eq!(out.get_mut().as_slice(), b"0123456789");
+        out.flush().unwrap();
+        assert_eq!(out.get_mut().as_slice(), b"0123456789abcdefghij");
+    }
+
+    #[kernel::test]
+    fn test_write_fmt_reaches_the_writer() {
+        let mut out = Vec::new();
+        write!(out, "{}-{:02}", "a", 7).unwrap();
+        assert_eq!(out, b"a-07");
+    }
+
+    #[kernel::test]
+    fn test_offset_position_refuses_before_the_start_and_overflow() {
+        assert_eq!(offset_position(10, -4), Ok(6));
+        assert_eq!(
+            offset_position(3, -4).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            offset_position(u64::MAX, 1).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[kernel::test]
+    fn test_vmm_codes_map_to_kinds_an_app_can_match() {
+        for (code, kind) in [
+            (errno::NOT_FOUND, ErrorKind::NotFound),
+            (errno::READ_ONLY, ErrorKind::ReadOnlyFilesystem),
+            (errno::NOT_CAPABLE, ErrorKind::OutsideVolume),
+            (errno::TOO_MANY_OPEN_FILES, ErrorKind::TooManyOpenFiles),
+            (errno::NAME_TOO_LONG, ErrorKind::InvalidFilename),
+            (12345, ErrorKind::Other),
+        ] {
+            let err = Error::from_code(code);
+            assert_eq!((err.kind(), err.raw_code()), (kind, Some(code)));
+        }
+        assert_eq!(Error::new(ErrorKind::InvalidData).raw_code(), None);
+    }
+}

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use tests::{image, require_kvm, status, stderr};
+use tests::{image, status, stderr};
 
 /// Input files: text with tabs, blank lines, non-ASCII bytes and a control character, one
 /// without a final newline, an empty one, a binary one, and a name holding a backslash.
@@ -92,9 +92,8 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_cat_matches_coreutils_on_files_and_stdin() {
-    require_kvm!();
     let dir = inputs("cat");
     let stdin = b"from stdin\n".to_vec();
     same("cat", &dir, &[path(&dir, "readme.md")], &[]);
@@ -118,9 +117,8 @@ fn test_cat_matches_coreutils_on_files_and_stdin() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_wc_matches_coreutils() {
-    require_kvm!();
     let dir = inputs("wc");
     let all = [
         "readme.md",
@@ -153,9 +151,8 @@ fn test_wc_matches_coreutils() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_sha256sum_matches_coreutils() {
-    require_kvm!();
     let dir = inputs("sha256sum");
     let names = [
         "readme.md",
@@ -176,9 +173,8 @@ fn test_sha256sum_matches_coreutils() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_sort_matches_coreutils_to_stdout() {
-    require_kvm!();
     let dir = inputs("sort");
     for flags in [&[][..], &["-r"], &["-u"], &["-r", "-u"]] {
         let files = [path(&dir, "mixed.txt"), path(&dir, "no-newline.txt")];
@@ -189,9 +185,8 @@ fn test_sort_matches_coreutils_to_stdout() {
     same("sort", &dir, &[path(&dir, "empty")], &[]);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_sort_writes_the_same_output_file_as_coreutils() {
-    require_kvm!();
     let dir = inputs("sort-o");
     let theirs_path = path(&dir, "sorted-by-coreutils");
     let ours_path = path(&dir, "sorted-by-guest");
@@ -212,9 +207,8 @@ fn test_sort_writes_the_same_output_file_as_coreutils() {
     assert_eq!(std::fs::read(&input).unwrap(), again.stdout);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_sort_output_to_a_read_only_volume_fails_cleanly() {
-    require_kvm!();
     let dir = inputs("sort-ro");
     let volume = format!("{}:/in:ro", dir.display());
     let out = tests::vmm_run(

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tests::{image, require_kvm, status, stderr, stdout};
+use tests::{image, status, stderr, stdout};
 
 /// `vmm run IMAGE FLAGS -- ARGS` with `input` on a pipe as its stdin (written by a thread, so
 /// that a guest that stops reading cannot deadlock the test).
@@ -49,18 +49,16 @@ fn generated(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 256) as u8).collect()
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdin_pipe_reaches_the_guest_unchanged() {
-    require_kvm!();
     let input = generated(3 << 20);
     let out = run_with_stdin("cat", &[], &[], input.clone());
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(out.stdout == input, "3 MiB through cat differ");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdin_redirected_file_moves_one_exit_per_mib() {
-    require_kvm!();
     let path = tests::write_scratch("stdin", "eight-mib", &generated(8 << 20));
     let out = Command::new(tests::vmm_bin())
         .arg("run")
@@ -75,9 +73,8 @@ fn test_stdin_redirected_file_moves_one_exit_per_mib() {
     assert!((8..=10).contains(&reads), "{reads} stdin exits for 8 MiB");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdin_closed_is_empty_input() {
-    require_kvm!();
     let out = Command::new(tests::vmm_bin())
         .arg("run")
         .arg(image("fsprobe"))
@@ -89,9 +86,8 @@ fn test_stdin_closed_is_empty_input() {
     assert_eq!(stdout(&out), "ok lines=0 last=\n");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdin_lines_are_read_through_bufread() {
-    require_kvm!();
     let out = run_with_stdin(
         "fsprobe",
         &[],
@@ -102,9 +98,8 @@ fn test_stdin_lines_are_read_through_bufread() {
     assert_eq!(stdout(&out), "ok lines=3 last=three\n");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdin_read_waits_without_spinning() {
-    require_kvm!();
     // Input arrives after 300 ms: the guest waits in the VMM (a few exits), not in a loop.
     let mut child = Command::new(tests::vmm_bin())
         .arg("run")
@@ -126,9 +121,8 @@ fn test_stdin_read_waits_without_spinning() {
     assert!(waits <= 10, "{waits} exits while waiting for input");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdin_wait_is_stopped_by_the_timeout() {
-    require_kvm!();
     let mut child = Command::new(tests::vmm_bin())
         .arg("run")
         .arg(image("cat"))
@@ -147,9 +141,8 @@ fn test_stdin_wait_is_stopped_by_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_stdout_closed_ends_a_streaming_guest_at_once() {
-    require_kvm!();
     // `yes | vmm run cat | head -c 1`: the reader leaves; the guest stops like a process
     // killed by SIGPIPE, long before --timeout.
     let mut child = Command::new(tests::vmm_bin())
@@ -182,9 +175,8 @@ fn test_stdout_closed_ends_a_streaming_guest_at_once() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_snapshot_restore_reads_the_stdin_of_its_own_run() {
-    require_kvm!();
     let snap = tests::scratch_dir("stdin").join("fsprobe.snap");
     tests::snapshot_image("fsprobe", &snap);
     let mut child = Command::new(tests::vmm_bin())
@@ -205,9 +197,8 @@ fn test_snapshot_restore_reads_the_stdin_of_its_own_run() {
     assert_eq!(stdout(&out), "ok lines=2 last=run\n");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_snapshot_with_a_file_open_is_refused() {
-    require_kvm!();
     let dir = tests::scratch_dir("stdin").join("held");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("f"), "x").unwrap();
@@ -232,9 +223,8 @@ fn test_snapshot_with_a_file_open_is_refused() {
     assert!(!snap.exists(), "no snapshot written");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_snapshot_restore_gets_volumes_from_its_own_command_line() {
-    require_kvm!();
     let dir = tests::scratch_dir("stdin").join("restore-volume");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("f"), "from the restore's volume").unwrap();
@@ -264,9 +254,8 @@ fn test_snapshot_restore_gets_volumes_from_its_own_command_line() {
     assert_eq!(stdout(&out), "err NotFound\n", "no volume without --volume");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_fleet_instances_get_their_manifest_stdin_and_volumes() {
-    require_kvm!();
     let dir = tests::scratch_dir("stdin").join("fleet");
     std::fs::create_dir_all(dir.join("shared")).unwrap();
     std::fs::write(dir.join("shared/f"), "shared file").unwrap();

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use tests::elf::{CODE_ADDR, ElfBuilder};
-use tests::{asm, image, require_kvm, status, stderr, stdout, vmm_run, write_scratch};
+use tests::{asm, image, status, stderr, stdout, vmm_run, write_scratch};
 
 /// A scratch tree: `vol/` (shared with the guest: `hello.txt`, `sub/inner.txt`) and
 /// `outside/` (`secret`), which no guest may touch.
@@ -92,9 +92,8 @@ fn answer(volumes: &[String], args: &[&str]) -> String {
     stdout(&out).trim_end().to_owned()
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_file_is_read_through_its_guest_path() {
-    require_kvm!();
     let tree = Tree::new("read");
     let v = [tree.volume(":ro")];
     assert_eq!(answer(&v, &["read", "/d/hello.txt"]), "ok hello, volume");
@@ -106,9 +105,8 @@ fn test_volume_file_is_read_through_its_guest_path() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_read_write_operations_change_only_the_volume() {
-    require_kvm!();
     let tree = Tree::new("write");
     let outside = snapshot_tree(&tree.outside());
     let v = [tree.volume("")];
@@ -129,9 +127,8 @@ fn test_volume_read_write_operations_change_only_the_volume() {
     assert_eq!(snapshot_tree(&tree.outside()), outside);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_path_outside_every_volume_is_not_found() {
-    require_kvm!();
     let tree = Tree::new("novolume");
     assert_eq!(
         answer(&[tree.volume("")], &["read", "/etc/passwd"]),
@@ -140,9 +137,8 @@ fn test_volume_path_outside_every_volume_is_not_found() {
     assert_eq!(answer(&[], &["read", "/d/hello.txt"]), "err NotFound");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_dotdot_escape_is_refused() {
-    require_kvm!();
     let tree = Tree::new("dotdot");
     let outside = snapshot_tree(&tree.outside());
     let v = [tree.volume("")];
@@ -164,9 +160,8 @@ fn test_volume_dotdot_escape_is_refused() {
     assert_eq!(snapshot_tree(&tree.outside()), outside);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_absolute_symlink_is_refused() {
-    require_kvm!();
     let tree = Tree::new("absolute");
     tree.symlink(tree.outside().join("secret"), "abs-file");
     tree.symlink(tree.outside(), "abs-dir");
@@ -187,9 +182,8 @@ fn test_volume_absolute_symlink_is_refused() {
     assert_eq!(snapshot_tree(&tree.outside()), outside);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_relative_symlink_pointing_out_is_refused() {
-    require_kvm!();
     let tree = Tree::new("relative");
     tree.symlink("../outside/secret", "up-file");
     tree.symlink("sub/../../outside", "up-dir");
@@ -214,9 +208,8 @@ fn test_volume_relative_symlink_pointing_out_is_refused() {
     assert_eq!(snapshot_tree(&tree.outside()), outside);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_proc_self_root_tricks_are_refused() {
-    require_kvm!();
     let tree = Tree::new("proc");
     tree.symlink("/proc/self/root/etc/passwd", "proc-root");
     tree.symlink("/proc/self/cwd", "proc-cwd");
@@ -231,9 +224,8 @@ fn test_volume_proc_self_root_tricks_are_refused() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_removing_a_symlink_never_touches_its_target() {
-    require_kvm!();
     let tree = Tree::new("unlink");
     tree.symlink(tree.outside().join("secret"), "link");
     let outside = snapshot_tree(&tree.outside());
@@ -263,9 +255,8 @@ fn race(tree: &Tree, path: &str, flip: impl Fn() + Send + 'static) -> String {
     got
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_symlink_race_never_reads_outside() {
-    require_kvm!();
     // The host swaps `flip` between a symlink into the volume and one pointing out, while the
     // guest reads `flip/secret` over and over: the kernel checks each lookup as it walks, so
     // the guest sees the inside file or an error, never the outside one.
@@ -289,9 +280,8 @@ fn test_volume_symlink_race_never_reads_outside() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_directory_moved_out_during_lookup_never_reads_outside() {
-    require_kvm!();
     // The guest opens `a/b/../../hello.txt` while the host moves `a` out of the volume and
     // back: a `..` walked from the moved directory would reach `outside/hello.txt`.
     let tree = Tree::new("race-rename");
@@ -305,9 +295,8 @@ fn test_volume_directory_moved_out_during_lookup_never_reads_outside() {
     assert!(!got.contains("SECRET"), "read outside the volume: {got}");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_read_only_refuses_every_write() {
-    require_kvm!();
     let tree = Tree::new("readonly");
     let before = snapshot_tree(&tree.root);
     let v = [tree.volume(":ro")];
@@ -325,14 +314,13 @@ fn test_volume_read_only_refuses_every_write() {
     assert_eq!(snapshot_tree(&tree.root), before);
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_file_growing_while_read_is_read_cleanly() {
-    require_kvm!();
     let tree = Tree::new("grow");
     let path = tree.vol().join("log");
     let initial: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &initial).unwrap();
-    let mut child = Command::new(tests::vmm_bin())
+    let child = Command::new(tests::vmm_bin())
         .args(["run", image("cat").to_str().unwrap(), "--timeout", "20s"])
         .args(["--volume", &tree.volume(":ro"), "--", "/d/log"])
         .stdout(Stdio::piped())
@@ -357,9 +345,8 @@ fn test_volume_file_growing_while_read_is_read_cleanly() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_file_shrinking_while_read_ends_cleanly() {
-    require_kvm!();
     let tree = Tree::new("shrink");
     let path = tree.vol().join("data");
     let initial: Vec<u8> = (0..32u32 << 20).map(|i| (i % 253) as u8).collect();
@@ -387,9 +374,8 @@ fn test_volume_file_shrinking_while_read_ends_cleanly() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_directory_deleted_under_the_guest_gives_errors() {
-    require_kvm!();
     let tree = Tree::new("deleted");
     let mut child = Command::new(tests::vmm_bin())
         .args([
@@ -417,9 +403,8 @@ fn test_volume_directory_deleted_under_the_guest_gives_errors() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_huge_and_negative_offsets_are_errors() {
-    require_kvm!();
     let tree = Tree::new("offsets");
     let v = [tree.volume(":ro")];
     assert_eq!(
@@ -452,9 +437,8 @@ fn test_volume_huge_and_negative_offsets_are_errors() {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_too_many_open_files_is_an_error_the_app_recovers_from() {
-    require_kvm!();
     let tree = Tree::new("many");
     let got = answer(&[tree.volume(":ro")], &["openmany", "/d/hello.txt", "1000"]);
     assert_eq!(
@@ -496,9 +480,8 @@ fn test_volume_bad_specs_are_refused_before_boot() {
     assert!(stderr(&out).contains("two volumes"), "{}", stderr(&out));
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_volume_fifo_in_the_volume_is_refused_without_hanging() {
-    require_kvm!();
     let tree = Tree::new("fifo");
     let fifo = tree.vol().join("fifo");
     let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
@@ -555,9 +538,8 @@ fn assert_bad_request(out: &Output, what: &str) {
     );
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_fs_transfer_over_the_limit_stops_the_guest() {
-    require_kvm!();
     let request = fs_request(abi::fs::FsRequest {
         op: abi::fs::op::READ,
         buf: 0x30_0000,
@@ -569,9 +551,8 @@ fn test_hostile_fs_transfer_over_the_limit_stops_the_guest() {
     assert!(stderr(&out).contains("volumes"), "{}", stderr(&out));
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_fs_buffer_outside_ram_stops_the_guest() {
-    require_kvm!();
     let request = fs_request(abi::fs::FsRequest {
         op: abi::fs::op::READ,
         buf: u64::MAX - 8,
@@ -582,9 +563,8 @@ fn test_hostile_fs_buffer_outside_ram_stops_the_guest() {
     assert_bad_request(&out, "buffer past the end of RAM");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_fs_path_outside_ram_stops_the_guest() {
-    require_kvm!();
     let request = fs_request(abi::fs::FsRequest {
         op: abi::fs::op::OPEN,
         flags: abi::fs::open_flags::READ,
@@ -596,9 +576,8 @@ fn test_hostile_fs_path_outside_ram_stops_the_guest() {
     assert_bad_request(&out, "path outside RAM");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_fs_unknown_operation_stops_the_guest() {
-    require_kvm!();
     let request = fs_request(abi::fs::FsRequest {
         op: 0xdead,
         ..Default::default()
@@ -607,9 +586,8 @@ fn test_hostile_fs_unknown_operation_stops_the_guest() {
     assert_bad_request(&out, "unknown operation");
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_fs_huge_path_length_is_an_error_not_a_read() {
-    require_kvm!();
     // A 4 GiB path length is refused before anything is read; the guest goes on to exit 0.
     let request = fs_request(abi::fs::FsRequest {
         op: abi::fs::op::OPEN,
@@ -622,9 +600,8 @@ fn test_hostile_fs_huge_path_length_is_an_error_not_a_read() {
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_stdin_buffer_outside_ram_stops_the_guest() {
-    require_kvm!();
     let mut request = (u64::MAX - 8).to_le_bytes().to_vec();
     request.extend(64u32.to_le_bytes());
     request.extend([0u8; 12]);
@@ -633,9 +610,8 @@ fn test_hostile_stdin_buffer_outside_ram_stops_the_guest() {
     assert!(stderr(&out).contains("stdin"), "{}", stderr(&out));
 }
 
-#[test]
+#[tests::kvm_test]
 fn test_hostile_stdin_read_over_the_limit_stops_the_guest() {
-    require_kvm!();
     let mut request = 0x30_0000u64.to_le_bytes().to_vec();
     request.extend((abi::MAX_TRANSFER as u32 + 1).to_le_bytes());
     request.extend([0u8; 12]);

@@ -76,3 +76,19 @@ fn main(args: kernel::Args) -> i32 {
     }
     status
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[kernel::test]
+    fn test_sha256sum_line_escapes_names_as_coreutils_does() {
+        let digest: [u8; 32] = Sha256::digest(b"").into();
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(line(&digest, "-"), alloc::format!("{empty}  -\n"));
+        assert_eq!(
+            line(&digest, "a\\b\nc"),
+            alloc::format!("\\{empty}  a\\\\b\\nc\n")
+        );
+    }
+}

@@ -194,3 +194,52 @@ fn number_width(inputs: &[Option<&str>], numbers: usize) -> usize {
     }
     width.max(minimum)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(text: &[u8]) -> (u64, u64, u64) {
+        let mut counter = Counter {
+            counts: Counts::default(),
+            in_word: false,
+        };
+        for chunk in text.chunks(3) {
+            counter.feed(chunk);
+        }
+        let c = counter.finish();
+        (c.lines, c.words, c.bytes)
+    }
+
+    #[kernel::test]
+    fn test_wc_words_are_printable_runs_ended_by_whitespace() {
+        assert_eq!(counts(b"one two\tthree\nfour"), (1, 4, 18));
+        assert_eq!(
+            counts(b"a\x01b c\x01"),
+            (0, 2, 6),
+            "control bytes neither start nor end a word"
+        );
+        assert_eq!(counts(b"\x01 \x01"), (0, 0, 3));
+        assert_eq!(
+            counts("caf\u{e9} x".as_bytes()),
+            (0, 2, 7),
+            "C locale: high bytes are not printable"
+        );
+    }
+
+    #[kernel::test]
+    fn test_wc_line_layout_pads_to_the_width() {
+        let shown = Shown {
+            lines: true,
+            words: false,
+            bytes: true,
+        };
+        let c = Counts {
+            lines: 3,
+            words: 9,
+            bytes: 42,
+        };
+        assert_eq!(line(&c, &shown, 4, Some("f")), "   3   42 f\n");
+        assert_eq!(line(&c, &shown, 1, None), "3 42\n");
+    }
+}
