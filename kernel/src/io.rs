@@ -873,8 +873,8 @@ mod tests {
 
     #[kernel::test]
     fn test_write_fmt_reaches_the_writer() {
-        let mut out = Vec::new();
-        write!(out, "{}-{:02}", "a", 7).unwrap();
+        let (mut out, name) = (Vec::new(), "a");
+        write!(out, "{name}-{:02}", 7).unwrap();
         assert_eq!(out, b"a-07");
     }
 
