@@ -30,7 +30,7 @@ pub mod size;
 pub mod snapshot;
 pub mod vm;
 
-pub use devices::{SharedFd, StdinSource, Volume, VolumeError, VolumeSpec};
+pub use devices::{SharedFd, StdinSource, Volume, VolumeError, VolumeRoots, VolumeSpec};
 pub use launch::{LaunchError, RunConfig, Target};
 pub use memory::image::{Image, ImageError};
 pub use report::{Outcome, RunReport};

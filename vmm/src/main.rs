@@ -66,6 +66,11 @@ enum Command {
         /// Run without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
+        /// A directory whose subdirectories requests may share with their guests
+        /// (`vmm run --via S --volume DIR:/path`); repeatable. Without one, requests with
+        /// volumes are refused.
+        #[arg(long = "volume-root", value_name = "DIR")]
+        volume_roots: Vec<PathBuf>,
     },
     /// Boot an image until its kernel's snapshot point and save the VM to a file.
     #[command(after_help = "Restore with: vmm run --from FILE [-- ARGS...]")]
@@ -304,6 +309,7 @@ fn vmm_main() -> i32 {
             workers,
             max_timeout,
             no_seccomp,
+            volume_roots,
         } => serve(vmm::serve::ServeConfig {
             socket,
             pool,
@@ -311,6 +317,7 @@ fn vmm_main() -> i32 {
             workers,
             seccomp: !no_seccomp,
             max_timeout,
+            volume_roots,
         }),
         Command::Snapshot {
             image,
@@ -391,16 +398,16 @@ fn vmm_main() -> i32 {
             };
             let mut vm = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
             vm.debug_blocked_syscall = debug_blocked_syscall;
-            if let Err(status) = give_input(&mut vm, &volumes) {
-                return status;
-            }
             if let Some(socket) = via {
                 if format.is_some() {
                     return usage(
                         "--timeline cannot be used with --via (the guest runs in the server)",
                     );
                 }
-                return run_via(&socket, target, &vm);
+                return run_via(&socket, target, &vm, &volumes);
+            }
+            if let Err(status) = give_input(&mut vm, &volumes) {
+                return status;
             }
             let config = RunConfig {
                 target,
@@ -461,7 +468,25 @@ fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -
     status
 }
 
-fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
+/// `vmm run --via`: the server opens the volumes (beneath its `--volume-root`s), and the
+/// guest's stdin is ours, forwarded through the socket.
+fn run_via(
+    socket: &std::path::Path,
+    target: PathBuf,
+    vm: &VmConfig,
+    volumes: &[VolumeSpec],
+) -> i32 {
+    let volumes = volumes
+        .iter()
+        .map(|spec| {
+            let host = std::path::absolute(&spec.host).unwrap_or_else(|_| spec.host.clone());
+            VolumeSpec {
+                host,
+                ..spec.clone()
+            }
+            .to_string()
+        })
+        .collect();
     let request = vmm::serve::Request {
         target: std::path::absolute(&target).unwrap_or(target),
         args: vm.args.clone(),
@@ -471,6 +496,8 @@ fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
         max_output: vm.max_output,
         mem_size: vm.mem_size,
+        volumes,
+        stdin: true,
     };
     match vmm::serve::run_via(socket, &request) {
         Ok(status) => status,

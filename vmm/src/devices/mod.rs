@@ -22,7 +22,7 @@ pub(crate) mod stdin;
 pub mod volumes;
 
 pub use stdin::StdinSource;
-pub use volumes::{SharedFd, Volume, VolumeError, VolumeSpec};
+pub use volumes::{SharedFd, Volume, VolumeError, VolumeRoots, VolumeSpec};
 
 use crate::memory::GuestRam;
 use std::ops::Range;

@@ -1,6 +1,6 @@
-//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, relays the guest's stdout and
-//! stderr to ours as they arrive, and returns the guest's exit status, so that it behaves like
-//! a local `vmm run`.
+//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, forwards our stdin after it,
+//! relays the guest's stdout and stderr to ours as they arrive, and returns the guest's exit
+//! status, so that it behaves like a local `vmm run`.
 
 use super::wire::{self, Request, frame};
 use std::io::Write;
@@ -33,6 +33,22 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Copies this process's stdin to the connection on a thread of its own, then shuts down the
+/// connection's writing side (the guest's end of input). The thread ends with the stdin, the
+/// connection, or the process.
+fn forward_stdin(stream: &UnixStream) {
+    let Ok(mut to_server) = stream.try_clone() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            if std::io::copy(&mut std::io::stdin().lock(), &mut to_server).is_ok() {
+                let _ = to_server.shutdown(std::net::Shutdown::Write);
+            }
+        });
+}
+
 /// Sends `request` to the server at `socket`; returns the guest's exit status.
 pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
@@ -42,6 +58,9 @@ pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
     stream
         .write_all(&wire::encode_request(request))
         .map_err(ClientError::Send)?;
+    if request.stdin {
+        forward_stdin(&stream);
+    }
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     loop {
         let (kind, payload) = wire::read_frame(&mut stream).map_err(ClientError::Reply)?;

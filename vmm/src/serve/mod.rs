@@ -43,6 +43,9 @@ pub enum ServeError {
     /// A pooled snapshot is unusable.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// A `--volume-root` cannot be opened.
+    #[error(transparent)]
+    VolumeRoot(#[from] crate::devices::VolumeError),
     /// `--snapshot` named an image.
     #[error("--snapshot {0}: not a snapshot")]
     NotASnapshot(PathBuf),
@@ -67,4 +70,7 @@ pub struct ServeConfig {
     /// The longest any request may run; requests without a timeout get this one, so that a
     /// guest that spins cannot hold a runner for ever.
     pub max_timeout: Duration,
+    /// The directories requests may share with their guests (none: requests with volumes are
+    /// refused).
+    pub volume_roots: Vec<PathBuf>,
 }

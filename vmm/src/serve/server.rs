@@ -7,6 +7,7 @@
 use super::pool::{self, Pool};
 use super::wire::{self, Request, frame, send_frame};
 use super::{ServeConfig, ServeError};
+use crate::devices::{DeviceConfig, StdinSource, Volume, VolumeRoots, VolumeSpec};
 use crate::launch::{self, Target, TargetKind};
 use crate::report::Timeline;
 use crate::sandbox::{self, Profile};
@@ -27,11 +28,13 @@ struct Job {
     target: Target,
     key: PathBuf,
     request: Request,
+    volumes: Vec<Volume>,
 }
 
 /// Runs the server until the process is killed.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     let kvm = vm::open_kvm()?;
+    let roots = VolumeRoots::open(&config.volume_roots)?;
     let mut targets: BTreeMap<PathBuf, Target> = BTreeMap::new();
     let mut pooled = Vec::new();
     for path in &config.snapshots {
@@ -96,6 +99,13 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
                 continue;
             }
         };
+        let volumes = match open_volumes(&roots, &request) {
+            Ok(volumes) => volumes,
+            Err(why) => {
+                let _ = send_frame(&mut stream, frame::ERROR, why.as_bytes());
+                continue;
+            }
+        };
         let Ok(index) = idle_rx.recv() else { break };
         // SAFETY: dup2 onto the runner's own fd, which it closed before reporting idle.
         if unsafe { libc::dup2(stream.as_raw_fd(), CLIENT_FD_BASE + index as i32) } < 0 {
@@ -113,6 +123,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
                 target,
                 key,
                 request,
+                volumes,
             })
             .is_err()
         {
@@ -133,6 +144,18 @@ fn vm_config(request: &Request, seccomp: bool) -> VmConfig {
         max_output: request.max_output,
         ..VmConfig::default()
     }
+}
+
+/// Opens a request's volumes beneath the server's shared directories (before its runner, which
+/// is sandboxed, gets it).
+fn open_volumes(roots: &VolumeRoots, request: &Request) -> Result<Vec<Volume>, String> {
+    let specs = request
+        .volumes
+        .iter()
+        .map(|text| VolumeSpec::parse(text))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|specs| roots.open_all(&specs));
+    specs.map_err(|e| crate::error_chain(&e))
 }
 
 fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
@@ -208,7 +231,16 @@ fn serve_one(
     deadlines: &DeadlineService,
     seccomp: bool,
 ) -> Option<Vm> {
-    let config = vm_config(&job.request, seccomp);
+    let mut config = vm_config(&job.request, seccomp);
+    config.devices = DeviceConfig {
+        // The client's stdin follows its request on the connection (now at `fd`).
+        stdin: if job.request.stdin {
+            StdinSource::Stream(fd)
+        } else {
+            StdinSource::Empty
+        },
+        volumes: job.volumes,
+    };
     let built = match job.target.kind() {
         TargetKind::Snapshot(_) => {
             let shell = match pool.take(&job.key) {

@@ -84,6 +84,9 @@ pub enum VolumeError {
     /// More volumes than a guest gets.
     #[error("{0} volumes; a guest gets at most {MAX_VOLUMES}")]
     TooMany(usize),
+    /// A server's request named a directory outside every directory the server shares.
+    #[error("volume {0:?}: not under a directory this server shares (vmm serve --volume-root)")]
+    NotShared(String),
 }
 
 /// A volume as given on the command line, in a manifest or in a request.
@@ -186,13 +189,19 @@ impl Volume {
     /// Opens every volume of `specs`, checking their number and that no two share a guest
     /// path.
     pub fn open_all(specs: &[VolumeSpec]) -> Result<Vec<Self>, VolumeError> {
+        Self::open_each(specs, Self::open)
+    }
+
+    /// Opens every volume of `specs` with `open`, checking their number (before opening any)
+    /// and that no two share a guest path.
+    fn open_each(
+        specs: &[VolumeSpec],
+        open: impl Fn(&VolumeSpec) -> Result<Self, VolumeError>,
+    ) -> Result<Vec<Self>, VolumeError> {
         if specs.len() > MAX_VOLUMES {
             return Err(VolumeError::TooMany(specs.len()));
         }
-        let volumes = specs
-            .iter()
-            .map(Self::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let volumes = specs.iter().map(open).collect::<Result<Vec<_>, _>>()?;
         for (i, volume) in volumes.iter().enumerate() {
             if volumes[..i]
                 .iter()
@@ -217,6 +226,98 @@ impl Volume {
     /// The host directory.
     pub(crate) fn dir(&self) -> BorrowedFd<'_> {
         self.dir.borrow()
+    }
+}
+
+/// The directories a server shares (`vmm serve --volume-root DIR`): a request's volumes must
+/// lie beneath one of them, and are opened beneath its fd (`openat2(RESOLVE_BENEATH)`), so
+/// that a symlink on the way cannot lead a client's volume out of them.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeRoots(Vec<(PathBuf, SharedFd)>);
+
+impl VolumeRoots {
+    /// Opens each root (canonical paths: requests are matched against them).
+    pub fn open(roots: &[PathBuf]) -> Result<Self, VolumeError> {
+        let mut opened = Vec::new();
+        for root in roots {
+            let spec = VolumeSpec {
+                host: root.clone(),
+                guest: "/".into(),
+                read_only: false,
+            };
+            let open_error = |source| VolumeError::Open {
+                spec: spec.to_string(),
+                host: root.clone(),
+                source,
+            };
+            let canonical = std::fs::canonicalize(root).map_err(open_error)?;
+            let volume = Volume::open(&VolumeSpec {
+                host: canonical.clone(),
+                ..spec.clone()
+            })?;
+            opened.push((canonical, volume.dir));
+        }
+        Ok(Self(opened))
+    }
+
+    /// Opens every volume of `specs` beneath these roots (see [`VolumeRoots::open_volume`]),
+    /// with the checks of [`Volume::open_all`].
+    pub fn open_all(&self, specs: &[VolumeSpec]) -> Result<Vec<Volume>, VolumeError> {
+        Volume::open_each(specs, |spec| self.open_volume(spec))
+    }
+
+    /// Opens `spec`'s host directory (an absolute path without `..`) beneath the root that
+    /// holds it.
+    pub fn open_volume(&self, spec: &VolumeSpec) -> Result<Volume, VolumeError> {
+        let not_shared = || VolumeError::NotShared(spec.to_string());
+        let components = spec.guest_components()?;
+        if !spec.host.is_absolute()
+            || spec
+                .host
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(not_shared());
+        }
+        let (root, rel) = self
+            .0
+            .iter()
+            .find_map(|(root, fd)| Some((fd, spec.host.strip_prefix(root).ok()?)))
+            .ok_or_else(not_shared)?;
+        let rel: Vec<&[u8]> = rel
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(name) => Some(name.as_encoded_bytes()),
+                _ => None,
+            })
+            .collect();
+        let dir = resolve::open_beneath(
+            root.borrow(),
+            &resolve::relative(&rel),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|code| VolumeError::Open {
+            spec: spec.to_string(),
+            host: spec.host.clone(),
+            source: std::io::Error::other(describe(code)),
+        })?;
+        Ok(Volume {
+            spec: spec.clone(),
+            components,
+            dir: SharedFd::new(dir),
+        })
+    }
+}
+
+/// Words for an `abi::errno` code, in errors the VMM reports itself.
+fn describe(code: u32) -> &'static str {
+    match code {
+        abi::errno::NOT_FOUND => "no such directory",
+        abi::errno::NOT_A_DIRECTORY => "not a directory",
+        abi::errno::NOT_CAPABLE => "it leads outside the shared directory",
+        abi::errno::PERMISSION_DENIED => "permission denied",
+        _ => "cannot be opened",
     }
 }
 
@@ -265,6 +366,41 @@ mod tests {
             Volume::open(&missing),
             Err(VolumeError::Open { .. })
         ));
+    }
+
+    #[test]
+    fn test_volume_roots_open_only_what_lies_beneath_them() {
+        let base = std::env::temp_dir().join(format!("flick-roots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("shared/in")).unwrap();
+        std::fs::create_dir_all(base.join("private")).unwrap();
+        std::os::unix::fs::symlink(base.join("private"), base.join("shared/out")).unwrap();
+        let roots = VolumeRoots::open(&[base.join("shared")]).unwrap();
+        let spec = |host: PathBuf| VolumeSpec {
+            host,
+            guest: "/d".into(),
+            read_only: true,
+        };
+        assert!(roots.open_volume(&spec(base.join("shared/in"))).is_ok());
+        assert!(roots.open_volume(&spec(base.join("shared"))).is_ok());
+        for refused in [
+            base.join("private"),
+            base.join("shared/../private"),
+            base.join("shared/out"),
+            PathBuf::from("shared/in"),
+            PathBuf::from("/"),
+        ] {
+            assert!(
+                roots.open_volume(&spec(refused.clone())).is_err(),
+                "{refused:?}"
+            );
+        }
+        assert!(
+            VolumeRoots::default()
+                .open_volume(&spec(base.join("shared")))
+                .is_err()
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
