@@ -3,6 +3,7 @@
 //! `images/.cargo/config.toml` (see [`guest`] and docs/PLATFORM.md).
 
 mod bench;
+mod bench_io;
 mod guest;
 mod lint;
 mod runner;
@@ -49,6 +50,16 @@ enum Task {
     },
     /// Measure cold starts of our VMM against its peers; report in target/bench/.
     Bench(bench::Bench),
+    /// The I/O row: sha256sum of a large file through a volume and stdin against native
+    /// coreutils, crun and Docker; report in target/bench/io.md.
+    BenchIo {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        /// Timed runs per peer.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Feed the ELF loader, hypercall decoder and exit handler N random and mutated inputs.
     Fuzz {
         /// Cases per target.
@@ -127,6 +138,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
         Task::Bench(args) => bench::run(args),
+        Task::BenchIo { mib, runs } => {
+            build_vmm()?;
+            let image = guest::build(&["sha256sum".to_owned()])?.remove(0);
+            let dir = bench::bench_dir();
+            let plan = bench_io::Plan {
+                vmm: &vmm_path(),
+                image: &image,
+                dir: &dir,
+                mib: mib.max(1),
+                runs: runs.max(1),
+            };
+            let result = bench_io::measure(&plan).map_err(anyhow::Error::msg)?;
+            let md = bench_io::markdown(&result);
+            std::fs::write(dir.join("io.md"), &md)?;
+            std::fs::write(dir.join("io.json"), serde_json::to_string_pretty(&result)?)?;
+            print!("{md}");
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Fuzz { cases } => {
             let status = cargo()
                 .args(["test", "--release", "--package", "tests", "--test", "fuzz"])
