@@ -1,6 +1,6 @@
-//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, forwards our stdin after it,
-//! relays the guest's stdout and stderr to ours as they arrive, and returns the guest's exit
-//! status, so that it behaves like a local `vmm run`.
+//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, relays the guest's stdout and
+//! stderr to ours as they arrive, and returns the guest's exit status, so that it behaves like
+//! a local `vmm run`.
 
 use super::wire::{self, Request, frame};
 use std::io::Write;
@@ -19,6 +19,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The request cannot be encoded.
+    #[error(transparent)]
+    Encode(#[from] wire::EncodeError),
     /// The request could not be sent.
     #[error("cannot send the request")]
     Send(#[source] std::io::Error),
@@ -51,13 +54,12 @@ fn forward_stdin(stream: &UnixStream) {
 
 /// Sends `request` to the server at `socket`; returns the guest's exit status.
 pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
+    let message = wire::encode_request(request)?;
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_owned(),
         source,
     })?;
-    stream
-        .write_all(&wire::encode_request(request))
-        .map_err(ClientError::Send)?;
+    stream.write_all(&message).map_err(ClientError::Send)?;
     if request.stdin {
         forward_stdin(&stream);
     }
