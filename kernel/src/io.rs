@@ -220,7 +220,9 @@ pub(crate) fn read_to_end_in_chunks<R: Read + ?Sized>(
         if buf.capacity() - filled < chunk / 2 {
             buf.reserve(chunk);
         }
-        let room = buf.capacity() - filled;
+        // Zero at most one chunk per read: the whole spare capacity each time would make a
+        // large read quadratic.
+        let room = (buf.capacity() - filled).min(chunk.max(1));
         buf.resize(filled + room, 0);
         match reader.read(&mut buf[filled..]) {
             Ok(0) => {
@@ -825,6 +827,40 @@ mod tests {
         let mut out = vec![1, 2];
         assert_eq!(reader.read_to_end(&mut out).unwrap(), data.len());
         assert_eq!(&out[2..], &data[..]);
+    }
+
+    #[kernel::test]
+    fn test_read_to_end_zeroes_at_most_a_chunk_per_read() {
+        let data = [5u8; 10_000];
+        let mut reader = Trickle {
+            data: &data,
+            chunk: 10_000,
+            reads: 0,
+        };
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut counting = CountingReads {
+            inner: &mut reader,
+            largest: 0,
+        };
+        read_to_end_in_chunks(&mut counting, &mut out, 4096).unwrap();
+        assert_eq!(out.len(), 10_000);
+        assert_eq!(
+            counting.largest, 4096,
+            "each read is offered one chunk, not all capacity"
+        );
+    }
+
+    /// Records the largest buffer a reader was offered.
+    struct CountingReads<'a, R> {
+        inner: &'a mut R,
+        largest: usize,
+    }
+
+    impl<R: Read> Read for CountingReads<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+            self.largest = self.largest.max(buf.len());
+            self.inner.read(buf)
+        }
     }
 
     #[kernel::test]
