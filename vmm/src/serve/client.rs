@@ -1,6 +1,6 @@
-//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, relays the guest's stdout and
-//! stderr to ours as they arrive, and returns the guest's exit status, so that it behaves like
-//! a local `vmm run`.
+//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, forwards our stdin after it,
+//! relays the guest's stdout and stderr to ours as they arrive, and returns the guest's exit
+//! status, so that it behaves like a local `vmm run`.
 
 use super::wire::{self, Request, frame};
 use std::io::Write;
@@ -52,6 +52,9 @@ fn forward_stdin(stream: &UnixStream) {
         });
 }
 
+/// How long after a request's timeout the client still waits for the rest of the reply.
+const REPLY_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Sends `request` to the server at `socket`; returns the guest's exit status.
 pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
     let message = wire::encode_request(request)?;
@@ -62,6 +65,15 @@ pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
     stream.write_all(&message).map_err(ClientError::Send)?;
     if request.stdin {
         forward_stdin(&stream);
+    }
+    // A server that stops answering (stopped, wedged) must not hold the client for ever when
+    // the request has a deadline: the server ends the guest by then, so the reply is complete
+    // well before it plus a margin.
+    if let Some(ms) = request.timeout_ms {
+        let wait = std::time::Duration::from_millis(ms).saturating_add(REPLY_MARGIN);
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(ClientError::Send)?;
     }
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     loop {

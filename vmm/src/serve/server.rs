@@ -140,7 +140,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         })?;
     }
     let pool = Arc::new(Pool::new(pooled.iter().map(|(id, _)| *id), config.pool));
-    let deadlines = Arc::new(DeadlineService::start(seccomp));
+    let deadlines = Arc::new(DeadlineService::start(seccomp).map_err(crate::vm::VmError::from)?);
     {
         let (pool, kvm, pooled, log) = (
             Arc::clone(&pool),
