@@ -220,22 +220,28 @@ fn ours_and_native(plan: &Plan<'_>, data_dir: &Path, file: &Path) -> Vec<Peer> {
         }
     };
     let ours_pipe = {
-        let script = format!(
-            "cat {} | {} run {}",
-            file.display(),
-            vmm.display(),
-            image.display()
-        );
-        Peer {
-            name: "ours (stdin pipe)",
-            how: "cat data.bin | vmm run sha256sum".to_owned(),
-            command: Box::new(move || {
+        let script = move |timeline: &str| {
+            format!(
+                "cat {} | {} run {} {timeline}",
+                file.display(),
+                vmm.display(),
+                image.display()
+            )
+        };
+        let (plain, timed) = (script(""), script("--timeline=json"));
+        let shell = |script: String| {
+            move || {
                 let mut c = Command::new("sh");
                 c.args(["-c", &script]);
                 c
-            }),
+            }
+        };
+        Peer {
+            name: "ours (stdin pipe)",
+            how: "cat data.bin | vmm run sha256sum".to_owned(),
+            command: Box::new(shell(plain)),
             stdin_file: None,
-            timeline: None,
+            timeline: Some(Box::new(shell(timed))),
         }
     };
     vec![native, ours_volume, ours_stdin, ours_pipe]
