@@ -87,6 +87,20 @@ fn test_stdin_closed_is_empty_input() {
 }
 
 #[tests::kvm_test]
+fn test_stdin_closed_descriptor_is_empty_input_and_stays_unused() {
+    // With fd 0 closed, the image file would be the next thing opened at 0: the guest must
+    // see the end of input, not the image's bytes.
+    let script = format!(
+        "exec 0<&-; exec {} run {} -- stdin-lines",
+        tests::vmm_bin().display(),
+        image("fsprobe").display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok lines=0 last=\n");
+}
+
+#[tests::kvm_test]
 fn test_stdin_lines_are_read_through_bufread() {
     let out = run_with_stdin(
         "fsprobe",

@@ -237,6 +237,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
             vmm_aborted as *const () as libc::sighandler_t,
         );
     }
+    vmm::files::reserve_standard_fds();
     let status = vmm_main();
     // std's runtime would flush stdout at exit; without it, do it here.
     let _ = std::io::stdout().flush();

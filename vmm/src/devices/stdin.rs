@@ -43,7 +43,18 @@ impl StdinSource {
     /// This process's own stdin (fd 0), as `vmm run` forwards it. If it is a pipe, the pipe
     /// is widened to 1 MiB where the host allows it, so that a fast writer can fill a guest's
     /// 1 MiB reads (one exit each) instead of 64 KiB ones.
+    ///
+    /// A closed fd 0 is end of input; its number is then held by `/dev/null`, so that no file
+    /// the VMM opens later (the image, `/dev/kvm`, a volume's file) lands there and is read as
+    /// the guest's input.
     pub fn inherit() -> Self {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(libc::STDIN_FILENO, libc::F_GETFD) } < 0 {
+            use std::os::fd::IntoRawFd;
+            // The lowest free number: 0. Kept open for the life of the process.
+            let _ = std::fs::File::open("/dev/null").map(IntoRawFd::into_raw_fd);
+            return StdinSource::Empty;
+        }
         // SAFETY: F_SETPIPE_SZ only resizes a pipe's buffer; on anything else it fails, and a
         // failure (not a pipe, over the host's limit) changes nothing.
         unsafe {
