@@ -84,6 +84,9 @@ pub enum VolumeError {
     /// More volumes than a guest gets.
     #[error("{0} volumes; a guest gets at most {MAX_VOLUMES}")]
     TooMany(usize),
+    /// The host kernel has no `openat2` (Linux 5.6 or later), which confinement needs.
+    #[error("volume {0:?}: volumes need Linux 5.6 or later (the openat2 system call)")]
+    NoOpenat2(String),
     /// A server's request named a directory outside every directory the server shares.
     #[error("volume {0:?}: not under a directory this server shares (vmm serve --volume-root)")]
     NotShared(String),
@@ -179,6 +182,11 @@ impl Volume {
                 host: spec.host.clone(),
                 source,
             })?;
+        // Every lookup will go through openat2: find out now whether the host has it.
+        let probe = resolve::open_beneath(dir.as_fd(), c".", libc::O_PATH, 0);
+        if probe.is_err() && resolve::last_errno() == libc::ENOSYS {
+            return Err(VolumeError::NoOpenat2(spec.to_string()));
+        }
         Ok(Self {
             spec: spec.clone(),
             components,
