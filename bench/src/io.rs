@@ -8,8 +8,9 @@
 //! start-up included, as a user waits for it). The exits per MiB come from one more run of
 //! each of ours with `--timeline=json`.
 //!
-//! Self-contained on purpose (std and serde_json only, errors as text): it moves into the bench
-//! crate as one module; `cargo xtask bench-io` runs it until then.
+//! Its own peers, not the cold-start ones: their payload is a static program, this one is
+//! coreutils' dynamically linked `sha256sum` with its libraries in the rootfs, and a bind
+//! mount. `--only io` runs this row alone.
 
 use serde::Serialize;
 use std::fs::File;
@@ -18,50 +19,55 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The guest image it runs.
+pub(crate) const IMAGE: &str = "sha256sum";
+/// File size in MiB.
+pub(crate) const MIB: u64 = 256;
+
 /// What to measure, with what.
-pub struct Plan<'a> {
+pub(crate) struct Plan<'a> {
     /// The VMM binary.
-    pub vmm: &'a Path,
+    pub(crate) vmm: &'a Path,
     /// The guest image `sha256sum`.
-    pub image: &'a Path,
+    pub(crate) image: &'a Path,
     /// Scratch space (the data file, the bundle, a private dockerd).
-    pub dir: &'a Path,
+    pub(crate) dir: &'a Path,
     /// Size of the file in MiB.
-    pub mib: u64,
+    pub(crate) mib: u64,
     /// Timed runs per peer.
-    pub runs: usize,
+    pub(crate) runs: usize,
 }
 
 /// One peer's result.
 #[derive(Debug, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
     /// What runs.
-    pub how: String,
+    pub(crate) how: String,
     /// Best throughput, MiB/s (none: not measured).
-    pub best_mib_s: Option<f64>,
+    pub(crate) best_mib_s: Option<f64>,
     /// Median throughput, MiB/s.
-    pub median_mib_s: Option<f64>,
+    pub(crate) median_mib_s: Option<f64>,
     /// Best throughput against native's best.
-    pub ratio_to_native: Option<f64>,
+    pub(crate) ratio_to_native: Option<f64>,
     /// VM exits per MiB hashed (ours only).
-    pub exits_per_mib: Option<f64>,
+    pub(crate) exits_per_mib: Option<f64>,
     /// Why it was not measured, or what to know.
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 /// The whole comparison.
 #[derive(Debug, Serialize)]
-pub struct IoComparison {
+pub(crate) struct IoComparison {
     /// File size, MiB.
-    pub mib: u64,
+    pub(crate) mib: u64,
     /// Timed runs per peer.
-    pub runs: usize,
+    pub(crate) runs: usize,
     /// The file's SHA-256 (every run printed it).
-    pub digest: String,
+    pub(crate) digest: String,
     /// Native first, then ours, then the containers.
-    pub rows: Vec<Row>,
+    pub(crate) rows: Vec<Row>,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -78,7 +84,7 @@ struct Peer {
 }
 
 /// Runs the comparison.
-pub fn measure(plan: &Plan<'_>) -> Fallible<IoComparison> {
+pub(crate) fn measure(plan: &Plan<'_>) -> Fallible<IoComparison> {
     std::fs::create_dir_all(plan.dir).map_err(|e| format!("{}: {e}", plan.dir.display()))?;
     let data_dir = plan.dir.join("io-data");
     let file = write_data(&data_dir, plan.mib)?;
@@ -573,9 +579,9 @@ fn median(rates: &[f64]) -> Option<f64> {
 }
 
 /// The comparison as a Markdown table.
-pub fn markdown(result: &IoComparison) -> String {
+pub(crate) fn markdown(result: &IoComparison) -> String {
     let mut md = format!(
-        "### I/O: sha256sum of a {} MiB file ({} runs each, best and median wall-clock throughput)\n\n\
+        "\n## I/O: sha256sum of a {} MiB file ({} runs each, best and median wall-clock throughput)\n\n\
          | peer | what runs | best MiB/s | median MiB/s | × native | exits/MiB |\n|---|---|---:|---:|---:|---:|\n",
         result.mib, result.runs
     );
