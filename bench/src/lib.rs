@@ -322,6 +322,13 @@ mod tests {
     }
 
     #[test]
+    fn test_needs_io_builds_the_sha256sum_image() {
+        let needs = needs(&options(&["io"])).unwrap();
+        assert!(needs.images.iter().any(|i| i == io::IMAGE), "{needs:?}");
+        assert!(!needs.native_sha256);
+    }
+
+    #[test]
     fn test_needs_restore_adds_idle_and_sha256_the_native_program() {
         let needs = needs(&options(&["restore", "sha256"])).unwrap();
         assert_eq!(needs.images, ["hello", "idle"]);
