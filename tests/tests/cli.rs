@@ -129,9 +129,6 @@ fn test_cli_seccomp_list_is_short_and_explained() {
             .any(|l| l.starts_with("openat2 ") && l.contains("RESOLVE_BENEATH")),
         "{text}"
     );
-    // The run loop's calls (`read` for the tap of --net among them), serve runners' two extra
-    // (sendto, poll), the denials.
-    assert!((10..=31).contains(&lines.len()), "{text}");
     assert!(
         lines
             .iter()
