@@ -215,44 +215,6 @@ impl Drop for TcpListener {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::syn_port;
-
-    fn frame(ethertype: u16, protocol: u8, fragment: u16, flags: u8) -> alloc::vec::Vec<u8> {
-        let mut frame = alloc::vec![0u8; 14 + 20 + 20];
-        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        frame[14] = 0x45;
-        frame[20..22].copy_from_slice(&fragment.to_be_bytes());
-        frame[23] = protocol;
-        frame[34 + 2..34 + 4].copy_from_slice(&8080u16.to_be_bytes());
-        frame[34 + 13] = flags;
-        frame
-    }
-
-    #[kernel::test]
-    fn test_syn_port_finds_connection_requests_only() {
-        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x02)), Some(8080));
-        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x12)), None, "SYN-ACK");
-        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x10)), None, "ACK");
-        assert_eq!(syn_port(&frame(0x0800, 17, 0, 0x02)), None, "UDP");
-        assert_eq!(syn_port(&frame(0x0806, 6, 0, 0x02)), None, "ARP");
-        assert_eq!(
-            syn_port(&frame(0x0800, 6, 0x0010, 0x02)),
-            None,
-            "a fragment"
-        );
-        assert_eq!(
-            syn_port(&frame(0x0800, 6, 0, 0x02)[..40]),
-            None,
-            "truncated"
-        );
-        let mut short_header = frame(0x0800, 6, 0, 0x02);
-        short_header[14] = 0x44;
-        assert_eq!(syn_port(&short_header), None, "IHL below 5");
-    }
-}
-
 /// A TCP connection.
 ///
 /// ```ignore
@@ -444,4 +406,42 @@ fn ephemeral_port(stack: &mut Stack) -> u16 {
         .map(|i| EPHEMERAL_FIRST + (start + i) % span)
         .find(|p| !used.contains(p))
         .unwrap_or(EPHEMERAL_FIRST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::syn_port;
+
+    fn frame(ethertype: u16, protocol: u8, fragment: u16, flags: u8) -> alloc::vec::Vec<u8> {
+        let mut frame = alloc::vec![0u8; 14 + 20 + 20];
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        frame[14] = 0x45;
+        frame[20..22].copy_from_slice(&fragment.to_be_bytes());
+        frame[23] = protocol;
+        frame[34 + 2..34 + 4].copy_from_slice(&8080u16.to_be_bytes());
+        frame[34 + 13] = flags;
+        frame
+    }
+
+    #[kernel::test]
+    fn test_syn_port_finds_connection_requests_only() {
+        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x02)), Some(8080));
+        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x12)), None, "SYN-ACK");
+        assert_eq!(syn_port(&frame(0x0800, 6, 0, 0x10)), None, "ACK");
+        assert_eq!(syn_port(&frame(0x0800, 17, 0, 0x02)), None, "UDP");
+        assert_eq!(syn_port(&frame(0x0806, 6, 0, 0x02)), None, "ARP");
+        assert_eq!(
+            syn_port(&frame(0x0800, 6, 0x0010, 0x02)),
+            None,
+            "a fragment"
+        );
+        assert_eq!(
+            syn_port(&frame(0x0800, 6, 0, 0x02)[..40]),
+            None,
+            "truncated"
+        );
+        let mut short_header = frame(0x0800, 6, 0, 0x02);
+        short_header[14] = 0x44;
+        assert_eq!(syn_port(&short_header), None, "IHL below 5");
+    }
 }
