@@ -195,8 +195,9 @@ fn create_in(
                 &plan.id,
                 request.systemd_cgroup,
             )?);
-            cgroup.apply(&plan.resources)?;
+            // The cgroup is made when its first process joins; limits need it to exist.
             cgroup.add(pid)?;
+            cgroup.apply(&plan.resources)?;
             if let Some(adj) = plan.oom_score_adj {
                 std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).map_err(
                     |e| CreateError::Sys {

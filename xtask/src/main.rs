@@ -3,6 +3,7 @@
 //! `kernel/link.ld` (see DESIGN.md).
 
 mod bench;
+mod containers;
 mod guest;
 
 use anyhow::{Context, Result, bail};
@@ -47,6 +48,11 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
     },
+    /// Write an OCI image tarball of an image (for `docker load`, `ctr images import`).
+    Oci(containers::Oci),
+    /// Build flick-runtime, install it and register it with Docker; print containerd's and
+    /// Kubernetes's entries.
+    InstallRuntime(containers::InstallRuntime),
     /// Build everything and run the whole test suite.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -96,6 +102,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
         Task::Bench(args) => bench::run(args),
+        Task::Oci(args) => containers::oci(args).map(|_| ExitCode::SUCCESS),
+        Task::InstallRuntime(args) => {
+            containers::install_runtime(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Fuzz { cases } => {
             let status = cargo()
                 .args(["test", "--release", "--package", "tests", "--test", "fuzz"])

@@ -1,6 +1,12 @@
 //! `flick-runtime`: an OCI runtime with runc's command line that runs flick images as
 //! microVMs. Docker: `dockerd --add-runtime flick=/path/to/flick-runtime`, then
 //! `docker run --runtime=flick flick/hello`. See the library's documentation.
+//!
+//! `#![no_main]`, like the `vmm` binary: std's runtime set-up gives every thread an
+//! alternate signal stack, and the thread that runs the guest, confined by the VMM's seccomp
+//! filter, could then not exit (`sigaltstack` is not on its list).
+
+#![no_main]
 
 use clap::{Parser, Subcommand};
 use flick_runtime::container::DEFAULT_ROOT;
@@ -9,7 +15,6 @@ use flick_runtime::log::{Log, chain};
 use flick_runtime::commands;
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// An OCI runtime that boots flick images in microVMs (runc's command line).
 #[derive(Parser, Debug)]
@@ -29,15 +34,24 @@ enum Command {
     Common(Box<CommonCmd>),
 }
 
-fn main() -> ExitCode {
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions (std's runtime would).
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let status = runtime_main();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    status
+}
+
+fn runtime_main() -> libc::c_int {
     let cli = Cli::parse();
     let log = Log::new(cli.global.log.clone(), cli.global.log_format.as_deref());
     let root = cli.global.root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
     match run(cli, &root, &log) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(message) => {
             log.error(&message);
-            ExitCode::FAILURE
+            1
         }
     }
 }
