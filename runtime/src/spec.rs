@@ -286,7 +286,7 @@ mod tests {
     fn spec_json(extra: serde_json::Value) -> Spec {
         let mut base = serde_json::json!({
             "ociVersion": "1.0.2",
-            "process": { "args": ["/hello", "a", "b"], "env": ["PATH=/bin", "X=1"], "cwd": "/" },
+            "process": { "args": ["/hello", "a", "b"], "env": ["PATH=/bin", "X=1"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
             "root": { "path": "rootfs" },
             "linux": { "namespaces": [{ "type": "pid" }, { "type": "network" }] }
         });
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn test_plan_bad_env_entry_is_refused() {
-        let err = plan(serde_json::json!({ "process": { "args": ["/x"], "env": ["NOEQUALS"] } }));
+        let err = plan(serde_json::json!({ "process": { "args": ["/x"], "env": ["NOEQUALS"], "cwd": "/", "user": { "uid": 0, "gid": 0 } } }));
         assert!(matches!(err, Err(SpecError::BadEnv(_))));
     }
 

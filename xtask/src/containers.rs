@@ -11,17 +11,12 @@ use std::path::{Path, PathBuf};
 /// Arguments of `cargo xtask oci`.
 #[derive(clap::Args)]
 pub struct Oci {
-    /// The image (a name in images/).
-    image: String,
-    /// The tarball to write [default: target/oci/IMAGE.tar].
-    #[arg(long, short)]
-    output: Option<PathBuf>,
-    /// The repository [default: flick/IMAGE].
+    /// The images (names in images/); each becomes `flick/NAME:latest`.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Where the tarballs go (`NAME.tar` each) [default: target/oci].
     #[arg(long)]
-    repository: Option<String>,
-    /// The tag.
-    #[arg(long, default_value = "latest")]
-    tag: String,
+    output_dir: Option<PathBuf>,
 }
 
 /// Arguments of `cargo xtask install-runtime`.
@@ -39,6 +34,9 @@ pub struct InstallRuntime {
     /// Leave Docker's configuration alone (only install the binary and print the entries).
     #[arg(long)]
     no_docker: bool,
+    /// Install this runtime binary instead of building one.
+    #[arg(long)]
+    binary: Option<PathBuf>,
 }
 
 /// Where `cargo xtask oci` writes by default.
@@ -46,39 +44,34 @@ pub fn oci_dir() -> PathBuf {
     project_root().join("target/oci")
 }
 
-/// Builds `image` and writes its OCI tarball; returns the tarball's path.
-pub fn oci(args: Oci) -> Result<PathBuf> {
-    let built = guest::build(std::slice::from_ref(&args.image))?;
-    let image_file = built.into_iter().next().context("the image was not built")?;
-    let output = args
-        .output
-        .unwrap_or_else(|| oci_dir().join(format!("{}.tar", args.image)));
-    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+/// Builds the images and writes their OCI tarballs; returns the tarballs' paths.
+pub fn oci(args: Oci) -> Result<Vec<PathBuf>> {
+    let built = guest::build(&args.images)?;
+    let dir = args.output_dir.unwrap_or_else(oci_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let created = flick_runtime::timefmt::rfc3339(std::time::SystemTime::now());
+    let mut tarballs = Vec::new();
+    for (name, image_file) in args.images.iter().zip(built) {
+        let output = dir.join(format!("{name}.tar"));
+        let spec = ImageSpec {
+            image_file,
+            repository: format!("flick/{name}"),
+            tag: "latest".to_owned(),
+            created: created.clone(),
+        };
+        let written = layout::write_tarball(&spec, &output)?;
+        println!(
+            "{}: {} ({}; the image file {}, its layer {})",
+            written.reference,
+            output.display(),
+            kib(written.tarball_size),
+            kib(written.image_file_size),
+            kib(written.layer_size),
+        );
+        tarballs.push(output);
     }
-    let spec = ImageSpec {
-        image_file,
-        repository: args
-            .repository
-            .unwrap_or_else(|| format!("flick/{}", args.image)),
-        tag: args.tag,
-        created: flick_runtime::timefmt::rfc3339(std::time::SystemTime::now()),
-    };
-    let written = layout::write_tarball(&spec, &output)?;
-    println!(
-        "{}: {} ({}; the image file {}, its layer {})",
-        written.reference,
-        output.display(),
-        kib(written.tarball_size),
-        kib(written.image_file_size),
-        kib(written.layer_size),
-    );
-    println!(
-        "load with: docker load -i {0}   or: ctr images import {0}",
-        output.display()
-    );
-    Ok(output)
+    println!("load with: docker load -i FILE   or: ctr images import FILE");
+    Ok(tarballs)
 }
 
 fn kib(bytes: u64) -> String {
@@ -88,7 +81,10 @@ fn kib(bytes: u64) -> String {
 /// Builds the runtime, installs it under `prefix`, registers it with Docker, and prints the
 /// containerd and Kubernetes entries.
 pub fn install_runtime(args: InstallRuntime) -> Result<()> {
-    let built = build_runtime()?;
+    let built = match args.binary {
+        Some(binary) => binary,
+        None => build_runtime()?,
+    };
     std::fs::create_dir_all(&args.prefix)
         .with_context(|| format!("cannot create {}", args.prefix.display()))?;
     let dest = args.prefix.join("flick-runtime");
