@@ -20,7 +20,7 @@ pub enum CgroupError {
         path: String,
         /// Why.
         #[source]
-        source: CreateCgroupSetupError,
+        source: Box<CreateCgroupSetupError>,
     },
     /// Limits could not be applied, the process not added, or the cgroup not removed.
     #[error("cannot {what} the cgroup {path}")]
@@ -31,7 +31,7 @@ pub enum CgroupError {
         path: String,
         /// Why.
         #[source]
-        source: AnyManagerError,
+        source: Box<AnyManagerError>,
     },
 }
 
@@ -49,13 +49,12 @@ impl Cgroup {
             systemd_cgroup: systemd,
             container_name: id.to_owned(),
         };
-        let manager =
-            libcgroups::common::create_cgroup_manager(config).map_err(|source| {
-                CgroupError::Setup {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
+        let manager = libcgroups::common::create_cgroup_manager(config).map_err(|source| {
+            CgroupError::Setup {
+                path: path.display().to_string(),
+                source: Box::new(source),
+            }
+        })?;
         Ok(Self {
             manager,
             path: path.display().to_string(),
@@ -101,7 +100,7 @@ impl Cgroup {
         CgroupError::Manage {
             what,
             path: self.path.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 }

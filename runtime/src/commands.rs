@@ -112,8 +112,8 @@ fn release(dir: &ContainerDir, saved: &Saved) -> Result<(), CommandError> {
     let start = Instant::now();
     loop {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
-        let ready = nix::poll::poll(&mut fds, PollTimeout::from(50u16))
-            .map_err(|e| fifo_err(e.into()))?;
+        let ready =
+            nix::poll::poll(&mut fds, PollTimeout::from(50u16)).map_err(|e| fifo_err(e.into()))?;
         if ready > 0 {
             let mut byte = [0u8; 1];
             match fifo.read(&mut byte) {
@@ -313,6 +313,12 @@ mod tests {
     fn test_features_is_a_runtime_spec_features_document() {
         let parsed: oci_spec::runtime::Features = serde_json::from_str(&features()).unwrap();
         assert_eq!(parsed.oci_version_min(), "1.0.0");
-        assert!(parsed.hooks().as_ref().unwrap().contains(&"poststop".to_owned()));
+        assert!(
+            parsed
+                .hooks()
+                .as_ref()
+                .unwrap()
+                .contains(&"poststop".to_owned())
+        );
     }
 }

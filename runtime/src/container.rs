@@ -21,7 +21,9 @@ const MAX_ID_LEN: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     /// The id is not usable as a directory name.
-    #[error("invalid container id '{0}' (letters, digits, '_', '+', '-', '.'; not starting with '.')")]
+    #[error(
+        "invalid container id '{0}' (letters, digits, '_', '+', '-', '.'; not starting with '.')"
+    )]
     BadId(String),
     /// Another container has this id.
     #[error("container \"{0}\" already exists")]

@@ -249,7 +249,11 @@ fn follow_setup(plan: &Plan, chan: &Channel, pid: i32) -> Result<(), CreateError
                     &plan.annotations,
                 );
                 hooks::run("prestart", plan.hooks.prestart().as_deref(), &state)?;
-                hooks::run("createRuntime", plan.hooks.create_runtime().as_deref(), &state)?;
+                hooks::run(
+                    "createRuntime",
+                    plan.hooks.create_runtime().as_deref(),
+                    &state,
+                )?;
                 chan.send(&Msg::HooksDone)?;
             }
             Ok(Some(Msg::Ready)) => return Ok(()),

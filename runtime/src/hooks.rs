@@ -98,7 +98,12 @@ fn run_one(stage: &'static str, hook: &Hook, state: &[u8]) -> Result<(), HookErr
         cmd.arg0(arg0).args(rest);
     }
     cmd.env_clear()
-        .envs(hook.env().iter().flatten().filter_map(|e| e.split_once('=')))
+        .envs(
+            hook.env()
+                .iter()
+                .flatten()
+                .filter_map(|e| e.split_once('=')),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -193,15 +198,24 @@ mod tests {
 
     #[test]
     fn test_run_failing_hook_quotes_its_stderr() {
-        let err = run("prestart", Some(&[hook("echo nope >&2; exit 2", None)]), &sample_state())
-            .unwrap_err();
+        let err = run(
+            "prestart",
+            Some(&[hook("echo nope >&2; exit 2", None)]),
+            &sample_state(),
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("nope") && text.contains("prestart"), "{text}");
     }
 
     #[test]
     fn test_run_slow_hook_times_out() {
-        let err = run("poststop", Some(&[hook("sleep 5", Some(1))]), &sample_state()).unwrap_err();
+        let err = run(
+            "poststop",
+            Some(&[hook("sleep 5", Some(1))]),
+            &sample_state(),
+        )
+        .unwrap_err();
         assert!(matches!(err, HookError::TimedOut { .. }), "{err}");
     }
 }

@@ -246,13 +246,12 @@ fn enter_namespaces(plan: &Plan) -> Result<(), InitError> {
 }
 
 /// The container process: set-up, wait for `start`, boot, exit with the app's status.
-fn container_process(
-    plan: &Plan,
-    chan: Channel,
-    state_dir: OwnedFd,
-    slave: Option<OwnedFd>,
-) -> ! {
-    let keep = [Some(chan.raw()), Some(state_dir.as_raw_fd()), slave.as_ref().map(|s| s.as_raw_fd())];
+fn container_process(plan: &Plan, chan: Channel, state_dir: OwnedFd, slave: Option<OwnedFd>) -> ! {
+    let keep = [
+        Some(chan.raw()),
+        Some(state_dir.as_raw_fd()),
+        slave.as_ref().map(|s| s.as_raw_fd()),
+    ];
     close_other_fds(&keep.into_iter().flatten().collect::<Vec<_>>());
     let config = match prepare(plan, &chan, slave) {
         Ok(config) => config,
@@ -271,8 +270,18 @@ fn container_process(
     }
     drop(state_dir);
     let (pid, plan_hooks) = (config.host_pid, &plan.hooks);
-    let state = hooks::state(&plan.id, ContainerState::Running, pid, &plan.bundle, &plan.annotations);
-    if let Err(err) = hooks::run("startContainer", plan_hooks.start_container().as_deref(), &state) {
+    let state = hooks::state(
+        &plan.id,
+        ContainerState::Running,
+        pid,
+        &plan.bundle,
+        &plan.annotations,
+    );
+    if let Err(err) = hooks::run(
+        "startContainer",
+        plan_hooks.start_container().as_deref(),
+        &state,
+    ) {
         eprintln!("flick-runtime: {}", chain(&err));
         exit_now(VMM_ERROR);
     }
@@ -308,8 +317,18 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
         Some(Msg::HooksDone) => {}
         _ => return Err(InitError::RuntimeGone),
     }
-    let state = hooks::state(&plan.id, ContainerState::Created, host_pid, &plan.bundle, &plan.annotations);
-    hooks::run("createContainer", plan.hooks.create_container().as_deref(), &state)?;
+    let state = hooks::state(
+        &plan.id,
+        ContainerState::Created,
+        host_pid,
+        &plan.bundle,
+        &plan.annotations,
+    );
+    hooks::run(
+        "createContainer",
+        plan.hooks.create_container().as_deref(),
+        &state,
+    )?;
     pivot_into(&plan.rootfs, plan.root_readonly)?;
     let image = find_image(plan)?;
     let checked = vmm::Image::from_file(Path::new(&image)).map_err(|source| InitError::Image {
@@ -356,13 +375,20 @@ fn mount_rootfs(rootfs: &Path) -> Result<(), InitError> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)
         .map_err(setup("make the mounts private"))?;
-    mount(Some(rootfs), rootfs, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-        .map_err(setup(format!("bind {}", rootfs.display())))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(setup(format!("bind {}", rootfs.display())))?;
     let dev = rootfs.join("dev");
     match std::fs::symlink_metadata(&dev) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Err(InitError::BadDev("not a directory")),
-        Err(_) => std::fs::create_dir(&dev).map_err(|_| InitError::BadDev("missing and cannot be made"))?,
+        Err(_) => std::fs::create_dir(&dev)
+            .map_err(|_| InitError::BadDev("missing and cannot be made"))?,
     }
     mount(
         Some("tmpfs"),

@@ -268,7 +268,12 @@ fn config_json(spec: &ImageSpec, image_path: &str, layer: &Blob) -> Result<Strin
 fn index_json(spec: &ImageSpec, manifest: &Blob) -> Result<String, LayoutError> {
     let full_name = if spec.repository.split('/').count() == 1 {
         format!("docker.io/library/{}:{}", spec.repository, spec.tag)
-    } else if spec.repository.split('/').next().is_some_and(|h| h.contains('.')) {
+    } else if spec
+        .repository
+        .split('/')
+        .next()
+        .is_some_and(|h| h.contains('.'))
+    {
         format!("{}:{}", spec.repository, spec.tag)
     } else {
         format!("docker.io/{}:{}", spec.repository, spec.tag)
@@ -381,7 +386,10 @@ mod tests {
         let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
         let config: serde_json::Value =
             serde_json::from_slice(&files[manifest[0]["Config"].as_str().unwrap()]).unwrap();
-        assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/hello"]));
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            serde_json::json!(["/hello"])
+        );
         assert_eq!(config["config"]["Labels"][IMAGE_ANNOTATION], "/hello");
         assert_eq!(config["architecture"], "amd64");
         std::fs::remove_dir_all(dir).unwrap();

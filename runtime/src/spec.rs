@@ -128,8 +128,8 @@ pub struct Plan {
 impl Plan {
     /// Reads `bundle/config.json` for container `id`.
     pub fn from_bundle(id: &str, bundle: &Path, systemd_cgroup: bool) -> Result<Self, SpecError> {
-        let bundle = std::fs::canonicalize(bundle)
-            .map_err(|_| SpecError::NoBundle(bundle.to_owned()))?;
+        let bundle =
+            std::fs::canonicalize(bundle).map_err(|_| SpecError::NoBundle(bundle.to_owned()))?;
         let spec =
             Spec::load(bundle.join("config.json")).map_err(|source| SpecError::Malformed {
                 path: bundle.clone(),
@@ -145,7 +145,10 @@ impl Plan {
         spec: &Spec,
         systemd_cgroup: bool,
     ) -> Result<Self, SpecError> {
-        let process = spec.process().as_ref().ok_or(SpecError::Missing("process"))?;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or(SpecError::Missing("process"))?;
         let args = process.args().as_deref().unwrap_or_default();
         if args.is_empty() {
             return Err(SpecError::Missing("process.args"));
@@ -213,7 +216,9 @@ pub fn guest_ram(limit: Option<i64>) -> Result<u64, SpecError> {
     let Some(limit) = limit.filter(|l| *l > 0) else {
         return Ok(DEFAULT_GUEST_RAM);
     };
-    let usable = (limit as u64).saturating_sub(VMM_HEADROOM).min(MAX_MEM_SIZE);
+    let usable = (limit as u64)
+        .saturating_sub(VMM_HEADROOM)
+        .min(MAX_MEM_SIZE);
     let ram = usable - usable % LARGE_PAGE_SIZE;
     vmm::check_mem_size(ram).map_err(|source| SpecError::MemoryLimit { limit, source })?;
     Ok(ram)
@@ -333,7 +338,9 @@ mod tests {
 
     #[test]
     fn test_plan_bad_env_entry_is_refused() {
-        let err = plan(serde_json::json!({ "process": { "args": ["/x"], "env": ["NOEQUALS"], "cwd": "/", "user": { "uid": 0, "gid": 0 } } }));
+        let err = plan(
+            serde_json::json!({ "process": { "args": ["/x"], "env": ["NOEQUALS"], "cwd": "/", "user": { "uid": 0, "gid": 0 } } }),
+        );
         assert!(matches!(err, Err(SpecError::BadEnv(_))));
     }
 
@@ -352,7 +359,10 @@ mod tests {
         let devices = plan.resources.devices().clone().unwrap();
         assert_eq!(devices.len(), 2);
         assert!(devices[1].allow());
-        assert_eq!((devices[1].major(), devices[1].minor()), (Some(10), Some(232)));
+        assert_eq!(
+            (devices[1].major(), devices[1].minor()),
+            (Some(10), Some(232))
+        );
     }
 
     #[test]

@@ -1030,9 +1030,9 @@ fn runtime_lifecycle(env: &Env) -> Result<(), Failed> {
     check(&out, 0)?;
     let state: serde_json::Value =
         serde_json::from_slice(&runtime(env, &root, &["state", &id]).stdout)?;
-    let pid = std::fs::read_to_string(&pid_file)?;
+    let pid: i64 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
     ensure(state["status"] == "created", || format!("state: {state}"))?;
-    ensure(state["pid"].to_string() == pid, || {
+    ensure(state["pid"] == pid, || {
         format!("pid file {pid}, state {state}")
     })?;
     check(&runtime(env, &root, &["start", &id]), 0)?;

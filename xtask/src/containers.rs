@@ -111,7 +111,13 @@ pub fn install_runtime(args: InstallRuntime) -> Result<()> {
 /// Builds `flick-runtime` (release) and returns its path.
 pub fn build_runtime() -> Result<PathBuf> {
     let status = cargo()
-        .args(["build", "--release", "--quiet", "--package", "flick-runtime"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "flick-runtime",
+        ])
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
@@ -183,7 +189,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xtask-daemon-json-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("daemon.json");
-        std::fs::write(&file, r#"{"debug": true, "runtimes": {"other": {"path": "/x"}}}"#).unwrap();
+        std::fs::write(
+            &file,
+            r#"{"debug": true, "runtimes": {"other": {"path": "/x"}}}"#,
+        )
+        .unwrap();
         add_docker_runtime(&file, "flick", Path::new("/usr/local/bin/flick-runtime")).unwrap();
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

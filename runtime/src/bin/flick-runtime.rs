@@ -9,10 +9,10 @@
 #![no_main]
 
 use clap::{Parser, Subcommand};
+use flick_runtime::commands;
 use flick_runtime::container::DEFAULT_ROOT;
 use flick_runtime::create::{CreateRequest, create};
 use flick_runtime::log::{Log, chain};
-use flick_runtime::commands;
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
 use std::path::PathBuf;
 
@@ -46,7 +46,11 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 fn runtime_main() -> libc::c_int {
     let cli = Cli::parse();
     let log = Log::new(cli.global.log.clone(), cli.global.log_format.as_deref());
-    let root = cli.global.root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    let root = cli
+        .global
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
     match run(cli, &root, &log) {
         Ok(()) => 0,
         Err(message) => {
@@ -91,8 +95,8 @@ fn run(cli: Cli, root: &std::path::Path, log: &Log) -> Result<(), String> {
                 Ok(())
             }
             CommonCmd::Ps(args) => {
-                let out = commands::ps(root, &args.container_id, &args.format)
-                    .map_err(|e| text(&e))?;
+                let out =
+                    commands::ps(root, &args.container_id, &args.format).map_err(|e| text(&e))?;
                 println!("{out}");
                 Ok(())
             }
