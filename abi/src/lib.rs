@@ -16,35 +16,100 @@
 /// Version of this ABI. The VMM refuses images whose note carries another version.
 ///
 /// Bump it whenever a port, struct layout or boot-info field changes meaning.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
-/// I/O ports (guest → VMM). The TSS I/O permission bitmap opens exactly these and COM1.
+/// I/O ports (guest → VMM).
+///
+/// The hypercall ports are listed once, as [`port::Hypercall`]; the `u16` constants below are
+/// the same numbers for code that writes them (the kernel's `out` instructions, asm tests).
+/// The TSS I/O permission bitmap opens the hypercall range [`port::FIRST`]..=[`port::LAST`]
+/// (a 32-bit `out` needs all four of its ports open, so the range is opened whole) and the
+/// port ranges of the VMM's devices (COM1); [`port::Hypercall::Crash`] lies outside both.
 pub mod port {
-    /// First port of the hypercall range (all ports up to [`LAST`] are open to ring 3).
+    /// The hypercalls, one port each. Every one takes a 32-bit `out` (any other width is a
+    /// malformed hypercall that stops the guest).
+    #[repr(u16)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Hypercall {
+        /// Value: the app's exit code. The VMM stops the guest and exits with `code & 0xff`.
+        Exit = 0x500,
+        /// Value: guest-physical address of a [`super::hypercall::ConsoleWrite`].
+        ConsoleWrite = 0x501,
+        /// Value: exception vector. Written only by the VMM's ring-0 exception stubs: the port
+        /// lies outside the range open to ring 3, so a guest cannot forge a crash report. The
+        /// frame is on the ring-0 stack as described in [`super::exception`].
+        Crash = 0x510,
+        /// Value: a boot milestone number from [`super::milestone`].
+        Milestone = 0x503,
+        /// Value: microseconds to sleep. The VMM waits (no busy loop in the guest), then
+        /// resumes the guest; a `--timeout` that passes meanwhile stops it.
+        Sleep = 0x504,
+        /// Value: ignored. The guest parks until the VMM releases it (`vmm fleet --resident`
+        /// holds many guests this way; `vmm run` releases at once).
+        Wait = 0x505,
+        /// Value: 0. The kernel reached its snapshot point (only when boot info has
+        /// [`super::boot_flags::SNAPSHOT`]): `vmm snapshot` saves the VM here. When a
+        /// restored VM resumes, the VMM has set `eax` to 1 and rewritten boot info
+        /// (arguments, environment, clock, random seed) for this run.
+        Snapshot = 0x506,
+    }
+
+    impl Hypercall {
+        /// Every hypercall, in port order.
+        pub const ALL: [Hypercall; 7] = [
+            Hypercall::Exit,
+            Hypercall::ConsoleWrite,
+            Hypercall::Milestone,
+            Hypercall::Sleep,
+            Hypercall::Wait,
+            Hypercall::Snapshot,
+            Hypercall::Crash,
+        ];
+
+        /// The hypercall at `port`, if any.
+        pub const fn from_port(port: u16) -> Option<Hypercall> {
+            let mut i = 0;
+            while i < Self::ALL.len() {
+                if Self::ALL[i] as u16 == port {
+                    return Some(Self::ALL[i]);
+                }
+                i += 1;
+            }
+            None
+        }
+
+        /// Its port number.
+        pub const fn port(self) -> u16 {
+            self as u16
+        }
+
+        /// Whether ring 3 may use it: every hypercall in [`FIRST`]..=[`LAST`], that is all
+        /// but [`Hypercall::Crash`], which only the VMM's ring-0 stubs write.
+        pub const fn open_to_ring3(self) -> bool {
+            self as u16 >= FIRST && self as u16 <= LAST
+        }
+    }
+
+    /// First port reserved for hypercalls.
     pub const FIRST: u16 = 0x500;
-    /// `out` value: the app's exit code. The VMM stops the guest and exits with `code & 0xff`.
-    pub const EXIT: u16 = 0x500;
-    /// `out` value: guest-physical address of a [`super::hypercall::ConsoleWrite`].
-    pub const CONSOLE_WRITE: u16 = 0x501;
-    /// `out` value: exception vector. Written only by the ring-0 exception stubs, whose frame
-    /// is on the ring-0 stack as described in [`super::exception`].
-    pub const CRASH: u16 = 0x502;
-    /// `out` value: a boot milestone number from [`super::milestone`].
-    pub const MILESTONE: u16 = 0x503;
-    /// `out` value: microseconds to sleep. The VMM waits (no busy loop in the guest), then
-    /// resumes the guest; a `--timeout` that passes meanwhile stops it.
-    pub const SLEEP: u16 = 0x504;
-    /// `out` value: ignored. The guest parks until the VMM releases it (`vmm fleet
-    /// --resident` holds many guests this way; `vmm run` releases at once).
-    pub const WAIT: u16 = 0x505;
-    /// `out` value: 0. The kernel reached its snapshot point (only when boot info has
-    /// [`super::boot_flags::SNAPSHOT`]): `vmm snapshot` saves the VM here. When a restored
-    /// VM resumes, the VMM has set `eax` to 1 and rewritten boot info (arguments, environment,
-    /// clock, random seed) for this run.
-    pub const SNAPSHOT: u16 = 0x506;
-    /// Last port of the hypercall range. Unassigned ports in the range read as all-ones and
+    /// Last port of the range open to ring 3. Unassigned ports in it read as all-ones and
     /// ignore writes (the VMM counts them).
     pub const LAST: u16 = 0x50f;
+
+    /// [`Hypercall::Exit`].
+    pub const EXIT: u16 = Hypercall::Exit as u16;
+    /// [`Hypercall::ConsoleWrite`].
+    pub const CONSOLE_WRITE: u16 = Hypercall::ConsoleWrite as u16;
+    /// [`Hypercall::Crash`].
+    pub const CRASH: u16 = Hypercall::Crash as u16;
+    /// [`Hypercall::Milestone`].
+    pub const MILESTONE: u16 = Hypercall::Milestone as u16;
+    /// [`Hypercall::Sleep`].
+    pub const SLEEP: u16 = Hypercall::Sleep as u16;
+    /// [`Hypercall::Wait`].
+    pub const WAIT: u16 = Hypercall::Wait as u16;
+    /// [`Hypercall::Snapshot`].
+    pub const SNAPSHOT: u16 = Hypercall::Snapshot as u16;
 
     /// First port of the 16550 UART on COM1 (eight registers).
     pub const COM1: u16 = 0x3f8;
@@ -92,14 +157,14 @@ pub mod milestone {
     pub const ENTERED_MAIN: u32 = 1;
 }
 
-/// The exception stubs: ring-0 code in the image that reports CPU exceptions.
+/// The exception stubs: the only ring-0 code a guest runs, written by the VMM (never taken from
+/// an image or a snapshot) on a supervisor-only page of its own.
 pub mod exception {
     /// Number of stubs: one for each architectural exception vector 0..32.
     pub const VECTORS: usize = 32;
-    /// Bytes between consecutive stubs; stub `n` starts at `table + n * STUB_STRIDE`.
+    /// Bytes between consecutive stubs.
     pub const STUB_STRIDE: usize = 16;
-    /// Size of the whole stub table. It must start on a page boundary and nothing the app
-    /// runs at ring 3 may share its page: the VMM maps that page supervisor-only.
+    /// Size of the whole stub table.
     pub const TABLE_SIZE: usize = VECTORS * STUB_STRIDE;
     /// What each stub does, so that the VMM can read the frame: `push rax; push rdx;
     /// mov eax, VECTOR; mov dx, CRASH; out dx, eax`. The VMM then finds, from `RSP` upwards,
@@ -125,14 +190,15 @@ pub mod note {
 
     /// The note's descriptor.
     #[repr(C)]
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct AbiNoteDesc {
         /// [`super::ABI_VERSION`] of the kernel the image was built with.
         pub abi_version: u32,
         /// Reserved, zero.
         pub flags: u32,
-        /// Address of the exception stub table (see [`super::exception`]).
-        pub exception_stubs: u64,
+        /// Reserved, zero (ABI version 3 and older put their own exception stubs here; the
+        /// VMM now writes them itself).
+        pub reserved: u64,
     }
 
     /// Size of the descriptor in bytes.
@@ -196,6 +262,20 @@ pub mod exit_status {
     pub const CRASH: i32 = 134;
 }
 
+#[cfg(feature = "vm-memory")]
+mod byte_valued {
+    //! The structs the VMM copies in and out of guest memory as whole values.
+    use vm_memory::ByteValued;
+
+    // SAFETY: `#[repr(C)]` structs of integers only, without padding (their sizes are checked
+    // by the tests below): every bit pattern is a valid value.
+    unsafe impl ByteValued for super::hypercall::ConsoleWrite {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::BootInfo {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::note::AbiNoteDesc {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,16 +306,28 @@ mod tests {
 
     #[test]
     fn test_ports_lie_in_hypercall_range() {
-        for p in [
-            port::EXIT,
-            port::CONSOLE_WRITE,
-            port::CRASH,
-            port::MILESTONE,
-            port::SLEEP,
-            port::WAIT,
-            port::SNAPSHOT,
-        ] {
-            assert!((port::FIRST..=port::LAST).contains(&p));
+        for call in port::Hypercall::ALL {
+            assert_eq!(
+                (port::FIRST..=port::LAST).contains(&call.port()),
+                call.open_to_ring3()
+            );
+            assert_eq!(port::Hypercall::from_port(call.port()), Some(call));
         }
+        assert_eq!(port::Hypercall::from_port(port::LAST), None);
+        assert_eq!(port::Hypercall::from_port(port::COM1), None);
+    }
+
+    #[test]
+    fn test_crash_port_is_closed_to_ring3() {
+        assert!(!port::Hypercall::Crash.open_to_ring3());
+        // A 32-bit `out` to the last open port must not reach it either.
+        assert!(port::CRASH > port::LAST);
+        assert!(port::Hypercall::Exit.open_to_ring3());
+    }
+
+    #[test]
+    fn test_boot_info_has_no_padding() {
+        // 4 u32 + 12 u64: ByteValued needs every byte to be a field's.
+        assert_eq!(size_of::<BootInfo>(), 4 * 4 + 12 * 8);
     }
 }

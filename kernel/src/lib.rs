@@ -1,8 +1,9 @@
 //! The flick guest kernel: a small library OS that every image links with its app.
 //!
 //! All of it runs at ring 3. The VMM has already done the one-time work a kernel usually does
-//! (page tables, GDT, TSS, IDT, boot info) before the first instruction here runs; the only
-//! ring-0 code in an image is the table of exception stubs in [`exceptions`].
+//! (page tables, GDT, TSS, IDT, boot info) before the first instruction here runs, and the
+//! only ring-0 code a guest runs, the exception stubs that report CPU exceptions, is the
+//! VMM's own: nothing in an image runs at ring 0.
 //!
 //! An app is a `#![no_std] #![no_main]` binary crate that names its entry point with
 //! [`main!`]:
@@ -29,7 +30,6 @@ extern crate alloc;
 
 pub mod args;
 pub mod console;
-pub mod exceptions;
 pub mod heap;
 pub mod time;
 mod global;

@@ -11,7 +11,7 @@ struct AbiNote {
     name: [u8; 12],
     abi_version: u32,
     flags: u32,
-    exception_stubs: unsafe extern "C" fn(),
+    reserved: u64,
 }
 
 const fn padded_name() -> [u8; 12] {
@@ -33,5 +33,5 @@ static ABI_NOTE: AbiNote = AbiNote {
     name: padded_name(),
     abi_version: abi::ABI_VERSION,
     flags: 0,
-    exception_stubs: crate::exceptions::__flick_exception_stubs,
+    reserved: 0,
 };

@@ -1,6 +1,7 @@
 //! The container process: forked by `create`, it enters the container's namespaces, pivots
 //! into the root file system with `/dev/kvm` bound in, checks the image, and waits on the
-//! exec fifo; on `start` it boots the image with [`vmm::run`] and exits with the app's code.
+//! exec fifo; on `start` it boots the image with [`vmm::launch::run`] and exits with the
+//! app's code.
 //!
 //! Two forks, as runc's: `create` forks an intermediate process that joins and unshares the
 //! namespaces (a new pid namespace takes effect only for children) and forks the container
@@ -180,7 +181,7 @@ pub enum InitError {
     #[error(transparent)]
     Marker(#[from] crate::marker::MarkerError),
     /// The image is unusable.
-    #[error("image {path}")]
+    #[error("{path} is not a usable flick image")]
     Image {
         /// The image path in the root file system.
         path: String,
@@ -352,18 +353,21 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
     }
     Ok(Prepared {
         run: vmm::RunConfig {
-            image: PathBuf::from(image),
-            mem_size: plan.mem_size,
-            timeout: None,
-            args: plan.args.clone(),
-            env: plan.env.clone(),
+            target: PathBuf::from(image),
+            snapshot_only: false,
+            vm: vmm::VmConfig {
+                mem_size: plan.mem_size,
+                timeout: None,
+                args: plan.args.clone(),
+                env: plan.env.clone(),
+                seccomp: true,
+                debug_blocked_syscall: false,
+                // Docker's log drivers bound what a container may print; the VMM does not.
+                max_output: u64::MAX,
+                stop_at_snapshot_point: false,
+            },
             measure_ram: false,
             detach_teardown: true,
-            seccomp: true,
-            debug_blocked_syscall: false,
-            // Docker's log drivers bound what a container may print; the VMM does not.
-            max_output: u64::MAX,
-            restore: false,
         },
         host_pid,
     })
@@ -500,11 +504,11 @@ fn wait_for_start(state_dir: &OwnedFd) -> Result<(), InitError> {
 
 /// Boots the guest in this process and returns the container's exit status.
 fn boot(config: &vmm::RunConfig) -> i32 {
-    let timeline = vmm::timeline::Timeline::default();
-    match vmm::run(config, vmm::Console::inherit(), timeline) {
+    let timeline = vmm::report::timeline::Timeline::default();
+    match vmm::launch::run(config, vmm::Console::inherit(), timeline) {
         Ok(report) => {
-            if let vmm::Outcome::Crashed(text) = &report.outcome {
-                eprint!("vmm: {text}");
+            if let Some(text) = report.outcome.message() {
+                eprint!("{text}");
             }
             report.outcome.exit_status()
         }

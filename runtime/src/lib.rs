@@ -5,7 +5,7 @@
 //! `delete`, `features`, `ps`), which is what containerd's runc shim calls. The container's
 //! process is the VMM itself: it is forked by `create` into the container's namespaces and
 //! cgroups, waits on an exec fifo as runc's init does, and on `start` boots the image with
-//! [`vmm::run`] in-process; the app's exit code is the container's.
+//! [`vmm::launch::run`] in-process; the app's exit code is the container's.
 //!
 //! Always built (the xtask uses them without the runtime):
 //! - [`marker`]: how an OCI image says which file in its root file system is the flick image;

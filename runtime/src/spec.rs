@@ -71,7 +71,7 @@ pub enum SpecError {
         limit: i64,
         /// Why.
         #[source]
-        source: vmm::RunError,
+        source: vmm::LaunchError,
     },
 }
 
@@ -220,7 +220,7 @@ pub fn guest_ram(limit: Option<i64>) -> Result<u64, SpecError> {
         .saturating_sub(VMM_HEADROOM)
         .min(MAX_MEM_SIZE);
     let ram = usable - usable % LARGE_PAGE_SIZE;
-    vmm::check_mem_size(ram).map_err(|source| SpecError::MemoryLimit { limit, source })?;
+    vmm::launch::check_mem_size(ram).map_err(|source| SpecError::MemoryLimit { limit, source })?;
     Ok(ram)
 }
 

@@ -35,7 +35,8 @@ pub const SPIN: [u8; 2] = [0xeb, 0xfe];
 /// `ud2`.
 pub const UD2: [u8; 2] = [0x0f, 0x0b];
 
-/// The standard exception stub for `vector` (see `abi::exception`), padded to 16 bytes.
+/// An exception stub for `vector` as the VMM writes it (see `abi::exception`), padded to 16
+/// bytes: hostile tests put such tables in images to check that the VMM never runs them.
 pub fn exception_stub(vector: u8) -> Vec<u8> {
     let mut stub = vec![0x50, 0x52]; // push rax; push rdx
     stub.extend(mov_eax(u32::from(vector)));

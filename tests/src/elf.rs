@@ -1,8 +1,6 @@
 //! An ELF writer for tests: every field is a public knob, so a test can build the one broken
 //! image it needs.
 
-use crate::asm;
-
 /// `PT_LOAD`.
 pub const PT_LOAD: u32 = 1;
 /// `PT_DYNAMIC`.
@@ -107,13 +105,15 @@ pub struct ElfBuilder {
     pub phnum: Option<u16>,
 }
 
-/// Where [`ElfBuilder::guest`] puts things.
-pub const STUBS_ADDR: u64 = 0x20_0000;
+/// Where [`ElfBuilder::guest`] starts its text: one page of filler (or of whatever a hostile
+/// test puts there), then the code.
+pub const TEXT_ADDR: u64 = 0x20_0000;
 /// Where [`ElfBuilder::guest`] puts the code (and the entry).
 pub const CODE_ADDR: u64 = 0x20_1000;
 
-/// The ABI note bytes for `version` with the stub table at `stubs`.
-pub fn abi_note(version: u32, stubs: u64) -> Vec<u8> {
+/// The ABI note bytes for `version`, with `reserved` in its reserved field (0 is valid; ABI
+/// version 3 put the address of the image's own exception stubs there).
+pub fn abi_note(version: u32, reserved: u64) -> Vec<u8> {
     let mut note = Vec::new();
     note.extend_from_slice(&(abi::note::NAME.len() as u32).to_le_bytes());
     note.extend_from_slice(&(abi::note::DESC_SIZE as u32).to_le_bytes());
@@ -122,20 +122,19 @@ pub fn abi_note(version: u32, stubs: u64) -> Vec<u8> {
     note.resize(24, 0);
     note.extend_from_slice(&version.to_le_bytes());
     note.extend_from_slice(&0u32.to_le_bytes());
-    note.extend_from_slice(&stubs.to_le_bytes());
+    note.extend_from_slice(&reserved.to_le_bytes());
     note
 }
 
 impl ElfBuilder {
-    /// A valid image: the standard stub page at [`STUBS_ADDR`], `code` at [`CODE_ADDR`], the
-    /// ABI note.
+    /// A valid image: a page of `int3` at [`TEXT_ADDR`], `code` at [`CODE_ADDR`], the ABI note.
     pub fn guest(code: &[u8]) -> Self {
-        Self::guest_with_stubs(asm::exception_stubs(), code)
+        Self::guest_with_first_page(Vec::new(), code)
     }
 
-    /// A valid image with a custom stub table.
-    pub fn guest_with_stubs(stubs: Vec<u8>, code: &[u8]) -> Self {
-        let mut text = stubs;
+    /// A valid image whose first text page holds `first_page` (e.g. a would-be stub table).
+    pub fn guest_with_first_page(first_page: Vec<u8>, code: &[u8]) -> Self {
+        let mut text = first_page;
         text.resize(0x1000, 0xcc);
         text.extend_from_slice(code);
         ElfBuilder {
@@ -145,8 +144,8 @@ impl ElfBuilder {
             machine: EM_X86_64,
             entry: CODE_ADDR,
             phdrs: vec![
-                Phdr::load(STUBS_ADDR, PF_R | PF_X, text),
-                Phdr::other(PT_NOTE, abi_note(abi::ABI_VERSION, STUBS_ADDR)),
+                Phdr::load(TEXT_ADDR, PF_R | PF_X, text),
+                Phdr::other(PT_NOTE, abi_note(abi::ABI_VERSION, 0)),
             ],
             phoff: None,
             phnum: None,

@@ -73,8 +73,8 @@ fn test_guest_null_read_reports_page_fault_with_cr2() {
 #[test]
 fn test_guest_cannot_read_exception_stubs() {
     require_kvm!();
-    // mov rax, [0x200000]: the stub page is supervisor-only.
-    let code = vec![0x48, 0x8b, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00];
+    // mov rax, [0x2000]: the VMM's stub page is supervisor-only.
+    let code = vec![0x48, 0x8b, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00];
     let out = boot("stubs", ElfBuilder::guest(&code), &[]);
     let err = stderr(&out);
     assert_eq!(status(&out), 134, "{err}");
@@ -85,20 +85,66 @@ fn test_guest_cannot_read_exception_stubs() {
 }
 
 #[test]
-fn test_guest_triple_fault_is_reported() {
+fn test_guest_image_stub_table_never_runs_at_ring0() {
     require_kvm!();
-    // The #UD stub loads an empty IDT and faults again: #UD -> #GP -> #DF -> shutdown.
-    let mut stubs = asm::exception_stubs();
-    let broken = [0x6a, 0x00, 0x6a, 0x00, 0x0f, 0x01, 0x1c, 0x24, 0x0f, 0x0b]; // push 0; push 0; lidt [rsp]; ud2
-    stubs[6 * 16..6 * 16 + broken.len()].copy_from_slice(&broken);
+    // A hostile image puts its own "#UD stub" where ABI version 3 images kept theirs: it
+    // would clear CR0.WP and exit with 77 from ring 0. The VMM's own stubs must report the
+    // #UD instead; nothing of the image runs at ring 0.
+    let mut page = asm::exception_stubs();
+    let payload = [
+        0x0f, 0x20, 0xc0, // mov rax, cr0
+        0x48, 0x25, 0xff, 0xff, 0xfe, 0xff, // and rax, ~WP
+        0x0f, 0x22, 0xc0, // mov cr0, rax
+    ];
+    let evil = [&payload[..], &asm::exit(77)].concat();
+    page[6 * 16..6 * 16 + evil.len().min(16)].copy_from_slice(&evil[..evil.len().min(16)]);
+    page.resize(0x800, 0xcc);
+    page.extend(evil);
     let out = boot(
-        "triple",
-        ElfBuilder::guest_with_stubs(stubs, &asm::UD2),
+        "evilstub",
+        ElfBuilder::guest_with_first_page(page, &asm::UD2),
         &[],
     );
     let err = stderr(&out);
     assert_eq!(status(&out), 134, "{err}");
-    assert!(err.contains("triple fault"), "{err}");
+    assert!(err.contains("invalid opcode (#UD, vector 6)"), "{err}");
+    assert!(err.contains(&format!("at rip {CODE_ADDR:#x}")), "{err}");
+}
+
+#[test]
+fn test_guest_crash_port_from_ring3_cannot_forge_a_report() {
+    require_kvm!();
+    // out CRASH with vector 14 from ring 3: the port is closed to ring 3 (#GP), so no
+    // "page fault" report with a frame of the guest's choosing can come out.
+    let code = [
+        asm::mov_eax(14),
+        asm::mov_dx(port::CRASH),
+        vec![asm::OUT_DX_EAX],
+        asm::exit(0),
+    ]
+    .concat();
+    let out = boot("forge", ElfBuilder::guest(&code), &[]);
+    let err = stderr(&out);
+    assert_eq!(status(&out), 134, "{err}");
+    assert!(err.contains("general protection fault"), "{err}");
+    assert!(!err.contains("page fault"), "{err}");
+}
+
+#[test]
+fn test_guest_narrow_exit_write_is_a_bad_hypercall() {
+    require_kvm!();
+    // out dx, al to the exit port: one rule for every port, 32-bit writes only.
+    let code = [
+        asm::mov_eax(7),
+        asm::mov_dx(port::EXIT),
+        vec![0xee],
+        asm::exit(0),
+    ]
+    .concat();
+    let out = boot("narrowexit", ElfBuilder::guest(&code), &[]);
+    let err = stderr(&out);
+    assert_eq!(status(&out), 134, "{err}");
+    assert!(err.contains("takes a 32-bit write, got 1 bytes"), "{err}");
 }
 
 #[test]
@@ -119,8 +165,7 @@ fn test_guest_infinite_loop_is_stopped_by_timeout() {
 fn test_guest_port_spray_is_survived() {
     require_kvm!();
     let code = [
-        // 32-bit accesses cover four ports: stop where the last one is still open.
-        asm::port_spray(port::WAIT + 1, port::LAST - 2),
+        // 32-bit accesses cover four ports: stop where the last one is still COM1's.
         asm::port_spray(port::COM1, port::COM1 + port::COM1_LEN - 3),
         asm::exit(42),
     ]

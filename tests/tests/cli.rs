@@ -10,10 +10,28 @@ fn assert_one_line_error(out: &std::process::Output, expected: &str) {
     assert!(err.contains(expected), "expected '{expected}' in: {err}");
 }
 
+/// A usage error keeps clap's whole message: the error on its first line, then its tips and
+/// the pointer to `--help`.
+fn assert_usage_error(out: &std::process::Output, expected: &str) {
+    let err = stderr(out);
+    assert_eq!(status(out), 125, "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: "), "{err}");
+    assert!(
+        first.contains(expected),
+        "expected '{expected}' in: {first}"
+    );
+    assert!(err.contains("--help"), "{err}");
+}
+
 #[test]
 fn test_cli_unknown_flag_is_refused() {
     let out = vmm(&["run", "x", "--bogus"]);
-    assert_one_line_error(&out, "--bogus");
+    assert_usage_error(&out, "--bogus");
+    assert!(
+        stderr(&out).contains("use '-- --bogus'"),
+        "clap's tip survives"
+    );
 }
 
 #[test]
@@ -26,7 +44,7 @@ fn test_cli_missing_image_is_refused() {
 fn test_cli_bad_mem_is_refused() {
     let hello = image("hello");
     let hello = hello.to_str().unwrap();
-    assert_one_line_error(&vmm(&["run", hello, "--mem", "lots"]), "invalid size");
+    assert_usage_error(&vmm(&["run", hello, "--mem", "lots"]), "invalid size");
     assert_one_line_error(&vmm(&["run", hello, "--mem", "1M"]), "below the minimum");
     assert_one_line_error(&vmm(&["run", hello, "--mem", "64G"]), "above the maximum");
     assert_one_line_error(&vmm(&["run", hello, "--mem", "5M"]), "multiple of 2 MiB");
@@ -35,7 +53,11 @@ fn test_cli_bad_mem_is_refused() {
 #[test]
 fn test_cli_bad_timeout_is_refused() {
     let out = vmm(&["run", "x", "--timeout", "soon"]);
-    assert_one_line_error(&out, "invalid duration");
+    assert_usage_error(&out, "invalid duration");
+    let out = vmm(&["run", "x", "--timeout", "0"]);
+    assert_usage_error(&out, "is zero");
+    let out = vmm(&["run", "x", "--timeout", "18446744073709552s"]);
+    assert_usage_error(&out, "out of range");
 }
 
 #[test]

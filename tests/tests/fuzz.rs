@@ -1,13 +1,12 @@
-//! Property tests: the ELF loader and the hypercall decoder take random and mutated inputs
-//! without a panic. `FLICK_FUZZ_CASES` sets the number of cases (default: a few thousand, as
-//! in the normal test run; `cargo xtask fuzz --cases N` runs millions).
+//! Property tests: the ELF loader, the hypercall decoder, the exit handler and the snapshot
+//! reader take random and mutated inputs without a panic, through `vmm::fuzzing`.
+//! `FLICK_FUZZ_CASES` sets the number of cases (default: a few thousand, as in the normal test
+//! run; `cargo xtask fuzz --cases N` runs millions).
 
-use abi::hypercall::{CONSOLE_WRITE_MAX, stream};
 use tests::asm;
 use tests::elf::{ElfBuilder, PF_R, PF_W, Phdr};
 use vmm::Image;
-use vmm::exit::{Console, Exit, ExitHandler};
-use vmm::hypercall::decode_console_write;
+use vmm::fuzzing;
 use vmm::memory::GuestRam;
 
 fn cases() -> u64 {
@@ -135,6 +134,7 @@ fn test_fuzz_hypercall_decoder_never_panics() {
     let seed = 0x5eed_0003;
     let mut rng = Rng(seed);
     let ram = GuestRam::new(1 << 20).unwrap();
+    let mut accepted = 0;
     for case in 0..cases() {
         let at = rng.interesting() as u32;
         let mut raw = Vec::new();
@@ -145,17 +145,19 @@ fn test_fuzz_hypercall_decoder_never_panics() {
             u64::from(at) % (1 << 20),
             &raw[..raw.len().min((1 << 20) - (at as usize % (1 << 20)))],
         );
-        let result = std::panic::catch_unwind(|| decode_console_write(&ram, at));
-        match result {
-            Ok(Ok(req)) => {
-                assert!(req.stream == stream::STDOUT || req.stream == stream::STDERR);
-                assert!(req.len <= CONSOLE_WRITE_MAX);
-                assert!(ram.check_range(req.buf, u64::from(req.len)).is_ok());
-            }
-            Ok(Err(_)) => {}
-            Err(_) => panic!("decode_console_write panicked (seed {seed:#x}, case {case})"),
+        let width = [1usize, 2, 4, 4, 4][rng.below(5) as usize];
+        let data = &at.to_le_bytes()[..width];
+        let port = abi::port::FIRST + rng.below(16) as u16;
+        match std::panic::catch_unwind(|| fuzzing::hypercall(&ram, port, data)) {
+            Ok(true) => accepted += 1,
+            Ok(false) => {}
+            Err(_) => panic!("the hypercall decoder panicked (seed {seed:#x}, case {case})"),
         }
     }
+    assert!(
+        accepted > 0,
+        "no hypercall was accepted: the inputs miss the decoder"
+    );
 }
 
 #[test]
@@ -163,11 +165,7 @@ fn test_fuzz_exit_handler_never_panics() {
     let seed = 0x5eed_0004;
     let mut rng = Rng(seed);
     let ram = GuestRam::new(1 << 20).unwrap();
-    let console = Console {
-        stdout: Box::new(std::io::sink()),
-        stderr: Box::new(std::io::sink()),
-    };
-    let mut handler = ExitHandler::new(console);
+    let mut exits = fuzzing::Exits::default();
     for _ in 0..cases() {
         let port = if rng.below(2) == 0 {
             0x500 + rng.below(16) as u16
@@ -176,17 +174,65 @@ fn test_fuzz_exit_handler_never_panics() {
         };
         let width = [1usize, 2, 4][rng.below(3) as usize];
         let mut data: Vec<u8> = (0..width).map(|_| rng.next() as u8).collect();
-        if port == abi::port::SLEEP {
-            continue; // would really sleep
-        }
-        let exit = if rng.below(2) == 0 {
-            Exit::IoOut { port, data: &data }
-        } else {
-            Exit::IoIn {
-                port,
-                data: &mut data,
-            }
-        };
-        let _ = handler.handle(&ram, exit);
+        let _ = exits.port(&ram, rng.below(2) == 0, port, &mut data);
     }
+}
+
+/// Mutates a snapshot file, then (mostly) fixes up its checksums so that the checks behind
+/// them are reached too.
+fn mutate_snapshot(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
+    let mut bytes = base.to_vec();
+    for _ in 0..=rng.below(4) {
+        let len = bytes.len() as u64;
+        match rng.below(6) {
+            // Header and metadata fields: counts, offsets, sizes, registers.
+            0 | 1 => {
+                let at = (rng.below(len.min(8192)) as usize) & !7;
+                let value = rng.interesting().to_le_bytes();
+                let end = (at + 8).min(bytes.len());
+                bytes[at..end].copy_from_slice(&value[..end - at]);
+            }
+            2 => {
+                let at = rng.below(len) as usize;
+                bytes[at] ^= 1 << rng.below(8);
+            }
+            3 => bytes.truncate(rng.below(len) as usize),
+            4 => bytes.extend((0..rng.below(8192)).map(|_| rng.next() as u8)),
+            _ => {
+                let at = rng.below(len) as usize;
+                bytes[at] = rng.next() as u8;
+            }
+        }
+    }
+    if rng.below(8) != 0 {
+        fuzzing::fix_snapshot_checksums(&mut bytes);
+    }
+    bytes
+}
+
+#[test]
+fn test_fuzz_snapshot_reader_never_panics() {
+    tests::require_kvm!();
+    let path = tests::scratch_dir("fuzz").join("hello.snap");
+    tests::snapshot_image("hello", &path);
+    let base = std::fs::read(&path).unwrap();
+    assert!(
+        fuzzing::snapshot(&base).is_ok(),
+        "the base snapshot must load"
+    );
+    let seed = 0x5eed_0005;
+    let mut rng = Rng(seed);
+    let mut accepted = 0;
+    for case in 0..cases() / 4 {
+        let input = mutate_snapshot(&mut rng, &base);
+        match std::panic::catch_unwind(|| fuzzing::snapshot(&input)) {
+            Ok(Ok(())) => accepted += 1,
+            Ok(Err(err)) => assert!(!err.to_string().is_empty()),
+            Err(_) => panic!("the snapshot reader panicked (seed {seed:#x}, case {case})"),
+        }
+    }
+    assert!(
+        accepted > 0,
+        "no mutated snapshot was accepted: the mutations are too destructive"
+    );
 }

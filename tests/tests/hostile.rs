@@ -220,7 +220,8 @@ fn test_hostile_write_to_boot_info_faults() {
 #[test]
 fn test_hostile_execute_data_faults() {
     require_kvm!();
-    let code = [0xff, 0xe4]; // jmp rsp: the stack is not executable
+    // lea rax, [rsp - 8]; jmp rax: the stack is not executable
+    let code = [0x48, 0x8d, 0x44, 0x24, 0xf8, 0xff, 0xe0];
     assert_stopped("exec-stack", &code, "instruction fetch from");
 }
 

@@ -1071,7 +1071,7 @@ fn runtime_missing_image(env: &Env) -> Result<(), Failed> {
         &runtime_root(env, "missing"),
         &bundle,
         &id,
-        "cannot read image /nope",
+        "cannot read /nope",
     )
 }
 
@@ -1089,7 +1089,7 @@ fn runtime_non_flick(env: &Env) -> Result<(), Failed> {
         &runtime_root(env, "nonflick"),
         &bundle,
         &id,
-        "image /true",
+        "/true is not a usable flick image: not an image for this VMM",
     )
 }
 

@@ -123,7 +123,7 @@ fn test_snapshot_damaged_files_are_refused() {
     data[last] ^= 1;
     assert_refused("data", &data, "data checksum mismatch");
     let mut pages = good.clone();
-    pages[72..80].copy_from_slice(&u64::MAX.to_le_bytes()); // page count
+    pages[64..72].copy_from_slice(&u64::MAX.to_le_bytes()); // page count
     assert_refused("page-count", &pages, "pages for");
     let mut mem = good.clone();
     mem[48..56].copy_from_slice(&(1u64 << 40).to_le_bytes()); // RAM size
@@ -147,9 +147,140 @@ fn test_snapshot_restore_does_not_need_the_image() {
     let snap = take_snapshot("moved.snap", "exitcode");
     let moved = tests::scratch_dir("snapshot-moved").join("copy.snap");
     std::fs::copy(&snap, &moved).unwrap();
-    let out = vmm_run(&moved, &[], &[]);
-    // A snapshot is not an image: `vmm run FILE` refuses it, `--from` restores it.
-    assert_eq!(status(&out), 125);
     let out = restore(&moved, &["9"]);
     assert_eq!(status(&out), 9, "{}", stderr(&out));
+    // `vmm run FILE` tells a snapshot from an image by its first bytes, as fleet and serve do.
+    let out = vmm_run(&moved, &[], &["8"]);
+    assert_eq!(status(&out), 8, "{}", stderr(&out));
+    // `--from` insists on a snapshot.
+    let out = restore(&image("exitcode"), &[]);
+    assert_eq!(status(&out), 125);
+    assert!(stderr(&out).contains("not a snapshot"), "{}", stderr(&out));
+}
+
+/// An asm guest that puts a value in xmm0 and a rounding mode in MXCSR, reaches the snapshot
+/// point, and after the restore exits 0 only if both survived (1 if not).
+fn sse_guest() -> Vec<u8> {
+    const VALUE: u64 = 0x1122_3344_5566_7788;
+    let mut code = vec![0x48, 0xb8]; // mov rax, VALUE
+    code.extend(VALUE.to_le_bytes());
+    code.extend([0x66, 0x48, 0x0f, 0x6e, 0xc0]); // movq xmm0, rax
+    code.extend([0x68, 0x80, 0x7f, 0x00, 0x00]); // push 0x7f80 (round toward zero)
+    code.extend([0x0f, 0xae, 0x14, 0x24]); // ldmxcsr [rsp]
+    code.extend([0x31, 0xc0]); // xor eax, eax
+    code.extend(asm::mov_dx(abi::port::SNAPSHOT));
+    code.push(asm::OUT_DX_EAX); // the snapshot point
+    code.extend([0x66, 0x48, 0x0f, 0x7e, 0xc0]); // movq rax, xmm0
+    code.extend([0x48, 0xbb]); // mov rbx, VALUE
+    code.extend(VALUE.to_le_bytes());
+    code.extend([0x48, 0x39, 0xd8]); // cmp rax, rbx
+    code.extend([0x75, 29]); // jne fail
+    code.extend([0x0f, 0xae, 0x1c, 0x24]); // stmxcsr [rsp]
+    code.extend([0x8b, 0x04, 0x24]); // mov eax, [rsp]
+    code.extend([0x25, 0x00, 0x60, 0x00, 0x00]); // and eax, 0x6000
+    code.extend([0x3d, 0x00, 0x60, 0x00, 0x00]); // cmp eax, 0x6000
+    code.extend([0x75, 10]); // jne fail
+    code.extend(asm::exit(0));
+    code.extend(asm::exit(1)); // fail:
+    code
+}
+
+#[test]
+fn test_snapshot_restore_keeps_sse_state() {
+    require_kvm!();
+    let image = write_scratch(
+        "snapshot-sse",
+        "sse",
+        &ElfBuilder::guest(&sse_guest()).build(),
+    );
+    let snap = tests::scratch_dir("snapshot-sse").join("sse.snap");
+    let made = vmm(&[
+        "snapshot",
+        image.to_str().unwrap(),
+        "-o",
+        snap.to_str().unwrap(),
+    ]);
+    assert_eq!(status(&made), 0, "{}", stderr(&made));
+    let out = restore(&snap, &[]);
+    assert_eq!(
+        status(&out),
+        0,
+        "xmm0 or MXCSR lost in the restore: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn test_snapshot_restore_is_immune_to_later_file_changes() {
+    require_kvm!();
+    // `clock` sleeps 50 ms after the restore, then runs code it has not touched yet: the
+    // snapshot file is truncated meanwhile. The restored guest must not notice.
+    let snap = take_snapshot("clock.snap", "clock");
+    for cut in [0u64, 4096] {
+        let copy = tests::scratch_dir("snapshot-truncate").join(format!("clock-{cut}.snap"));
+        std::fs::copy(&snap, &copy).unwrap();
+        let child = std::process::Command::new(tests::vmm_bin())
+            .args(["run", "--from", copy.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let file = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        file.set_len(cut).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+        assert!(stdout(&out).starts_with("slept "), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn test_snapshot_rewrite_replaces_the_file_atomically() {
+    require_kvm!();
+    let dir = tests::scratch_dir("snapshot-atomic");
+    let path = dir.join("same.snap");
+    tests::snapshot_image("hello", &path);
+    let before = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    tests::snapshot_image("exitcode", &path);
+    let after = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    assert_ne!(
+        before, after,
+        "a rewrite must be a new file renamed over the old one"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "same.snap")
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let out = restore(&path, &["4"]);
+    assert_eq!(status(&out), 4, "{}", stderr(&out));
+}
+
+#[test]
+fn test_snapshot_with_pages_of_the_vmm_structures_is_refused() {
+    require_kvm!();
+    // A crafted snapshot (checksums fixed up) that saves the exception-stub page: the VMM
+    // never takes its own structures from a file.
+    let good = std::fs::read(take_snapshot("stubs.snap", "hello")).unwrap();
+    let mut bad = good.clone();
+    // The page index follows the header (128 bytes), the segment records (40 bytes each), the
+    // saved vCPU (4552 bytes) and the device records (see vmm/src/snapshot/format.rs).
+    let u32_at = |at: usize| u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+    let index_at = 128 + u32_at(56) * 40 + 4552 + u32_at(60);
+    assert_eq!(
+        u64::from_le_bytes(bad[index_at..index_at + 8].try_into().unwrap()),
+        0x30,
+        "the first saved page is the boot info's"
+    );
+    bad[index_at..index_at + 8].copy_from_slice(&2u64.to_le_bytes()); // the stub page
+    vmm::fuzzing::fix_snapshot_checksums(&mut bad);
+    let path = write_scratch("snapshot-stubs", "evil.snap", &bad);
+    let out = restore(&path, &[]);
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("VMM's own structures"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -1,4 +1,6 @@
-//! `vmm`: the command line of the flick VMM.
+//! `vmm`: the command line of the flick VMM: clap types, and one small function per
+//! subcommand that turns its flags into the library's configuration and its result into an
+//! exit status. Every error is one line on stderr (clap's usage errors keep their own text).
 //!
 //! `#![no_main]`: the VMM enters at C `main` and skips std's runtime set-up (stack guard
 //! probing through /proc/self/maps, sigaltstack, ...), about 50 µs of a 1.4 ms boot here.
@@ -10,9 +12,10 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-use vmm::size::{parse_duration, parse_size};
-use vmm::timeline::{self, Timeline};
-use vmm::{Console, Outcome, RunConfig};
+use vmm::launch::RunConfig;
+use vmm::report::timeline::{self, Timeline};
+use vmm::size::{parse_size, parse_timeout};
+use vmm::{Console, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -55,7 +58,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// The longest a request may run (also the timeout of requests that give none).
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
         max_timeout: Duration,
         /// Run without the seccomp sandbox.
         #[arg(long)]
@@ -78,6 +81,9 @@ enum Command {
         /// Console bytes allowed before the snapshot point.
         #[arg(long, default_value = DEFAULT_MAX_OUTPUT, value_parser = parse_size)]
         max_output: u64,
+        /// Give up when the guest has not reached its snapshot point after this long.
+        #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+        timeout: Duration,
         /// Arguments while booting to the snapshot point.
         #[arg(last = true)]
         args: Vec<String>,
@@ -90,17 +96,18 @@ enum Command {
         /// The image (not needed with --manifest).
         #[arg(required_unless_present = "manifest")]
         image: Option<PathBuf>,
-        /// Instances of IMAGE.
+        /// Instances of IMAGE (at most 100000).
         #[arg(long, default_value_t = 10)]
         count: usize,
-        /// Worker threads booting instances.
+        /// Worker threads booting instances (1 to 1024).
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
         /// Guest RAM per instance.
         #[arg(long, default_value = DEFAULT_MEM, value_parser = parse_size)]
         mem: u64,
-        /// Per-instance timeout (until the guest exits, or parks with --resident).
-        #[arg(long, value_parser = parse_duration)]
+        /// Per-instance timeout (until the guest exits, or parks with --resident; a released
+        /// instance gets it again, or 60s without one).
+        #[arg(long, value_parser = parse_timeout)]
         timeout: Option<Duration>,
         /// Console bytes allowed per instance.
         #[arg(long, default_value = "1M", value_parser = parse_size)]
@@ -142,7 +149,7 @@ enum Command {
         #[arg(long, default_value = DEFAULT_MEM, value_parser = parse_size)]
         mem: u64,
         /// Stop the guest after this long (e.g. 500ms, 2s, 1m); exit status 124.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = parse_timeout)]
         timeout: Option<Duration>,
         /// After the guest exits, print the boot timeline, VM exits and RAM touched on stderr
         /// (`--timeline=json`: as one line of JSON).
@@ -185,6 +192,27 @@ const DEFAULT_MEM: &str = "16M";
 /// Default `--max-output` of `run` and `snapshot`.
 const DEFAULT_MAX_OUTPUT: &str = "64M";
 
+/// The guest settings shared by every subcommand, from its flags.
+fn vm_config(
+    mem_size: u64,
+    timeout: Option<Duration>,
+    args: Vec<String>,
+    env: Vec<String>,
+    max_output: u64,
+    seccomp: bool,
+) -> VmConfig {
+    VmConfig {
+        mem_size,
+        timeout,
+        args,
+        env,
+        seccomp,
+        debug_blocked_syscall: false,
+        max_output,
+        stop_at_snapshot_point: false,
+    }
+}
+
 /// The common case, `vmm run IMAGE [-- ARGS...]` with no flag, parsed without clap: building
 /// and running clap's parser costs ~0.1 ms of a 1.5 ms boot here (mostly first-touch page
 /// faults in its code). Anything else, flags included, goes to clap, which also gives the
@@ -199,18 +227,20 @@ fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
     if image.starts_with('-') {
         return None;
     }
+    let args = guest_args.iter().map(|a| (*a).to_owned()).collect();
     Some(RunConfig {
-        image: PathBuf::from(image),
-        mem_size: parse_size(DEFAULT_MEM).ok()?,
-        timeout: None,
-        args: guest_args.iter().map(|a| (*a).to_owned()).collect(),
-        env: Vec::new(),
+        target: PathBuf::from(image),
+        snapshot_only: false,
+        vm: vm_config(
+            parse_size(DEFAULT_MEM).ok()?,
+            None,
+            args,
+            Vec::new(),
+            parse_size(DEFAULT_MAX_OUTPUT).ok()?,
+            true,
+        ),
         measure_ram: false,
         detach_teardown: true,
-        seccomp: true,
-        debug_blocked_syscall: false,
-        max_output: parse_size(DEFAULT_MAX_OUTPUT).ok()?,
-        restore: false,
     })
 }
 
@@ -227,6 +257,40 @@ fn vmm_main() -> i32 {
     };
     timeline.args_parsed = Some(std::time::Instant::now());
     match cli.command {
+        Command::SeccompList => seccomp_list(),
+        Command::Serve {
+            socket,
+            pool,
+            snapshots,
+            workers,
+            max_timeout,
+            no_seccomp,
+        } => serve(vmm::serve::ServeConfig {
+            socket,
+            pool,
+            snapshots,
+            workers,
+            seccomp: !no_seccomp,
+            max_timeout,
+        }),
+        Command::Snapshot {
+            image,
+            output,
+            mem,
+            env,
+            max_output,
+            timeout,
+            args,
+        } => {
+            let config = RunConfig {
+                target: image,
+                snapshot_only: false,
+                vm: vm_config(mem, Some(timeout), args, env, max_output, true),
+                measure_ram: false,
+                detach_teardown: false,
+            };
+            snapshot(&config, &output)
+        }
         Command::Fleet {
             image,
             count,
@@ -241,84 +305,16 @@ fn vmm_main() -> i32 {
             no_seccomp,
             args,
         } => {
-            if no_seccomp {
-                eprintln!("warning: --no-seccomp: fleet workers run without their sandbox");
-            }
-            let defaults = vmm::fleet::GroupDefaults {
-                mem_size: mem,
-                timeout,
-                max_output,
-            };
-            let groups = match (manifest, image) {
-                (Some(path), _) => match vmm::fleet::read_manifest(&path, &defaults) {
-                    Ok(groups) => groups,
-                    Err(err) => return fleet_error(err),
-                },
-                (None, Some(image)) => vec![vmm::fleet::Group {
-                    name: vmm::fleet::group_name(&image),
-                    image,
-                    count,
-                    args,
-                    env,
-                    mem_size: mem,
-                    timeout,
-                    max_output,
-                }],
-                (None, None) => unreachable!("clap requires IMAGE or --manifest"),
-            };
-            let spec = vmm::fleet::FleetSpec {
-                groups,
+            let defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
+            fleet(
+                image,
+                manifest,
+                count,
+                defaults,
                 concurrency,
                 resident,
-                seccomp: !no_seccomp,
-            };
-            match vmm::fleet::run_fleet(&spec) {
-                Ok(report) if json => {
-                    println!("{}", vmm::fleet::format_json(&report));
-                    0
-                }
-                Ok(report) => {
-                    print!("{}", vmm::fleet::format_table(&report));
-                    0
-                }
-                Err(err) => fleet_error(err),
-            }
-        }
-        Command::Serve {
-            socket,
-            pool,
-            snapshots,
-            workers,
-            max_timeout,
-            no_seccomp,
-        } => {
-            if no_seccomp {
-                eprintln!("warning: --no-seccomp: serve workers run without their sandbox");
-            }
-            let config = vmm::serve::ServeConfig {
-                socket,
-                pool,
-                snapshots,
-                workers,
-                seccomp: !no_seccomp,
-                max_timeout,
-            };
-            match vmm::serve::serve(&config) {
-                Ok(()) => 0,
-                Err(err) => {
-                    eprintln!("error: {:#}", anyhow::Error::from(err));
-                    abi::exit_status::VMM_ERROR
-                }
-            }
-        }
-        Command::SeccompList => {
-            for (name, why) in vmm::sandbox::ALLOWED {
-                println!("{name:<16} {why}");
-            }
-            for name in vmm::sandbox::DENIED {
-                println!("{name:<16} denied with EACCES (library probes that cope with failure)");
-            }
-            0
+                json,
+            )
         }
         Command::Run {
             image,
@@ -337,141 +333,172 @@ fn vmm_main() -> i32 {
             if no_seccomp {
                 eprintln!("warning: --no-seccomp: the VMM runs the guest without its sandbox");
             }
+            let snapshot_only = from.is_some();
+            let Some(target) = from.or(image) else {
+                return usage("vmm run needs IMAGE or --from FILE");
+            };
+            let mut vm = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
+            vm.debug_blocked_syscall = debug_blocked_syscall;
             if let Some(socket) = via {
-                let target = from.or(image).expect("clap requires IMAGE or --from");
-                let request = vmm::serve::Request {
-                    target: std::path::absolute(&target).unwrap_or(target),
-                    args,
-                    env,
-                    timeout_ms: timeout.map(|t| t.as_millis() as u64),
-                    max_output,
-                    mem_size: mem,
-                };
-                return match vmm::serve::run_via(&socket, &request) {
-                    Ok(status) => status,
-                    Err(why) => {
-                        eprintln!("error: {why}");
-                        abi::exit_status::VMM_ERROR
-                    }
-                };
+                if format.is_some() {
+                    return usage(
+                        "--timeline cannot be used with --via (the guest runs in the server)",
+                    );
+                }
+                return run_via(&socket, target, &vm);
             }
-            let restore = from.is_some();
             let config = RunConfig {
-                image: from.or(image).expect("clap requires IMAGE or --from"),
-                mem_size: mem,
-                timeout,
-                args,
-                env,
+                target,
+                snapshot_only,
+                vm,
                 measure_ram: format.is_some(),
                 detach_teardown: !sync_teardown,
-                seccomp: !no_seccomp,
-                debug_blocked_syscall,
-                max_output,
-                restore,
             };
             run(&config, timeline, format)
         }
-        Command::Snapshot {
-            image,
-            output,
-            mem,
-            env,
-            max_output,
-            args,
-        } => {
-            let config = RunConfig {
-                image,
-                mem_size: mem,
-                timeout: None,
-                args,
-                env,
-                measure_ram: false,
-                detach_teardown: false,
-                seccomp: true,
-                debug_blocked_syscall: false,
-                max_output,
-                restore: false,
-            };
-            match vmm::snapshot(&config, Console::inherit(), &output) {
-                Ok(summary) => {
-                    eprintln!(
-                        "snapshot: {} ({} pages of guest memory, {} bytes)",
-                        output.display(),
-                        summary.pages,
-                        summary.file_size
-                    );
-                    0
-                }
-                Err(err) => {
-                    eprintln!("error: {:#}", anyhow::Error::from(err));
-                    abi::exit_status::VMM_ERROR
-                }
-            }
-        }
     }
 }
 
-fn fleet_error(err: vmm::fleet::FleetError) -> i32 {
-    eprintln!("error: {:#}", anyhow::Error::from(err));
+/// One line for an error with its causes; the status for "the VMM could not start the guest".
+fn fail(err: &dyn std::error::Error) -> i32 {
+    eprintln!("error: {}", vmm::error_chain(err));
     abi::exit_status::VMM_ERROR
 }
 
-fn parse_env(text: &str) -> Result<String, String> {
-    match text.split_once('=') {
-        Some((key, _)) if !key.is_empty() && !key.contains('\0') && !text.contains('\0') => {
-            Ok(text.to_owned())
-        }
-        _ => Err(format!(
-            "invalid environment entry '{text}' (expected KEY=VALUE)"
-        )),
-    }
+fn usage(text: &str) -> i32 {
+    eprintln!("error: {text} (see 'vmm --help')");
+    abi::exit_status::VMM_ERROR
 }
 
 fn usage_error(err: clap::Error) -> i32 {
     use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
-        let _ = err.print();
-        return 0;
+    let _ = err.print();
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+        _ => abi::exit_status::VMM_ERROR,
     }
-    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        let _ = err.print();
-        return abi::exit_status::VMM_ERROR;
+}
+
+fn seccomp_list() -> i32 {
+    for (name, why) in vmm::sandbox::ALLOWED {
+        println!("{name:<16} {why}");
     }
-    let rendered = err.render().to_string();
-    let first = rendered
-        .lines()
-        .next()
-        .unwrap_or("error: invalid arguments");
-    eprintln!("{first} (see 'vmm --help')");
-    abi::exit_status::VMM_ERROR
+    for name in vmm::sandbox::DENIED {
+        println!("{name:<16} denied with EACCES (library probes that cope with failure)");
+    }
+    0
 }
 
 fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> i32 {
-    match vmm::run(config, Console::inherit(), timeline) {
+    let report = match vmm::launch::run(config, Console::inherit(), timeline) {
+        Ok(report) => report,
+        Err(err) => return fail(&err),
+    };
+    if let Some(text) = report.outcome.message() {
+        eprint!("{text}");
+    }
+    let status = report.outcome.exit_status();
+    match format {
+        Some(TimelineFormat::Text) => eprint!("{}", timeline::format_text(&report, status)),
+        Some(TimelineFormat::Json) => eprintln!("{}", timeline::format_json(&report, status)),
+        None => {}
+    }
+    status
+}
+
+fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
+    let request = vmm::serve::Request {
+        target: std::path::absolute(&target).unwrap_or(target),
+        args: vm.args.clone(),
+        env: vm.env.clone(),
+        timeout_ms: vm
+            .timeout
+            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+        max_output: vm.max_output,
+        mem_size: vm.mem_size,
+    };
+    match vmm::serve::run_via(socket, &request) {
+        Ok(status) => status,
+        Err(err) => fail(&err),
+    }
+}
+
+fn snapshot(config: &RunConfig, output: &std::path::Path) -> i32 {
+    match vmm::launch::snapshot(config, Console::inherit(), output) {
+        Ok(summary) => {
+            eprintln!(
+                "snapshot: {} ({} pages of guest memory, {} bytes)",
+                output.display(),
+                summary.pages,
+                summary.file_size
+            );
+            0
+        }
+        Err(err) => fail(&err),
+    }
+}
+
+fn serve(config: vmm::serve::ServeConfig) -> i32 {
+    if !config.seccomp {
+        eprintln!("warning: --no-seccomp: serve workers run without their sandbox");
+    }
+    match vmm::serve::serve(&config) {
+        Ok(()) => 0,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fleet(
+    image: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+    count: usize,
+    defaults: VmConfig,
+    concurrency: usize,
+    resident: bool,
+    json: bool,
+) -> i32 {
+    use vmm::fleet::{FleetSpec, Group};
+    if !defaults.seccomp {
+        eprintln!("warning: --no-seccomp: fleet workers run without their sandbox");
+    }
+    let groups = match (manifest, image) {
+        (Some(path), _) => match vmm::fleet::manifest::read(&path, &defaults) {
+            Ok(groups) => groups,
+            Err(err) => return fail(&err),
+        },
+        (None, Some(image)) => vec![Group {
+            name: vmm::launch::guest_name(&image),
+            image,
+            count,
+            vm: defaults.clone(),
+        }],
+        (None, None) => return usage("vmm fleet needs IMAGE or --manifest FILE"),
+    };
+    let spec = FleetSpec {
+        groups,
+        concurrency,
+        resident,
+        seccomp: defaults.seccomp,
+    };
+    match vmm::fleet::run_fleet(&spec) {
+        Ok(report) if json => {
+            println!("{}", vmm::fleet::format_json(&report));
+            0
+        }
         Ok(report) => {
-            match &report.outcome {
-                Outcome::Exited(_) => {}
-                Outcome::TimedOut(limit) => {
-                    eprintln!("vmm: guest stopped: it ran longer than --timeout {limit:?}")
-                }
-                Outcome::Crashed(text) => eprint!("vmm: {text}"),
-            }
-            let status = report.outcome.exit_status();
-            match format {
-                Some(TimelineFormat::Text) => eprint!("{}", timeline::format_text(&report, status)),
-                Some(TimelineFormat::Json) => {
-                    eprintln!("{}", timeline::format_json(&report, status))
-                }
-                None => {}
-            }
-            status
+            print!("{}", vmm::fleet::format_table(&report));
+            0
         }
-        Err(err) => {
-            eprintln!("error: {:#}", anyhow::Error::from(err));
-            abi::exit_status::VMM_ERROR
-        }
+        Err(err) => fail(&err),
+    }
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    if vmm::vm::is_env_entry(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "invalid environment entry '{text}' (expected KEY=VALUE)"
+        ))
     }
 }

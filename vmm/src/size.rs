@@ -84,7 +84,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration '{text}' is out of range"))
+    let duration = Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("duration '{text}' is out of range"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration '{text}' is out of range (at most {} days)",
+            MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    Ok(duration)
+}
+
+/// The longest duration any flag takes: ten years, far from where `Instant` arithmetic or a
+/// millisecond count in a `u64` could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses a timeout: a duration above zero (a zero timeout would stop every guest before its
+/// first instruction; leave the flag out for no timeout).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "timeout '{text}' is zero (leave the flag out for no timeout)"
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -124,6 +148,22 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("1e400").is_err());
+    }
+
+    #[test]
+    fn test_parse_duration_refuses_durations_that_would_overflow() {
+        assert!(parse_duration("18446744073709552s").is_err());
+        assert!(parse_duration("9223372036854775808").is_err());
+        assert!(parse_duration("3650d").is_err());
+        assert!(parse_duration("87600h").is_ok());
+        assert!(parse_duration("87601h").is_err());
+    }
+
+    #[test]
+    fn test_parse_timeout_refuses_zero() {
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("0ms").is_err());
+        assert_eq!(parse_timeout("1ms"), Ok(Duration::from_millis(1)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```text
 //! 0x0000_0000  null page                      unmapped
 //! 0x0000_1000  GDT, IDT, TSS + I/O bitmap      supervisor RW (one page: one fault, not three)
+//! 0x0000_2000  exception stubs (the VMM's)    supervisor RX (the only ring-0 code)
 //! 0x0000_4000  ring-0 stack (RSP0), 8 KiB     supervisor RW
 //! 0x0000_6000  double-fault stack (IST1)      supervisor RW
 //! 0x0000_8000  page tables                    unmapped
@@ -27,6 +28,8 @@ pub const GDT_ADDR: u64 = 0x1000;
 pub const IDT_ADDR: u64 = 0x1200;
 /// Task-state segment, followed by its I/O permission bitmap (under 300 bytes).
 pub const TSS_ADDR: u64 = 0x1800;
+/// The page of exception stubs, written by the VMM (see `arch::stubs`).
+pub const STUBS_ADDR: u64 = 0x2000;
 /// Bottom of the ring-0 stack that exceptions from ring 3 switch to.
 pub const RING0_STACK_BOTTOM: u64 = 0x4000;
 /// Top of the ring-0 stack (TSS.RSP0).
@@ -68,12 +71,12 @@ pub const IMAGE_MIN_ADDR: u64 = 0x20_0000;
 pub const MIN_MEM_SIZE: u64 = 4 << 20;
 /// Largest guest RAM: hypercall arguments are 32-bit guest-physical addresses.
 pub const MAX_MEM_SIZE: u64 = 4 << 30;
-/// Default guest RAM.
-pub const DEFAULT_MEM_SIZE: u64 = 16 << 20;
 /// Free RAM an image needs beyond its own segments.
 pub const MIN_HEAP_SIZE: u64 = 64 << 10;
 
 const _: () = assert!(PAGE_TABLES_END <= BOOT_INFO_ADDR);
+const _: () = assert!(SYSTEM_TABLES_PAGE + PAGE_SIZE <= STUBS_ADDR);
+const _: () = assert!(STUBS_ADDR + PAGE_SIZE <= RING0_STACK_BOTTOM);
 const _: () = assert!(TSS_ADDR + 0x400 <= SYSTEM_TABLES_PAGE + PAGE_SIZE);
 const _: () = assert!(BOOT_INFO_ADDR + BOOT_INFO_SIZE <= STACK_GUARD_ADDR);
 const _: () = assert!(MAX_MEM_SIZE <= MAX_PDS << 30);

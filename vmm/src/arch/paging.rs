@@ -1,12 +1,12 @@
 //! Identity page tables with least privilege.
 //!
 //! 2 MiB pages for the heap; 4 KiB pages for the low 2 MiB (null page and stack guard
-//! unmapped, system structures supervisor-only) and for the image's 2 MiB chunks (code
-//! read-only, data non-executable, exception stubs supervisor-only). The page tables themselves
-//! are not mapped at all.
+//! unmapped, system structures and the VMM's exception stubs supervisor-only) and for the
+//! image's 2 MiB chunks (code read-only, data non-executable). The page tables themselves are
+//! not mapped at all.
 
 use super::layout::*;
-use crate::image::Image;
+use crate::memory::image::Image;
 use crate::memory::{GuestRam, MemoryError};
 
 const PRESENT: u64 = 1 << 0;
@@ -19,6 +19,7 @@ const NO_EXECUTE: u64 = 1 << 63;
 
 const TABLE: u64 = PRESENT | WRITABLE | USER | ACCESSED;
 const SUPERVISOR_RW: u64 = PRESENT | WRITABLE | ACCESSED | DIRTY | NO_EXECUTE;
+const SUPERVISOR_RX: u64 = PRESENT | ACCESSED;
 const USER_RW: u64 = PRESENT | WRITABLE | USER | ACCESSED | DIRTY | NO_EXECUTE;
 const USER_RO: u64 = PRESENT | USER | ACCESSED | NO_EXECUTE;
 
@@ -26,7 +27,7 @@ const ENTRIES: usize = 512;
 type Table = [u64; ENTRIES];
 
 /// Writes the page tables for `image` in RAM of `ram.size()` bytes.
-pub fn write_page_tables(ram: &GuestRam, image: &Image) -> Result<(), MemoryError> {
+pub(crate) fn write_page_tables(ram: &GuestRam, image: &Image) -> Result<(), MemoryError> {
     let chunks = ram.size() / LARGE_PAGE_SIZE;
     let gibs = ram.size().div_ceil(1 << 30);
     let first_image_chunk = image.segments()[0].addr / LARGE_PAGE_SIZE;
@@ -89,6 +90,7 @@ fn low_table() -> Table {
         SYSTEM_TABLES_PAGE + PAGE_SIZE,
         SUPERVISOR_RW,
     );
+    map(STUBS_ADDR, STUBS_ADDR + PAGE_SIZE, SUPERVISOR_RX);
     map(RING0_STACK_BOTTOM, DOUBLE_FAULT_STACK_TOP, SUPERVISOR_RW);
     map(BOOT_INFO_ADDR, BOOT_INFO_ADDR + BOOT_INFO_SIZE, USER_RO);
     map(STACK_BOTTOM, STACK_TOP, USER_RW);
@@ -97,8 +99,6 @@ fn low_table() -> Table {
 
 /// The 4 KiB pages of the image chunk starting at `base`.
 fn image_table(image: &Image, base: u64) -> Table {
-    let stubs =
-        image.exception_stubs()..image.exception_stubs() + abi::exception::TABLE_SIZE as u64;
     let mut table = [0u64; ENTRIES];
     for (slot, entry) in table.iter_mut().enumerate() {
         let page = base + slot as u64 * PAGE_SIZE;
@@ -114,9 +114,6 @@ fn image_table(image: &Image, base: u64) -> Table {
                 }
                 if !s.access.execute {
                     flags |= NO_EXECUTE;
-                }
-                if page < stubs.end && stubs.start < page + PAGE_SIZE {
-                    flags &= !USER;
                 }
                 page | flags
             }
@@ -152,6 +149,13 @@ mod tests {
             assert_eq!(entry & USER, 0, "{addr:#x} supervisor");
             assert_ne!(entry & NO_EXECUTE, 0, "{addr:#x} not executable");
         }
+    }
+
+    #[test]
+    fn test_low_table_stubs_are_supervisor_read_only_code() {
+        let entry = low_table()[(STUBS_ADDR / PAGE_SIZE) as usize];
+        assert_ne!(entry & PRESENT, 0);
+        assert_eq!(entry & (USER | WRITABLE | NO_EXECUTE), 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::layout::*;
 use crate::memory::{GuestRam, MemoryError};
-use abi::exception::{STUB_STRIDE, VECTORS};
+use abi::exception::VECTORS;
 use abi::port;
 
 /// Kernel code segment selector (the IDT gates' target).
@@ -18,7 +18,8 @@ pub const GDT_ENTRIES: usize = 7;
 
 /// Size of the 64-bit TSS without the bitmap.
 const TSS_BASE_SIZE: usize = 104;
-/// Bytes of I/O bitmap: enough to cover the highest open port.
+/// Bytes of I/O bitmap: enough to cover the highest port a guest may open (all ports above are
+/// closed by the all-ones byte that ends the bitmap and by the TSS limit).
 const IO_BITMAP_SIZE: usize = port::LAST as usize / 8 + 1;
 /// TSS limit: base, bitmap, and the all-ones byte the CPU may read past the bitmap.
 pub const TSS_LIMIT: u32 = (TSS_BASE_SIZE + IO_BITMAP_SIZE) as u32;
@@ -29,11 +30,11 @@ const KERNEL_DATA: u64 = 0x00cf_9300_0000_ffff;
 const USER_DATA: u64 = 0x00cf_f300_0000_ffff;
 const USER_CODE_64: u64 = 0x00af_fb00_0000_ffff;
 
-/// Writes the GDT, TSS and IDT; IDT vector `n` points at `stubs + n * STUB_STRIDE`.
-pub fn write_system_tables(ram: &GuestRam, stubs: u64) -> Result<(), MemoryError> {
+/// Writes the GDT, TSS and IDT; IDT vector `n` points at the VMM's stub `n`.
+pub(crate) fn write_system_tables(ram: &GuestRam) -> Result<(), MemoryError> {
     ram.write(GDT_ADDR, &gdt_bytes())?;
     ram.write(TSS_ADDR, &tss_bytes())?;
-    ram.write(IDT_ADDR, &idt_bytes(stubs))
+    ram.write(IDT_ADDR, &idt_bytes())
 }
 
 fn gdt_bytes() -> Vec<u8> {
@@ -61,11 +62,19 @@ fn tss_descriptor(base: u64, limit: u32) -> (u64, u64) {
     (low, base >> 32)
 }
 
-/// Whether ring 3 may use `port` (the `abi` hypercall range and COM1).
-pub fn port_open_to_guest(port: u16) -> bool {
+/// Whether ring 3 may use `port`: the hypercall range (whole: a 32-bit access needs all four
+/// of its ports open; the crash port lies outside it) and the devices' port ranges.
+pub(crate) fn port_open_to_guest(port: u16) -> bool {
     (port::FIRST..=port::LAST).contains(&port)
-        || (port::COM1..port::COM1 + port::COM1_LEN).contains(&port)
+        || crate::devices::port_ranges()
+            .iter()
+            .any(|range| range.contains(&port))
 }
+
+const _: () = assert!(
+    port::COM1 < port::LAST,
+    "the bitmap covers the devices' ports"
+);
 
 fn tss_bytes() -> Vec<u8> {
     let mut tss = vec![0u8; TSS_LIMIT as usize + 1];
@@ -82,10 +91,10 @@ fn tss_bytes() -> Vec<u8> {
     tss
 }
 
-fn idt_bytes(stubs: u64) -> Vec<u8> {
+fn idt_bytes() -> Vec<u8> {
     let mut idt = Vec::with_capacity(VECTORS * 16);
     for vector in 0..VECTORS {
-        let handler = stubs + (vector * STUB_STRIDE) as u64;
+        let handler = super::stubs::address(vector);
         // #BP and #OF may be raised by `int3`/`into` at ring 3; the others only by the CPU.
         let dpl: u8 = if vector == 3 || vector == 4 { 3 } else { 0 };
         let ist: u8 = if vector == 8 { 1 } else { 0 };
@@ -126,24 +135,28 @@ mod tests {
         assert!(port_allowed(&tss, port::EXIT));
         assert!(port_allowed(&tss, port::COM1));
         assert!(!port_allowed(&tss, 0x80));
+        assert!(
+            !port_allowed(&tss, port::CRASH),
+            "only the stubs write the crash port"
+        );
         assert_eq!(*tss.last().unwrap(), 0xff, "terminating byte");
     }
 
     #[test]
     fn test_idt_gate_points_at_stub() {
-        let idt = idt_bytes(0x1234_5000);
+        let idt = idt_bytes();
         let gate = &idt[14 * 16..15 * 16];
         let offset = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
             | (u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16)
             | (u64::from(u32::from_le_bytes(gate[8..12].try_into().unwrap())) << 32);
-        assert_eq!(offset, 0x1234_5000 + 14 * 16);
+        assert_eq!(offset, STUBS_ADDR + 14 * 16);
         assert_eq!(u16::from_le_bytes([gate[2], gate[3]]), KERNEL_CS);
         assert_eq!(gate[5], 0x8e);
     }
 
     #[test]
     fn test_idt_double_fault_uses_ist1() {
-        let idt = idt_bytes(0x20_0000);
+        let idt = idt_bytes();
         assert_eq!(idt[8 * 16 + 4], 1);
         assert_eq!(idt[14 * 16 + 4], 0);
     }

@@ -1,3 +1,207 @@
-//! Emulated devices. Today one: the 16550 UART on COM1.
+//! Emulated devices and the port bus that routes guest port accesses to them.
+//!
+//! A device owns a range of I/O ports, its registers, and its own save/restore (its state
+//! travels in a snapshot as bytes it encodes and checks itself). The bus decodes a port once
+//! into (device, offset), so the run loop never compares port numbers. Today one device: the
+//! 16550 UART on COM1. The TSS I/O bitmap opens exactly [`port_ranges`] (plus the hypercall
+//! ports) to ring 3.
+//!
+//! Devices write console output through a [`ConsoleSink`], which the VM core implements (it
+//! also enforces `--max-output`), so this room depends on nothing of the VM's.
 
-pub mod serial;
+pub(crate) mod serial;
+
+use std::ops::Range;
+
+/// A console stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+}
+
+/// Where devices put console output.
+pub(crate) trait ConsoleSink {
+    /// Writes `bytes`; `false` once the output budget is exhausted (what fits is written).
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> bool;
+}
+
+/// A device's verdict on an access that the guest must not get away with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceStop {
+    /// The guest's console output went past `--max-output`.
+    OutputLimit,
+}
+
+/// Why a device's saved state cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceStateError {
+    /// The state names a port range no device owns.
+    #[error("saved state for an unknown device at port {0:#x}")]
+    UnknownDevice(u16),
+    /// The bytes are not a valid state of this device.
+    #[error("saved state of {device} is invalid: {why}")]
+    Invalid {
+        /// The device.
+        device: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// A device on the port bus.
+pub(crate) trait PortDevice: Send {
+    /// A guest `in` at `offset` within the device's range; fill `data`.
+    fn read(&mut self, offset: u16, data: &mut [u8]);
+    /// A guest `out` at `offset` within the device's range.
+    fn write(
+        &mut self,
+        offset: u16,
+        data: &[u8],
+        console: &mut dyn ConsoleSink,
+    ) -> Result<(), DeviceStop>;
+    /// The guest stopped: hand on whatever is buffered.
+    fn flush(&mut self, console: &mut dyn ConsoleSink);
+    /// The device's state, for a snapshot.
+    fn save(&self) -> Vec<u8>;
+    /// Loads a state that [`PortDevice::save`] produced (or a hostile file claims it did).
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), DeviceStateError>;
+}
+
+/// One device's saved state: the first port of its range and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// First port of the device's range.
+    pub port: u16,
+    /// What the device saved.
+    pub bytes: Vec<u8>,
+}
+
+/// The port ranges the devices own (opened to ring 3 by the TSS I/O bitmap).
+pub(crate) fn port_ranges() -> [Range<u16>; 1] {
+    [serial::PORTS]
+}
+
+/// The devices of a guest, by port range.
+pub(crate) struct PortBus {
+    devices: Vec<(Range<u16>, Box<dyn PortDevice>)>,
+}
+
+impl PortBus {
+    /// The standard set of devices (every flick guest gets the same).
+    pub(crate) fn standard() -> Self {
+        Self {
+            devices: vec![(serial::PORTS, Box::new(serial::Com1::default()))],
+        }
+    }
+
+    fn find(&mut self, port: u16) -> Option<(u16, &mut Box<dyn PortDevice>)> {
+        self.devices
+            .iter_mut()
+            .find(|(range, _)| range.contains(&port))
+            .map(|(range, device)| (port - range.start, device))
+    }
+
+    /// A guest `in`; `None` when no device owns `port`.
+    pub(crate) fn read(&mut self, port: u16, data: &mut [u8]) -> Option<()> {
+        let (offset, device) = self.find(port)?;
+        device.read(offset, data);
+        Some(())
+    }
+
+    /// A guest `out`; `None` when no device owns `port`.
+    pub(crate) fn write(
+        &mut self,
+        port: u16,
+        data: &[u8],
+        console: &mut dyn ConsoleSink,
+    ) -> Option<Result<(), DeviceStop>> {
+        let (offset, device) = self.find(port)?;
+        Some(device.write(offset, data, console))
+    }
+
+    /// Hands on every device's buffered output.
+    pub(crate) fn flush(&mut self, console: &mut dyn ConsoleSink) {
+        for (_, device) in &mut self.devices {
+            device.flush(console);
+        }
+    }
+
+    /// Every device's state.
+    pub(crate) fn save(&self) -> Vec<DeviceState> {
+        self.devices
+            .iter()
+            .map(|(range, device)| DeviceState {
+                port: range.start,
+                bytes: device.save(),
+            })
+            .collect()
+    }
+
+    /// Loads saved states (each must name a device of this bus).
+    pub(crate) fn restore(&mut self, states: &[DeviceState]) -> Result<(), DeviceStateError> {
+        for state in states {
+            let (_, device) = self
+                .devices
+                .iter_mut()
+                .find(|(range, _)| range.start == state.port)
+                .ok_or(DeviceStateError::UnknownDevice(state.port))?;
+            device.restore(&state.bytes)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collected(Vec<u8>);
+
+    impl ConsoleSink for Collected {
+        fn emit(&mut self, _: Stream, bytes: &[u8]) -> bool {
+            self.0.extend_from_slice(bytes);
+            true
+        }
+    }
+
+    #[test]
+    fn test_bus_routes_com1_and_ignores_other_ports() {
+        let mut bus = PortBus::standard();
+        let mut out = Collected::default();
+        assert!(bus.write(abi::port::COM1, b"x", &mut out).is_some());
+        assert!(bus.write(0x80, b"x", &mut out).is_none());
+        let mut data = [0u8; 1];
+        assert!(bus.read(0x80, &mut data).is_none());
+    }
+
+    #[test]
+    fn test_bus_restore_refuses_unknown_device() {
+        let mut bus = PortBus::standard();
+        let states = [DeviceState {
+            port: 0x80,
+            bytes: Vec::new(),
+        }];
+        assert_eq!(
+            bus.restore(&states),
+            Err(DeviceStateError::UnknownDevice(0x80))
+        );
+    }
+
+    #[test]
+    fn test_bus_save_then_restore_round_trips() {
+        let mut bus = PortBus::standard();
+        let mut out = Collected::default();
+        for &b in b"pending" {
+            bus.write(abi::port::COM1, &[b], &mut out);
+        }
+        let saved = bus.save();
+        let mut other = PortBus::standard();
+        other.restore(&saved).unwrap();
+        other.flush(&mut out);
+        assert_eq!(out.0, b"pending");
+    }
+}

@@ -12,7 +12,6 @@
 //! A blocked call raises SIGSYS; the handler prints `seccomp: blocked syscall NAME (NR)` and
 //! exits with status 134.
 
-#[path = "sandbox_syscalls.rs"]
 mod syscalls;
 
 use seccompiler::{
@@ -46,12 +45,14 @@ pub const KVM_GET_REGS: u64 = ioc_read(0x81, size_of::<kvm_bindings::kvm_regs>()
 pub const KVM_GET_SREGS: u64 = ioc_read(0x83, size_of::<kvm_bindings::kvm_sregs>());
 /// `KVM_GET_XSAVE` (the legacy 4 KiB area).
 pub const KVM_GET_XSAVE: u64 = ioc_read(0xa4, 4096);
+/// `KVM_SET_XSAVE` (the legacy 4 KiB area).
+pub const KVM_SET_XSAVE: u64 = ioc_write(0xa5, 4096);
 
 /// Why each system call is allowed, for `vmm seccomp-list`.
 pub const ALLOWED: &[(&str, &str)] = &[
     (
         "ioctl",
-        "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE only",
+        "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS (crash reports), KVM_GET_XSAVE (snapshots), KVM_SET_XSAVE (restores) only",
     ),
     ("write", "fds 1 and 2 only: guest console, reports"),
     ("futex", "locks (stdout, watchdog)"),
@@ -128,7 +129,13 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
     let rule = |conditions| {
         SeccompRule::new(conditions).map_err(|e| SandboxError::Build(seccompiler::Error::from(e)))
     };
-    let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE];
+    let mut requests = vec![
+        KVM_RUN,
+        KVM_GET_REGS,
+        KVM_GET_SREGS,
+        KVM_GET_XSAVE,
+        KVM_SET_XSAVE,
+    ];
     if profile != Profile::Runner {
         requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
     }
@@ -366,6 +373,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
+        assert_eq!(KVM_SET_XSAVE, 0x5000_aea5);
     }
 
     #[test]

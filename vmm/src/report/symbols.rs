@@ -3,11 +3,9 @@
 //! Only read on the crash path. The table comes from an untrusted file, so parsing is fenced:
 //! any failure (or a panic inside the parser) just means addresses stay unnamed.
 
-use crate::image::Image;
-
 /// A sorted table of function symbols.
 #[derive(Debug, Default)]
-pub struct Symbols {
+pub(crate) struct Symbols {
     functions: Vec<(u64, u64, String)>,
 }
 
@@ -15,9 +13,8 @@ pub struct Symbols {
 const MAX_SYMBOLS: usize = 200_000;
 
 impl Symbols {
-    /// The function symbols of `image` (empty if it has no usable symbol table).
-    pub fn from_image(image: &Image) -> Self {
-        let bytes = image.bytes();
+    /// The function symbols of the ELF file `bytes` (empty if it has no usable symbol table).
+    pub(crate) fn from_elf(bytes: &[u8]) -> Self {
         let parsed = std::panic::catch_unwind(|| goblin::elf::Elf::parse(bytes).ok());
         let Ok(Some(elf)) = parsed else {
             return Self::default();
@@ -41,7 +38,7 @@ impl Symbols {
     }
 
     /// `name+0xoffset` for the function containing `addr`, if any.
-    pub fn describe(&self, addr: u64) -> Option<String> {
+    pub(crate) fn describe(&self, addr: u64) -> Option<String> {
         let index = self
             .functions
             .partition_point(|f| f.0 <= addr)

@@ -1,24 +1,23 @@
-//! The decisions taken on each VM exit, as a pure function of the exit and the VMM's state, so
-//! that unit tests can feed synthetic exits without KVM.
+//! The decisions taken on each VM exit, as a function of the exit and the guest's devices and
+//! limits, so that unit tests can feed synthetic exits without KVM.
 //!
 //! The guest is hostile: an odd port access is counted, never a panic; a bad hypercall stops
-//! the guest with a report.
+//! the guest with a report. Ports are decoded once: the hypercall range into a typed
+//! [`Hypercall`](super::hypercall::Hypercall), everything else through the device bus.
 
-use crate::devices::serial::Com1;
-use crate::hypercall::{self, HypercallError};
+use super::console::{Console, ConsoleOutput};
+use super::hypercall::{self, ConsoleRequest, Hypercall, HypercallError};
+use crate::devices::{ConsoleSink, DeviceStop, PortBus};
 use crate::memory::GuestRam;
-use abi::hypercall::stream;
-use abi::port;
-use std::collections::BTreeMap;
-use std::io::Write;
+use crate::report::ExitStats;
 use std::time::{Duration, Instant};
 
 /// Milestones kept per guest (a guest may report any number; only these are kept).
-pub const MAX_MILESTONES: usize = 64;
+pub(crate) const MAX_MILESTONES: usize = 64;
 
-/// A VM exit, in the VMM's own terms (see [`crate::vm`] for the translation from KVM's).
+/// A VM exit, in the VMM's own terms (see [`super::Vm`] for the translation from KVM's).
 #[derive(Debug)]
-pub enum Exit<'a> {
+pub(crate) enum Exit<'a> {
     /// `out` to `port`.
     IoOut {
         /// The port.
@@ -35,16 +34,11 @@ pub enum Exit<'a> {
     },
     /// A read of unbacked guest-physical memory.
     MmioRead {
-        /// The address.
-        addr: u64,
         /// Where the value goes.
         data: &'a mut [u8],
     },
     /// A write to unbacked guest-physical memory.
-    MmioWrite {
-        /// The address.
-        addr: u64,
-    },
+    MmioWrite,
     /// `hlt` at ring 0 with interrupts off: nothing can wake the vCPU.
     Hlt,
     /// Triple fault.
@@ -62,7 +56,7 @@ pub enum Exit<'a> {
 
 /// Why the guest stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The app exited with this code.
     Exited(i32),
     /// An exception stub reported `vector`.
@@ -97,180 +91,140 @@ pub enum Stop {
 
 /// What the run loop does next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Run the vCPU again.
     Continue,
     /// Stop the guest.
     Stop(Stop),
 }
 
-/// Counts of VM exits, for `--timeline` and the tests.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ExitStats {
-    /// `out` exits per port.
-    pub io_out: BTreeMap<u16, u64>,
-    /// `in` exits per port.
-    pub io_in: BTreeMap<u16, u64>,
-    /// MMIO exits.
-    pub mmio: u64,
-    /// Other exits.
-    pub other: u64,
-    /// Port accesses to no device.
-    pub unknown_port_accesses: u64,
-    /// Console bytes written by the guest.
-    pub console_bytes: u64,
-}
-
-impl ExitStats {
-    /// All exits counted.
-    pub fn total(&self) -> u64 {
-        self.io_out.values().sum::<u64>()
-            + self.io_in.values().sum::<u64>()
-            + self.mmio
-            + self.other
-    }
-}
-
-/// Where console output goes.
-pub struct Console {
-    /// The guest's stdout.
-    pub stdout: Box<dyn Write + Send>,
-    /// The guest's stderr.
-    pub stderr: Box<dyn Write + Send>,
-}
-
-impl Console {
-    /// The VMM process's own stdout and stderr.
-    pub fn inherit() -> Self {
-        Self {
-            stdout: Box::new(std::io::stdout()),
-            stderr: Box::new(std::io::stderr()),
-        }
-    }
-}
-
-/// The VMM's per-guest state that exits act on.
-pub struct ExitHandler {
-    console: Console,
-    com1: Com1,
-    scratch: Vec<u8>,
-    /// Exit counts.
-    pub stats: ExitStats,
-    /// When each boot milestone arrived.
-    pub milestones: Vec<(u32, Instant)>,
-    /// When the first console output arrived.
-    pub first_output: Option<Instant>,
+/// The limits a guest runs under, fixed when its handler is made.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
     /// When `--timeout` stops the guest.
     pub deadline: Option<Instant>,
     /// Console bytes allowed in all (`--max-output`).
     pub max_output: u64,
     /// Stop at the snapshot hypercall (`vmm snapshot`).
-    pub snapshot_mode: bool,
+    pub stop_at_snapshot_point: bool,
+}
+
+/// The VMM's per-guest state that exits act on: its devices, console and counters.
+pub(crate) struct ExitHandler {
+    console: ConsoleOutput,
+    bus: PortBus,
+    limits: Limits,
+    scratch: Vec<u8>,
+    /// Exit counts.
+    pub stats: ExitStats,
+    /// When each boot milestone arrived.
+    pub milestones: Vec<(u32, Instant)>,
 }
 
 impl ExitHandler {
-    /// A handler writing to `console`.
-    pub fn new(console: Console) -> Self {
+    /// A handler writing to `console`, with the guest's devices in `bus`.
+    pub(crate) fn new(console: Console, bus: PortBus, limits: Limits) -> Self {
         Self {
-            console,
-            com1: Com1::default(),
+            console: ConsoleOutput::new(console, limits.max_output),
+            bus,
+            limits,
             scratch: Vec::new(),
             stats: ExitStats::default(),
             milestones: Vec::new(),
-            first_output: None,
-            deadline: None,
-            max_output: u64::MAX,
-            snapshot_mode: false,
         }
     }
 
+    /// When the first console output arrived.
+    pub(crate) fn first_output(&self) -> Option<Instant> {
+        self.console.first_output()
+    }
+
+    /// The guest's devices.
+    pub(crate) fn bus(&self) -> &PortBus {
+        &self.bus
+    }
+
     /// Decides what to do about `exit`.
-    pub fn handle(&mut self, ram: &GuestRam, exit: Exit<'_>) -> Action {
-        match exit {
+    pub(crate) fn handle(&mut self, ram: &GuestRam, exit: Exit<'_>) -> Action {
+        let action = match exit {
             Exit::IoOut { port, data } => {
                 *self.stats.io_out.entry(port).or_default() += 1;
                 self.port_write(ram, port, data)
             }
             Exit::IoIn { port, data } => {
                 *self.stats.io_in.entry(port).or_default() += 1;
-                self.port_read(port, data);
+                if self.bus.read(port, data).is_none() {
+                    self.stats.unknown_port_accesses += 1;
+                    data.fill(0xff);
+                }
                 Action::Continue
             }
-            Exit::MmioRead { data, .. } => {
+            Exit::MmioRead { data } => {
                 self.stats.mmio += 1;
                 data.fill(0xff);
                 Action::Continue
             }
-            Exit::MmioWrite { .. } => {
+            Exit::MmioWrite => {
                 self.stats.mmio += 1;
                 Action::Continue
             }
-            other => {
-                self.stats.other += 1;
-                Action::Stop(match other {
-                    Exit::Hlt => Stop::Halted,
-                    Exit::Shutdown => Stop::TripleFault,
-                    Exit::InternalError => Stop::InternalError,
-                    Exit::FailEntry { reason } => Stop::FailEntry { reason },
-                    Exit::Other(name) => Stop::Unexpected(name),
-                    _ => unreachable!("handled above"),
-                })
-            }
-        }
+            Exit::Hlt => self.stop_other(Stop::Halted),
+            Exit::Shutdown => self.stop_other(Stop::TripleFault),
+            Exit::InternalError => self.stop_other(Stop::InternalError),
+            Exit::FailEntry { reason } => self.stop_other(Stop::FailEntry { reason }),
+            Exit::Other(name) => self.stop_other(Stop::Unexpected(name)),
+        };
+        self.stats.console_bytes = self.console.written();
+        action
+    }
+
+    fn stop_other(&mut self, stop: Stop) -> Action {
+        self.stats.other += 1;
+        Action::Stop(stop)
     }
 
     fn port_write(&mut self, ram: &GuestRam, port: u16, data: &[u8]) -> Action {
-        if let Some(offset) = com1_offset(port) {
-            self.com1.write(offset, data.first().copied().unwrap_or(0));
-            if let Some(lines) = self.com1.take_lines()
-                && !self.emit(stream::STDOUT, &lines)
-            {
-                return self.output_limit_reached();
-            }
-            return Action::Continue;
+        if let Some(call) = abi::port::Hypercall::from_port(port) {
+            return match hypercall::decode(call, data, ram) {
+                Ok(call) => self.hypercall(ram, call),
+                Err(err) => Action::Stop(Stop::BadHypercall(err)),
+            };
         }
-        match port {
-            port::EXIT => {
-                let mut value = [0u8; 4];
-                let n = data.len().min(4);
-                value[..n].copy_from_slice(&data[..n]);
-                Action::Stop(Stop::Exited(i32::from_le_bytes(value)))
-            }
-            port::CONSOLE_WRITE => match self.console_write(ram, port, data) {
-                Ok(true) => Action::Continue,
-                Ok(false) => self.output_limit_reached(),
-                Err(err) => Action::Stop(Stop::BadHypercall(err)),
-            },
-            port::CRASH => Action::Stop(Stop::Exception {
-                vector: data.first().copied().unwrap_or(0xff),
-            }),
-            port::WAIT => Action::Stop(Stop::Parked),
-            port::SNAPSHOT if self.snapshot_mode => Action::Stop(Stop::SnapshotPoint),
-            port::SNAPSHOT => Action::Continue,
-            port::SLEEP => match hypercall::port_value(port, data) {
-                Ok(micros) => self.sleep(Duration::from_micros(u64::from(micros))),
-                Err(err) => Action::Stop(Stop::BadHypercall(err)),
-            },
-            port::MILESTONE => {
-                if let Ok(id) = hypercall::port_value(port, data)
-                    && self.milestones.len() < MAX_MILESTONES
-                {
-                    self.milestones.push((id, Instant::now()));
-                }
-                Action::Continue
-            }
-            _ => {
+        match self.bus.write(port, data, &mut self.console) {
+            Some(Ok(())) => Action::Continue,
+            Some(Err(DeviceStop::OutputLimit)) => self.output_limit_reached(),
+            None => {
                 self.stats.unknown_port_accesses += 1;
                 Action::Continue
             }
         }
     }
 
+    fn hypercall(&mut self, ram: &GuestRam, call: Hypercall) -> Action {
+        match call {
+            Hypercall::Exit(code) => Action::Stop(Stop::Exited(code)),
+            Hypercall::ConsoleWrite(request) => self.console_write(ram, request),
+            Hypercall::Crash(vector) => Action::Stop(Stop::Exception { vector }),
+            Hypercall::Milestone(id) => {
+                if self.milestones.len() < MAX_MILESTONES {
+                    self.milestones.push((id, Instant::now()));
+                }
+                Action::Continue
+            }
+            Hypercall::Sleep(wanted) => self.sleep(wanted),
+            Hypercall::Wait => Action::Stop(Stop::Parked),
+            Hypercall::SnapshotPoint if self.limits.stop_at_snapshot_point => {
+                Action::Stop(Stop::SnapshotPoint)
+            }
+            Hypercall::SnapshotPoint => Action::Continue,
+        }
+    }
+
     /// Waits on the guest's behalf, never past the deadline.
     fn sleep(&mut self, wanted: Duration) -> Action {
         let now = Instant::now();
-        match self.deadline {
-            Some(deadline) if now + wanted >= deadline => {
+        match self.limits.deadline {
+            Some(deadline) if now.checked_add(wanted).is_none_or(|end| end >= deadline) => {
                 std::thread::sleep(deadline.saturating_duration_since(now));
                 Action::Stop(Stop::TimedOut)
             }
@@ -281,89 +235,38 @@ impl ExitHandler {
         }
     }
 
-    fn port_read(&mut self, port: u16, data: &mut [u8]) {
-        if let Some(offset) = com1_offset(port) {
-            let value = self.com1.read(offset);
-            data.fill(0);
-            if let Some(first) = data.first_mut() {
-                *first = value;
-            }
-            return;
-        }
-        if !(port::FIRST..=port::LAST).contains(&port) {
-            self.stats.unknown_port_accesses += 1;
-        }
-        data.fill(0xff);
-    }
-
-    fn console_write(
-        &mut self,
-        ram: &GuestRam,
-        port: u16,
-        data: &[u8],
-    ) -> Result<bool, HypercallError> {
-        let addr = hypercall::port_value(port, data)?;
-        let request = hypercall::decode_console_write(ram, addr)?;
+    fn console_write(&mut self, ram: &GuestRam, request: ConsoleRequest) -> Action {
         let mut bytes = std::mem::take(&mut self.scratch);
         bytes.resize(request.len as usize, 0);
-        // Validated by decode_console_write.
+        // The range was validated when the hypercall was decoded.
         let _ = ram.read(request.buf, &mut bytes);
-        let fits = self.emit(request.stream, &bytes);
+        let fits = self.console.emit(request.stream, &bytes);
         self.scratch = bytes;
-        Ok(fits)
-    }
-
-    /// Writes console output; `false` once `max_output` is exceeded (what fits is written).
-    fn emit(&mut self, stream_id: u32, bytes: &[u8]) -> bool {
-        self.first_output.get_or_insert_with(Instant::now);
-        let room = self.max_output.saturating_sub(self.stats.console_bytes);
-        let fits = bytes.len() as u64 <= room;
-        let bytes = &bytes[..bytes.len().min(room as usize)];
-        self.stats.console_bytes += bytes.len() as u64;
-        let out = if stream_id == stream::STDERR {
-            &mut self.console.stderr
+        if fits {
+            Action::Continue
         } else {
-            &mut self.console.stdout
-        };
-        // A closed stdout (e.g. `| head`) must not stop the guest or the VMM.
-        let _ = out.write_all(bytes).and_then(|()| out.flush());
-        fits
+            self.output_limit_reached()
+        }
     }
 
     fn output_limit_reached(&self) -> Action {
-        Action::Stop(Stop::OutputLimit(self.max_output))
+        Action::Stop(Stop::OutputLimit(self.console.max_output()))
     }
 
-    /// COM1 bytes not yet handed on (saved with a snapshot).
-    pub fn com1_pending(&self) -> Vec<u8> {
-        self.com1.pending().to_vec()
+    /// Hands on whatever the devices still hold; called once the guest has stopped.
+    pub(crate) fn flush(&mut self) {
+        self.bus.flush(&mut self.console);
+        self.console.flush();
+        self.stats.console_bytes = self.console.written();
     }
-
-    /// Puts back COM1 bytes saved with a snapshot.
-    pub fn restore_com1_pending(&mut self, bytes: &[u8]) {
-        self.com1.preload(bytes);
-    }
-
-    /// Hands on whatever the UART still holds; called once the guest has stopped.
-    pub fn flush(&mut self) {
-        let rest = self.com1.take_all();
-        if !rest.is_empty() {
-            let _ = self.emit(stream::STDOUT, &rest);
-        }
-        let _ = self.console.stdout.flush();
-        let _ = self.console.stderr.flush();
-    }
-}
-
-fn com1_offset(port: u16) -> Option<u8> {
-    port.checked_sub(port::COM1)
-        .filter(|&off| off < port::COM1_LEN)
-        .map(|off| off as u8)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi::hypercall::stream;
+    use abi::port;
+    use std::io::Write;
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
@@ -379,26 +282,33 @@ mod tests {
         }
     }
 
-    fn handler() -> (ExitHandler, Shared, Shared, GuestRam) {
+    const NO_LIMITS: Limits = Limits {
+        deadline: None,
+        max_output: u64::MAX,
+        stop_at_snapshot_point: false,
+    };
+
+    fn handler_with(limits: Limits) -> (ExitHandler, Shared, Shared, GuestRam) {
         let (out, err) = (Shared::default(), Shared::default());
         let console = Console {
             stdout: Box::new(out.clone()),
             stderr: Box::new(err.clone()),
         };
         (
-            ExitHandler::new(console),
+            ExitHandler::new(console, PortBus::standard(), limits),
             out,
             err,
             GuestRam::new(1 << 20).unwrap(),
         )
     }
 
+    fn handler() -> (ExitHandler, Shared, Shared, GuestRam) {
+        handler_with(NO_LIMITS)
+    }
+
     fn console_write_struct(ram: &GuestRam, at: u64, buf: u64, len: u32, stream: u32) {
-        let mut raw = Vec::new();
-        raw.extend_from_slice(&buf.to_le_bytes());
-        raw.extend_from_slice(&len.to_le_bytes());
-        raw.extend_from_slice(&stream.to_le_bytes());
-        ram.write(at, &raw).unwrap();
+        ram.write_obj(at, abi::hypercall::ConsoleWrite { buf, len, stream })
+            .unwrap();
     }
 
     #[test]
@@ -476,6 +386,28 @@ mod tests {
     }
 
     #[test]
+    fn test_handle_narrow_exit_write_is_a_bad_hypercall() {
+        let (mut h, ..) = handler();
+        let ram = GuestRam::new(1 << 20).unwrap();
+        for data in [&[7u8][..], &[7, 0]] {
+            let action = h.handle(
+                &ram,
+                Exit::IoOut {
+                    port: port::EXIT,
+                    data,
+                },
+            );
+            assert!(
+                matches!(
+                    action,
+                    Action::Stop(Stop::BadHypercall(HypercallError::WrongWidth { .. }))
+                ),
+                "{action:?}"
+            );
+        }
+    }
+
+    #[test]
     fn test_handle_unknown_ports_read_all_ones_and_are_counted() {
         let (mut h, _, _, ram) = handler();
         let mut data = [0u8; 4];
@@ -494,7 +426,7 @@ mod tests {
             h.handle(
                 &ram,
                 Exit::IoOut {
-                    port: 0x50e,
+                    port: port::LAST,
                     data: &[1, 2]
                 }
             ),
@@ -523,8 +455,10 @@ mod tests {
 
     #[test]
     fn test_handle_output_beyond_limit_stops_guest() {
-        let (mut h, out, _, ram) = handler();
-        h.max_output = 8;
+        let (mut h, out, _, ram) = handler_with(Limits {
+            max_output: 8,
+            ..NO_LIMITS
+        });
         ram.write(0x2000, b"hello\n").unwrap();
         console_write_struct(&ram, 0x1000, 0x2000, 6, stream::STDOUT);
         let call = 0x1000u32.to_le_bytes();
@@ -579,20 +513,11 @@ mod tests {
         let (mut h, _, _, ram) = handler();
         let mut data = [0u8; 8];
         assert_eq!(
-            h.handle(
-                &ram,
-                Exit::MmioRead {
-                    addr: 1 << 40,
-                    data: &mut data
-                }
-            ),
+            h.handle(&ram, Exit::MmioRead { data: &mut data }),
             Action::Continue
         );
         assert_eq!(data, [0xff; 8]);
-        assert_eq!(
-            h.handle(&ram, Exit::MmioWrite { addr: 1 << 40 }),
-            Action::Continue
-        );
+        assert_eq!(h.handle(&ram, Exit::MmioWrite), Action::Continue);
         assert_eq!(h.stats.mmio, 2);
     }
 
@@ -613,8 +538,10 @@ mod tests {
 
     #[test]
     fn test_handle_sleep_past_deadline_times_out() {
-        let (mut h, _, _, ram) = handler();
-        h.deadline = Some(Instant::now() + Duration::from_millis(10));
+        let (mut h, _, _, ram) = handler_with(Limits {
+            deadline: Some(Instant::now() + Duration::from_millis(10)),
+            ..NO_LIMITS
+        });
         let started = Instant::now();
         let action = h.handle(
             &ram,

@@ -49,7 +49,7 @@ struct Shared {
 }
 
 /// One thread that watches the deadlines of many guests.
-pub struct DeadlineService {
+pub(crate) struct DeadlineService {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -82,10 +82,14 @@ impl DeadlineService {
     pub fn watch(&self, timeout: Duration, vcpu_thread: libc::pthread_t) -> Watchdog {
         let fired = Arc::new(AtomicBool::new(false));
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let entry = Entry {
             id,
             thread: vcpu_thread,
-            deadline: Instant::now() + timeout,
+            // A deadline beyond what `Instant` can hold is never reached.
+            deadline: now
+                .checked_add(timeout)
+                .unwrap_or(now + crate::size::MAX_DURATION),
             fired: Arc::clone(&fired),
         };
         lock(&self.shared.entries).push(entry);

@@ -1,10 +1,14 @@
-//! Guest RAM: one anonymous mapping, populated lazily by the host kernel on first touch.
+//! Guest memory and what goes into it: [`GuestRam`] (one anonymous mapping, populated lazily
+//! by the host kernel on first touch) and the image loader ([`image`]).
 //!
-//! The VMM reads and writes guest memory only by copying in and out (vm-memory's `Bytes`),
-//! and only after checking the guest-given range against the RAM size with overflow checks.
+//! The VMM reads and writes guest memory only by copying in and out (vm-memory's `Bytes`,
+//! whole `#[repr(C)]` values through `ByteValued`), and only after checking the guest-given
+//! range against the RAM size with overflow checks.
+
+pub mod image;
 
 use crate::size::Size;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Why a guest-given range cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,12 +134,44 @@ impl GuestRam {
             })
     }
 
+    /// Copies a whole value out of a guest-given `addr`, after checking the range.
+    pub fn read_obj<T: ByteValued>(&self, addr: u64) -> Result<T, RangeError> {
+        let len = size_of::<T>() as u64;
+        self.check_range(addr, len)?;
+        self.mem
+            .read_obj(GuestAddress(addr))
+            .map_err(|_| RangeError::OutOfRam {
+                addr,
+                len,
+                size: Size(self.size),
+            })
+    }
+
+    /// Copies a whole value to `addr` (VMM-chosen addresses only).
+    pub fn write_obj<T: ByteValued>(&self, addr: u64, value: T) -> Result<(), MemoryError> {
+        self.mem
+            .write_obj(value, GuestAddress(addr))
+            .map_err(|err| MemoryError::Write(addr, err))
+    }
+
     /// Reads a little-endian `u64` at a guest-given address.
     pub fn read_u64(&self, addr: u64) -> Result<u64, RangeError> {
         let mut bytes = [0u8; 8];
         self.read(addr, &mut bytes)?;
         Ok(u64::from_le_bytes(bytes))
     }
+}
+
+/// A `#[repr(C)]` value from exactly `size_of::<T>()` bytes at any alignment (file bytes, a
+/// device's saved state); `None` when the length differs.
+pub(crate) fn value_from_bytes<T: ByteValued + Default>(bytes: &[u8]) -> Option<T> {
+    let mut value = T::default();
+    let slot = value.as_mut_slice();
+    if slot.len() != bytes.len() {
+        return None;
+    }
+    slot.copy_from_slice(bytes);
+    Some(value)
 }
 
 #[cfg(test)]

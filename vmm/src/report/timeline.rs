@@ -1,7 +1,7 @@
 //! `vmm run --timeline`: when each boot phase ended, how many VM exits of which kind, how much
 //! output and guest RAM, and which hypervisor this is (PVM changes what the numbers mean).
 
-use crate::vm::RunReport;
+use super::RunReport;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 

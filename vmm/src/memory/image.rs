@@ -1,21 +1,21 @@
 //! The image loader's front half: reads an image file and validates every field before any of
 //! it is trusted. An [`Image`] that exists is a static x86-64 `ET_EXEC` with W^X, page-disjoint
 //! `PT_LOAD` segments above the VMM's low memory, an entry in executable code, and a flick ABI
-//! note of this VMM's version.
+//! note of this VMM's version. Nothing in an image runs at ring 0: the exception stubs are the
+//! VMM's own (see `arch::stubs`).
 //!
 //! Nothing here allocates or reads more than [`MAX_IMAGE_FILE_SIZE`] bytes, whatever the file
 //! or its headers claim.
 
 use crate::arch::layout::{IMAGE_MIN_ADDR, LARGE_PAGE_SIZE, MAX_MEM_SIZE, MAX_PTS, PAGE_SIZE};
+use crate::files::{FileError, open_regular};
 use crate::size::Size;
-use abi::exception;
 use abi::note::{AbiNoteDesc, DESC_SIZE};
 use goblin::container::{Container, Ctx};
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
 use goblin::elf::program_header::{
     PF_R, PF_W, PF_X, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_NOTE, PT_TLS, ProgramHeader,
 };
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +32,10 @@ const PROGRAM_HEADER_SIZE: usize = 56;
 /// Why a file is not a bootable image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The file could not be opened or read.
+    /// The file cannot be opened, or is not a regular file.
+    #[error("image: {0}")]
+    File(#[from] FileError),
+    /// The file could not be read.
     #[error("cannot read image {path}")]
     Io {
         /// The image path.
@@ -41,12 +44,6 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    /// The path is a directory.
-    #[error("{0} is a directory, not an image")]
-    Directory(PathBuf),
-    /// The path is a device, socket or FIFO.
-    #[error("{0} is not a regular file")]
-    NotRegularFile(PathBuf),
     /// The file is empty.
     #[error("{0} is empty")]
     Empty(PathBuf),
@@ -127,7 +124,6 @@ pub struct Image {
     bytes: Vec<u8>,
     entry: u64,
     segments: Vec<Segment>,
-    exception_stubs: u64,
 }
 
 fn align_up(value: u64, align: u64) -> u64 {
@@ -137,18 +133,20 @@ fn align_up(value: u64, align: u64) -> u64 {
 impl Image {
     /// Reads and validates the image at `path`.
     pub fn from_file(path: &Path) -> Result<Self, ImageError> {
+        let (file, meta) = open_regular(path)?;
+        Self::from_open_file(path, &file, &meta)
+    }
+
+    /// Reads and validates an image from a file [`open_regular`] opened.
+    pub(crate) fn from_open_file(
+        path: &Path,
+        file: &std::fs::File,
+        meta: &std::fs::Metadata,
+    ) -> Result<Self, ImageError> {
         let io = |source| ImageError::Io {
             path: path.to_owned(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if meta.is_dir() {
-            return Err(ImageError::Directory(path.to_owned()));
-        }
-        if !meta.is_file() {
-            return Err(ImageError::NotRegularFile(path.to_owned()));
-        }
         if meta.len() == 0 {
             return Err(ImageError::Empty(path.to_owned()));
         }
@@ -160,7 +158,7 @@ impl Image {
         // One read of exactly the size stat reported; a file that shrank meanwhile fails here,
         // and bytes appended meanwhile are not read.
         let mut bytes = vec![0u8; meta.len() as usize];
-        (&file).read_exact(&mut bytes).map_err(io)?;
+        (&*file).read_exact(&mut bytes).map_err(io)?;
         Self::parse(bytes)
     }
 
@@ -218,25 +216,22 @@ impl Image {
                 abi::ABI_VERSION
             )));
         }
+        if note.flags != 0 || note.reserved != 0 {
+            return Err(malformed("ABI note: reserved fields are not zero"));
+        }
         check_segments(&mut segments)?;
         let image = Image {
             bytes,
             entry: header.e_entry,
             segments,
-            exception_stubs: note.exception_stubs,
         };
         image.check_entry()?;
-        image.check_exception_stubs()?;
         Ok(image)
     }
 
     /// An image known only by its layout (a restored snapshot's), checked by the same rules as
-    /// a parsed one: page-disjoint W^X segments above low memory, exception stubs on a page of
-    /// their own inside code. It has no file bytes.
-    pub fn from_layout(
-        mut segments: Vec<Segment>,
-        exception_stubs: u64,
-    ) -> Result<Self, ImageError> {
+    /// a parsed one: page-disjoint W^X segments above low memory. It has no file bytes.
+    pub fn from_layout(mut segments: Vec<Segment>) -> Result<Self, ImageError> {
         for s in &segments {
             let end = s.addr.checked_add(s.mem_size);
             if s.addr < IMAGE_MIN_ADDR || end.is_none_or(|end| end > MAX_MEM_SIZE) {
@@ -250,7 +245,7 @@ impl Image {
             }
         }
         check_segments(&mut segments)?;
-        let image = Image {
+        Ok(Image {
             bytes: Vec::new(),
             entry: segments[0].addr,
             segments: segments
@@ -261,22 +256,7 @@ impl Image {
                     ..s
                 })
                 .collect(),
-            exception_stubs,
-        };
-        // Stubs must lie in an executable segment; without file bytes, judge by memory size.
-        let aligned = exception_stubs.is_multiple_of(PAGE_SIZE);
-        let stubs_end = exception_stubs.checked_add(exception::TABLE_SIZE as u64);
-        let inside = image.segments.iter().any(|s| {
-            s.access.execute
-                && exception_stubs >= s.addr
-                && stubs_end.is_some_and(|end| end <= s.addr + s.mem_size)
-        });
-        if !(aligned && inside) {
-            return Err(malformed(format!(
-                "exception stub table {exception_stubs:#x} is misplaced"
-            )));
-        }
-        Ok(image)
+        })
     }
 
     /// Checks that the image and a minimal heap fit in `mem_size` bytes of guest RAM.
@@ -302,11 +282,6 @@ impl Image {
         &self.segments
     }
 
-    /// Address of the exception stub table (page-aligned, inside executable code).
-    pub fn exception_stubs(&self) -> u64 {
-        self.exception_stubs
-    }
-
     /// One past the last page of the last segment.
     pub fn end(&self) -> u64 {
         self.segments
@@ -325,6 +300,7 @@ impl Image {
         &self.bytes
     }
 
+    /// Whether a code address lies in the image's executable file bytes.
     fn executable_segment_containing(&self, addr: u64, len: u64) -> Option<&Segment> {
         self.segments.iter().find(|s| {
             s.access.execute
@@ -341,21 +317,6 @@ impl Image {
             None => Err(malformed(format!(
                 "entry point {:#x} is not inside an executable segment",
                 self.entry
-            ))),
-        }
-    }
-
-    fn check_exception_stubs(&self) -> Result<(), ImageError> {
-        let stubs = self.exception_stubs;
-        if !stubs.is_multiple_of(PAGE_SIZE) {
-            return Err(malformed(format!(
-                "exception stub table {stubs:#x} is not page-aligned"
-            )));
-        }
-        match self.executable_segment_containing(stubs, exception::TABLE_SIZE as u64) {
-            Some(_) => Ok(()),
-            None => Err(malformed(format!(
-                "exception stub table {stubs:#x} is not inside an executable segment"
             ))),
         }
     }
@@ -544,12 +505,7 @@ fn find_abi_note(bytes: &[u8], ph: &ProgramHeader) -> Result<Option<AbiNoteDesc>
                 )));
             }
             let desc = &notes[desc_start..desc_start + DESC_SIZE];
-            let u32_at = |at: usize| u32::from_le_bytes(desc[at..at + 4].try_into().unwrap());
-            return Ok(Some(AbiNoteDesc {
-                abi_version: u32_at(0),
-                flags: u32_at(4),
-                exception_stubs: u64::from_le_bytes(desc[8..16].try_into().unwrap()),
-            }));
+            return Ok(crate::memory::value_from_bytes::<AbiNoteDesc>(desc));
         }
         offset = next;
     }

@@ -1,21 +1,41 @@
-//! One microVM: KVM setup, the vCPU run loop, and the watchdog behind `--timeout`.
+//! The VM core: one microVM, from a created [`VmShell`] to a finished [`RunReport`].
 //!
-//! The run loop translates each KVM exit into an [`Exit`] and lets the [`ExitHandler`]
-//! decide; it only fetches registers (two vCPU ioctls) when the guest crashed.
+//! - [`shell`]: `/dev/kvm`, the VM, its RAM slot and vCPU, created before the target is known;
+//! - [`Vm`]: a shell given its registers (a fresh boot at the image's entry, or a restored
+//!   [`SavedVcpu`]), and the run loop, which translates each KVM exit into an [`exits::Exit`]
+//!   and lets the [`exits::ExitHandler`] decide (over [`hypercall`] decoding and the device
+//!   bus); registers are only fetched when the guest crashed;
+//! - [`console`], [`watchdog`] (`--timeout`), [`teardown`] (off the user's path),
+//!   [`vcpu_state`] (what a snapshot saves of the vCPU).
+//!
+//! The core knows nothing of files: images and snapshots are turned into RAM contents and a
+//! [`Start`] by the launcher (`crate::launch`).
 
-use crate::arch::{self, HostClock, regs};
-use crate::crash;
-use crate::exit::{Action, Console, Exit, ExitHandler, ExitStats, Stop};
-use crate::image::Image;
+pub(crate) mod console;
+pub(crate) mod exits;
+pub(crate) mod hypercall;
+pub(crate) mod shell;
+pub mod teardown;
+pub(crate) mod vcpu_state;
+pub(crate) mod watchdog;
+
+pub use console::Console;
+pub use hypercall::HypercallError;
+pub use shell::{VmShell, open_kvm};
+pub use vcpu_state::SavedVcpu;
+pub(crate) use watchdog::{DeadlineService, Watchdog};
+
+use crate::arch::{self, HostClock, regs, stubs};
+use crate::devices::{DeviceState, DeviceStateError, PortBus};
 use crate::memory::GuestRam;
-use crate::timeline::Timeline;
-pub use crate::watchdog::Watchdog;
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+use crate::memory::image::Image;
+use crate::report::{Outcome, RunReport, Timeline, crash, symbols::Symbols};
+use exits::{Action, Exit, ExitHandler, Limits, Stop};
+use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Errors that keep a guest from starting.
+/// Errors that keep a guest from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// `/dev/kvm` could not be opened.
@@ -43,6 +63,15 @@ pub enum VmError {
     /// The sandbox could not be installed.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    /// A restored device state is invalid.
+    #[error(transparent)]
+    DeviceState(#[from] DeviceStateError),
+    /// The arguments or environment are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A restored vCPU state cannot be loaded.
+    #[error("the saved FPU/SSE state is invalid")]
+    BadFpuState(#[source] Option<kvm_ioctls::Error>),
 }
 
 fn kvm_open_hint(errno: i32) -> &'static str {
@@ -59,51 +88,87 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// How the guest ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The app exited with this code.
-    Exited(i32),
-    /// `--timeout` stopped it.
-    TimedOut(Duration),
-    /// It crashed; the report says how.
-    Crashed(String),
+/// What to boot and how: everything about one guest that is not in its image or snapshot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest RAM in bytes (for an image; a snapshot brings its own).
+    pub mem_size: u64,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Arguments after the guest's name (which the launcher puts first, as `argv[0]`).
+    pub args: Vec<String>,
+    /// Environment, `KEY=VALUE` each.
+    pub env: Vec<String>,
+    /// Confine the run loop with seccomp.
+    pub seccomp: bool,
+    /// Make a blocked system call once sandboxed (to test the sandbox).
+    pub debug_blocked_syscall: bool,
+    /// Console bytes allowed before the guest is stopped.
+    pub max_output: u64,
+    /// Boot for `vmm snapshot`: the kernel stops at its snapshot point.
+    pub stop_at_snapshot_point: bool,
 }
 
-impl Outcome {
-    /// The `vmm` process exit status for this outcome.
-    pub fn exit_status(&self) -> i32 {
-        match self {
-            Outcome::Exited(code) => code & 0xff,
-            Outcome::TimedOut(_) => abi::exit_status::TIMEOUT,
-            Outcome::Crashed(_) => abi::exit_status::CRASH,
+/// Why a guest's arguments or environment cannot be handed to it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// An argument holds a NUL byte (it would split into two in the guest).
+    #[error("argument {0:?} contains a NUL byte")]
+    NulInArgument(String),
+    /// An environment entry is not `KEY=VALUE` with a non-empty key and no NUL byte.
+    #[error("invalid environment entry {0:?} (expected KEY=VALUE)")]
+    BadEnvironment(String),
+    /// Arguments and environment do not fit in the boot-info area.
+    #[error("arguments and environment are too long ({len} bytes; at most {max})")]
+    TooLong {
+        /// Their packed size.
+        len: usize,
+        /// The room there is.
+        max: usize,
+    },
+}
+
+impl VmConfig {
+    /// Checks what the guest will receive as arguments and environment: the same rules for
+    /// the command line, a fleet manifest and a serve request.
+    pub fn check_args_env(&self, name: &str) -> Result<(), ConfigError> {
+        if let Some(arg) = self.args.iter().find(|a| a.contains('\0')) {
+            return Err(ConfigError::NulInArgument(arg.clone()));
         }
+        if let Some(entry) = self.env.iter().find(|e| !is_env_entry(e)) {
+            return Err(ConfigError::BadEnvironment(entry.clone()));
+        }
+        let len: usize = std::iter::once(name)
+            .chain(self.args.iter().map(String::as_str))
+            .chain(self.env.iter().map(String::as_str))
+            .map(|s| s.len() + 1)
+            .sum();
+        if len > arch::boot_info::ARGS_ROOM {
+            return Err(ConfigError::TooLong {
+                len,
+                max: arch::boot_info::ARGS_ROOM,
+            });
+        }
+        Ok(())
     }
 }
 
-/// Everything a finished run reports.
-#[derive(Debug)]
-pub struct RunReport {
-    /// How the guest ended.
-    pub outcome: Outcome,
-    /// Exit counts.
-    pub stats: ExitStats,
-    /// Phase instants.
-    pub timeline: Timeline,
-    /// Boot milestones reported by the guest.
-    pub milestones: Vec<(u32, Instant)>,
-    /// First console output.
-    pub first_output: Option<Instant>,
-    /// Guest RAM pages resident after the run (when measured).
-    pub ram_pages_touched: Option<u64>,
+/// Whether `entry` is `KEY=VALUE` with a non-empty key and no NUL byte.
+pub fn is_env_entry(entry: &str) -> bool {
+    matches!(entry.split_once('='), Some((key, _)) if !key.is_empty()) && !entry.contains('\0')
 }
 
 /// What the vCPU starts from.
-enum Start<'a> {
+pub enum Start<'a> {
     /// A fresh boot at the image's entry.
     Boot,
-    /// The saved state of a snapshot.
-    Snapshot(&'a crate::snapshot::Snapshot),
+    /// A restored snapshot: its saved vCPU and devices.
+    Restore {
+        /// The saved vCPU.
+        vcpu: &'a SavedVcpu,
+        /// The saved devices.
+        devices: &'a [DeviceState],
+    },
 }
 
 /// Where a started guest is.
@@ -117,27 +182,6 @@ pub enum Progress {
     AtSnapshotPoint,
 }
 
-/// What to boot and how.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// Guest RAM in bytes (validated by the caller against the image).
-    pub mem_size: u64,
-    /// Stop the guest after this long.
-    pub timeout: Option<Duration>,
-    /// Arguments; the first is the image's name.
-    pub args: Vec<String>,
-    /// Environment, `KEY=VALUE` each.
-    pub env: Vec<String>,
-    /// Confine the run loop with seccomp.
-    pub seccomp: bool,
-    /// Make a blocked system call once sandboxed (to test the sandbox).
-    pub debug_blocked_syscall: bool,
-    /// Console bytes allowed before the guest is stopped.
-    pub max_output: u64,
-    /// Boot for `vmm snapshot`: the kernel stops at its snapshot point.
-    pub snapshot: bool,
-}
-
 /// A created VM, ready to run.
 pub struct Vm {
     // Field order is drop order: vCPU, then VM, then RAM, then /dev/kvm.
@@ -145,165 +189,28 @@ pub struct Vm {
     _vm: VmFd,
     ram: GuestRam,
     _kvm: Arc<Kvm>,
-    image: Arc<Image>,
-    timeout: Option<Duration>,
-    seccomp: bool,
-    debug_blocked_syscall: bool,
-    max_output: u64,
+    layout: Arc<Image>,
+    config: VmConfig,
     timeline: Timeline,
+    bus: Option<PortBus>,
     handler: Option<ExitHandler>,
     watchdog: Option<Watchdog>,
-    snapshot_mode: bool,
-    com1_pending: Vec<u8>,
-}
-
-/// Opens `/dev/kvm`.
-pub fn open_kvm() -> Result<Arc<Kvm>, VmError> {
-    Kvm::new()
-        .map(Arc::new)
-        .map_err(|source| VmError::OpenKvm { source })
-}
-
-/// The KVM side of a guest, created before its image is known: `/dev/kvm`, the VM with its RAM
-/// registered, and the vCPU with its CPUID. [`crate::run`] creates it while another thread
-/// loads the image into the same RAM.
-pub struct VmShell {
-    vcpu: VcpuFd,
-    vm: VmFd,
-    ram: GuestRam,
-    kvm: Arc<Kvm>,
-    tsc_khz: u64,
-    sync_regs: bool,
-    random_seed: u64,
-}
-
-impl VmShell {
-    /// Creates the VM around `ram`.
-    pub fn create(ram: GuestRam, timeline: &mut Timeline) -> Result<Self, VmError> {
-        let kvm = open_kvm()?;
-        timeline.kvm_opened = Some(Instant::now());
-        Self::create_with(kvm, ram, timeline)
-    }
-
-    /// Creates the VM around `ram` through an open `/dev/kvm` (shared by many VMs).
-    pub fn create_with(
-        kvm: Arc<Kvm>,
-        ram: GuestRam,
-        timeline: &mut Timeline,
-    ) -> Result<Self, VmError> {
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        timeline.vm_created = Some(Instant::now());
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram.size(),
-            userspace_addr: ram.host_address(),
-        };
-        // SAFETY: the region is a live anonymous mapping of exactly `memory_size` bytes that
-        // outlives the VM (field order in `Vm` drops the VM first).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        timeline.ram_ready = Some(Instant::now());
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpu.set_cpuid2(arch::cpuid::guest_cpuid())
-            .map_err(kvm_err("KVM_SET_CPUID2"))?;
-        let tsc_khz = vcpu
-            .get_tsc_khz()
-            .map_or_else(|_| calibrate_tsc_khz(), u64::from);
-        let sync_regs = kvm.check_extension(Cap::SyncRegs);
-        timeline.vcpu_created = Some(Instant::now());
-        Ok(VmShell {
-            vcpu,
-            vm,
-            ram,
-            kvm,
-            tsc_khz,
-            sync_regs,
-            random_seed: random_seed(),
-        })
-    }
 }
 
 impl Vm {
-    /// Creates the VM for `image`: loads it into fresh RAM, then creates the KVM side.
-    pub fn new(image: Arc<Image>, config: &VmConfig, timeline: Timeline) -> Result<Self, VmError> {
-        Self::new_with(open_kvm()?, image, config, timeline)
-    }
-
-    /// Like [`Vm::new`], through an open `/dev/kvm` (shared by many VMs).
-    pub fn new_with(
-        kvm: Arc<Kvm>,
-        image: Arc<Image>,
-        config: &VmConfig,
-        mut timeline: Timeline,
-    ) -> Result<Self, VmError> {
-        let ram = GuestRam::new(config.mem_size)?;
-        arch::load_image(&ram, &image)?;
-        timeline.image_loaded = Some(Instant::now());
-        let shell = VmShell::create_with(kvm, ram, &mut timeline)?;
-        Self::from_shell(shell, image, config, timeline)
-    }
-
-    /// The state `vmm snapshot` saves, read from a guest stopped at its snapshot point.
-    pub fn capture(&mut self) -> Result<crate::snapshot::SavedState, VmError> {
-        let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
-        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        let xsave = self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
-        let xsave_bytes = xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let com1_pending = self
-            .handler
-            .as_ref()
-            .map(ExitHandler::com1_pending)
-            .unwrap_or_default();
-        Ok(crate::snapshot::SavedState {
-            regs,
-            sregs,
-            xsave: xsave_bytes,
-            com1_pending,
-        })
-    }
-
-    /// Finishes a VM whose RAM holds `snapshot` (see [`crate::snapshot::Snapshot::map_into`]):
-    /// rewrites boot info for this run and resumes the saved registers after the snapshot
-    /// hypercall, with `rax` = 1.
-    pub fn from_snapshot(
-        shell: VmShell,
-        snapshot: &crate::snapshot::Snapshot,
-        layout: Arc<Image>,
-        config: &VmConfig,
-        timeline: Timeline,
-    ) -> Result<Self, VmError> {
-        Self::assemble(shell, Start::Snapshot(snapshot), layout, config, timeline)
-    }
-
-    /// Stops enforcing the timeout (a parked guest may be resumed on another thread).
-    pub fn disarm_watchdog(&mut self) {
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.finish();
-        }
-    }
-
-    /// Finishes a VM whose RAM already holds `image` (see [`arch::load_image`]): writes the
-    /// boot info and hands the initial registers to the vCPU.
-    pub fn from_shell(
-        shell: VmShell,
-        image: Arc<Image>,
-        config: &VmConfig,
-        timeline: Timeline,
-    ) -> Result<Self, VmError> {
-        Self::assemble(shell, Start::Boot, image, config, timeline)
-    }
-
-    fn assemble(
+    /// Gives `shell` (whose RAM already holds the image, or a snapshot's pages, with the
+    /// privileged structures for `layout`) its boot info and registers; the guest's arguments
+    /// are `name` and then `config.args`.
+    pub fn assemble(
         shell: VmShell,
         start: Start<'_>,
-        image: Arc<Image>,
+        layout: Arc<Image>,
+        name: &str,
         config: &VmConfig,
         mut timeline: Timeline,
     ) -> Result<Self, VmError> {
         let VmShell {
-            mut vcpu,
+            vcpu,
             vm,
             ram,
             kvm,
@@ -311,36 +218,41 @@ impl Vm {
             sync_regs,
             random_seed,
         } = shell;
-        let args: Vec<&str> = config.args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = std::iter::once(name)
+            .chain(config.args.iter().map(String::as_str))
+            .collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
         let mut params = arch::RunParams {
             args: &args,
             env: &env,
             clock: host_clock(tsc_khz),
-            flags: if config.snapshot {
+            flags: if config.stop_at_snapshot_point {
                 abi::boot_flags::SNAPSHOT
             } else {
                 0
             },
             random_seed,
         };
-        let (regs, com1_pending) = match start {
+        let mut bus = PortBus::standard();
+        let regs = match start {
             Start::Boot => {
-                arch::write_boot_info(&ram, &image, params)?;
-                (regs::initial_regs(image.entry()), Vec::new())
+                arch::write_boot_info(&ram, &layout, params)?;
+                regs::initial_regs(layout.entry())
             }
-            Start::Snapshot(snapshot) => {
+            Start::Restore {
+                vcpu: saved,
+                devices,
+            } => {
                 params.flags = abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED;
-                arch::rewrite_boot_info(&ram, params)?;
-                let saved = snapshot.state();
-                (
-                    crate::snapshot::restored_regs(&saved.regs),
-                    saved.com1_pending.clone(),
-                )
+                arch::rewrite_boot_info(&ram, &layout, params)?;
+                bus.restore(devices)?;
+                load_fpu_state(&vcpu, saved)?;
+                saved.restored_regs()
             }
         };
         // The special registers are always the VMM's own, never a snapshot's.
         let sregs = regs::initial_sregs();
+        let mut vcpu = vcpu;
         if sync_regs {
             // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
             let sync = vcpu.sync_regs_mut();
@@ -358,22 +270,55 @@ impl Vm {
             _vm: vm,
             ram,
             _kvm: kvm,
-            image,
-            timeout: config.timeout,
-            seccomp: config.seccomp,
-            debug_blocked_syscall: config.debug_blocked_syscall,
-            max_output: config.max_output,
+            layout,
+            config: config.clone(),
             timeline,
+            bus: Some(bus),
             handler: None,
             watchdog: None,
-            snapshot_mode: config.snapshot,
-            com1_pending,
         })
     }
 
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// The image layout the guest runs (its segments, and its file bytes when booted from an
+    /// image: a snapshot needs them to save the image's digest).
+    pub fn layout(&self) -> &Arc<Image> {
+        &self.layout
+    }
+
+    /// The state `vmm snapshot` saves, read from a guest stopped at its snapshot point.
+    pub fn capture(&mut self) -> Result<(SavedVcpu, Vec<DeviceState>), VmError> {
+        let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let xsave = self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
+        let devices = match (&self.handler, &self.bus) {
+            (Some(handler), _) => handler.bus().save(),
+            (None, Some(bus)) => bus.save(),
+            (None, None) => Vec::new(),
+        };
+        let vcpu = SavedVcpu {
+            regs,
+            sregs,
+            xsave: xsave.region,
+        };
+        Ok((vcpu, devices))
+    }
+
+    /// Enforces a timeout on the thread that will resume the guest next (a released guest).
+    pub fn arm_watchdog(&mut self, watchdog: Watchdog) {
+        self.disarm_watchdog();
+        self.watchdog = Some(watchdog);
+    }
+
+    /// Stops enforcing the timeout (a parked guest may be resumed on another thread).
+    pub fn disarm_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.finish();
+        }
     }
 
     /// Runs the guest until it stops; console output goes to `console`. A guest that parks
@@ -402,20 +347,24 @@ impl Vm {
         console: Console,
         watchdog: Option<Watchdog>,
     ) -> Result<Progress, VmError> {
-        let mut handler = ExitHandler::new(console);
-        handler.deadline = self.timeout.map(|t| Instant::now() + t);
-        handler.max_output = self.max_output;
-        handler.snapshot_mode = self.snapshot_mode;
-        handler.restore_com1_pending(&std::mem::take(&mut self.com1_pending));
-        self.handler = Some(handler);
+        let started = Instant::now();
+        let limits = Limits {
+            deadline: self.config.timeout.and_then(|t| started.checked_add(t)),
+            max_output: self.config.max_output,
+            stop_at_snapshot_point: self.config.stop_at_snapshot_point,
+        };
+        let bus = self.bus.take().unwrap_or_else(PortBus::standard);
+        self.handler = Some(ExitHandler::new(console, bus, limits));
         self.watchdog = watchdog.or_else(|| {
             // SAFETY: pthread_self has no preconditions.
             let me = unsafe { libc::pthread_self() };
-            self.timeout.map(|t| Watchdog::start(t, me, self.seccomp))
+            self.config
+                .timeout
+                .map(|t| Watchdog::start(t, me, self.config.seccomp))
         });
-        if self.seccomp {
+        if self.config.seccomp {
             crate::sandbox::confine_this_thread()?;
-            if self.debug_blocked_syscall {
+            if self.config.debug_blocked_syscall {
                 // SAFETY: a harmless call that the filter blocks, to show the report.
                 unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             }
@@ -424,6 +373,9 @@ impl Vm {
     }
 
     /// Continues a parked guest until it stops or parks again.
+    ///
+    /// # Panics
+    /// If called before [`Vm::start`] (a bug in the caller, not an input).
     pub fn resume(&mut self) -> Result<Progress, VmError> {
         let mut handler = self.handler.take().expect("resume() after start()");
         let watchdog = self.watchdog.take();
@@ -447,7 +399,9 @@ impl Vm {
         handler.flush();
         let outcome = match stop? {
             // Only the watchdog (None) or a sleep reaching the deadline end a run this way.
-            None | Some(Stop::TimedOut) => Outcome::TimedOut(self.timeout.unwrap_or_default()),
+            None | Some(Stop::TimedOut) => {
+                Outcome::TimedOut(self.config.timeout.unwrap_or_default())
+            }
             Some(Stop::Exited(code)) => Outcome::Exited(code),
             Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
         };
@@ -456,7 +410,7 @@ impl Vm {
             stats: handler.stats.clone(),
             timeline: self.timeline.clone(),
             milestones: std::mem::take(&mut handler.milestones),
-            first_output: handler.first_output,
+            first_output: handler.first_output(),
             ram_pages_touched: None,
         })))
     }
@@ -484,28 +438,22 @@ impl Vm {
             if self.timeline.first_exit.is_none() {
                 self.timeline.first_exit = Some(Instant::now());
             }
-            let action = match exit {
-                VcpuExit::IoOut(port, data) => {
-                    handler.handle(&self.ram, Exit::IoOut { port, data })
-                }
-                VcpuExit::IoIn(port, data) => handler.handle(&self.ram, Exit::IoIn { port, data }),
-                VcpuExit::MmioRead(addr, data) => {
-                    handler.handle(&self.ram, Exit::MmioRead { addr, data })
-                }
-                VcpuExit::MmioWrite(addr, _) => handler.handle(&self.ram, Exit::MmioWrite { addr }),
+            let exit = match exit {
+                VcpuExit::IoOut(port, data) => Exit::IoOut { port, data },
+                VcpuExit::IoIn(port, data) => Exit::IoIn { port, data },
+                VcpuExit::MmioRead(_, data) => Exit::MmioRead { data },
+                VcpuExit::MmioWrite(..) => Exit::MmioWrite,
                 VcpuExit::Intr => continue,
-                VcpuExit::Hlt => handler.handle(&self.ram, Exit::Hlt),
-                VcpuExit::Shutdown => handler.handle(&self.ram, Exit::Shutdown),
-                VcpuExit::InternalError => handler.handle(&self.ram, Exit::InternalError),
-                VcpuExit::FailEntry(reason, _) => {
-                    handler.handle(&self.ram, Exit::FailEntry { reason })
-                }
-                VcpuExit::Exception => handler.handle(&self.ram, Exit::Other("exception")),
-                VcpuExit::Debug(_) => handler.handle(&self.ram, Exit::Other("debug")),
-                VcpuExit::SystemEvent(..) => handler.handle(&self.ram, Exit::Other("system event")),
-                _ => handler.handle(&self.ram, Exit::Other("unexpected exit reason")),
+                VcpuExit::Hlt => Exit::Hlt,
+                VcpuExit::Shutdown => Exit::Shutdown,
+                VcpuExit::InternalError => Exit::InternalError,
+                VcpuExit::FailEntry(reason, _) => Exit::FailEntry { reason },
+                VcpuExit::Exception => Exit::Other("exception"),
+                VcpuExit::Debug(_) => Exit::Other("debug"),
+                VcpuExit::SystemEvent(..) => Exit::Other("system event"),
+                _ => Exit::Other("unexpected exit reason"),
             };
-            if let Action::Stop(stop) = action {
+            if let Action::Stop(stop) = handler.handle(&self.ram, exit) {
                 return Ok(Some(stop));
             }
         }
@@ -515,9 +463,24 @@ impl Vm {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
         // Only a crash pays for parsing the symbol table.
-        let symbols = crate::symbols::Symbols::from_image(&self.image);
-        let symbolize = move |addr| symbols.describe(addr);
+        let symbols = Symbols::from_elf(self.layout.bytes());
+        let symbolize = move |addr| {
+            if stubs::contains(addr) {
+                return Some("flick exception stub".to_owned());
+            }
+            symbols.describe(addr)
+        };
+        let genuine_exception =
+            matches!(stop, Stop::Exception { .. }) && from_exception_stub(&regs, &sregs);
         let mut report = match stop {
+            Stop::Exception { .. } if !genuine_exception => {
+                let err = HypercallError::ForgedCrash(if sregs.cs.dpl == 3 {
+                    "ring 3"
+                } else {
+                    "outside the stub page"
+                });
+                format!("guest stopped: bad hypercall: {err}\n")
+            }
             Stop::Exception { vector } => {
                 let frame = crash::read_frame(&self.ram, regs.rsp, *vector);
                 let mut text = crash::exception_report(*vector, &regs, &sregs, frame, &symbolize);
@@ -542,7 +505,7 @@ impl Vm {
             ),
             Stop::Exited(_) | Stop::TimedOut | Stop::Parked | Stop::SnapshotPoint => String::new(),
         };
-        if !matches!(stop, Stop::Exception { .. }) {
+        if !genuine_exception {
             let location = symbolize(regs.rip)
                 .map(|s| format!(" <{s}>"))
                 .unwrap_or_default();
@@ -592,12 +555,21 @@ impl Vm {
     }
 }
 
-/// 64 fresh random bits from the kernel (zero if it cannot give them).
-pub fn random_seed() -> u64 {
-    let mut seed = [0u8; 8];
-    // SAFETY: getrandom writes at most 8 bytes into our buffer.
-    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
-    u64::from_le_bytes(seed)
+/// Whether a crash-port write came from the VMM's own stubs: at ring 0, inside the stub page.
+fn from_exception_stub(regs: &kvm_bindings::kvm_regs, sregs: &kvm_bindings::kvm_sregs) -> bool {
+    sregs.cs.dpl == 0 && stubs::contains(regs.rip)
+}
+
+/// Loads a restored FPU/SSE state (a snapshot's XSAVE area).
+fn load_fpu_state(vcpu: &VcpuFd, saved: &SavedVcpu) -> Result<(), VmError> {
+    if !saved.xsave_is_loadable() {
+        return Err(VmError::BadFpuState(None));
+    }
+    let xsave = saved.kvm_xsave();
+    // SAFETY: KVM reads the guest's XSAVE buffer size from `xsave`, which is larger than 4096
+    // bytes only for dynamically enabled features (AMX) that this process never asks for
+    // (ARCH_REQ_XCOMP_GUEST_PERM); `kvm_xsave` is 4096 bytes.
+    unsafe { vcpu.set_xsave(&xsave) }.map_err(|e| VmError::BadFpuState(Some(e)))
 }
 
 /// The host clock as the guest will see it.
@@ -612,16 +584,4 @@ fn host_clock(tsc_khz: u64) -> HostClock {
         unix_ns,
         tsc,
     }
-}
-
-/// Measures the TSC against the host's monotonic clock (when KVM cannot tell its frequency).
-fn calibrate_tsc_khz() -> u64 {
-    let start = Instant::now();
-    // SAFETY: rdtsc has no side effects.
-    let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
-    std::thread::sleep(Duration::from_millis(2));
-    // SAFETY: as above.
-    let tsc1 = unsafe { core::arch::x86_64::_rdtsc() };
-    let ns = start.elapsed().as_nanos().max(1) as u64;
-    tsc1.wrapping_sub(tsc0) * 1_000_000 / ns
 }

@@ -1,0 +1,141 @@
+//! Opening untrusted files: images, snapshots and manifests are named by users and clients,
+//! and may be FIFOs, devices, directories or huge. [`open_regular`] never blocks (a FIFO with
+//! no writer would hang `open(2)`), and refuses anything that is not a regular file before a
+//! byte is read.
+
+use std::fs::{File, Metadata};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Why a file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path is a directory.
+    #[error("{0} is a directory")]
+    Directory(PathBuf),
+    /// The path is a device, socket or FIFO.
+    #[error("{0} is not a regular file")]
+    NotRegularFile(PathBuf),
+}
+
+/// Opens `path` read-only without blocking, and checks that it is a regular file.
+pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), FileError> {
+    let io = |source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for the
+    // regular files accepted below.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if meta.is_dir() {
+        return Err(FileError::Directory(path.to_owned()));
+    }
+    if !meta.is_file() {
+        return Err(FileError::NotRegularFile(path.to_owned()));
+    }
+    Ok((file, meta))
+}
+
+/// Reads a whole regular file of at most `max` bytes (text such as a manifest).
+pub(crate) fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, meta) = open_regular(path)?;
+    if meta.len() > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while being read is cut at `max`, never read without end.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| FileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Why [`read_regular`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Not a readable regular file.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Larger than allowed.
+    #[error("{path} is too large ({size} bytes; at most {max})")]
+    TooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_open_regular_refuses_a_fifo_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("flick-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = open_regular(&fifo).unwrap_err();
+        assert!(matches!(err, FileError::NotRegularFile(_)), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_open_regular_refuses_devices_and_directories() {
+        assert!(matches!(
+            open_regular(Path::new("/dev/zero")),
+            Err(FileError::NotRegularFile(_))
+        ));
+        assert!(matches!(
+            open_regular(Path::new("/")),
+            Err(FileError::Directory(_))
+        ));
+    }
+
+    #[test]
+    fn test_read_regular_refuses_oversized_files() {
+        let path = std::env::temp_dir().join(format!("flick-read-{}", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(read_regular(&path, 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            read_regular(&path, 9),
+            Err(ReadError::TooLarge { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

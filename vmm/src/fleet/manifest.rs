@@ -1,0 +1,227 @@
+//! `vmm fleet --manifest FILE`: a TOML file of `[[vm]]` tables (`image`, `count`, `args`,
+//! `env`, `mem`, `timeout`, `max_output`, `name`), read into [`Group`]s. Relative image paths
+//! are relative to the manifest's folder. The file is untrusted: its size, every count and
+//! their sum are bounded, and arguments and environment are checked like the command line's
+//! (when the launcher checks each group).
+
+use super::{Group, MAX_INSTANCES};
+use crate::files::{ReadError, read_regular};
+use crate::size::{parse_size, parse_timeout};
+use crate::vm::VmConfig;
+use std::path::{Path, PathBuf};
+
+/// Largest manifest read.
+pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Unreadable, not a regular file, or too large.
+    #[error("manifest")]
+    Read(#[from] ReadError),
+    /// Not UTF-8 TOML of the expected shape.
+    #[error("manifest {path}: {why}")]
+    Syntax {
+        /// The manifest.
+        path: PathBuf,
+        /// The parser's message.
+        why: String,
+    },
+    /// An entry's field is invalid.
+    #[error("manifest {path}: vm #{entry}: {field}: {why}")]
+    Field {
+        /// The manifest.
+        path: PathBuf,
+        /// 1-based entry number.
+        entry: usize,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The manifest as a whole is invalid.
+    #[error("manifest {path}: {why}")]
+    Invalid {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    vm: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestEntry {
+    image: PathBuf,
+    #[serde(default = "one")]
+    count: u64,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    mem: Option<String>,
+    timeout: Option<String>,
+    max_output: Option<String>,
+    name: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Reads a manifest; entries without `mem`, `timeout` or `max_output` take `defaults`' (the
+/// command line's flags).
+pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestError> {
+    let invalid = |why: String| ManifestError::Invalid {
+        path: path.to_owned(),
+        why,
+    };
+    let bytes = read_regular(path, MAX_MANIFEST_SIZE)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ManifestError::Syntax {
+        path: path.to_owned(),
+        why: "not UTF-8 text".into(),
+    })?;
+    let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+        path: path.to_owned(),
+        why: e.message().to_owned(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut groups = Vec::new();
+    let mut total: u64 = 0;
+    for (i, entry) in manifest.vm.into_iter().enumerate() {
+        let field = |field: &'static str, why: String| ManifestError::Field {
+            path: path.to_owned(),
+            entry: i + 1,
+            field,
+            why,
+        };
+        total = total
+            .checked_add(entry.count)
+            .filter(|&t| t <= MAX_INSTANCES as u64)
+            .ok_or_else(|| invalid(format!("more than {MAX_INSTANCES} instances in all")))?;
+        let image = if entry.image.is_absolute() {
+            entry.image.clone()
+        } else {
+            base.join(&entry.image)
+        };
+        let name = entry
+            .name
+            .clone()
+            .unwrap_or_else(|| crate::launch::guest_name(&image));
+        let vm = VmConfig {
+            mem_size: entry
+                .mem
+                .map_or(Ok(defaults.mem_size), |m| parse_size(&m))
+                .map_err(|e| field("mem", e))?,
+            timeout: match entry.timeout {
+                Some(t) => Some(parse_timeout(&t).map_err(|e| field("timeout", e))?),
+                None => defaults.timeout,
+            },
+            max_output: entry
+                .max_output
+                .map_or(Ok(defaults.max_output), |m| parse_size(&m))
+                .map_err(|e| field("max_output", e))?,
+            args: entry.args,
+            env: entry.env,
+            ..defaults.clone()
+        };
+        groups.push(Group {
+            name,
+            image,
+            count: entry.count as usize,
+            vm,
+        });
+    }
+    if groups.is_empty() {
+        return Err(invalid("no [[vm]] entries".into()));
+    }
+    let mut names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(invalid(
+            "two entries have the same name: give each a distinct `name`".into(),
+        ));
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn defaults() -> VmConfig {
+        VmConfig {
+            mem_size: 16 << 20,
+            timeout: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            seccomp: true,
+            debug_blocked_syscall: false,
+            max_output: 1 << 20,
+            stop_at_snapshot_point: false,
+        }
+    }
+
+    fn scratch(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flick-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn test_manifest_is_read_with_defaults_and_relative_paths() {
+        let path = scratch(
+            "fleet.toml",
+            "[[vm]]\nimage = \"hello\"\ncount = 3\nargs = [\"a\"]\n\n[[vm]]\nimage = \"/abs/spin\"\nname = \"spinner\"\nmem = \"32M\"\ntimeout = \"1s\"\n",
+        );
+        let groups = read(&path, &defaults()).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].image, path.parent().unwrap().join("hello"));
+        assert_eq!((groups[0].count, groups[0].vm.mem_size), (3, 16 << 20));
+        assert_eq!(groups[1].name, "spinner");
+        assert_eq!(groups[1].vm.mem_size, 32 << 20);
+        assert_eq!(groups[1].vm.timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn test_manifest_unknown_keys_are_refused() {
+        let path = scratch("colour.toml", "[[vm]]\nimage = \"x\"\ncolour = \"red\"\n");
+        assert!(read(&path, &defaults()).is_err());
+    }
+
+    #[test]
+    fn test_manifest_counts_that_overflow_are_refused() {
+        let path = scratch(
+            "many.toml",
+            "[[vm]]\nimage = \"a\"\ncount = 18446744073709551615\n[[vm]]\nimage = \"b\"\ncount = 2\n",
+        );
+        let err = read(&path, &defaults()).unwrap_err();
+        assert!(err.to_string().contains("instances in all"), "{err}");
+        let path = scratch("big.toml", "[[vm]]\nimage = \"a\"\ncount = 1000000000\n");
+        assert!(read(&path, &defaults()).is_err());
+    }
+
+    #[test]
+    fn test_manifest_device_is_refused_without_reading() {
+        let err = read(Path::new("/dev/zero"), &defaults()).unwrap_err();
+        assert!(
+            crate::error_chain(&err).contains("not a regular file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_manifest_zero_timeout_is_refused() {
+        let path = scratch("zero.toml", "[[vm]]\nimage = \"a\"\ntimeout = \"0s\"\n");
+        assert!(read(&path, &defaults()).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Entry points for fuzzers and property tests (`tests/tests/fuzz.rs`, `cargo xtask fuzz`):
+//! each feeds untrusted bytes to one of the VMM's parsers or decoders and checks the promises
+//! it makes about what it accepts. None of them may panic, whatever the input.
+
+use crate::memory::GuestRam;
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::vm::Console;
+use crate::vm::exits::{Exit, ExitHandler, Limits};
+use std::os::fd::FromRawFd;
+
+/// Decodes an `out` of `data` to `port` against `ram`, as the exit handler would; on success
+/// checks that the decoded request lies in RAM. `true` when it was accepted.
+pub fn hypercall(ram: &GuestRam, port: u16, data: &[u8]) -> bool {
+    use crate::vm::hypercall::{Hypercall, decode};
+    let Some(call) = abi::port::Hypercall::from_port(port) else {
+        return false;
+    };
+    match decode(call, data, ram) {
+        Ok(Hypercall::ConsoleWrite(request)) => {
+            assert!(request.len <= abi::hypercall::CONSOLE_WRITE_MAX);
+            assert!(ram.check_range(request.buf, u64::from(request.len)).is_ok());
+            true
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// A guest's exit handler with its console going nowhere, for feeding random exits.
+pub struct Exits {
+    handler: ExitHandler,
+}
+
+impl Default for Exits {
+    fn default() -> Self {
+        let console = Console {
+            stdout: Box::new(std::io::sink()),
+            stderr: Box::new(std::io::sink()),
+        };
+        let limits = Limits {
+            deadline: None,
+            max_output: 1 << 20,
+            stop_at_snapshot_point: false,
+        };
+        Self {
+            handler: ExitHandler::new(console, crate::devices::PortBus::standard(), limits),
+        }
+    }
+}
+
+impl Exits {
+    /// Handles an `out` (`write`) or `in` of `data` at `port`; `true` when the guest may go
+    /// on. Sleep hypercalls are skipped (they would really sleep).
+    pub fn port(&mut self, ram: &GuestRam, write: bool, port: u16, data: &mut [u8]) -> bool {
+        if port == abi::port::SLEEP {
+            return true;
+        }
+        let exit = if write {
+            Exit::IoOut { port, data }
+        } else {
+            Exit::IoIn { port, data }
+        };
+        matches!(
+            self.handler.handle(ram, exit),
+            crate::vm::exits::Action::Continue
+        )
+    }
+}
+
+/// Validates `bytes` as a snapshot file (through a memfd, as if opened from disk).
+pub fn snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
+    use std::io::Write;
+    // SAFETY: memfd_create with a static NUL-terminated name; the fd is checked below.
+    let fd = unsafe { libc::memfd_create(c"flick-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes).expect("writing a memfd");
+    let snapshot = Snapshot::from_open_file("<fuzz>".as_ref(), &file, bytes.len() as u64)?;
+    // Whatever was accepted must satisfy the promises restores rely on.
+    assert!(snapshot.page_count() as u64 <= snapshot.mem_size / 4096);
+    assert!(snapshot.vcpu().is_flick_guest());
+    Ok(())
+}
+
+/// Recomputes the checksums of a (mutated) snapshot file from the counts its header states,
+/// where they still describe ranges of the file; otherwise leaves the bytes as they are.
+pub fn fix_snapshot_checksums(bytes: &mut [u8]) {
+    use crate::snapshot::format::{HEADER_SIZE, Header, meta_crc, meta_len};
+    use vm_memory::ByteValued;
+    let Some(head) = bytes.get(..HEADER_SIZE) else {
+        return;
+    };
+    let Some(mut header) = crate::memory::value_from_bytes::<Header>(head) else {
+        return;
+    };
+    let data = usize::try_from(header.data_offset)
+        .ok()
+        .and_then(|start| bytes.get(start..));
+    if let Some(data) = data {
+        header.data_crc = crc32fast::hash(data);
+    }
+    let Some(len) = meta_len(header.segment_count, header.device_bytes, header.page_count) else {
+        return;
+    };
+    let Some(meta) = HEADER_SIZE
+        .checked_add(len)
+        .and_then(|end| bytes.get(HEADER_SIZE..end))
+    else {
+        return;
+    };
+    header.meta_crc = meta_crc(&header, meta);
+    bytes[..HEADER_SIZE].copy_from_slice(header.as_slice());
+}

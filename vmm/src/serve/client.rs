@@ -1,0 +1,65 @@
+//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, relays the guest's stdout and
+//! stderr to ours as they arrive, and returns the guest's exit status, so that it behaves like
+//! a local `vmm run`.
+
+use super::wire::{self, Request, frame};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// Why a request through a server failed (exit status 125).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server cannot be reached.
+    #[error("cannot reach vmm serve at {path}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request could not be sent.
+    #[error("cannot send the request")]
+    Send(#[source] std::io::Error),
+    /// The reply ended early or was malformed.
+    #[error("the server closed the connection before the guest's exit status")]
+    Reply(#[source] wire::FrameError),
+    /// A frame of a kind this client does not know.
+    #[error("the server sent an unknown frame kind {0}")]
+    UnknownFrame(u8),
+    /// The server could not run the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends `request` to the server at `socket`; returns the guest's exit status.
+pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_owned(),
+        source,
+    })?;
+    stream
+        .write_all(&wire::encode_request(request))
+        .map_err(ClientError::Send)?;
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    loop {
+        let (kind, payload) = wire::read_frame(&mut stream).map_err(ClientError::Reply)?;
+        match kind {
+            frame::STDOUT => {
+                let _ = stdout.write_all(&payload).and_then(|()| stdout.flush());
+            }
+            frame::STDERR => {
+                let _ = stderr.write_all(&payload);
+            }
+            frame::EXIT if payload.len() == 4 => {
+                return Ok(i32::from_le_bytes(payload.try_into().expect("4 bytes")));
+            }
+            frame::ERROR => {
+                let text = String::from_utf8_lossy(&payload);
+                return Err(ClientError::Refused(text.into_owned()));
+            }
+            other => return Err(ClientError::UnknownFrame(other)),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The KVM side of a guest, created before its image or snapshot is known: `/dev/kvm`, the VM
+//! with its RAM registered as slot 0, and the vCPU with its CPUID. `vmm run` creates it on
+//! one thread while another loads the target into the same RAM; `vmm serve` keeps shells ready
+//! with a snapshot already mapped.
+
+use super::{VmError, kvm_err};
+use crate::arch;
+use crate::memory::GuestRam;
+use crate::report::Timeline;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Arc<Kvm>, VmError> {
+    Kvm::new()
+        .map(Arc::new)
+        .map_err(|source| VmError::OpenKvm { source })
+}
+
+/// A created VM and vCPU around guest RAM, not yet given registers.
+pub struct VmShell {
+    pub(super) vcpu: VcpuFd,
+    pub(super) vm: VmFd,
+    pub(super) ram: GuestRam,
+    pub(super) kvm: Arc<Kvm>,
+    pub(super) tsc_khz: u64,
+    pub(super) sync_regs: bool,
+    pub(super) random_seed: u64,
+}
+
+impl VmShell {
+    /// Creates the VM around `ram`, opening `/dev/kvm` for it.
+    pub fn create(ram: GuestRam, timeline: &mut Timeline) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        timeline.kvm_opened = Some(Instant::now());
+        Self::create_with(kvm, ram, timeline)
+    }
+
+    /// Creates the VM around `ram` through an open `/dev/kvm` (shared by many VMs).
+    pub fn create_with(
+        kvm: Arc<Kvm>,
+        ram: GuestRam,
+        timeline: &mut Timeline,
+    ) -> Result<Self, VmError> {
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        timeline.vm_created = Some(Instant::now());
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_address(),
+        };
+        // SAFETY: the region is a live anonymous mapping of exactly `memory_size` bytes that
+        // outlives the VM (field order in `Vm` drops the VM first).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        timeline.ram_ready = Some(Instant::now());
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(arch::cpuid::guest_cpuid())
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let tsc_khz = vcpu
+            .get_tsc_khz()
+            .map_or_else(|_| calibrate_tsc_khz(), u64::from);
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        timeline.vcpu_created = Some(Instant::now());
+        Ok(VmShell {
+            vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+            sync_regs,
+            random_seed: random_seed(),
+        })
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+}
+
+/// 64 fresh random bits from the kernel (zero if it cannot give them).
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into our buffer.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
+    u64::from_le_bytes(seed)
+}
+
+/// Measures the TSC against the host's monotonic clock (when KVM cannot tell its frequency).
+fn calibrate_tsc_khz() -> u64 {
+    let start = Instant::now();
+    // SAFETY: rdtsc has no side effects.
+    let tsc0 = unsafe { core::arch::x86_64::_rdtsc() };
+    std::thread::sleep(Duration::from_millis(2));
+    // SAFETY: as above.
+    let tsc1 = unsafe { core::arch::x86_64::_rdtsc() };
+    let ns = start.elapsed().as_nanos().max(1) as u64;
+    tsc1.wrapping_sub(tsc0) * 1_000_000 / ns
+}
