@@ -206,9 +206,13 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), Comman
 }
 
 /// `delete [--force] ID`: removes a stopped or created container; `--force` kills a running
-/// one first. Runs the `poststop` hooks; removes the cgroup and the state directory.
+/// one first, and is content when there is no such container (as runc's). Runs the `poststop` hooks; removes the cgroup and the state directory.
 pub fn delete(root: &Path, id: &str, force: bool, log: &Log) -> Result<(), CommandError> {
-    let dir = ContainerDir::open(root, id)?;
+    let dir = match ContainerDir::open(root, id) {
+        // runc's `delete --force` of a missing container succeeds (the shim deletes twice).
+        Err(ContainerError::NotFound(_)) if force => return Ok(()),
+        other => other?,
+    };
     let saved = match dir.load() {
         Ok(saved) => saved,
         Err(ContainerError::NotFound(_)) => {

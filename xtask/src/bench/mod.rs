@@ -3,6 +3,7 @@
 //! interleaved session, plus our boot's phase breakdown and a compute comparison. Owns the
 //! session: which peers run, in what order, and where the report goes (`target/bench/`).
 
+mod containers;
 mod docker;
 mod fleet;
 mod hostmem;
@@ -79,6 +80,11 @@ pub struct Bench {
     /// with --quick 50]. --only takes: ours, native, unshare, crun, density.
     #[arg(long, value_name = "N", num_args = 0..=1, conflicts_with_all = ["runs", "image"])]
     fleet: Option<Option<usize>>,
+    /// Instead of cold starts: the "containers" section, `docker run` and `ctr run` of our
+    /// microVM (flick-runtime) against runc and crun starting a static hello; report in
+    /// target/bench/containers/report.md [rounds: 20, with --quick 5, or --runs].
+    #[arg(long, conflicts_with_all = ["fleet", "image"])]
+    containers: bool,
     /// Arguments for the image given with --image.
     #[arg(last = true, requires = "image")]
     args: Vec<String>,
@@ -91,6 +97,14 @@ pub fn bench_dir() -> PathBuf {
 
 /// Runs the whole bench and prints the Markdown table.
 pub fn run(args: Bench) -> Result<ExitCode> {
+    if args.containers {
+        let rounds = match (args.runs, args.quick) {
+            (Some(n), _) => n.max(1),
+            (None, true) => containers::QUICK_ROUNDS,
+            (None, false) => containers::DEFAULT_ROUNDS,
+        };
+        return containers::run(rounds);
+    }
     if let Some(count) = args.fleet {
         let count = match (count, args.quick) {
             (Some(n), _) => n.max(1),
