@@ -153,8 +153,22 @@ fn create_in(
     request: &CreateRequest,
     made: &mut Made,
 ) -> Result<(), CreateError> {
+    // Writable by the container's user (which may not be root), as runc's: mkfifo's mode
+    // passes through the umask, so the mode and owner are set afterwards.
     nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
         .map_err(sys("make the exec fifo"))?;
+    nix::sys::stat::fchmodat(
+        None,
+        &dir.fifo(),
+        Mode::from_bits_truncate(0o622),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(sys("set the exec fifo's mode"))?;
+    let (uid, gid, _) = plan.user;
+    std::os::unix::fs::chown(dir.fifo(), Some(uid), Some(gid)).map_err(|e| CreateError::Sys {
+        what: "give the exec fifo to the container's user".into(),
+        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
     let pty = match plan.terminal {
         true => Some(console::open_pty()?),
         false => None,

@@ -14,7 +14,7 @@
 //! namespace; hostname; mounts (root file system bound to itself, a small tmpfs on `/dev`
 //! holding `/dev/kvm`); `createRuntime`/`prestart` hooks (run by `create`, this process
 //! waits); `createContainer` hooks; `pivot_root`; find and check the image; stdio (the
-//! terminal's slave in terminal mode); rlimits, `no_new_privs`; "ready"; block opening the
+//! terminal's slave in terminal mode); rlimits, capabilities, user, `no_new_privs`; "ready"; block opening the
 //! exec fifo for writing until `start` opens it for reading; `startContainer` hooks; boot.
 //!
 //! Networking (later): creating a tap in the container's network namespace and mirroring it
@@ -25,7 +25,7 @@ use crate::console;
 use crate::hooks;
 use crate::log::chain;
 use crate::marker::{MARKER_FILE, MAX_MARKER_SIZE, Marker};
-use crate::spec::Plan;
+use crate::spec::{KVM_DEVICE, Plan};
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::CloneFlags;
@@ -192,6 +192,18 @@ pub enum InitError {
     /// A hook failed.
     #[error(transparent)]
     Hook(#[from] hooks::HookError),
+    /// config.json names a capability this runtime does not know.
+    #[error("unknown capability {0}")]
+    UnknownCapability(String),
+    /// A capability set could not be set.
+    #[error("cannot set the {what} capabilities")]
+    Capabilities {
+        /// Which set.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: caps::errors::CapsError,
+    },
 }
 
 fn setup(what: impl Into<String>) -> impl FnOnce(nix::Error) -> InitError {
@@ -312,7 +324,7 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
     if let Some(hostname) = &plan.hostname {
         nix::unistd::sethostname(hostname).map_err(setup("set the hostname"))?;
     }
-    mount_rootfs(&plan.rootfs)?;
+    mount_rootfs(&plan.rootfs, (plan.user.0, plan.user.1))?;
     chan.send(&Msg::RunHooks)?;
     match chan.recv()? {
         Some(Msg::HooksDone) => {}
@@ -346,6 +358,13 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
         console::become_terminal_owner(slave).map_err(setup("take the terminal"))?;
     }
     set_rlimits(plan)?;
+    // runc's order: the bounding set while CAP_SETPCAP is held, the user with the permitted
+    // set kept across setuid, then the sets the process runs with.
+    drop_bounding_set(plan)?;
+    keep_capabilities(true)?;
+    set_user(plan)?;
+    keep_capabilities(false)?;
+    set_capabilities(plan)?;
     if plan.no_new_privileges {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -375,7 +394,7 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
 
 /// Makes the root file system a mount point of its own with a private `/dev` holding only
 /// `/dev/kvm`; mount events of the host still propagate in (slave), none propagate out.
-fn mount_rootfs(rootfs: &Path) -> Result<(), InitError> {
+fn mount_rootfs(rootfs: &Path, owner: (u32, u32)) -> Result<(), InitError> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)
         .map_err(setup("make the mounts private"))?;
@@ -402,13 +421,48 @@ fn mount_rootfs(rootfs: &Path) -> Result<(), InitError> {
         Some("mode=755,size=64k"),
     )
     .map_err(setup("mount a tmpfs on /dev"))?;
-    let kvm = dev.join("kvm");
-    std::fs::File::create(&kvm).map_err(|source| InitError::Io {
-        what: "make /dev/kvm".into(),
-        source,
-    })?;
-    mount(Some("/dev/kvm"), &kvm, none, MsFlags::MS_BIND, none)
-        .map_err(setup("bind /dev/kvm into the container"))
+    make_kvm_node(&dev.join("kvm"), owner)
+}
+
+/// `/dev/kvm` in the container: a device node of its own, owned by the container's user (the
+/// VMM may not run as root, and the host's node may be root's alone), as runc makes the
+/// devices config.json lists; where `mknod` is refused, the host's node bound in.
+fn make_kvm_node(path: &Path, (uid, gid): (u32, u32)) -> Result<(), InitError> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let mode = Mode::from_bits_truncate(0o660);
+    match mknod(
+        path,
+        SFlag::S_IFCHR,
+        mode,
+        makedev(KVM_DEVICE.0, KVM_DEVICE.1),
+    ) {
+        Ok(()) => {
+            nix::sys::stat::fchmodat(
+                None,
+                path,
+                mode,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(setup("set /dev/kvm's mode"))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| InitError::Io {
+                what: "give /dev/kvm to the container's user".into(),
+                source,
+            })
+        }
+        Err(nix::errno::Errno::EPERM) => {
+            std::fs::File::create(path).map_err(|source| InitError::Io {
+                what: "make /dev/kvm".into(),
+                source,
+            })?;
+            let none: Option<&str> = None;
+            mount(Some("/dev/kvm"), path, none, MsFlags::MS_BIND, none)
+                .map_err(setup("bind /dev/kvm into the container"))
+        }
+        Err(source) => Err(InitError::Setup {
+            what: "make /dev/kvm".into(),
+            source,
+        }),
+    }
 }
 
 /// `pivot_root` into `rootfs` and drop the old root (runc's `pivot_root(".", ".")`).
@@ -481,6 +535,90 @@ fn set_rlimits(plan: &Plan) -> Result<(), InitError> {
         nix::errno::Errno::result(rc).map_err(setup(format!("set {:?}", rlimit.typ())))?;
     }
     Ok(())
+}
+
+/// A capability set of config.json in the `caps` crate's terms.
+fn cap_set(set: &Option<oci_spec::runtime::Capabilities>) -> Result<caps::CapsHashSet, InitError> {
+    let mut out = caps::CapsHashSet::new();
+    for cap in set.iter().flatten() {
+        let name = format!("CAP_{cap}");
+        out.insert(
+            name.parse()
+                .map_err(|_| InitError::UnknownCapability(name))?,
+        );
+    }
+    Ok(out)
+}
+
+fn caps_failed(what: &'static str) -> impl Fn(caps::errors::CapsError) -> InitError {
+    move |source| InitError::Capabilities { what, source }
+}
+
+/// Drops from the bounding set what `process.capabilities.bounding` does not list.
+fn drop_bounding_set(plan: &Plan) -> Result<(), InitError> {
+    let Some(given) = plan
+        .capabilities
+        .as_ref()
+        .filter(|c| c.bounding().is_some())
+    else {
+        return Ok(());
+    };
+    let keep = cap_set(given.bounding())?;
+    for cap in caps::all().difference(&keep) {
+        caps::drop(None, caps::CapSet::Bounding, *cap).map_err(caps_failed("bounding"))?;
+    }
+    Ok(())
+}
+
+/// `PR_SET_KEEPCAPS`: whether the permitted set survives a switch away from root.
+fn keep_capabilities(keep: bool) -> Result<(), InitError> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep), 0, 0, 0) };
+    nix::errno::Errno::result(rc)
+        .map(drop)
+        .map_err(setup("set PR_SET_KEEPCAPS"))
+}
+
+/// Sets the effective, permitted, inheritable and ambient sets of `process.capabilities`,
+/// in an order where each step is allowed.
+fn set_capabilities(plan: &Plan) -> Result<(), InitError> {
+    use caps::CapSet;
+    let Some(given) = &plan.capabilities else {
+        return Ok(());
+    };
+    let effective = cap_set(given.effective())?;
+    let permitted = cap_set(given.permitted())?;
+    let both = effective.intersection(&permitted).copied().collect();
+    caps::set(None, CapSet::Effective, &both).map_err(caps_failed("effective"))?;
+    caps::set(None, CapSet::Permitted, &permitted).map_err(caps_failed("permitted"))?;
+    caps::set(None, CapSet::Effective, &effective).map_err(caps_failed("effective"))?;
+    let inheritable = cap_set(given.inheritable())?;
+    caps::set(None, CapSet::Inheritable, &inheritable).map_err(caps_failed("inheritable"))?;
+    caps::set(None, CapSet::Ambient, &cap_set(given.ambient())?).map_err(caps_failed("ambient"))
+}
+
+/// Switches to `process.user` unless it is root; the user also gets `/dev/kvm`'s group (it
+/// matters where the host's node is bound in).
+fn set_user(plan: &Plan) -> Result<(), InitError> {
+    use nix::unistd::{Gid, Uid};
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid, ref additional) = plan.user;
+    if uid == 0 && gid == 0 && additional.is_empty() {
+        return Ok(());
+    }
+    let kvm_gid = std::fs::metadata("/dev/kvm")
+        .map_err(|source| InitError::Io {
+            what: "stat /dev/kvm".into(),
+            source,
+        })?
+        .gid();
+    let mut groups: Vec<Gid> = additional.iter().map(|g| Gid::from_raw(*g)).collect();
+    groups.push(Gid::from_raw(kvm_gid));
+    nix::unistd::setgroups(&groups).map_err(setup("set the additional groups"))?;
+    let gid = Gid::from_raw(gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(setup("set the group id"))?;
+    let uid = Uid::from_raw(uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(setup("set the user id"))
 }
 
 /// Blocks opening the exec fifo for writing until `start` opens it for reading, then writes

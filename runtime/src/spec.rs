@@ -9,8 +9,9 @@
 //!   the container's cgroup, which holds the VMM, so CPU, pids and memory limits apply to it.
 //! - `linux.namespaces`: created or joined (a path); a mount namespace is always made, since
 //!   the runtime pivots into the root file system. User and time namespaces are refused.
-//! - `hooks`, `hostname`, `root.readonly`, `process.rlimits`, `process.noNewPrivileges`: as
-//!   runc does.
+//! - `hooks`, `hostname`, `root.readonly`, `process.rlimits`, `process.noNewPrivileges`,
+//!   `process.capabilities`, `process.user`: as runc does (a user other than root also gets
+//!   `/dev/kvm`'s group, which the VMM needs).
 //! - Not applied, because the guest has no file system, no devices and no system calls of its
 //!   own: `mounts` (the VMM sees only the root file system and `/dev/kvm`), `linux.devices`,
 //!   `linux.seccomp` (the VMM confines its run loop with its own, narrower filter),
@@ -19,8 +20,8 @@
 use crate::marker::{self, IMAGE_ANNOTATION};
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{
-    Hooks, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceType,
-    LinuxResources, PosixRlimit, Spec,
+    Hooks, LinuxCapabilities, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxNamespaceType, LinuxResources, PosixRlimit, Spec,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,9 @@ pub const DEFAULT_GUEST_RAM: u64 = 16 << 20;
 /// plus the kernel memory KVM charges to the cgroup (vCPU, page tables), about 1 MiB.
 pub const VMM_HEADROOM: u64 = 4 << 20;
 
-/// `/dev/kvm`'s device numbers, allowed in the container's device cgroup.
-const KVM_MAJOR: i64 = 10;
-/// See [`KVM_MAJOR`].
-const KVM_MINOR: i64 = 232;
+/// `/dev/kvm`'s device numbers (major, minor): allowed in the container's device cgroup,
+/// made in its `/dev`.
+pub const KVM_DEVICE: (u64, u64) = (10, 232);
 
 /// Errors of [`Plan::from_bundle`].
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,10 @@ pub struct Plan {
     pub rlimits: Vec<PosixRlimit>,
     /// Set `no_new_privs`.
     pub no_new_privileges: bool,
+    /// The VMM's capabilities (`None`: keep the runtime's).
+    pub capabilities: Option<LinuxCapabilities>,
+    /// The VMM's user and group ids, and its additional groups.
+    pub user: (u32, u32, Vec<u32>),
 }
 
 impl Plan {
@@ -197,6 +201,12 @@ impl Plan {
             hooks: spec.hooks().clone().unwrap_or_default(),
             rlimits: process.rlimits().clone().unwrap_or_default(),
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            capabilities: process.capabilities().clone(),
+            user: (
+                process.user().uid(),
+                process.user().gid(),
+                process.user().additional_gids().clone().unwrap_or_default(),
+            ),
         })
     }
 
@@ -234,8 +244,8 @@ fn allow_kvm(resources: &mut LinuxResources) {
     let rule: LinuxDeviceCgroup = LinuxDeviceCgroupBuilder::default()
         .allow(true)
         .typ(LinuxDeviceType::C)
-        .major(KVM_MAJOR)
-        .minor(KVM_MINOR)
+        .major(KVM_DEVICE.0 as i64)
+        .minor(KVM_DEVICE.1 as i64)
         .access("rw")
         .build()
         .expect("every field of the rule is set");

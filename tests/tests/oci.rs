@@ -136,6 +136,10 @@ fn cases() -> Vec<(&'static str, Case)> {
         ),
         ("test_docker_run_terminal_mode_gives_a_tty", docker_terminal),
         (
+            "test_docker_run_as_a_user_boots_with_the_kvm_group",
+            docker_user,
+        ),
+        (
             "test_docker_rm_force_leaves_nothing_behind",
             docker_rm_force,
         ),
@@ -748,6 +752,11 @@ fn docker_ps_inspect(env: &Env) -> Result<(), Failed> {
     let pid: i32 = inspect(env, &name, "{{.State.Pid}}").parse().unwrap_or(0);
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let caps = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let bounding = caps
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
     let our_ns = std::fs::read_link("/proc/self/ns/pid").ok();
     docker(env, &["rm", "-f", &name]);
     ensure(
@@ -762,7 +771,35 @@ fn docker_ps_inspect(env: &Env) -> Result<(), Failed> {
     })?;
     ensure(pid_ns.is_some() && pid_ns != our_ns, || {
         "the VMM is not in a pid namespace of its own".to_owned()
-    })
+    })?;
+    const CAP_SYS_ADMIN: u32 = 21;
+    ensure(
+        bounding.is_some_and(|b| b & (1 << CAP_SYS_ADMIN) == 0),
+        || format!("the VMM kept CAP_SYS_ADMIN (CapBnd {bounding:x?})"),
+    )
+}
+
+fn docker_user(env: &Env) -> Result<(), Failed> {
+    let out = docker(
+        env,
+        &[
+            "run",
+            "--rm",
+            "--user",
+            "1000:1000",
+            "--cap-drop",
+            "ALL",
+            "--runtime=flick",
+            "flick/hello",
+            "as-user",
+        ],
+    );
+    check(&out, 0)?;
+    let text = stdout(&out);
+    ensure(
+        text.starts_with("Hello from a unikernel!\nas-user\n"),
+        || format!("unexpected output: {text}"),
+    )
 }
 
 fn docker_terminal(env: &Env) -> Result<(), Failed> {
