@@ -1087,6 +1087,14 @@ fn runtime_lifecycle(env: &Env) -> Result<(), Failed> {
     ensure(status == "stopped", || {
         format!("still {status} after start")
     })?;
+    let kill = runtime(env, &root, &["kill", &id, "KILL"]);
+    ensure(stderr(&kill).contains("it is stopped"), || {
+        format!(
+            "kill of a stopped container: {:?} {}",
+            kill.status,
+            stderr(&kill)
+        )
+    })?;
     check(&runtime(env, &root, &["delete", &id]), 0)?;
     ensure(!root.join(&id).exists(), || {
         "delete left the state directory".to_owned()
