@@ -7,7 +7,7 @@
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::console::{self, ConsoleError};
 use crate::container::{self, ContainerDir, ContainerError, Saved};
-use crate::hooks::{self, HookError};
+use crate::hooks::{self, DEFAULT_HOOK_TIMEOUT, HookError};
 use crate::init::{self, Channel, ChannelError, Msg};
 use crate::spec::{Plan, SpecError};
 use nix::fcntl::OFlag;
@@ -18,9 +18,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The longest the container process may take to set itself up (hooks not counted: `create`
-/// runs those itself, each with its own timeout).
-const SETUP_PATIENCE: Duration = Duration::from_secs(30);
+/// The longest `create` waits for one message of the container process: its own steps are
+/// quick, but a `createContainer` hook it runs may take up to the default hook timeout.
+const SETUP_PATIENCE: Duration = Duration::from_secs(30).saturating_add(DEFAULT_HOOK_TIMEOUT);
 /// The longest a killed container process may take to die.
 const DEATH_PATIENCE: Duration = Duration::from_secs(5);
 
