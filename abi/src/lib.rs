@@ -52,17 +52,23 @@ pub mod port {
         /// restored VM resumes, the VMM has set `eax` to 1 and rewritten boot info
         /// (arguments, environment, clock, random seed) for this run.
         Snapshot = 0x506,
+        /// Value: guest-physical address of a [`super::hypercall::Poll`]. The VMM waits until
+        /// one of the sources named in `interest` has input, or `timeout_ns` passes (a
+        /// `--timeout` that passes meanwhile stops the guest), and writes the ready ones to
+        /// `ready`. One exit per wait; the guest never spins.
+        Poll = 0x507,
     }
 
     impl Hypercall {
         /// Every hypercall, in port order.
-        pub const ALL: [Hypercall; 7] = [
+        pub const ALL: [Hypercall; 8] = [
             Hypercall::Exit,
             Hypercall::ConsoleWrite,
             Hypercall::Milestone,
             Hypercall::Sleep,
             Hypercall::Wait,
             Hypercall::Snapshot,
+            Hypercall::Poll,
             Hypercall::Crash,
         ];
 
@@ -110,6 +116,8 @@ pub mod port {
     pub const WAIT: u16 = Hypercall::Wait as u16;
     /// [`Hypercall::Snapshot`].
     pub const SNAPSHOT: u16 = Hypercall::Snapshot as u16;
+    /// [`Hypercall::Poll`].
+    pub const POLL: u16 = Hypercall::Poll as u16;
 
     /// First port of the 16550 UART on COM1 (eight registers).
     pub const COM1: u16 = 0x3f8;
@@ -129,6 +137,29 @@ pub mod hypercall {
 
     /// Largest buffer one console write may carry.
     pub const CONSOLE_WRITE_MAX: u32 = 64 * 1024;
+
+    /// Input sources for [`Poll::interest`] and [`Poll::ready`]: one bit each. A device that
+    /// gives the guest input (stdin, a network interface) owns one bit.
+    pub mod poll_source {
+        /// The guest's standard input has bytes (or end of file).
+        pub const STDIN: u32 = 1 << 0;
+        /// The network interface has a frame.
+        pub const NET: u32 = 1 << 1;
+        /// Every source this ABI defines.
+        pub const ALL: u32 = STDIN | NET;
+    }
+
+    /// Arguments of [`super::port::POLL`]. The VMM writes `ready` back; the rest it only reads.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Poll {
+        /// The longest wait in nanoseconds (`u64::MAX`: no limit but the guest's timeout).
+        pub timeout_ns: u64,
+        /// The sources to wait for ([`poll_source`] bits); 0 makes the call a plain sleep.
+        pub interest: u32,
+        /// Out: the sources that have input (a subset of `interest`; 0 after a timeout).
+        pub ready: u32,
+    }
 
     /// Arguments of [`super::port::CONSOLE_WRITE`]: write `len` bytes at guest-physical `buf`.
     #[repr(C)]
@@ -256,10 +287,14 @@ pub mod exit_status {
     pub const PANIC: i32 = 101;
     /// The guest ran longer than `--timeout`.
     pub const TIMEOUT: i32 = 124;
-    /// The VMM could not start the guest: bad image, bad flag, no KVM, too little memory.
+    /// The VMM failed: it could not start the guest (bad image, bad flag, no KVM, too little
+    /// memory), or it stopped itself (a system call its sandbox blocks, an internal error).
+    /// Never the status of anything a guest did.
     pub const VMM_ERROR: i32 = 125;
     /// The guest crashed: CPU exception, triple fault, emulation failure, bad hypercall.
     pub const CRASH: i32 = 134;
+    /// The guest's stdout was closed while it wrote (as a process killed by SIGPIPE: 128 + 13).
+    pub const BROKEN_PIPE: i32 = 141;
 }
 
 #[cfg(feature = "vm-memory")]
@@ -270,6 +305,8 @@ mod byte_valued {
     // SAFETY: `#[repr(C)]` structs of integers only, without padding (their sizes are checked
     // by the tests below): every bit pattern is a valid value.
     unsafe impl ByteValued for super::hypercall::ConsoleWrite {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::hypercall::Poll {}
     // SAFETY: as above.
     unsafe impl ByteValued for super::BootInfo {}
     // SAFETY: as above.
@@ -283,6 +320,11 @@ mod tests {
     #[test]
     fn test_console_write_layout_is_16_bytes() {
         assert_eq!(core::mem::size_of::<hypercall::ConsoleWrite>(), 16);
+    }
+
+    #[test]
+    fn test_poll_layout_is_16_bytes() {
+        assert_eq!(core::mem::size_of::<hypercall::Poll>(), 16);
     }
 
     #[test]
@@ -321,7 +363,7 @@ mod tests {
     fn test_crash_port_is_closed_to_ring3() {
         assert!(!port::Hypercall::Crash.open_to_ring3());
         // A 32-bit `out` to the last open port must not reach it either.
-        assert!(port::CRASH > port::LAST);
+        const { assert!(port::CRASH > port::LAST) };
         assert!(port::Hypercall::Exit.open_to_ring3());
     }
 

@@ -376,14 +376,12 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
             snapshot_only: false,
             vm: vmm::VmConfig {
                 mem_size: plan.mem_size,
-                timeout: None,
                 args: plan.args.clone(),
                 env: plan.env.clone(),
                 seccomp: true,
-                debug_blocked_syscall: false,
                 // Docker's log drivers bound what a container may print; the VMM does not.
                 max_output: u64::MAX,
-                stop_at_snapshot_point: false,
+                ..vmm::VmConfig::default()
             },
             measure_ram: false,
             detach_teardown: true,

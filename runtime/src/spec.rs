@@ -26,8 +26,10 @@ use oci_spec::runtime::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Guest RAM when the container has no memory limit: `vmm run`'s default.
-pub const DEFAULT_GUEST_RAM: u64 = 16 << 20;
+/// Guest RAM when the container has no memory limit: `vmm run`'s default (16 MiB).
+pub fn default_guest_ram() -> u64 {
+    vmm::VmConfig::default().mem_size
+}
 
 /// What a memory limit keeps for the VMM itself: its peak RSS booting `hello` is about 2 MiB,
 /// plus the kernel memory KVM charges to the cgroup (vCPU, page tables), about 1 MiB.
@@ -220,11 +222,11 @@ impl Plan {
 }
 
 /// Guest RAM for a memory limit: the limit less [`VMM_HEADROOM`], rounded down to 2 MiB and
-/// capped at the VMM's maximum; [`DEFAULT_GUEST_RAM`] without a limit (none, 0 or -1).
+/// capped at the VMM's maximum; [`default_guest_ram`] without a limit (none, 0 or -1).
 pub fn guest_ram(limit: Option<i64>) -> Result<u64, SpecError> {
     use vmm::arch::layout::{LARGE_PAGE_SIZE, MAX_MEM_SIZE};
     let Some(limit) = limit.filter(|l| *l > 0) else {
-        return Ok(DEFAULT_GUEST_RAM);
+        return Ok(default_guest_ram());
     };
     let usable = (limit as u64)
         .saturating_sub(VMM_HEADROOM)
@@ -387,8 +389,8 @@ mod tests {
 
     #[test]
     fn test_guest_ram_no_limit_is_the_default() {
-        assert_eq!(guest_ram(None).unwrap(), DEFAULT_GUEST_RAM);
-        assert_eq!(guest_ram(Some(-1)).unwrap(), DEFAULT_GUEST_RAM);
+        assert_eq!(guest_ram(None).unwrap(), 16 << 20);
+        assert_eq!(guest_ram(Some(-1)).unwrap(), 16 << 20);
     }
 
     #[test]

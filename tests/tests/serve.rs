@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
-use tests::{image, require_kvm, status, stderr, stdout, vmm, vmm_bin};
+use tests::{image, kvm_test, status, stderr, stdout, vmm, vmm_bin};
 
 struct Server {
     child: Child,
@@ -56,9 +56,8 @@ fn via(server: &Server, target: &[&str], args: &[&str]) -> Output {
     vmm(&all)
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_behaves_like_a_local_run() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server(&dir, &[&hello]);
@@ -92,9 +91,8 @@ fn test_serve_behaves_like_a_local_run() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_gives_every_request_a_fresh_vm() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-fresh");
     let warm = snapshot(&dir, "warmup.snap", "warmup");
     let server = start_server(&dir, &[&warm]);
@@ -117,9 +115,8 @@ fn test_serve_gives_every_request_a_fresh_vm() {
     assert_eq!(seeds.len(), 6, "each request must get its own VM and seed");
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_bad_target_is_a_clear_error() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-bad");
     let server = start_server(&dir, &[]);
     let out = via(&server, &["/bin/true"], &[]);
@@ -150,9 +147,8 @@ fn test_via_without_server_is_a_clear_error() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_checks_the_clients_memory_size() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-mem");
     let server = start_server(&dir, &[]);
     let hello = image("hello");
@@ -179,9 +175,8 @@ fn test_serve_checks_the_clients_memory_size() {
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_without_seccomp_still_serves() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-noseccomp");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server_with(&dir, &[&hello], &["--no-seccomp"]);
@@ -190,9 +185,8 @@ fn test_serve_without_seccomp_still_serves() {
     assert_eq!(stdout(&out), "Hello from a unikernel!\nx\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_survives_being_stopped_and_continued() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-stop");
     let hello = snapshot(&dir, "hello.snap", "hello");
     let server = start_server(&dir, &[&hello]);
@@ -207,9 +201,8 @@ fn test_serve_survives_being_stopped_and_continued() {
     assert_eq!(stdout(&out), "Hello from a unikernel!\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_serve_caps_how_long_a_request_may_run() {
-    require_kvm!();
     let dir = tests::scratch_dir("serve-cap");
     let spin = tests::write_scratch(
         "serve-cap",

@@ -4,7 +4,9 @@
 //!
 //! `#![no_main]`: the VMM enters at C `main` and skips std's runtime set-up (stack guard
 //! probing through /proc/self/maps, sigaltstack, ...), about 50 µs of a 1.4 ms boot here.
-//! It does itself the one thing of that set-up it needs: ignore SIGPIPE.
+//! It does itself what it needs of that set-up: ignore SIGPIPE; and it turns an abort (a
+//! panic that reaches `main`, an allocation failure) into status 125, so that a VMM failure
+//! is never mistaken for a guest crash (134).
 
 #![no_main]
 
@@ -167,6 +169,9 @@ enum Command {
         /// Make a blocked system call once sandboxed (tests the sandbox's report).
         #[arg(long, hide = true)]
         debug_blocked_syscall: bool,
+        /// Panic in the VMM before booting (tests that a VMM failure exits 125).
+        #[arg(long, hide = true)]
+        debug_panic: bool,
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
@@ -179,12 +184,30 @@ enum Command {
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; a closed stdout then gives
-    // EPIPE instead of killing the VMM.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // EPIPE instead of killing the VMM. The SIGABRT handler only makes async-signal-safe
+    // calls (write, _exit).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(
+            libc::SIGABRT,
+            vmm_aborted as *const () as libc::sighandler_t,
+        );
+    }
     let status = vmm_main();
     // std's runtime would flush stdout at exit; without it, do it here.
     let _ = std::io::stdout().flush();
     status
+}
+
+/// The VMM aborted: say so and exit with the VMM's own failure status, not SIGABRT's 134.
+extern "C" fn vmm_aborted(_: libc::c_int) {
+    const TEXT: &[u8] =
+        b"vmm: internal error: the VMM aborted (a bug in the VMM, not in the guest)\n";
+    // SAFETY: write and _exit are async-signal-safe; TEXT is a static buffer.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, TEXT.as_ptr().cast(), TEXT.len());
+        libc::_exit(abi::exit_status::VMM_ERROR);
+    }
 }
 
 /// Default `--mem`.
@@ -207,9 +230,8 @@ fn vm_config(
         args,
         env,
         seccomp,
-        debug_blocked_syscall: false,
         max_output,
-        stop_at_snapshot_point: false,
+        ..VmConfig::default()
     }
 }
 
@@ -327,9 +349,11 @@ fn vmm_main() -> i32 {
             sync_teardown,
             no_seccomp,
             debug_blocked_syscall,
+            debug_panic,
             max_output,
             args,
         } => {
+            assert!(!debug_panic, "--debug-panic");
             if no_seccomp {
                 eprintln!("warning: --no-seccomp: the VMM runs the guest without its sandbox");
             }

@@ -7,11 +7,20 @@
 //! ports) to ring 3.
 //!
 //! Devices write console output through a [`ConsoleSink`], which the VM core implements (it
-//! also enforces `--max-output`), so this room depends on nothing of the VM's.
+//! also enforces `--max-output`), so this room depends on nothing of the VM's. A device that
+//! gives the guest input (stdin, a network interface) is also a poll source: it owns one
+//! `abi::hypercall::poll_source` bit and says whether input is ready or which fd to wait on,
+//! and the VM core's `Poll` hypercall waits on all of them at once.
+//!
+//! Adding a device: a module here implementing [`PortDevice`], its port range as constants in
+//! `abi::port` (and in [`port_ranges`], which opens it to ring 3), its settings in
+//! [`DeviceConfig`], and its construction in [`PortBus::new`].
 
 pub(crate) mod serial;
 
+use crate::memory::GuestRam;
 use std::ops::Range;
+use std::os::fd::RawFd;
 
 /// A console stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,16 +33,60 @@ pub(crate) enum Stream {
 
 /// Where devices put console output.
 pub(crate) trait ConsoleSink {
-    /// Writes `bytes`; `false` once the output budget is exhausted (what fits is written).
-    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> bool;
+    /// Writes `bytes` (what fits in the output budget); an error says why the guest must stop.
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), DeviceStop>;
 }
 
-/// A device's verdict on an access that the guest must not get away with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a device stops the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DeviceStop {
     /// The guest's console output went past `--max-output`.
     OutputLimit,
+    /// Nobody reads the guest's stdout any more (a closed pipe, as in `| head -1`).
+    BrokenPipe,
+    /// The guest made a request the device refuses (a bad address, length or value): the
+    /// guest is stopped with a report, like a bad hypercall.
+    #[expect(
+        dead_code,
+        reason = "for the input devices (stdin, volumes, network) to come"
+    )]
+    BadRequest {
+        /// The device.
+        device: &'static str,
+        /// What was wrong.
+        why: String,
+    },
 }
+
+/// What a device may use while it handles a guest access.
+pub(crate) struct DeviceContext<'a> {
+    /// Guest RAM, for buffers the guest names (validated by the device before use).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for the input devices (stdin, volumes, network) to come"
+        )
+    )]
+    pub ram: &'a GuestRam,
+    /// The console.
+    pub console: &'a mut dyn ConsoleSink,
+}
+
+/// A device's answer to the `Poll` hypercall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PollSource {
+    /// Its `abi::hypercall::poll_source` bit.
+    pub mask: u32,
+    /// Input is ready now (buffered in the device, or end of input).
+    pub ready: bool,
+    /// Otherwise, the host fd whose readability means input (none: it never gets input).
+    pub fd: Option<RawFd>,
+}
+
+/// The settings of a guest's devices beyond the standard ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceConfig {}
 
 /// Why a device's saved state cannot be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +113,7 @@ pub(crate) trait PortDevice: Send {
         &mut self,
         offset: u16,
         data: &[u8],
-        console: &mut dyn ConsoleSink,
+        ctx: &mut DeviceContext<'_>,
     ) -> Result<(), DeviceStop>;
     /// The guest stopped: hand on whatever is buffered.
     fn flush(&mut self, console: &mut dyn ConsoleSink);
@@ -68,6 +121,10 @@ pub(crate) trait PortDevice: Send {
     fn save(&self) -> Vec<u8>;
     /// Loads a state that [`PortDevice::save`] produced (or a hostile file claims it did).
     fn restore(&mut self, bytes: &[u8]) -> Result<(), DeviceStateError>;
+    /// Its input, for the `Poll` hypercall (none for output-only devices).
+    fn poll_source(&self) -> Option<PollSource> {
+        None
+    }
 }
 
 /// One device's saved state: the first port of its range and its bytes.
@@ -97,6 +154,28 @@ impl PortBus {
         }
     }
 
+    /// The standard devices and those `config` asks for.
+    pub(crate) fn new(config: &DeviceConfig) -> Self {
+        let DeviceConfig {} = config;
+        Self::standard()
+    }
+
+    /// Adds a device (tests plug fakes in this way).
+    #[cfg(test)]
+    pub(crate) fn with(mut self, ports: Range<u16>, device: Box<dyn PortDevice>) -> Self {
+        self.devices.push((ports, device));
+        self
+    }
+
+    /// The poll sources among the devices whose bits are in `interest`.
+    pub(crate) fn poll_sources(&self, interest: u32) -> Vec<PollSource> {
+        self.devices
+            .iter()
+            .filter_map(|(_, device)| device.poll_source())
+            .filter(|source| source.mask & interest != 0)
+            .collect()
+    }
+
     fn find(&mut self, port: u16) -> Option<(u16, &mut Box<dyn PortDevice>)> {
         self.devices
             .iter_mut()
@@ -116,10 +195,10 @@ impl PortBus {
         &mut self,
         port: u16,
         data: &[u8],
-        console: &mut dyn ConsoleSink,
+        ctx: &mut DeviceContext<'_>,
     ) -> Option<Result<(), DeviceStop>> {
         let (offset, device) = self.find(port)?;
-        Some(device.write(offset, data, console))
+        Some(device.write(offset, data, ctx))
     }
 
     /// Hands on every device's buffered output.
@@ -154,26 +233,35 @@ impl PortBus {
     }
 }
 
+/// A console sink that keeps everything, for device tests.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Collected(pub Vec<u8>);
+
+#[cfg(test)]
+impl ConsoleSink for Collected {
+    fn emit(&mut self, _: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Collected(Vec<u8>);
-
-    impl ConsoleSink for Collected {
-        fn emit(&mut self, _: Stream, bytes: &[u8]) -> bool {
-            self.0.extend_from_slice(bytes);
-            true
-        }
-    }
 
     #[test]
     fn test_bus_routes_com1_and_ignores_other_ports() {
         let mut bus = PortBus::standard();
         let mut out = Collected::default();
-        assert!(bus.write(abi::port::COM1, b"x", &mut out).is_some());
-        assert!(bus.write(0x80, b"x", &mut out).is_none());
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let mut ctx = DeviceContext {
+            ram: &ram,
+            console: &mut out,
+        };
+        assert!(bus.write(abi::port::COM1, b"x", &mut ctx).is_some());
+        assert!(bus.write(0x80, b"x", &mut ctx).is_none());
+        assert!(bus.poll_sources(u32::MAX).is_empty(), "COM1 gives no input");
         let mut data = [0u8; 1];
         assert!(bus.read(0x80, &mut data).is_none());
     }
@@ -195,8 +283,13 @@ mod tests {
     fn test_bus_save_then_restore_round_trips() {
         let mut bus = PortBus::standard();
         let mut out = Collected::default();
+        let ram = GuestRam::new(1 << 20).unwrap();
         for &b in b"pending" {
-            bus.write(abi::port::COM1, &[b], &mut out);
+            let mut ctx = DeviceContext {
+                ram: &ram,
+                console: &mut out,
+            };
+            bus.write(abi::port::COM1, &[b], &mut ctx);
         }
         let saved = bus.save();
         let mut other = PortBus::standard();

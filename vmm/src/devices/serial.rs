@@ -5,7 +5,7 @@
 //! per byte. Its saved state is the UART's registers, its receive FIFO and the bytes not yet
 //! handed on, in the layout of [`Com1Record`].
 
-use super::{ConsoleSink, DeviceStateError, DeviceStop, PortDevice, Stream};
+use super::{ConsoleSink, DeviceContext, DeviceStateError, DeviceStop, PortDevice, Stream};
 use std::convert::Infallible;
 use std::io::{self, Write};
 use std::ops::Range;
@@ -126,15 +126,15 @@ impl PortDevice for Com1 {
         &mut self,
         offset: u16,
         data: &[u8],
-        console: &mut dyn ConsoleSink,
+        ctx: &mut DeviceContext<'_>,
     ) -> Result<(), DeviceStop> {
         // The collector never fails and the trigger is infallible.
         let _ = self
             .uart
             .write(offset as u8, data.first().copied().unwrap_or(0));
         match self.take_lines() {
-            Some(lines) if !console.emit(Stream::Stdout, &lines) => Err(DeviceStop::OutputLimit),
-            _ => Ok(()),
+            Some(lines) => ctx.console.emit(Stream::Stdout, &lines),
+            None => Ok(()),
         }
     }
 
@@ -211,21 +211,17 @@ impl PortDevice for Com1 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Collected(Vec<u8>);
-
-    impl ConsoleSink for Collected {
-        fn emit(&mut self, _: Stream, bytes: &[u8]) -> bool {
-            self.0.extend_from_slice(bytes);
-            true
-        }
-    }
+    use crate::devices::Collected;
 
     fn write_all(com1: &mut Com1, offset: u16, bytes: &[u8]) -> Vec<u8> {
         let mut out = Collected::default();
+        let ram = crate::memory::GuestRam::new(1 << 20).unwrap();
         for &b in bytes {
-            com1.write(offset, &[b], &mut out).unwrap();
+            let mut ctx = DeviceContext {
+                ram: &ram,
+                console: &mut out,
+            };
+            com1.write(offset, &[b], &mut ctx).unwrap();
         }
         out.0
     }

@@ -158,14 +158,8 @@ mod tests {
 
     fn defaults() -> VmConfig {
         VmConfig {
-            mem_size: 16 << 20,
-            timeout: None,
-            args: Vec::new(),
-            env: Vec::new(),
-            seccomp: true,
-            debug_blocked_syscall: false,
             max_output: 1 << 20,
-            stop_at_snapshot_point: false,
+            ..VmConfig::default()
         }
     }
 

@@ -274,6 +274,7 @@ fn result_of(
             match &report.outcome {
                 Outcome::Exited(_) => (status, "exited"),
                 Outcome::TimedOut(_) => (status, "timed out"),
+                Outcome::BrokenPipe => (status, "broken pipe"),
                 Outcome::Crashed(text) => {
                     stderr.push_str(text);
                     (status, "crashed")

@@ -268,6 +268,7 @@ pub fn snapshot(
                     SnapshotError::NoSnapshotPoint(match report.outcome {
                         Outcome::Exited(code) => format!("it exited with {code}"),
                         Outcome::TimedOut(_) => "it timed out".into(),
+                        Outcome::BrokenPipe => "its stdout was closed".into(),
                         Outcome::Crashed(text) => {
                             text.lines().next().unwrap_or("it crashed").to_owned()
                         }

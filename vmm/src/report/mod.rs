@@ -21,6 +21,8 @@ pub enum Outcome {
     TimedOut(Duration),
     /// It crashed; the report says how.
     Crashed(String),
+    /// Its stdout was closed (`| head -1`): it stopped as SIGPIPE stops a process.
+    BrokenPipe,
 }
 
 impl Outcome {
@@ -30,13 +32,15 @@ impl Outcome {
             Outcome::Exited(code) => code & 0xff,
             Outcome::TimedOut(_) => abi::exit_status::TIMEOUT,
             Outcome::Crashed(_) => abi::exit_status::CRASH,
+            Outcome::BrokenPipe => abi::exit_status::BROKEN_PIPE,
         }
     }
 
     /// What `vmm run` prints on stderr about this outcome (nothing for a normal exit).
     pub fn message(&self) -> Option<String> {
         match self {
-            Outcome::Exited(_) => None,
+            // A process that SIGPIPE stops says nothing either.
+            Outcome::Exited(_) | Outcome::BrokenPipe => None,
             Outcome::TimedOut(limit) => Some(format!(
                 "vmm: guest stopped: it ran longer than --timeout {limit:?}\n"
             )),

@@ -10,7 +10,7 @@
 //! requests allowed do nothing on a file that is not a vCPU.
 //!
 //! A blocked call raises SIGSYS; the handler prints `seccomp: blocked syscall NAME (NR)` and
-//! exits with status 134.
+//! exits with status 125 (a VMM failure, never reported as a guest crash).
 
 mod syscalls;
 
@@ -57,6 +57,10 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("write", "fds 1 and 2 only: guest console, reports"),
     ("futex", "locks (stdout, watchdog)"),
     ("nanosleep", "the guest's sleep hypercall"),
+    (
+        "ppoll",
+        "the guest's poll hypercall: wait for its input sources until a deadline",
+    ),
     ("clock_nanosleep", "the guest's sleep hypercall"),
     (
         "clock_gettime",
@@ -351,7 +355,7 @@ extern "C" fn report_blocked_syscall(
     // SAFETY: raw write of our own buffer to stderr, then exit: both async-signal-safe.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);
-        libc::syscall(libc::SYS_exit_group, abi::exit_status::CRASH);
+        libc::syscall(libc::SYS_exit_group, abi::exit_status::VMM_ERROR);
     }
 }
 

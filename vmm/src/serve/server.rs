@@ -130,9 +130,8 @@ fn vm_config(request: &Request, seccomp: bool) -> VmConfig {
         args: request.args.clone(),
         env: request.env.clone(),
         seccomp,
-        debug_blocked_syscall: false,
         max_output: request.max_output,
-        stop_at_snapshot_point: false,
+        ..VmConfig::default()
     }
 }
 

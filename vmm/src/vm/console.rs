@@ -1,8 +1,10 @@
 //! The guest's console as the VMM sees it: where its stdout and stderr bytes go ([`Console`]),
-//! and the `--max-output` budget they draw from ([`ConsoleOutput`]).
+//! and the rules they are written under ([`ConsoleOutput`]): the `--max-output` budget, the
+//! `--timeout` deadline (a reader that never reads cannot hold the VMM past it), and a closed
+//! stdout, which ends the guest as SIGPIPE ends a process.
 
-use crate::devices::{ConsoleSink, Stream};
-use std::io::Write;
+use crate::devices::{ConsoleSink, DeviceStop, Stream};
+use std::io::{ErrorKind, Write};
 use std::time::Instant;
 
 /// Where console output goes.
@@ -14,29 +16,51 @@ pub struct Console {
 }
 
 impl Console {
-    /// The VMM process's own stdout and stderr.
+    /// The VMM process's own stdout and stderr, written with one `write(2)` per call (no
+    /// buffering, no retry on `EINTR`: [`ConsoleOutput`] decides).
     pub fn inherit() -> Self {
         Self {
-            stdout: Box::new(std::io::stdout()),
-            stderr: Box::new(std::io::stderr()),
+            stdout: Box::new(RawFd(libc::STDOUT_FILENO)),
+            stderr: Box::new(RawFd(libc::STDERR_FILENO)),
         }
     }
 }
 
-/// A console with an output budget: what hypercalls and devices write through.
+/// One of the process's standard streams, written directly.
+struct RawFd(libc::c_int);
+
+impl Write for RawFd {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: writes our own buffer to a standard stream; the fd outlives the process.
+        let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A console with an output budget and a deadline: what hypercalls and devices write through.
 pub(crate) struct ConsoleOutput {
     console: Console,
     max_output: u64,
+    deadline: Option<Instant>,
     written: u64,
     first_output: Option<Instant>,
 }
 
 impl ConsoleOutput {
-    /// `console`, allowing `max_output` bytes in all.
-    pub(crate) fn new(console: Console, max_output: u64) -> Self {
+    /// `console`, allowing `max_output` bytes in all, none of them waited on past `deadline`.
+    pub(crate) fn new(console: Console, max_output: u64, deadline: Option<Instant>) -> Self {
         Self {
             console,
             max_output,
+            deadline,
             written: 0,
             first_output: None,
         }
@@ -62,21 +86,87 @@ impl ConsoleOutput {
         let _ = self.console.stdout.flush();
         let _ = self.console.stderr.flush();
     }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 impl ConsoleSink for ConsoleOutput {
-    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> bool {
+    fn emit(&mut self, stream: Stream, bytes: &[u8]) -> Result<(), DeviceStop> {
         self.first_output.get_or_insert_with(Instant::now);
         let room = self.max_output.saturating_sub(self.written);
         let fits = bytes.len() as u64 <= room;
-        let bytes = &bytes[..bytes.len().min(room as usize)];
-        self.written += bytes.len() as u64;
-        let out = match stream {
-            Stream::Stdout => &mut self.console.stdout,
-            Stream::Stderr => &mut self.console.stderr,
+        let mut rest = &bytes[..bytes.len().min(room as usize)];
+        self.written += rest.len() as u64;
+        while !rest.is_empty() {
+            let out = match stream {
+                Stream::Stdout => &mut self.console.stdout,
+                Stream::Stderr => &mut self.console.stderr,
+            };
+            match out.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                // The watchdog's signal interrupts a write that a reader holds up: give up on
+                // this output once the deadline has passed, so that `--timeout` holds.
+                Err(err) if err.kind() == ErrorKind::Interrupted && !self.past_deadline() => {}
+                Err(err) if err.kind() == ErrorKind::BrokenPipe && stream == Stream::Stdout => {
+                    return Err(DeviceStop::BrokenPipe);
+                }
+                // Any other failure (a closed stderr, a client gone) drops this output; the
+                // guest goes on.
+                Err(_) => break,
+            }
+        }
+        let _ = match stream {
+            Stream::Stdout => self.console.stdout.flush(),
+            Stream::Stderr => self.console.stderr.flush(),
         };
-        // A closed stdout (e.g. `| head`) must not stop the guest or the VMM.
-        let _ = out.write_all(bytes).and_then(|()| out.flush());
-        fits
+        if fits {
+            Ok(())
+        } else {
+            Err(DeviceStop::OutputLimit)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Failing(ErrorKind);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn output(stdout: ErrorKind, deadline: Option<Instant>) -> ConsoleOutput {
+        let console = Console {
+            stdout: Box::new(Failing(stdout)),
+            stderr: Box::new(Failing(ErrorKind::BrokenPipe)),
+        };
+        ConsoleOutput::new(console, 1 << 20, deadline)
+    }
+
+    #[test]
+    fn test_emit_closed_stdout_stops_the_guest() {
+        let mut out = output(ErrorKind::BrokenPipe, None);
+        assert_eq!(out.emit(Stream::Stdout, b"x"), Err(DeviceStop::BrokenPipe));
+        assert_eq!(
+            out.emit(Stream::Stderr, b"x"),
+            Ok(()),
+            "stderr is not stdout"
+        );
+    }
+
+    #[test]
+    fn test_emit_interrupted_past_the_deadline_gives_up() {
+        let mut out = output(ErrorKind::Interrupted, Some(Instant::now()));
+        assert_eq!(out.emit(Stream::Stdout, b"held up"), Ok(()));
     }
 }

@@ -7,7 +7,7 @@
 
 use super::console::{Console, ConsoleOutput};
 use super::hypercall::{self, ConsoleRequest, Hypercall, HypercallError};
-use crate::devices::{ConsoleSink, DeviceStop, PortBus};
+use crate::devices::{ConsoleSink, DeviceContext, DeviceStop, PollSource, PortBus};
 use crate::memory::GuestRam;
 use crate::report::ExitStats;
 use std::time::{Duration, Instant};
@@ -85,6 +85,8 @@ pub(crate) enum Stop {
     SnapshotPoint,
     /// The guest wrote more console output than `--max-output` allows.
     OutputLimit(u64),
+    /// Nobody reads the guest's stdout any more.
+    BrokenPipe,
     /// An exit the VMM does not expect.
     Unexpected(&'static str),
 }
@@ -125,7 +127,7 @@ impl ExitHandler {
     /// A handler writing to `console`, with the guest's devices in `bus`.
     pub(crate) fn new(console: Console, bus: PortBus, limits: Limits) -> Self {
         Self {
-            console: ConsoleOutput::new(console, limits.max_output),
+            console: ConsoleOutput::new(console, limits.max_output, limits.deadline),
             bus,
             limits,
             scratch: Vec::new(),
@@ -190,9 +192,13 @@ impl ExitHandler {
                 Err(err) => Action::Stop(Stop::BadHypercall(err)),
             };
         }
-        match self.bus.write(port, data, &mut self.console) {
+        let mut ctx = DeviceContext {
+            ram,
+            console: &mut self.console,
+        };
+        match self.bus.write(port, data, &mut ctx) {
             Some(Ok(())) => Action::Continue,
-            Some(Err(DeviceStop::OutputLimit)) => self.output_limit_reached(),
+            Some(Err(stop)) => self.console_stop(stop),
             None => {
                 self.stats.unknown_port_accesses += 1;
                 Action::Continue
@@ -217,10 +223,61 @@ impl ExitHandler {
                 Action::Stop(Stop::SnapshotPoint)
             }
             Hypercall::SnapshotPoint => Action::Continue,
+            Hypercall::Poll {
+                args,
+                timeout,
+                interest,
+            } => self.poll(ram, args, timeout, interest),
         }
     }
 
+    /// Waits until a source in `interest` has input, `timeout` passes, or the guest's
+    /// deadline does (which stops it); writes the ready sources back to the guest's struct.
+    fn poll(
+        &mut self,
+        ram: &GuestRam,
+        args: u64,
+        timeout: Option<Duration>,
+        interest: u32,
+    ) -> Action {
+        let started = Instant::now();
+        let give_up = timeout.and_then(|t| started.checked_add(t));
+        let ready = loop {
+            let sources = self.bus.poll_sources(interest);
+            let ready = ready_mask(&sources);
+            if ready != 0 {
+                break ready;
+            }
+            let now = Instant::now();
+            if self.limits.deadline.is_some_and(|d| now >= d) {
+                return Action::Stop(Stop::TimedOut);
+            }
+            if give_up.is_some_and(|g| now >= g) {
+                break 0;
+            }
+            let until = match (give_up, self.limits.deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wait_for_input(&sources, until.map(|u| u.saturating_duration_since(now))) {
+                Some(ready) if ready != 0 => break ready,
+                // Woken by a signal (the watchdog) or by the time limit: look again.
+                _ => {}
+            }
+        };
+        let result = abi::hypercall::Poll {
+            timeout_ns: timeout.map_or(u64::MAX, |t| t.as_nanos() as u64),
+            interest,
+            ready,
+        };
+        // The struct's range was validated when the call was decoded.
+        let _ = ram.write_obj(args, result);
+        Action::Continue
+    }
+
     /// Waits on the guest's behalf, never past the deadline.
+    ///
+    /// (The `Sleep` hypercall; `Poll` without interest does the same through [`Self::poll`].)
     fn sleep(&mut self, wanted: Duration) -> Action {
         let now = Instant::now();
         match self.limits.deadline {
@@ -240,17 +297,22 @@ impl ExitHandler {
         bytes.resize(request.len as usize, 0);
         // The range was validated when the hypercall was decoded.
         let _ = ram.read(request.buf, &mut bytes);
-        let fits = self.console.emit(request.stream, &bytes);
+        let emitted = self.console.emit(request.stream, &bytes);
         self.scratch = bytes;
-        if fits {
-            Action::Continue
-        } else {
-            self.output_limit_reached()
+        match emitted {
+            Ok(()) => Action::Continue,
+            Err(stop) => self.console_stop(stop),
         }
     }
 
-    fn output_limit_reached(&self) -> Action {
-        Action::Stop(Stop::OutputLimit(self.console.max_output()))
+    fn console_stop(&self, stop: DeviceStop) -> Action {
+        Action::Stop(match stop {
+            DeviceStop::OutputLimit => Stop::OutputLimit(self.console.max_output()),
+            DeviceStop::BrokenPipe => Stop::BrokenPipe,
+            DeviceStop::BadRequest { device, why } => {
+                Stop::BadHypercall(HypercallError::Device { device, why })
+            }
+        })
     }
 
     /// Hands on whatever the devices still hold; called once the guest has stopped.
@@ -259,6 +321,58 @@ impl ExitHandler {
         self.console.flush();
         self.stats.console_bytes = self.console.written();
     }
+}
+
+/// The bits of the sources that have input now.
+fn ready_mask(sources: &[PollSource]) -> u32 {
+    sources
+        .iter()
+        .filter(|s| s.ready)
+        .fold(0, |mask, s| mask | s.mask)
+}
+
+/// Waits (at most `wait`; without it, until a signal) for one of the sources' fds to become
+/// readable; the bits of those that did, or `None` if interrupted.
+fn wait_for_input(sources: &[PollSource], wait: Option<Duration>) -> Option<u32> {
+    let mut fds: Vec<libc::pollfd> = sources
+        .iter()
+        .filter_map(|s| s.fd)
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let timeout = wait.map(|w| libc::timespec {
+        tv_sec: w.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(w.subsec_nanos() as i32),
+    });
+    let timeout_ptr = timeout
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is a live array of `fds.len()` pollfd structs and the timeout (if any) a
+    // live timespec; a signal (the watchdog's) returns EINTR.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout_ptr,
+            std::ptr::null(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    let readable = |fd: i32| {
+        fds.iter()
+            .any(|p| p.fd == fd && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+    };
+    Some(
+        sources
+            .iter()
+            .filter(|s| s.fd.is_some_and(readable))
+            .fold(0, |mask, s| mask | s.mask),
+    )
 }
 
 #[cfg(test)]
@@ -552,6 +666,134 @@ mod tests {
         );
         assert_eq!(action, Action::Stop(Stop::TimedOut));
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A device whose input is a pipe: ready when the pipe has bytes.
+    struct PipeInput(std::os::fd::OwnedFd);
+
+    impl crate::devices::PortDevice for PipeInput {
+        fn read(&mut self, _: u16, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(
+            &mut self,
+            _: u16,
+            _: &[u8],
+            ctx: &mut DeviceContext<'_>,
+        ) -> Result<(), DeviceStop> {
+            let _ = ctx.ram.size();
+            Ok(())
+        }
+        fn flush(&mut self, _: &mut dyn ConsoleSink) {}
+        fn save(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), crate::devices::DeviceStateError> {
+            Ok(())
+        }
+        fn poll_source(&self) -> Option<PollSource> {
+            use std::os::fd::AsRawFd;
+            Some(PollSource {
+                mask: abi::hypercall::poll_source::NET,
+                ready: false,
+                fd: Some(self.0.as_raw_fd()),
+            })
+        }
+    }
+
+    fn pipe() -> (std::os::fd::OwnedFd, std::fs::File) {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new fds into our array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds are new and owned by nothing else.
+        unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    fn poll_call(ram: &GuestRam, timeout_ns: u64, interest: u32) -> [u8; 4] {
+        let poll = abi::hypercall::Poll {
+            timeout_ns,
+            interest,
+            ready: 0,
+        };
+        ram.write_obj(0x1000, poll).unwrap();
+        0x1000u32.to_le_bytes()
+    }
+
+    fn handler_with_pipe(limits: Limits) -> (ExitHandler, std::fs::File, GuestRam) {
+        let (read_end, write_end) = pipe();
+        let console = Console {
+            stdout: Box::new(std::io::sink()),
+            stderr: Box::new(std::io::sink()),
+        };
+        let bus = PortBus::standard().with(0x530..0x534, Box::new(PipeInput(read_end)));
+        (
+            ExitHandler::new(console, bus, limits),
+            write_end,
+            GuestRam::new(1 << 20).unwrap(),
+        )
+    }
+
+    #[test]
+    fn test_handle_poll_returns_when_input_arrives() {
+        let (mut h, mut input, ram) = handler_with_pipe(NO_LIMITS);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            input.write_all(b"x").unwrap();
+            input
+        });
+        let call = poll_call(&ram, u64::MAX, abi::hypercall::poll_source::NET);
+        let action = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::POLL,
+                data: &call,
+            },
+        );
+        assert_eq!(action, Action::Continue);
+        let back: abi::hypercall::Poll = ram.read_obj(0x1000).unwrap();
+        assert_eq!(back.ready, abi::hypercall::poll_source::NET);
+        drop(writer.join());
+    }
+
+    #[test]
+    fn test_handle_poll_without_input_times_out_with_nothing_ready() {
+        let (mut h, _input, ram) = handler_with_pipe(NO_LIMITS);
+        let started = Instant::now();
+        let call = poll_call(&ram, 10_000_000, abi::hypercall::poll_source::ALL);
+        let action = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::POLL,
+                data: &call,
+            },
+        );
+        assert_eq!(action, Action::Continue);
+        assert!(started.elapsed() >= Duration::from_millis(10));
+        let back: abi::hypercall::Poll = ram.read_obj(0x1000).unwrap();
+        assert_eq!(back.ready, 0);
+    }
+
+    #[test]
+    fn test_handle_poll_past_the_deadline_stops_the_guest() {
+        let (mut h, _input, ram) = handler_with_pipe(Limits {
+            deadline: Some(Instant::now() + Duration::from_millis(10)),
+            ..NO_LIMITS
+        });
+        let call = poll_call(&ram, u64::MAX, abi::hypercall::poll_source::NET);
+        let action = h.handle(
+            &ram,
+            Exit::IoOut {
+                port: port::POLL,
+                data: &call,
+            },
+        );
+        assert_eq!(action, Action::Stop(Stop::TimedOut));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::devices::Stream;
 use crate::memory::{GuestRam, RangeError};
-use abi::hypercall::{CONSOLE_WRITE_MAX, ConsoleWrite, stream};
+use abi::hypercall::{CONSOLE_WRITE_MAX, ConsoleWrite, poll_source, stream};
 use abi::port::Hypercall as Port;
 use std::time::Duration;
 
@@ -50,6 +50,17 @@ pub enum HypercallError {
     /// An unknown console stream.
     #[error("console write: unknown stream {0}")]
     UnknownStream(u32),
+    /// The poll request names sources this ABI does not define.
+    #[error("poll: unknown sources {0:#x}")]
+    UnknownPollSources(u32),
+    /// A device refused a request.
+    #[error("{device}: {why}")]
+    Device {
+        /// The device.
+        device: &'static str,
+        /// What was wrong.
+        why: String,
+    },
     /// The crash port was written from outside the VMM's exception stubs.
     #[error(
         "crash port written from {0}, not from the VMM's exception stubs (a forged crash report)"
@@ -86,6 +97,15 @@ pub(crate) enum Hypercall {
     Wait,
     /// The snapshot point.
     SnapshotPoint,
+    /// Wait for input or a timeout; the ready sources go back to the struct at `args`.
+    Poll {
+        /// Guest-physical address of the `abi::hypercall::Poll` (validated to lie in RAM).
+        args: u64,
+        /// The longest wait (`None`: only the guest's own timeout).
+        timeout: Option<Duration>,
+        /// `poll_source` bits to wait for.
+        interest: u32,
+    },
 }
 
 /// Decodes an `out` of `data` to hypercall `port`.
@@ -99,6 +119,27 @@ pub(crate) fn decode(port: Port, data: &[u8], ram: &GuestRam) -> Result<Hypercal
         Port::Sleep => Hypercall::Sleep(Duration::from_micros(u64::from(value))),
         Port::Wait => Hypercall::Wait,
         Port::Snapshot => Hypercall::SnapshotPoint,
+        Port::Poll => decode_poll(ram, value)?,
+    })
+}
+
+/// Reads and validates an `abi::hypercall::Poll` at guest-physical `addr`.
+fn decode_poll(ram: &GuestRam, addr: u32) -> Result<Hypercall, HypercallError> {
+    let args: abi::hypercall::Poll =
+        ram.read_obj(u64::from(addr))
+            .map_err(|source| HypercallError::Struct {
+                call: "poll",
+                source,
+            })?;
+    if args.interest & !poll_source::ALL != 0 {
+        return Err(HypercallError::UnknownPollSources(
+            args.interest & !poll_source::ALL,
+        ));
+    }
+    Ok(Hypercall::Poll {
+        args: u64::from(addr),
+        timeout: (args.timeout_ns != u64::MAX).then(|| Duration::from_nanos(args.timeout_ns)),
+        interest: args.interest,
     })
 }
 
@@ -243,6 +284,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn test_decode_poll_reads_its_struct() {
+        let ram = GuestRam::new(MEM).unwrap();
+        let poll = abi::hypercall::Poll {
+            timeout_ns: 5_000,
+            interest: poll_source::STDIN,
+            ready: 0,
+        };
+        ram.write_obj(0x1000, poll).unwrap();
+        assert_eq!(
+            decode(Port::Poll, &0x1000u32.to_le_bytes(), &ram),
+            Ok(Hypercall::Poll {
+                args: 0x1000,
+                timeout: Some(Duration::from_micros(5)),
+                interest: poll_source::STDIN
+            })
+        );
+        ram.write_obj(
+            0x1000,
+            abi::hypercall::Poll {
+                interest: 1 << 31,
+                ..poll
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            decode(Port::Poll, &0x1000u32.to_le_bytes(), &ram),
+            Err(HypercallError::UnknownPollSources(_))
+        ));
+        assert!(matches!(
+            decode(Port::Poll, &((MEM - 8) as u32).to_le_bytes(), &ram),
+            Err(HypercallError::Struct { .. })
+        ));
     }
 
     #[test]

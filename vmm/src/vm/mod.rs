@@ -26,6 +26,7 @@ pub use vcpu_state::SavedVcpu;
 pub(crate) use watchdog::{DeadlineService, Watchdog};
 
 use crate::arch::{self, HostClock, regs, stubs};
+pub use crate::devices::DeviceConfig;
 use crate::devices::{DeviceState, DeviceStateError, PortBus};
 use crate::memory::GuestRam;
 use crate::memory::image::Image;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {source}{hint}", hint = kvm_open_hint(source.errno()))]
+    #[error("cannot open /dev/kvm{hint}", hint = kvm_open_hint(source.errno()))]
     OpenKvm {
         /// The cause.
         #[source]
@@ -107,6 +108,26 @@ pub struct VmConfig {
     pub max_output: u64,
     /// Boot for `vmm snapshot`: the kernel stops at its snapshot point.
     pub stop_at_snapshot_point: bool,
+    /// The guest's devices beyond the standard ones.
+    pub devices: DeviceConfig,
+}
+
+impl Default for VmConfig {
+    /// The command line's defaults: 16 MiB of RAM, no timeout, 64 MiB of console output,
+    /// sandboxed, no arguments, no devices beyond the standard ones.
+    fn default() -> Self {
+        Self {
+            mem_size: 16 << 20,
+            timeout: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            seccomp: true,
+            debug_blocked_syscall: false,
+            max_output: 64 << 20,
+            stop_at_snapshot_point: false,
+            devices: DeviceConfig::default(),
+        }
+    }
 }
 
 /// Why a guest's arguments or environment cannot be handed to it.
@@ -233,7 +254,7 @@ impl Vm {
             },
             random_seed,
         };
-        let mut bus = PortBus::standard();
+        let mut bus = PortBus::new(&config.devices);
         let regs = match start {
             Start::Boot => {
                 arch::write_boot_info(&ram, &layout, params)?;
@@ -353,7 +374,10 @@ impl Vm {
             max_output: self.config.max_output,
             stop_at_snapshot_point: self.config.stop_at_snapshot_point,
         };
-        let bus = self.bus.take().unwrap_or_else(PortBus::standard);
+        let bus = self
+            .bus
+            .take()
+            .unwrap_or_else(|| PortBus::new(&self.config.devices));
         self.handler = Some(ExitHandler::new(console, bus, limits));
         self.watchdog = watchdog.or_else(|| {
             // SAFETY: pthread_self has no preconditions.
@@ -403,6 +427,7 @@ impl Vm {
                 Outcome::TimedOut(self.config.timeout.unwrap_or_default())
             }
             Some(Stop::Exited(code)) => Outcome::Exited(code),
+            Some(Stop::BrokenPipe) => Outcome::BrokenPipe,
             Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
         };
         Ok(Progress::Finished(Box::new(RunReport {
@@ -503,7 +528,11 @@ impl Vm {
                 "guest stopped: it wrote more than --max-output {} of console output\n",
                 crate::size::Size(*limit)
             ),
-            Stop::Exited(_) | Stop::TimedOut | Stop::Parked | Stop::SnapshotPoint => String::new(),
+            Stop::Exited(_)
+            | Stop::TimedOut
+            | Stop::Parked
+            | Stop::SnapshotPoint
+            | Stop::BrokenPipe => String::new(),
         };
         if !genuine_exception {
             let location = symbolize(regs.rip)
