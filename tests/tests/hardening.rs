@@ -211,3 +211,33 @@ fn test_hardening_snapshot_layout_error_is_said_once() {
     assert!(err.contains("lies outside the image area"), "{err}");
     assert_eq!(err.matches("corrupted snapshot").count(), 1, "{err}");
 }
+
+#[test]
+fn test_hardening_via_client_does_not_wait_for_ever_on_a_silent_server() {
+    // A "server" that accepts and never answers: the client's request has a timeout, so the
+    // client gives up a few seconds after it.
+    let dir = tests::scratch_dir("hardening-silent");
+    let socket = dir.join("silent.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let connection = listener.accept();
+        std::thread::sleep(Duration::from_secs(8));
+        drop(connection);
+    });
+    let hello = image("hello");
+    let out = vmm_within(
+        &[
+            "run",
+            "--via",
+            socket.to_str().unwrap(),
+            hello.to_str().unwrap(),
+            "--timeout",
+            "200ms",
+        ],
+        Duration::from_secs(7),
+    );
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+    drop(held);
+}

@@ -108,6 +108,26 @@ pub fn install_runtime(args: InstallRuntime) -> Result<()> {
     Ok(())
 }
 
+/// Builds flick-runtime and writes `flick/hello:latest` (already built) as an OCI tarball
+/// under `out`, for `cargo xtask bench --containers`.
+pub fn runtime_for_bench(out: &Path) -> Result<bench::RuntimeBuilt> {
+    let runtime = build_runtime()?;
+    let dir = out.join("containers");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let hello_tarball = dir.join("flick-hello.tar");
+    let spec = ImageSpec {
+        image_file: guest::images_dir().join("hello"),
+        repository: "flick/hello".to_owned(),
+        tag: "latest".to_owned(),
+        created: flick_runtime::timefmt::rfc3339(std::time::SystemTime::now()),
+    };
+    layout::write_tarball(&spec, &hello_tarball)?;
+    Ok(bench::RuntimeBuilt {
+        runtime,
+        hello_tarball,
+    })
+}
+
 /// Builds `flick-runtime` (release) and returns its path.
 pub fn build_runtime() -> Result<PathBuf> {
     let status = cargo()

@@ -15,12 +15,13 @@
 //! wrapper that hides the cgroup2 mount in a private mount namespace first (DESIGN.md's
 //! recipe); that costs it an `unshare` and a shell per runtime command.
 
-use crate::{build_vmm, guest, project_root};
-use anyhow::{Context, Result, bail};
+use crate::error::{Error, Result};
+use crate::measure::stats::summarize;
+use crate::peers::peer::which;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Rounds by default.
@@ -48,54 +49,63 @@ struct Peer {
     failure: Option<String>,
 }
 
-/// Runs the section and prints (and writes) its report.
-pub fn run(rounds: usize) -> Result<ExitCode> {
-    let dir = project_root().join("target/bench/containers");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// What the xtask built for this section.
+pub(crate) struct Plan<'a> {
+    /// The runtime binary (`flick-runtime`).
+    pub(crate) runtime: &'a Path,
+    /// `flick/hello:latest` as an OCI tarball.
+    pub(crate) hello_tarball: &'a Path,
+    /// Where the report and scratch files go.
+    pub(crate) dir: &'a Path,
+    /// Interleaved rounds.
+    pub(crate) rounds: usize,
+}
+
+/// Runs the section, prints its report and writes it to `DIR/containers.md`; returns whether
+/// our runs all passed.
+pub(crate) fn run(plan: &Plan) -> Result<bool> {
+    let dir = plan.dir.join("containers");
+    std::fs::create_dir_all(&dir).map_err(Error::io(format!("cannot create {}", dir.display())))?;
     for tool in ["dockerd", "docker", "ctr", "runc", "crun", "unshare", "cc"] {
         if which(tool).is_none() {
-            bail!("{tool} is not installed (apt-get install docker.io containerd runc crun gcc)");
+            return Err(Error::Check(format!(
+                "{tool} is not installed (apt-get install docker.io containerd runc crun gcc)"
+            )));
         }
     }
-    build_vmm()?;
-    let hello = guest::build(&["hello".to_owned()])?.remove(0);
-    let runtime = crate::containers::build_runtime()?;
-    let ours_tar = dir.join("flick-hello.tar");
-    let spec = flick_runtime::layout::ImageSpec {
-        image_file: hello,
-        repository: "flick/hello".into(),
-        tag: "latest".into(),
-        created: flick_runtime::timefmt::rfc3339(std::time::SystemTime::now()),
-    };
-    let ours = flick_runtime::layout::write_tarball(&spec, &ours_tar)?;
+    let ours_size = std::fs::metadata(plan.hello_tarball)
+        .map_err(Error::io(format!(
+            "cannot read {}",
+            plan.hello_tarball.display()
+        )))?
+        .len();
     let native_root = native_rootfs(&dir)?;
     let crun = crun_wrapper(&dir)?;
-    let daemon = Daemon::start(&dir, &runtime, &crun)?;
-    daemon.load(&ours_tar, &native_root)?;
-    let sizes = daemon.sizes(ours.tarball_size)?;
-    let mut peers = peers(&daemon, &runtime, &crun);
+    let daemon = Daemon::start(&dir, plan.runtime, &crun)?;
+    daemon.load(plan.hello_tarball, &native_root)?;
+    let sizes = daemon.sizes(ours_size, &dir)?;
+    let mut peers = peers(&daemon, plan.runtime, &crun);
     for peer in &mut peers {
         measure(peer, "warm-up"); // untimed: first-run costs, and a check that it works
     }
-    for round in 0..rounds {
+    for round in 0..plan.rounds {
         for peer in peers.iter_mut().filter(|p| p.failure.is_none()) {
-            let sample = measure(peer, &round.to_string());
-            if let Some(ms) = sample {
+            if let Some(ms) = measure(peer, &round.to_string()) {
                 peer.samples.push(ms);
             }
         }
     }
     drop(daemon);
-    let report = markdown(&peers, &sizes, rounds);
+    let report = markdown(&peers, &sizes, plan.rounds);
     print!("{report}");
-    let path = dir.join("report.md");
-    std::fs::write(&path, &report).with_context(|| format!("cannot write {}", path.display()))?;
+    let path = plan.dir.join("containers.md");
+    std::fs::write(&path, &report)
+        .map_err(Error::io(format!("cannot write {}", path.display())))?;
     println!("\nReport: {}", path.display());
-    Ok(if peers[0].failure.is_some() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(peers
+        .iter()
+        .filter(|p| p.name.contains("flick"))
+        .all(|p| p.failure.is_none()))
 }
 
 /// The six peers: docker × (flick, runc, crun), then ctr × the same.
@@ -191,7 +201,7 @@ fn measure(peer: &mut Peer, run_id: &str) -> Option<f64> {
             None
         }
         Err(err) => {
-            peer.failure = Some(format!("{err:#}"));
+            peer.failure = Some(crate::chain(&err));
             None
         }
     }
@@ -204,20 +214,20 @@ fn bounded(cmd: &mut Command) -> Result<std::process::Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+        .map_err(Error::io(format!("cannot run {cmd:?}")))?;
     let pid = child.id();
     let (done, wait) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(child.wait_with_output());
     });
     match wait.recv_timeout(RUN_TIMEOUT) {
-        Ok(out) => Ok(out?),
+        Ok(out) => out.map_err(Error::io("cannot wait for a run")),
         Err(_) => {
             if let Ok(pid) = libc::pid_t::try_from(pid) {
                 // SAFETY: kill(2) takes no pointers.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            bail!("did not finish within {RUN_TIMEOUT:?}")
+            Err(Error::TimedOut(RUN_TIMEOUT))
         }
     }
 }
@@ -228,20 +238,19 @@ fn native_rootfs(dir: &Path) -> Result<PathBuf> {
     std::fs::write(
         &source,
         "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n",
-    )?;
+    )
+    .map_err(Error::io(format!("cannot write {}", source.display())))?;
     let root = dir.join("native-rootfs");
-    std::fs::create_dir_all(root.join("dev"))?;
+    std::fs::create_dir_all(root.join("dev"))
+        .map_err(Error::io(format!("cannot create {}", root.display())))?;
     let out = Command::new("cc")
         .args(["-static", "-O2", "-o"])
         .arg(root.join("hello"))
         .arg(&source)
         .output()
-        .context("cannot run cc")?;
+        .map_err(Error::io("cannot run cc (apt-get install gcc libc6-dev)"))?;
     if !out.status.success() {
-        bail!(
-            "cc -static failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        return Err(Error::tool("cc -static", out.status, &out.stderr));
     }
     Ok(root)
 }
@@ -253,8 +262,9 @@ fn crun_wrapper(dir: &Path) -> Result<PathBuf> {
                   mount in a private mount namespace.\nexec unshare --mount --propagation \
                   private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec crun \"$@\"' \
                   crun \"$@\"\n";
-    std::fs::write(&path, script)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(&path, script)
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+        .map_err(Error::io(format!("cannot write {}", path.display())))?;
     Ok(path)
 }
 
@@ -270,10 +280,15 @@ impl Daemon {
     fn start(dir: &Path, runtime: &Path, crun: &Path) -> Result<Daemon> {
         // Socket paths are limited to 108 bytes: the exec root goes in /tmp.
         let exec_root = std::env::temp_dir().join(format!("flick-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&exec_root)?;
+        std::fs::create_dir_all(&exec_root)
+            .map_err(Error::io(format!("cannot create {}", exec_root.display())))?;
         let host = format!("unix://{}", exec_root.join("docker.sock").display());
         let log_path = dir.join("dockerd.log");
-        let log = std::fs::File::create(&log_path)?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(Error::io(format!("cannot create {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io("cannot duplicate dockerd.log"))?;
         let mut cmd = Command::new("dockerd");
         cmd.arg("--data-root")
             .arg(dir.join("docker-data"))
@@ -295,7 +310,7 @@ impl Daemon {
             .arg("--add-runtime")
             .arg(format!("crun={}", crun.display()))
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log_err)
             .stderr(log);
         // SAFETY: prctl in the child before exec; the daemon dies with the bench.
         unsafe {
@@ -304,7 +319,7 @@ impl Daemon {
                 Ok(())
             });
         }
-        let child = cmd.spawn().context("cannot start dockerd")?;
+        let child = cmd.spawn().map_err(Error::io("cannot start dockerd"))?;
         let daemon = Daemon {
             host,
             containerd: exec_root.join("containerd/containerd.sock"),
@@ -314,7 +329,10 @@ impl Daemon {
         let start = Instant::now();
         while !daemon.docker(&["info"]).is_ok_and(|o| o.status.success()) {
             if start.elapsed() > DAEMON_PATIENCE {
-                bail!("dockerd did not come up (see {})", log_path.display());
+                return Err(Error::Check(format!(
+                    "dockerd did not come up (see {})",
+                    log_path.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -341,7 +359,7 @@ impl Daemon {
             if out.status.success() {
                 Ok(())
             } else {
-                bail!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())
+                Err(Error::tool(what, out.status, &out.stderr))
             }
         };
         let ours_str = ours.display().to_string();
@@ -354,9 +372,10 @@ impl Daemon {
             .arg("-cf")
             .arg(&tar)
             .arg(".")
-            .status()?;
+            .status()
+            .map_err(Error::io("cannot run tar"))?;
         if !status.success() {
-            bail!("tar of the native rootfs failed");
+            return Err(Error::Check("tar of the native rootfs failed".to_owned()));
         }
         let tar_str = tar.display().to_string();
         let entry = r#"ENTRYPOINT ["/hello"]"#;
@@ -374,16 +393,18 @@ impl Daemon {
     }
 
     /// Image sizes as Docker reports them, and the tarballs' sizes.
-    fn sizes(&self, ours_tarball: u64) -> Result<Vec<(String, String, String)>> {
+    fn sizes(&self, ours_tarball: u64, dir: &Path) -> Result<Vec<(String, String, String)>> {
         let size = |image: &str| -> Result<u64> {
             let out = self.docker(&["image", "inspect", "--format", "{{.Size}}", image])?;
             String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()
-                .with_context(|| format!("no size for {image}"))
+                .map_err(|_| Error::Check(format!("docker gives no size for {image}")))
         };
-        let dir = project_root().join("target/bench/containers");
-        let native_tarball = std::fs::metadata(dir.join("native-rootfs.image.tar"))?.len();
+        let saved = dir.join("native-rootfs.image.tar");
+        let native_tarball = std::fs::metadata(&saved)
+            .map_err(Error::io(format!("cannot read {}", saved.display())))?
+            .len();
         Ok(vec![
             (
                 "`flick/hello` (ours: the image file and its marker)".to_owned(),
@@ -429,23 +450,9 @@ fn kib(bytes: u64) -> String {
     format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// `(min, median, p90)` of `samples` (ms); `None` when empty.
+/// `(min, median, p90)` of `samples`, in the unit of the samples; `None` when empty.
 fn summary(samples: &[f64]) -> Option<(f64, f64, f64)> {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        let rank = p * (sorted.len() - 1) as f64;
-        let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
-        sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
-    };
-    Some((*sorted.first()?, at(0.5), at(0.9)))
+    summarize(samples).map(|s| (s.min_us, s.median_us, s.p90_us))
 }
 
 fn markdown(peers: &[Peer], sizes: &[(String, String, String)], rounds: usize) -> String {
