@@ -1,16 +1,12 @@
-//! The bench's copies of what it shares with the VMM, gathered here so that replacing them by
-//! the VMM's own definitions is a change to this one file:
-//! - the `vmm serve` wire format (`vmm/src/serve/wire.rs`: the [`frame`] kinds, `MAX_FRAME`,
-//!   the length-prefixed JSON `Request`, the reply frames), spoken by the bench's in-process
-//!   client and by the native warm pool;
-//! - the `vmm fleet --json` report (`vmm/src/fleet/report.rs`, `FleetSummary`): the fields the
-//!   bench reads;
-//! - the `vmm run --timeline=json` line and its spawn-time variable
-//!   (`vmm/src/report/timeline.rs`, `SPAWN_TIME_ENV`);
-//! - the percentile helpers (`vmm/src/fleet/report.rs`, `percentile`). Note: `vmm fleet` picks
-//!   the nearest rank, the bench interpolates between closest ranks; the bench recomputes our
-//!   fleet's percentiles from the instances' latencies with [`percentile`] so that every row of
-//!   its tables uses one method.
+//! What the bench shares with the VMM, taken from the VMM's own definitions (one place for
+//! each contract), and the bench's thin views of them:
+//! - the `vmm serve` wire format (`vmm::serve::wire`: frame kinds, `MAX_FRAME`, `Request`,
+//!   framing), spoken by the bench's in-process client and by the native warm pool;
+//! - the `vmm fleet --json` report (`vmm::fleet::FleetSummary`), read into [`VmmFleet`];
+//! - the `vmm run --timeline=json` line (`vmm::report::timeline::TimelineRecord`) and its
+//!   spawn-time variable;
+//! - percentiles and medians (`vmm::report::stats`): one method for the VMM's reports and the
+//!   bench's tables.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -18,51 +14,25 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+pub(crate) use vmm::report::stats::{median, percentile};
+pub(crate) use vmm::report::timeline::{PhaseRecord as Phase, SPAWN_TIME_ENV};
+pub(crate) use vmm::serve::wire::{MAX_FRAME, frame};
 
-/// Reply frame kinds (`vmm::serve::wire::frame`).
-pub(crate) mod frame {
-    /// Guest stdout bytes.
-    pub(crate) const STDOUT: u8 = 1;
-    /// Guest stderr bytes.
-    pub(crate) const STDERR: u8 = 2;
-    /// The exit status, `i32` little-endian; the last frame.
-    pub(crate) const EXIT: u8 = 3;
-    /// The request failed before the guest ran: one line; the last frame.
-    pub(crate) const ERROR: u8 = 4;
-}
-
-/// The largest reply frame the bench accepts (`vmm::serve::wire::MAX_FRAME`).
-pub(crate) const MAX_FRAME: u32 = 64 << 20;
 /// Guest RAM a request asks for (snapshots bring their own size; the server needs the field).
 const REQUEST_MEM_SIZE: u64 = 16 << 20;
 
-/// A request as `vmm::serve::wire::Request` serialises it.
-#[derive(Debug, Serialize)]
-struct Request<'a> {
-    target: &'a Path,
-    args: &'a [String],
-    env: &'a [String],
-    timeout_ms: Option<u64>,
-    max_output: u64,
-    mem_size: u64,
-}
-
 /// The bytes of a request for `target` with `args`: a little-endian `u32` length, then JSON.
 pub(crate) fn request_message(target: &Path, args: &[String]) -> Result<Vec<u8>> {
-    let body = serde_json::to_vec(&Request {
-        target,
-        args,
-        env: &[],
+    let request = vmm::serve::wire::Request {
+        target: target.to_owned(),
+        args: args.to_vec(),
+        env: Vec::new(),
         timeout_ms: None,
         max_output: u64::from(MAX_FRAME),
         mem_size: REQUEST_MEM_SIZE,
-    })
-    .map_err(Error::json("cannot encode the request"))?;
-    let len = u32::try_from(body.len())
-        .map_err(|_| Error::Check(format!("request of {} bytes is too large", body.len())))?;
-    let mut message = len.to_le_bytes().to_vec();
-    message.extend_from_slice(&body);
-    Ok(message)
+    };
+    vmm::serve::wire::encode_request(&request)
+        .map_err(|e| Error::Check(format!("cannot encode the request: {e}")))
 }
 
 /// What a server answered.
@@ -80,21 +50,12 @@ pub(crate) struct Reply {
 pub(crate) fn read_reply(stream: &mut impl Read) -> Result<Reply> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     loop {
-        let mut head = [0u8; 5];
-        stream.read_exact(&mut head).map_err(Error::io(
-            "the server closed the connection before the exit status",
-        ))?;
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-        if len > MAX_FRAME {
-            return Err(Error::Check(format!(
-                "the server sent a frame of {len} bytes"
-            )));
-        }
-        let mut payload = vec![0u8; len as usize];
-        stream
-            .read_exact(&mut payload)
-            .map_err(Error::io("truncated frame"))?;
-        match (head[0], <[u8; 4]>::try_from(payload.as_slice())) {
+        let (kind, payload) = vmm::serve::wire::read_frame(stream).map_err(|e| {
+            Error::Check(format!(
+                "the server closed the connection before the exit status: {e}"
+            ))
+        })?;
+        match (kind, <[u8; 4]>::try_from(payload.as_slice())) {
             (frame::STDOUT, _) => stdout.extend_from_slice(&payload),
             (frame::STDERR, _) => stderr.extend_from_slice(&payload),
             (frame::EXIT, Ok(status)) => {
@@ -110,7 +71,8 @@ pub(crate) fn read_reply(stream: &mut impl Read) -> Result<Reply> {
             }
             (kind, _) => {
                 return Err(Error::Check(format!(
-                    "the server sent a frame of kind {kind} and {len} bytes"
+                    "the server sent a frame of kind {kind} and {} bytes",
+                    payload.len()
                 )));
             }
         }
@@ -131,7 +93,7 @@ pub(crate) struct Latency {
 }
 
 impl Latency {
-    /// The percentiles of `samples` (µs, any order), interpolated; `None` when empty.
+    /// The percentiles of `samples` (µs, any order); `None` when empty.
     pub(crate) fn of(samples: &[f64]) -> Option<Latency> {
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
@@ -142,29 +104,23 @@ impl Latency {
             max: *sorted.last()?,
         })
     }
+
+    fn from_map(map: &BTreeMap<String, f64>) -> Self {
+        let at = |key: &str| map.get(key).copied().unwrap_or(0.0);
+        Latency {
+            p50: at("p50"),
+            p90: at("p90"),
+            p99: at("p99"),
+            max: at("max"),
+        }
+    }
 }
 
 /// `vmm fleet`'s host memory figures, KiB (`memory`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub(crate) struct Memory {
-    /// `MemAvailable` before the fleet.
-    pub(crate) mem_available_before_kib: u64,
-    /// `MemAvailable` at the peak.
-    pub(crate) mem_available_at_peak_kib: u64,
-    /// `MemAvailable` after.
-    pub(crate) mem_available_after_kib: u64,
-    /// The VMM's RSS before.
-    pub(crate) rss_before_kib: u64,
-    /// Its RSS at the peak.
-    pub(crate) rss_at_peak_kib: u64,
-    /// Its VmHWM.
-    pub(crate) rss_high_water_kib: u64,
-    /// Its PSS at the peak.
-    pub(crate) pss_at_peak_kib: u64,
-}
+pub(crate) type Memory = vmm::fleet::report::MemoryFigures;
 
-/// One instance of `vmm fleet --json` (`instances[]`, the parts the bench checks).
-#[derive(Clone, Debug, Deserialize)]
+/// One instance of `vmm fleet --json`, the parts the bench checks.
+#[derive(Clone, Debug)]
 pub(crate) struct Instance {
     /// Exit status.
     pub(crate) status: i32,
@@ -173,12 +129,12 @@ pub(crate) struct Instance {
     /// Its stdout.
     pub(crate) stdout: String,
     /// Its stderr.
-    #[serde(default)]
     pub(crate) stderr: String,
 }
 
-/// `vmm fleet --json`, the parts the bench reads.
+/// `vmm fleet --json` (a `vmm::fleet::FleetSummary`), as the bench keeps it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(from = "vmm::fleet::FleetSummary")]
 pub(crate) struct VmmFleet {
     /// Instances.
     pub(crate) count: usize,
@@ -192,7 +148,7 @@ pub(crate) struct VmmFleet {
     pub(crate) launch_rate: f64,
     /// Most alive at once.
     pub(crate) peak_concurrent: usize,
-    /// Creation to exit (or parked), µs, as the VMM computes them (nearest rank).
+    /// Creation to exit (or parked), µs.
     pub(crate) latency_us: Latency,
     /// Instances by outcome (`exit 0`, ...).
     pub(crate) outcomes: BTreeMap<String, usize>,
@@ -203,8 +159,37 @@ pub(crate) struct VmmFleet {
     /// VMM RSS growth per instance, KiB.
     pub(crate) rss_per_vm_kib: f64,
     /// Every instance (not repeated in the bench's JSON).
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub(crate) instances: Vec<Instance>,
+}
+
+impl From<vmm::fleet::FleetSummary> for VmmFleet {
+    fn from(summary: vmm::fleet::FleetSummary) -> Self {
+        let report = summary.report;
+        Self {
+            count: report.count,
+            concurrency: report.concurrency,
+            resident: report.resident,
+            wall_s: report.wall_s,
+            launch_rate: report.launch_rate,
+            peak_concurrent: report.peak_concurrent,
+            latency_us: Latency::from_map(&summary.latency_us),
+            outcomes: summary.outcomes,
+            memory: report.memory,
+            mem_available_per_vm_kib: summary.mem_available_per_vm_kib,
+            rss_per_vm_kib: summary.rss_per_vm_kib,
+            instances: report
+                .instances
+                .into_iter()
+                .map(|i| Instance {
+                    status: i.status,
+                    latency_us: i.latency_us,
+                    stdout: i.stdout,
+                    stderr: i.stderr,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl VmmFleet {
@@ -213,35 +198,20 @@ impl VmmFleet {
         self.outcomes.get("exit 0") == Some(&self.count) && self.instances.len() == self.count
     }
 
-    /// The instances' latencies, with the bench's percentile method.
+    /// The instances' latencies.
     pub(crate) fn latency(&self) -> Option<Latency> {
         let samples: Vec<f64> = self.instances.iter().map(|i| i.latency_us).collect();
         Latency::of(&samples)
     }
 }
 
-/// Tells a launched VMM (or the floor) when it was spawned: `CLOCK_MONOTONIC`, ns.
-pub(crate) const SPAWN_TIME_ENV: &str = "FLICK_SPAWN_NS";
-
-/// One phase of a `--timeline=json` line.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub(crate) struct Phase {
-    /// What was done.
-    pub(crate) phase: String,
-    /// How long it took, µs.
-    pub(crate) duration_us: f64,
-    /// When it ended, µs since the process was spawned (median over runs when summarised).
-    #[serde(default)]
-    pub(crate) since_start_us: f64,
-}
-
-/// A `--timeline=json` line: `{"phases":[…], …}` as the last line on stderr.
-#[derive(Debug, Deserialize)]
+/// A `--timeline=json` line (`vmm::report::timeline::TimelineRecord`): the phases, and the
+/// rest of the record kept as JSON for the report.
+#[derive(Debug)]
 pub(crate) struct TimelineLine {
     /// The phases in order.
     pub(crate) phases: Vec<Phase>,
-    /// The rest of the object (exit counts, hypervisor, …), kept as it is.
-    #[serde(flatten)]
+    /// The rest of the record (exit counts, hypervisor, …).
     pub(crate) rest: serde_json::Map<String, Value>,
 }
 
@@ -252,25 +222,17 @@ pub(crate) fn parse_timeline(stderr: &str) -> Result<TimelineLine> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .ok_or_else(|| Error::Check("nothing on stderr".to_owned()))?;
-    serde_json::from_str(last.trim()).map_err(Error::json(format!("the last line: {last}")))
-}
-
-/// The `p`th percentile of non-empty sorted `sorted`, interpolating between closest ranks.
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = p / 100.0 * (sorted.len() - 1) as f64;
-    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
-    let frac = rank - low as f64;
-    sorted[low] + (sorted[high] - sorted[low]) * frac
-}
-
-/// The median of unsorted `values`; `None` when empty.
-pub(crate) fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    Some(percentile(&sorted, 50.0))
+    let record: vmm::report::timeline::TimelineRecord =
+        serde_json::from_str(last.trim()).map_err(Error::json(format!("the last line: {last}")))?;
+    let mut rest = match serde_json::to_value(&record) {
+        Ok(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    rest.remove("phases");
+    Ok(TimelineLine {
+        phases: record.phases,
+        rest,
+    })
 }
 
 /// A `vmm fleet --json` report of two instances that exited 0, for tests.
@@ -367,7 +329,8 @@ mod tests {
     const LINE: &str = concat!(
         r#"{"phases":[{"phase":"open /dev/kvm","duration_us":12.5,"since_start_us":80.0},"#,
         r#"{"phase":"run","duration_us":100.0,"since_start_us":300.0}],"#,
-        r#""exits":{"total":3},"hypervisor":"pvm"}"#
+        r#""exits":{"total":3,"io_out":{"0x500":1},"io_in":{},"mmio":0,"other":0},"#,
+        r#""console_bytes":24,"ram_pages_touched":16,"hypervisor":"pvm","exit_status":0}"#
     );
 
     #[test]
@@ -382,16 +345,5 @@ mod tests {
     fn test_parse_timeline_usage_error_is_an_error() {
         let stderr = "error: unexpected argument '--timeline' found (see 'vmm --help')\n";
         assert!(parse_timeline(stderr).is_err());
-    }
-
-    #[test]
-    fn test_percentile_even_count_interpolates_median() {
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
-
-    #[test]
-    fn test_percentile_p90_of_eleven_is_tenth_value() {
-        let sorted: Vec<f64> = (0..=10).map(f64::from).collect();
-        assert_eq!(percentile(&sorted, 90.0), 9.0);
     }
 }

@@ -110,7 +110,8 @@ mod tests {
     const LINE: &str = concat!(
         r#"{"phases":[{"phase":"open /dev/kvm","duration_us":12.5,"since_start_us":80.0},"#,
         r#"{"phase":"run","duration_us":100.0,"since_start_us":300.0}],"#,
-        r#""exits":{"total":3},"hypervisor":"pvm"}"#
+        r#""exits":{"total":3,"io_out":{"0x500":1},"io_in":{},"mmio":0,"other":0},"#,
+        r#""console_bytes":24,"ram_pages_touched":16,"hypervisor":"pvm","exit_status":0}"#
     );
 
     #[test]

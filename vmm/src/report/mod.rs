@@ -5,6 +5,7 @@
 //! This room only describes runs; it never touches a VM. The VM core fills a [`RunReport`].
 
 pub(crate) mod crash;
+pub mod stats;
 pub(crate) mod symbols;
 pub mod timeline;
 
