@@ -244,6 +244,7 @@ fn create_in(
             if let Some(path) = &request.pid_file {
                 write_pid_file(path, pid)?;
             }
+            ours.send(&Msg::Created)?;
             Ok(())
         }
     }

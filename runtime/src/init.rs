@@ -14,8 +14,10 @@
 //! namespace; hostname; mounts (root file system bound to itself, a small tmpfs on `/dev`
 //! holding `/dev/kvm`); `createRuntime`/`prestart` hooks (run by `create`, this process
 //! waits); `createContainer` hooks; `pivot_root`; find and check the image; stdio (the
-//! terminal's slave in terminal mode); rlimits, capabilities, user, `no_new_privs`; "ready"; block opening the
-//! exec fifo for writing until `start` opens it for reading; `startContainer` hooks; boot.
+//! terminal's slave in terminal mode); rlimits, capabilities, user, `no_new_privs`; "ready";
+//! wait for "created" (`create` saved the state; if `create` dies first, so does this
+//! process); block opening the exec fifo for writing until `start` opens it for reading;
+//! `startContainer` hooks; boot.
 //!
 //! Networking (later): creating a tap in the container's network namespace and mirroring it
 //! to the namespace's interface belongs just before the boot, after `startContainer`: by
@@ -57,8 +59,10 @@ pub enum Msg {
     RunHooks,
     /// Create → container: those hooks succeeded.
     HooksDone,
-    /// Container → create: waiting on the exec fifo.
+    /// Container → create: set up; it waits on the exec fifo once the state is saved.
     Ready,
+    /// Create → container: the state and pid file are written.
+    Created,
     /// Intermediate or container → create: set-up failed, and why.
     Failed(String),
 }
@@ -273,7 +277,9 @@ fn container_process(plan: &Plan, chan: Channel, state_dir: OwnedFd, slave: Opti
             exit_now(1)
         }
     };
-    if chan.send(&Msg::Ready).is_err() {
+    // Only once `create` has saved the state is there a container to start or delete: if
+    // `create` dies before, this process must not wait on the fifo for ever.
+    if chan.send(&Msg::Ready).is_err() || !matches!(chan.recv(), Ok(Some(Msg::Created))) {
         exit_now(1);
     }
     drop(chan);

@@ -352,6 +352,15 @@ impl Drop for Daemons {
             let _ = self.dockerd.kill();
             let _ = self.dockerd.wait();
         }
+        // Containers a failed case left under the runtime's own roots: delete them first.
+        let roots = std::fs::read_dir(self.env.scratch.join("runtime-root"));
+        for root in roots.into_iter().flatten().flatten() {
+            let ids = std::fs::read_dir(root.path());
+            for id in ids.into_iter().flatten().flatten() {
+                let id = id.file_name().to_string_lossy().into_owned();
+                let _ = runtime(&self.env, &root.path(), &["delete", "--force", &id]);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.exec_root);
         let _ = std::fs::remove_dir_all(&self.env.scratch);
     }
