@@ -2,8 +2,9 @@
 //! done), peak memory, phases and back-to-back runs of our VMM against its peers (the floor of a
 //! KVM boot, a static native process, namespaces, OCI runtimes, Docker, QEMU microvm; warm
 //! requests to `vmm serve` against a warm pool of native processes), measured in one
-//! interleaved session with every run verified; and `--fleet`, launch rates and memory per
-//! resident instance. The xtask is its front door: it asks [`needs`] what to build, builds it
+//! interleaved session with every run verified; `--fleet`, launch rates and memory per
+//! resident instance; and `--containers`, our microVM through Docker and containerd
+//! (flick-runtime) against runc and crun starting a process. The xtask is its front door: it asks [`needs`] what to build, builds it
 //! (the VMM, images, the native sha256), and calls [`run`] with the paths. The bench never
 //! calls cargo; it compiles its own small C peers with `cc`.
 //!
@@ -11,6 +12,7 @@
 //! [`error`]; [`measure`] (runs, statistics, timelines, host memory); [`peers`] (what runs);
 //! [`session`], [`fleet`], [`snapmem`], [`sha256`], [`io`] (what is measured when); [`report`].
 
+mod containers;
 mod contracts;
 mod error;
 mod fleet;
@@ -66,6 +68,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Where the report and the bench's scratch files go.
     pub out: PathBuf,
+    /// The containers section instead (`docker run`/`ctr run` with flick-runtime, runc, crun).
+    pub containers: bool,
 }
 
 /// What the bench needs built before [`run`].
@@ -79,6 +83,8 @@ pub struct Needs {
     pub native_sha256: bool,
     /// Whether it needs the native HTTP server (`bench/native/httpd`, built static).
     pub native_httpd: bool,
+    /// Whether it runs flick-runtime (and `flick/hello` as an OCI tarball).
+    pub flick_runtime: bool,
 }
 
 /// What the xtask built for the bench.
@@ -94,6 +100,17 @@ pub struct Built {
     pub native_sha256: Option<std::result::Result<PathBuf, String>>,
     /// The native HTTP server (when it was needed).
     pub native_httpd: Option<PathBuf>,
+    /// flick-runtime and `flick/hello:latest` as an OCI tarball (when they were needed).
+    pub flick_runtime: Option<RuntimeBuilt>,
+}
+
+/// What the xtask built for the containers section.
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilt {
+    /// The `flick-runtime` binary.
+    pub runtime: PathBuf,
+    /// `flick/hello:latest` as an OCI image tarball (`cargo xtask oci hello`).
+    pub hello_tarball: PathBuf,
 }
 
 /// Checks `options` and says what to build.
@@ -104,6 +121,16 @@ pub fn needs(options: &Options) -> Result<Needs> {
             optional_images: Vec::new(),
             native_sha256: false,
             native_httpd: true,
+            flick_runtime: false,
+        });
+    }
+    if options.containers {
+        return Ok(Needs {
+            images: vec![HELLO.to_owned()],
+            optional_images: Vec::new(),
+            native_sha256: false,
+            native_httpd: false,
+            flick_runtime: true,
         });
     }
     if options.fleet.is_some() {
@@ -113,6 +140,7 @@ pub fn needs(options: &Options) -> Result<Needs> {
             optional_images: Vec::new(),
             native_sha256: false,
             native_httpd: false,
+            flick_runtime: false,
         });
     }
     check_only(&options.only, &cold_names())?;
@@ -137,6 +165,7 @@ pub fn needs(options: &Options) -> Result<Needs> {
             .collect(),
         native_sha256: want_sha,
         native_httpd: false,
+        flick_runtime: false,
     })
 }
 
@@ -148,6 +177,9 @@ pub fn run(options: &Options, built: &Built) -> Result<bool> {
         .map_err(error::Error::io(format!("cannot create {}", dir.display())))?;
     if options.network {
         return run_network(options, built);
+    }
+    if options.containers {
+        return run_containers(options, built);
     }
     match options.fleet {
         Some(count) => run_fleet(options, built, count),
@@ -188,6 +220,23 @@ fn run_network(options: &Options, built: &Built) -> Result<bool> {
     std::fs::write(&out, &md).map_err(Error::io(format!("cannot write {}", out.display())))?;
     println!("\nReport: {}", out.display());
     Ok(true)
+}
+
+fn run_containers(options: &Options, built: &Built) -> Result<bool> {
+    let Some(runtime) = &built.flick_runtime else {
+        return Err(Error::Check("flick-runtime was not built".to_owned()));
+    };
+    let rounds = match (options.runs, options.quick) {
+        (Some(n), _) => n.max(1),
+        (None, true) => containers::QUICK_ROUNDS,
+        (None, false) => containers::DEFAULT_ROUNDS,
+    };
+    containers::run(&containers::Plan {
+        runtime: &runtime.runtime,
+        hello_tarball: &runtime.hello_tarball,
+        dir: &options.out,
+        rounds,
+    })
 }
 
 fn run_fleet(options: &Options, built: &Built, count: Option<usize>) -> Result<bool> {
@@ -368,6 +417,7 @@ mod tests {
             network: false,
             args: Vec::new(),
             out: PathBuf::from("/nonexistent"),
+            containers: false,
         }
     }
 
