@@ -170,6 +170,11 @@ enum Command {
         /// Run the workers without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
+        /// A network device for every instance, as for `vmm run --net`: in the tap name,
+        /// `{i}` becomes the instance's number (0, 1, ...), and the address grows by it
+        /// (tap=fl{i},ip=10.77.0.10/16: fl0 at 10.77.0.10, fl1 at 10.77.0.11, ...).
+        #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
+        net: Option<vmm::net::NetSpec>,
         /// Arguments for every instance.
         #[arg(last = true)]
         args: Vec<String>,
@@ -219,6 +224,12 @@ enum Command {
         /// read-only with `:ro`. The app can reach nothing outside it.
         #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
         volumes: Vec<VolumeSpec>,
+        /// Give the guest a network device on an existing tap:
+        /// tap=NAME,ip=ADDR/PREFIX[,gw=ADDR][,mac=MAC][,tx-rate=BYTES] (fd=N instead of
+        /// tap=NAME: a tap fd this process inherited). The MAC is random by default; frames
+        /// the guest sends beyond tx-rate bytes/s (default 128M) are dropped.
+        #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
+        net: Option<vmm::net::NetSpec>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -390,6 +401,7 @@ fn vmm_main() -> i32 {
             manifest,
             json,
             no_seccomp,
+            net,
             args,
         } => {
             let mut defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
@@ -405,6 +417,7 @@ fn vmm_main() -> i32 {
                 concurrency,
                 resident,
                 json,
+                net,
             )
         }
         Command::Run {
@@ -420,6 +433,7 @@ fn vmm_main() -> i32 {
             debug_blocked_syscall,
             debug_panic,
             max_output,
+            net,
             volumes,
             args,
         } => {
@@ -439,10 +453,16 @@ fn vmm_main() -> i32 {
                         "--timeline cannot be used with --via (the guest runs in the server)",
                     );
                 }
-                return run_via(&socket, target, &vm, &volumes);
+                return run_via(&socket, target, &vm, &volumes, net.as_ref());
             }
             if let Err(status) = give_input(&mut vm, &volumes) {
                 return status;
+            }
+            if let Some(spec) = net {
+                match spec.open() {
+                    Ok(net) => vm.devices.net = Some(net),
+                    Err(err) => return fail(&err),
+                }
             }
             let config = RunConfig {
                 target,
@@ -513,6 +533,7 @@ fn run_via(
     target: PathBuf,
     vm: &VmConfig,
     volumes: &[VolumeSpec],
+    net: Option<&vmm::net::NetSpec>,
 ) -> i32 {
     let volumes = volumes
         .iter()
@@ -537,6 +558,7 @@ fn run_via(
         mem_size: vm.mem_size,
         volumes,
         stdin: true,
+        net: net.map(ToString::to_string),
     };
     match vmm::serve::run_via(socket, &request) {
         Ok(status) => status,
@@ -569,6 +591,7 @@ fn serve(config: vmm::serve::ServeConfig) -> i32 {
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "one per flag of vmm fleet")]
 fn fleet(
     image: Option<PathBuf>,
     manifest: Option<PathBuf>,
@@ -577,6 +600,7 @@ fn fleet(
     concurrency: usize,
     resident: bool,
     json: bool,
+    net: Option<vmm::net::NetSpec>,
 ) -> i32 {
     use vmm::fleet::{FleetSpec, Group};
     if !defaults.seccomp {
@@ -600,6 +624,7 @@ fn fleet(
         concurrency,
         resident,
         seccomp: defaults.seccomp,
+        net,
     };
     match vmm::fleet::run_fleet(&spec) {
         Ok(report) if json => {

@@ -199,7 +199,11 @@ pub fn run(
                 load_into(&ram, &target, false)?;
                 let loaded_at = Instant::now();
                 if vm_config.seccomp {
-                    crate::sandbox::confine_this_thread().map_err(VmError::from)?;
+                    crate::sandbox::confine_this_thread_with(
+                        crate::sandbox::Profile::Runner,
+                        &vm_config.devices.host_fds(),
+                    )
+                    .map_err(VmError::from)?;
                 }
                 let (shell, mut timeline, watchdog) =
                     from_main.recv().map_err(|_| LaunchError::RunnerFailed)?;
@@ -232,7 +236,7 @@ pub fn run(
         report.ram_pages_touched = vm.ram().resident_pages();
     }
     if config.detach_teardown {
-        vm::teardown::detach(vm);
+        vm::teardown::detach_closing(vm, &config.vm.devices.host_fds());
     } else {
         drop(vm);
     }
