@@ -497,15 +497,7 @@ fn usage_error(err: clap::Error) -> i32 {
 }
 
 fn seccomp_list() -> i32 {
-    for (name, why) in vmm::sandbox::ALLOWED {
-        println!("{name:<16} {why}");
-    }
-    for (name, why) in vmm::sandbox::SERVE_WORKER_EXTRA {
-        println!("{name:<16} {why}");
-    }
-    for name in vmm::sandbox::DENIED {
-        println!("{name:<16} denied with EACCES (library probes that cope with failure)");
-    }
+    print!("{}", vmm::sandbox::listing());
     0
 }
 

@@ -199,10 +199,14 @@ pub fn run(
                 load_into(&ram, &target, false)?;
                 let loaded_at = Instant::now();
                 if vm_config.seccomp {
-                    crate::sandbox::confine_this_thread_with(
-                        crate::sandbox::Profile::Runner,
-                        &vm_config.devices.host_fds(),
-                    )
+                    let grants = crate::sandbox::Grants {
+                        timeout: vm_config.timeout.is_some(),
+                        restore: matches!(target.kind(), TargetKind::Snapshot(_)),
+                        ..vm_config.devices.grants()
+                    };
+                    crate::sandbox::confine_this_thread_as(&crate::sandbox::Profile::Runner(
+                        grants,
+                    ))
                     .map_err(VmError::from)?;
                 }
                 let (shell, mut timeline, watchdog) =

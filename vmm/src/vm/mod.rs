@@ -404,10 +404,13 @@ impl Vm {
             (None, None) => None,
         };
         if self.config.seccomp {
-            crate::sandbox::confine_this_thread_with(
-                crate::sandbox::Profile::Runner,
-                &self.config.devices.host_fds(),
-            )?;
+            // A restore's FPU state is loaded already (`assemble`): no KVM_SET_XSAVE here.
+            let grants = crate::sandbox::Grants {
+                timeout: self.config.timeout.is_some(),
+                capture: self.config.stop_at_snapshot_point,
+                ..self.config.devices.grants()
+            };
+            crate::sandbox::confine_this_thread_as(&crate::sandbox::Profile::Runner(grants))?;
             if self.config.debug_blocked_syscall {
                 // SAFETY: a harmless call that the filter blocks, to show the report.
                 unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
