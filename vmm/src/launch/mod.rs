@@ -159,7 +159,8 @@ pub struct RunConfig {
     pub snapshot_only: bool,
     /// The guest's settings.
     pub vm: VmConfig,
-    /// Count the guest RAM pages touched (one `mincore` after the run).
+    /// Measure the run for `--timeline`: the guest reports its boot milestones (one VM exit
+    /// each), and the guest RAM pages touched are counted (one `mincore` after the run).
     pub measure_ram: bool,
     /// Leave the VM's teardown to a helper process so the caller can exit at once.
     pub detach_teardown: bool,
@@ -190,7 +191,10 @@ pub fn run(
     let (to_runner, from_main) = std::sync::mpsc::channel::<Handoff>();
     let runner = {
         let ram = ram.clone();
-        let vm_config = config.vm.clone();
+        let vm_config = VmConfig {
+            milestones: config.vm.milestones || config.measure_ram,
+            ..config.vm.clone()
+        };
         std::thread::Builder::new()
             .name("vcpu".into())
             .spawn(move || {
