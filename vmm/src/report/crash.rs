@@ -206,7 +206,9 @@ const MAX_FRAMES: usize = 32;
 
 /// A best-effort backtrace: the faulting `rip`, then the return addresses found by walking the
 /// frame-pointer chain from `rbp` (images are built with frame pointers). Every read is checked
-/// against RAM and the chain must move up the stack, so a corrupt chain ends the walk.
+/// against RAM and the chain must move up the stack, so a corrupt chain ends the walk; a last
+/// line says so when the walk stopped before the chain's end (a zero frame pointer or return
+/// address, which `_start` leaves).
 pub fn backtrace(
     ram: &GuestRam,
     rip: u64,
@@ -220,15 +222,24 @@ pub fn backtrace(
     };
     let mut out = format!("  backtrace:\n    #0  {rip:#018x}{}\n", name(rip));
     let mut frame = rbp;
-    for depth in 1..MAX_FRAMES {
-        if frame == 0 || !frame.is_multiple_of(8) {
-            break;
+    let mut depth = 1;
+    let cut = loop {
+        if frame == 0 {
+            break None;
+        }
+        if depth == MAX_FRAMES {
+            break Some(format!("cut at {MAX_FRAMES} frames"));
+        }
+        if !frame.is_multiple_of(8) {
+            break Some(format!("cut: frame pointer {frame:#x} is misaligned"));
         }
         let (Ok(next), Ok(ret)) = (ram.read_u64(frame), ram.read_u64(frame.wrapping_add(8))) else {
-            break;
+            break Some(format!(
+                "cut: frame pointer {frame:#x} is outside guest RAM"
+            ));
         };
         if ret == 0 {
-            break;
+            break None;
         }
         // The return address points after the call: name the call itself.
         let _ = writeln!(
@@ -236,10 +247,16 @@ pub fn backtrace(
             "    #{depth:<2} {ret:#018x}{}",
             name(ret.saturating_sub(1))
         );
-        if next <= frame {
-            break;
+        depth += 1;
+        if next != 0 && next <= frame {
+            break Some(format!(
+                "cut: the frame chain goes down the stack ({next:#x} after {frame:#x})"
+            ));
         }
         frame = next;
+    };
+    if let Some(why) = cut {
+        let _ = writeln!(out, "    ... backtrace {why}");
     }
     out
 }
@@ -321,9 +338,33 @@ mod tests {
         )
         .unwrap();
         let text = backtrace(&ram, 1, 0x8000, &|_| None);
-        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(
+            text.ends_with(
+                "backtrace cut: the frame chain goes down the stack (0x8000 after 0x8000)\n"
+            ),
+            "{text}"
+        );
         let text = backtrace(&ram, 1, u64::MAX - 7, &|_| None);
-        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(backtrace(&ram, 1, 0x8004, &|_| None).lines().count(), 3);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("is outside guest RAM"), "{text}");
+    }
+
+    #[test]
+    fn test_backtrace_of_a_deep_chain_says_it_was_cut() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        for i in 0..40u64 {
+            let at = 0x8000 + i * 0x10;
+            ram.write(
+                at,
+                &[(at + 0x10).to_le_bytes(), 0x20_1000u64.to_le_bytes()].concat(),
+            )
+            .unwrap();
+        }
+        let text = backtrace(&ram, 1, 0x8000, &|_| None);
+        assert_eq!(text.lines().count(), 2 + MAX_FRAMES, "{text}");
+        assert!(text.ends_with("... backtrace cut at 32 frames\n"), "{text}");
     }
 
     #[test]

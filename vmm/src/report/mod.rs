@@ -1,10 +1,11 @@
 //! What a finished run reports: how the guest ended ([`Outcome`]), what it did ([`RunReport`],
 //! [`ExitStats`]), when each boot phase ended ([`timeline`]), and, after a crash, what the
-//! guest was doing ([`crash`], with names from [`symbols`]).
+//! guest was doing ([`crash`], with names from [`symbols`] and source lines from [`lines`]).
 //!
 //! This room only describes runs; it never touches a VM. The VM core fills a [`RunReport`].
 
 pub(crate) mod crash;
+pub(crate) mod lines;
 pub(crate) mod symbols;
 pub mod timeline;
 

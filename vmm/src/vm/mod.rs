@@ -30,7 +30,7 @@ pub use crate::devices::DeviceConfig;
 use crate::devices::{DeviceState, DeviceStateError, PortBus};
 use crate::memory::GuestRam;
 use crate::memory::image::Image;
-use crate::report::{Outcome, RunReport, Timeline, crash, symbols::Symbols};
+use crate::report::{Outcome, RunReport, Timeline, crash, lines::Lines, symbols::Symbols};
 use exits::{Action, Exit, ExitHandler, Limits, Stop};
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::sync::Arc;
@@ -487,13 +487,19 @@ impl Vm {
     fn crash_report(&mut self, stop: &Stop) -> String {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
-        // Only a crash pays for parsing the symbol table.
-        let symbols = Symbols::from_elf(self.layout.bytes());
+        // Only a crash pays for parsing the symbol table and the line tables.
+        let layout = Arc::clone(&self.layout);
+        let symbols = Symbols::from_elf(layout.bytes());
+        let lines = Lines::from_elf(layout.bytes());
         let symbolize = move |addr| {
             if stubs::contains(addr) {
                 return Some("flick exception stub".to_owned());
             }
-            symbols.describe(addr)
+            let name = symbols.describe(addr);
+            match (name, lines.describe(addr)) {
+                (Some(name), Some(line)) => Some(format!("{name} at {line}")),
+                (name, line) => name.or(line),
+            }
         };
         let genuine_exception =
             matches!(stop, Stop::Exception { .. }) && from_exception_stub(&regs, &sregs);
