@@ -220,3 +220,66 @@ fn test_fleet_release_survives_a_guest_that_parks_forever() {
         "{first}"
     );
 }
+
+#[test]
+fn test_fleet_resident_warns_when_an_image_never_parks() {
+    require_kvm!();
+    let hello = image("hello");
+    let out = vmm(&[
+        "fleet",
+        hello.to_str().unwrap(),
+        "--count",
+        "2",
+        "--resident",
+    ]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: --resident: no instance of hello parked"),
+        "{}",
+        stderr(&out)
+    );
+    let idle = image("idle");
+    let out = vmm(&[
+        "fleet",
+        idle.to_str().unwrap(),
+        "--count",
+        "2",
+        "--resident",
+    ]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
+fn test_fleet_cores_writes_one_core_per_crashed_instance() {
+    require_kvm!();
+    let dir = tests::scratch_dir("fleet-cores");
+    let fault = image("fault");
+    let report = fleet_json(&[
+        fault.to_str().unwrap(),
+        "--count",
+        "3",
+        "--cores",
+        dir.to_str().unwrap(),
+        "--",
+        "null",
+    ]);
+    for (index, instance) in report["instances"].as_array().unwrap().iter().enumerate() {
+        let core = dir.join(format!("fault.{index}.core"));
+        let err = instance["stderr"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("core dumped to {}", core.display())),
+            "{err}"
+        );
+        let bytes = std::fs::read(&core).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "ET_CORE");
+    }
+    let out = vmm(&["fleet", fault.to_str().unwrap(), "--cores", "/nonexistent"]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).contains("--cores /nonexistent: not a folder"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -130,6 +130,10 @@ enum Command {
         /// Run the workers without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
+        /// Write an ELF core file for each crashed instance (the first 16) to this folder, as
+        /// GROUP.INDEX.core.
+        #[arg(long, value_name = "DIR")]
+        cores: Option<PathBuf>,
         /// Arguments for every instance.
         #[arg(last = true)]
         args: Vec<String>,
@@ -175,6 +179,9 @@ enum Command {
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
+        /// If the guest crashes, write an ELF core file here (`gdb IMAGE FILE` opens it).
+        #[arg(long, value_name = "FILE", conflicts_with = "via")]
+        core: Option<PathBuf>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -263,6 +270,7 @@ fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
         ),
         measure_ram: false,
         detach_teardown: true,
+        core: None,
     })
 }
 
@@ -310,6 +318,7 @@ fn vmm_main() -> i32 {
                 vm: vm_config(mem, Some(timeout), args, env, max_output, true),
                 measure_ram: false,
                 detach_teardown: false,
+                core: None,
             };
             snapshot(&config, &output)
         }
@@ -325,18 +334,17 @@ fn vmm_main() -> i32 {
             manifest,
             json,
             no_seccomp,
+            cores,
             args,
         } => {
             let defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
-            fleet(
-                image,
-                manifest,
-                count,
-                defaults,
+            let options = FleetOptions {
                 concurrency,
                 resident,
                 json,
-            )
+                cores,
+            };
+            fleet(image, manifest, count, defaults, options)
         }
         Command::Run {
             image,
@@ -351,6 +359,7 @@ fn vmm_main() -> i32 {
             debug_blocked_syscall,
             debug_panic,
             max_output,
+            core,
             args,
         } => {
             assert!(!debug_panic, "--debug-panic");
@@ -377,6 +386,7 @@ fn vmm_main() -> i32 {
                 vm,
                 measure_ram: format.is_some(),
                 detach_teardown: !sync_teardown,
+                core,
             };
             run(&config, timeline, format)
         }
@@ -472,14 +482,20 @@ fn serve(config: vmm::serve::ServeConfig) -> i32 {
     }
 }
 
+/// `vmm fleet`'s flags beyond the guests' own settings.
+struct FleetOptions {
+    concurrency: usize,
+    resident: bool,
+    json: bool,
+    cores: Option<PathBuf>,
+}
+
 fn fleet(
     image: Option<PathBuf>,
     manifest: Option<PathBuf>,
     count: usize,
     defaults: VmConfig,
-    concurrency: usize,
-    resident: bool,
-    json: bool,
+    options: FleetOptions,
 ) -> i32 {
     use vmm::fleet::{FleetSpec, Group};
     if !defaults.seccomp {
@@ -500,21 +516,28 @@ fn fleet(
     };
     let spec = FleetSpec {
         groups,
-        concurrency,
-        resident,
+        concurrency: options.concurrency,
+        resident: options.resident,
         seccomp: defaults.seccomp,
+        cores: options.cores,
     };
-    match vmm::fleet::run_fleet(&spec) {
-        Ok(report) if json => {
-            println!("{}", vmm::fleet::format_json(&report));
-            0
-        }
-        Ok(report) => {
-            print!("{}", vmm::fleet::format_table(&report));
-            0
-        }
-        Err(err) => fail(&err),
+    let report = match vmm::fleet::run_fleet(&spec) {
+        Ok(report) => report,
+        Err(err) => return fail(&err),
+    };
+    for group in &report.never_parked {
+        eprintln!(
+            "warning: --resident: no instance of {group} parked, so they ran one after another \
+             instead of all at once (the image must park, e.g. with kernel::wait_for_release() as \
+             idle does)"
+        );
     }
+    if options.json {
+        println!("{}", vmm::fleet::format_json(&report));
+    } else {
+        print!("{}", vmm::fleet::format_table(&report));
+    }
+    0
 }
 
 fn parse_env(text: &str) -> Result<String, String> {

@@ -17,6 +17,7 @@ pub mod report;
 mod scheduler;
 
 pub use report::{FleetReport, FleetSummary, InstanceResult, format_json, format_table};
+pub use scheduler::MAX_CORES;
 
 use crate::launch::{LaunchError, Target, TargetError};
 use crate::vm::{VmConfig, VmError};
@@ -60,6 +61,9 @@ pub enum FleetError {
     /// Not even one worker thread could be started.
     #[error("cannot start worker threads")]
     Spawn(#[source] std::io::Error),
+    /// `--cores` does not name a folder.
+    #[error("--cores {0}: not a folder")]
+    CoresDir(PathBuf),
 }
 
 /// One kind of instance: a target with its settings, `count` times.
@@ -86,6 +90,8 @@ pub struct FleetSpec {
     pub resident: bool,
     /// Sandbox the workers.
     pub seccomp: bool,
+    /// Write the cores of the first crashed instances (at most `MAX_CORES`) to this folder.
+    pub cores: Option<PathBuf>,
 }
 
 /// A group with its target opened and checked.
@@ -105,6 +111,11 @@ pub fn run_fleet(spec: &FleetSpec) -> Result<FleetReport, FleetError> {
     }
     if total == 0 {
         return Err(FleetError::NoInstances);
+    }
+    if let Some(dir) = &spec.cores
+        && !dir.is_dir()
+    {
+        return Err(FleetError::CoresDir(dir.clone()));
     }
     let prepared = prepare(spec)?;
     scheduler::run(spec, &prepared, total as usize)

@@ -57,6 +57,9 @@ pub enum LaunchError {
     /// The guest's thread died without an answer (a bug).
     #[error("the vCPU thread failed unexpectedly")]
     RunnerFailed,
+    /// The core file cannot be written where asked (`--core`).
+    #[error("--core")]
+    Core(#[source] crate::files::WriteError),
 }
 
 /// Checks a guest RAM size against the documented bounds.
@@ -163,6 +166,8 @@ pub struct RunConfig {
     pub measure_ram: bool,
     /// Leave the VM's teardown to a helper process so the caller can exit at once.
     pub detach_teardown: bool,
+    /// Write an ELF core file here if the guest crashes (`vmm run --core`).
+    pub core: Option<PathBuf>,
 }
 
 /// Loads, boots and runs one image (or restores a snapshot) to completion.
@@ -177,6 +182,9 @@ pub fn run(
     console: Console,
     mut timeline: Timeline,
 ) -> Result<RunReport, LaunchError> {
+    if let Some(core) = &config.core {
+        crate::files::check_replaceable(core).map_err(LaunchError::Core)?;
+    }
     let file = if config.snapshot_only {
         TargetFile::open_snapshot(&config.target)?
     } else {
@@ -222,6 +230,9 @@ pub fn run(
     if config.measure_ram {
         report.ram_pages_touched = vm.ram().resident_pages();
     }
+    if let Some(path) = &config.core {
+        dump_core(&mut report, path, vm.ram(), &guest_name(&config.target));
+    }
     if config.detach_teardown {
         vm::teardown::detach(vm);
     } else {
@@ -229,6 +240,23 @@ pub fn run(
     }
     report.timeline.torn_down = Some(Instant::now());
     Ok(report)
+}
+
+/// Writes the core file of a crashed guest to `path` (nothing when it did not crash), and says
+/// so at the end of its crash report.
+pub(crate) fn dump_core(report: &mut RunReport, path: &Path, ram: &GuestRam, name: &str) {
+    let (Outcome::Crashed(text), Some(crash)) = (&mut report.outcome, &report.crash) else {
+        return;
+    };
+    match crate::report::core_dump::write(path, ram, crash, name) {
+        Ok(summary) => text.push_str(&format!(
+            "  core dumped to {} ({} guest pages, {} bytes)\n",
+            path.display(),
+            summary.pages,
+            summary.file_size
+        )),
+        Err(err) => text.push_str(&format!("  no core file: {}\n", crate::error_chain(&err))),
+    }
 }
 
 /// Boots the image `config.target` until its kernel's snapshot point and writes the snapshot

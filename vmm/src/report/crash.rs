@@ -91,6 +91,8 @@ pub struct ExceptionFrame {
     pub rax: u64,
     /// The saved `rdx`.
     pub rdx: u64,
+    /// Stack segment at the fault.
+    pub ss: u64,
 }
 
 /// Reads the frame from the ring-0 stack at `rsp` (guest-controlled only through the fault
@@ -112,7 +114,48 @@ pub fn read_frame(ram: &GuestRam, rsp: u64, vector: u8) -> Option<ExceptionFrame
         cs: word(at + 1)?,
         rflags: word(at + 2)?,
         rsp: word(at + 3)?,
+        ss: word(at + 4)?,
     })
+}
+
+/// The signal a Linux process would get for exception `vector` (what gdb and core files show).
+pub(crate) fn signal_for_vector(vector: u8) -> i32 {
+    match vector {
+        0 | 16 | 19 => libc::SIGFPE,  // #DE, #MF, #XM
+        1 | 3 => libc::SIGTRAP,       // #DB, #BP
+        6 => libc::SIGILL,            // #UD
+        7 => libc::SIGFPE,            // #NM (no FPU: never here)
+        11 | 12 | 17 => libc::SIGBUS, // #NP, #SS, #AC
+        _ => libc::SIGSEGV,           // #PF, #GP, #DF, #BR, #OF, ...
+    }
+}
+
+/// The guest's state when it crashed, kept for a core file: registers at the faulting
+/// instruction (for an exception, as they were before the stub ran), the special registers,
+/// and the SSE state.
+#[derive(Debug, Clone)]
+pub(crate) struct CrashState {
+    /// The signal a process would have got.
+    pub signal: i32,
+    /// General registers at the fault.
+    pub regs: kvm_regs,
+    /// Segment selectors at the fault (`cs`, `ss`) and the rest of the special registers.
+    pub sregs: kvm_sregs,
+    /// The legacy FXSAVE area (x87, SSE registers, MXCSR), when it could be read.
+    pub fxsave: Option<Box<[u8; 512]>>,
+}
+
+/// The registers at the faulting instruction: the stub's `regs` with what it saved or what the
+/// CPU pushed put back.
+pub(crate) fn regs_at_fault(regs: &kvm_regs, frame: &ExceptionFrame) -> kvm_regs {
+    kvm_regs {
+        rax: frame.rax,
+        rdx: frame.rdx,
+        rsp: frame.rsp,
+        rip: frame.rip,
+        rflags: frame.rflags,
+        ..*regs
+    }
 }
 
 /// Formats the register dump.
@@ -188,16 +231,8 @@ pub fn exception_report(
             .unwrap_or_default();
         let _ = writeln!(out, "  faulting address (cr2) {:#x}{hint}", sregs.cr2);
     }
-    let at_fault = kvm_regs {
-        rax: frame.rax,
-        rdx: frame.rdx,
-        rsp: frame.rsp,
-        rip: frame.rip,
-        rflags: frame.rflags,
-        ..*regs
-    };
     out.push_str("  registers:\n");
-    format_registers(&mut out, &at_fault);
+    format_registers(&mut out, &regs_at_fault(regs, &frame));
     out
 }
 
@@ -293,6 +328,7 @@ mod tests {
     fn test_read_frame_with_error_code() {
         let ram = GuestRam::new(1 << 20).unwrap();
         let words: [u64; 8] = [0xd, 0xa, 0x6, 0x20_1000, 0x23, 0x202, 0x1f_fff0, 0x1b];
+        // rdx, rax, error code, rip, cs, rflags, rsp, ss
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         ram.write(0x5000, &bytes).unwrap();
         let frame = read_frame(&ram, 0x5000, 14).unwrap();
@@ -301,6 +337,7 @@ mod tests {
         assert_eq!(frame.cs, 0x23);
         assert_eq!(frame.rsp, 0x1f_fff0);
         assert_eq!((frame.rax, frame.rdx), (0xa, 0xd));
+        assert_eq!(frame.ss, 0x1b);
         let no_code = read_frame(&ram, 0x5000, 6).unwrap();
         assert_eq!(no_code.rip, 0x6);
     }

@@ -4,6 +4,7 @@
 //!
 //! This room only describes runs; it never touches a VM. The VM core fills a [`RunReport`].
 
+pub(crate) mod core_dump;
 pub(crate) mod crash;
 pub(crate) mod lines;
 pub(crate) mod symbols;
@@ -92,4 +93,6 @@ pub struct RunReport {
     pub first_output: Option<Instant>,
     /// Guest RAM pages resident after the run (when measured).
     pub ram_pages_touched: Option<u64>,
+    /// After a crash: the guest's registers at the fault, for a core file.
+    pub(crate) crash: Option<Box<crash::CrashState>>,
 }
