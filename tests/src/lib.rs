@@ -162,14 +162,20 @@ pub fn snapshot_image(name: &str, path: &Path) {
 /// Runs `cmd` (stdin closed, output captured) and kills it if it is still running after
 /// `limit`, which fails the test with what it printed so far.
 pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
-    use std::io::Read;
     use std::process::Stdio;
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    wait_within(child, limit)
+}
+
+/// Waits for `child` (its stdout and stderr piped) and collects its output; kills it if it is
+/// still running after `limit`, which fails the test with what it printed so far.
+pub fn wait_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    use std::io::Read;
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
@@ -201,7 +207,7 @@ pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
             let _ = child.wait();
             let out = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
             let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
-            panic!("{cmd:?} still running after {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
+            panic!("still running after {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     };

@@ -40,8 +40,16 @@ fn test_core_file_opens_in_gdb_at_the_fault() {
         text.contains("Program terminated with signal SIGSEGV"),
         "{text}"
     );
-    assert!(text.contains("null_dereference () at"), "{text}");
-    assert!(text.contains("in main () at fault/src/main.rs:"), "{text}");
+    assert!(
+        text.contains("fault::null_dereference () at fault/src/main.rs:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("in fault::main (args=...) at fault/src/main.rs:"),
+        "{text}"
+    );
+    // The whole chain, down to the image's entry.
+    assert!(text.contains("in _start ()"), "{text}");
     assert!(
         text.lines()
             .any(|l| l.starts_with("rip") && l.contains(&rip)),
@@ -66,10 +74,7 @@ fn test_core_file_names_the_signal_of_the_exception() {
             text.contains(&format!("Program terminated with signal {signal}")),
             "{kind}: {text}"
         );
-        assert!(
-            text.contains("in main () at") || text.contains("main () at"),
-            "{kind}: {text}"
-        );
+        assert!(text.contains("fault::main (args=...) at"), "{kind}: {text}");
     }
 }
 
@@ -108,4 +113,353 @@ fn test_core_never_replaces_what_is_not_a_regular_file() {
             .file_type()
             .is_symlink()
     );
+}
+
+/// A `vmm run --gdb 127.0.0.1:0` in the background, waiting for gdb.
+struct UnderGdb {
+    child: std::process::Child,
+    /// What `target remote` takes.
+    target: String,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts `vmm run IMAGE --gdb ADDRESS -- ARGS` and waits (10 s at most) until it listens.
+fn start_under_gdb(image: &Path, address: &str, args: &[&str]) -> UnderGdb {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(tests::vmm_bin())
+        .arg("run")
+        .arg(image)
+        .args(["--gdb", address, "--"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start vmm");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let stderr = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = lines_tx.send(line.clone());
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    let (out_tx, stdout) = std::sync::mpsc::channel();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = out_tx.send(std::mem::take(&mut line));
+        }
+    });
+    let target = loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("vmm --gdb never said where it listens")
+            });
+        if let Some(target) = line
+            .trim()
+            .strip_prefix("vmm: waiting for gdb: target remote ")
+        {
+            break target.to_owned();
+        }
+    };
+    UnderGdb {
+        child,
+        target,
+        stdout,
+        stderr,
+    }
+}
+
+impl UnderGdb {
+    /// Runs gdb on `image` with `commands` after `target remote`; returns gdb's output.
+    fn gdb(&self, image: &Path, commands: &[&str]) -> String {
+        let connect = format!("target remote {}", self.target);
+        let all: Vec<&str> = std::iter::once(connect.as_str())
+            .chain(commands.iter().copied())
+            .collect();
+        let out = gdb_batch(&[image], &all);
+        format!("{}{}", stdout(&out), stderr(&out))
+    }
+
+    /// Waits (30 s at most) for the VMM to end: its status, stdout and stderr.
+    fn finish(mut self) -> (i32, String, String) {
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("vmm still running 30 s after gdb ended");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let stderr = self.stderr.join().unwrap();
+        let stdout: String = self.stdout.try_iter().collect();
+        (
+            status.code().expect("vmm killed by a signal"),
+            stdout,
+            stderr,
+        )
+    }
+}
+
+#[test]
+fn test_gdb_breaks_at_main_steps_and_prints_locals() {
+    require_kvm!();
+    let hello = image("hello");
+    let vmm = start_under_gdb(&hello, "127.0.0.1:0", &["a", "b"]);
+    let text = vmm.gdb(
+        &hello,
+        &[
+            "info registers rip",
+            "break hello::main",
+            "continue",
+            "bt",
+            "next",
+            "next",
+            "print arg",
+            "info locals",
+            "step",
+            "bt 2",
+            "continue",
+        ],
+    );
+    // Stopped before the first instruction: at the image's entry.
+    assert!(
+        text.contains("rip            0x200000            0x200000 <_start>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Breakpoint 1, hello::main (args=...) at hello/src/main.rs:12"),
+        "{text}"
+    );
+    assert!(text.contains("#1  hello::__flick_app_main ()"), "{text}");
+    assert!(
+        text.contains("in start_kernel () at src/start.rs:"),
+        "{text}"
+    );
+    assert!(text.contains("14\t        println!(\"{arg}\");"), "{text}");
+    assert!(text.contains("$1 = \"a\""), "{text}");
+    assert!(text.contains("#1  0x"), "{text}");
+    assert!(
+        text.contains("in hello::main (args=...) at hello/src/main.rs:14"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[Inferior 1 (process 1) exited normally]"),
+        "{text}"
+    );
+    let (status, out, err) = vmm.finish();
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(out, "Hello from a unikernel!\na\nb\n");
+}
+
+#[test]
+fn test_gdb_sees_the_exit_code_arrive() {
+    require_kvm!();
+    let exitcode = image("exitcode");
+    let vmm = start_under_gdb(&exitcode, "127.0.0.1:0", &["7"]);
+    let text = vmm.gdb(&exitcode, &["continue"]);
+    assert!(
+        text.contains("[Inferior 1 (process 1) exited with code 07]"),
+        "{text}"
+    );
+    let (status, _, err) = vmm.finish();
+    assert_eq!(status, 7, "{err}");
+}
+
+#[test]
+fn test_gdb_hears_a_crash_as_a_signal_and_the_guest_ends_as_a_crash() {
+    require_kvm!();
+    let fault = image("fault");
+    for (kind, signal, function) in [
+        (
+            "null",
+            "SIGSEGV, Segmentation fault",
+            "fault::null_dereference ()",
+        ),
+        (
+            "ud2",
+            "SIGILL, Illegal instruction",
+            "fault::main (args=...)",
+        ),
+        (
+            "div0",
+            "SIGFPE, Arithmetic exception",
+            "fault::main (args=...)",
+        ),
+    ] {
+        let vmm = start_under_gdb(&fault, "127.0.0.1:0", &[kind]);
+        let text = vmm.gdb(
+            &fault,
+            &["continue", "bt", "info registers rip", "continue"],
+        );
+        assert!(
+            text.contains(&format!("Program received signal {signal}.")),
+            "{kind}: {text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("#0 ") && l.contains(function)),
+            "{kind}: {text}"
+        );
+        assert!(
+            text.contains(&format!("Program terminated with signal {signal}.")),
+            "{kind}: {text}"
+        );
+        let (status, _, err) = vmm.finish();
+        assert_eq!(status, 134, "{kind}: {err}");
+        // The report is the one a run without gdb gives: the fault, where gdb saw it.
+        let rip = text
+            .lines()
+            .find(|l| l.starts_with("rip "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .to_owned();
+        assert!(
+            err.contains(&format!("at rip {rip} <")),
+            "{kind}: {rip} in {err}"
+        );
+    }
+}
+
+#[test]
+fn test_gdb_interrupts_a_running_guest_with_ctrl_c() {
+    require_kvm!();
+    use std::process::{Command, Stdio};
+    // Prints "R" on COM1 (so the test knows gdb let it run), then spins.
+    let mut code = tests::asm::mov_dx(abi::port::COM1);
+    code.extend([0xb0, b'R', 0xee, 0xb0, b'\n', 0xee]); // mov al, 'R'; out; mov al, '\n'; out
+    code.extend(tests::asm::SPIN);
+    let spin = tests::write_scratch(
+        "gdb-interrupt",
+        "spin",
+        &tests::elf::ElfBuilder::guest(&code).build(),
+    );
+    let vmm = start_under_gdb(&spin, "127.0.0.1:0", &[]);
+    let gdb = Command::new(tests::gdb_bin())
+        .args(["-nx", "-batch"])
+        .args(["-ex", &format!("target remote {}", vmm.target)])
+        .args(["-ex", "continue", "-ex", "x/i $pc", "-ex", "kill"])
+        .arg(&spin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = vmm
+        .stdout
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the guest never ran");
+    assert_eq!(line, "R\n");
+    // What Ctrl-C does in a terminal.
+    let sent = Command::new("kill")
+        .args(["-INT", &gdb.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = tests::wait_within(gdb, std::time::Duration::from_secs(30));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("Program received signal SIGINT, Interrupt."),
+        "{text}"
+    );
+    assert!(
+        text.contains("jmp    0x"),
+        "stopped in the spin loop: {text}"
+    );
+    let (status, _, err) = vmm.finish();
+    assert_eq!(status, 137, "{err}");
+    assert!(err.contains("vmm: guest killed by the debugger"), "{err}");
+}
+
+#[test]
+fn test_gdb_connects_through_a_unix_socket_and_detaches() {
+    require_kvm!();
+    let hello = image("hello");
+    let socket = tests::scratch_dir("gdb-unix").join("gdb.sock");
+    let _ = std::fs::remove_file(&socket);
+    let vmm = start_under_gdb(&hello, socket.to_str().unwrap(), &[]);
+    assert_eq!(vmm.target, socket.display().to_string());
+    // gdb leaves (detaches) with the guest stopped at a breakpoint: it runs on to its end.
+    let text = vmm.gdb(&hello, &["break hello::main", "continue"]);
+    assert!(text.contains("Breakpoint 1, hello::main"), "{text}");
+    let (status, out, err) = vmm.finish();
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(out, "Hello from a unikernel!\n");
+    assert!(!socket.exists(), "the VMM removes its socket");
+}
+
+#[test]
+fn test_gdb_address_must_be_loopback_or_a_free_path() {
+    require_kvm!();
+    let hello = image("hello");
+    let out = vmm_run(&hello, &["--gdb", "8.8.8.8:1234"], &[]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).contains("not a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+    let taken = tests::write_scratch("gdb-taken", "file", b"not a socket");
+    let out = vmm_run(&hello, &["--gdb", taken.to_str().unwrap()], &[]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).contains("the path exists and is not a stale socket"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&taken).unwrap(), b"not a socket");
+}
+
+#[test]
+fn test_gdb_single_steps_one_instruction_at_a_time_across_port_io() {
+    require_kvm!();
+    // mov dx, COM1; mov al, 'R'; out dx, al; mov al, '\n'; out dx, al; mov eax, 3; exit
+    let mut code = tests::asm::mov_dx(abi::port::COM1);
+    code.extend([0xb0, b'R', 0xee, 0xb0, b'\n', 0xee]);
+    code.extend(tests::asm::exit(3));
+    let image = tests::write_scratch(
+        "gdb-stepi",
+        "steps",
+        &tests::elf::ElfBuilder::guest(&code).build(),
+    );
+    let vmm = start_under_gdb(&image, "127.0.0.1:0", &[]);
+    let text = vmm.gdb(
+        &image,
+        &[
+            "stepi",
+            "print $pc",
+            "stepi",
+            "print $pc",
+            "stepi",
+            "print $pc",
+            "stepi",
+            "print $pc",
+            "stepi",
+            "print $pc",
+            "continue",
+        ],
+    );
+    let entry = tests::elf::CODE_ADDR;
+    // mov dx (4 bytes), mov al (2), out (1), mov al (2), out (1): each stop one further.
+    for (n, offset) in [4u64, 6, 7, 9, 10].iter().enumerate() {
+        let want = format!("${} = (void (*)()) {:#x}", n + 1, entry + offset);
+        assert!(text.contains(&want), "{want} in {text}");
+    }
+    assert!(text.contains("exited with code 03"), "{text}");
+    let (status, out, err) = vmm.finish();
+    assert_eq!(status, 3, "{err}");
+    assert_eq!(out, "R\n");
 }

@@ -182,6 +182,11 @@ enum Command {
         /// If the guest crashes, write an ELF core file here (`gdb IMAGE FILE` opens it).
         #[arg(long, value_name = "FILE", conflicts_with = "via")]
         core: Option<PathBuf>,
+        /// Stop the guest before its first instruction and wait for gdb (`target remote ADDR`)
+        /// on ADDR: a loopback HOST:PORT (port 0: any free one) or a Unix socket path. Runs
+        /// without the seccomp sandbox and without --timeout.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["via", "timeout"])]
+        gdb: Option<String>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -360,6 +365,7 @@ fn vmm_main() -> i32 {
             debug_panic,
             max_output,
             core,
+            gdb,
             args,
         } => {
             assert!(!debug_panic, "--debug-panic");
@@ -388,7 +394,10 @@ fn vmm_main() -> i32 {
                 detach_teardown: !sync_teardown,
                 core,
             };
-            run(&config, timeline, format)
+            match gdb {
+                Some(address) => run_under_gdb(&config, &address, timeline, format),
+                None => run(&config, timeline, format),
+            }
         }
     }
 }
@@ -424,7 +433,18 @@ fn seccomp_list() -> i32 {
 }
 
 fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> i32 {
-    let report = match vmm::launch::run(config, Console::inherit(), timeline) {
+    finish_run(
+        vmm::launch::run(config, Console::inherit(), timeline),
+        format,
+    )
+}
+
+/// Prints what `vmm run` says about a finished guest, and returns its status.
+fn finish_run(
+    result: Result<vmm::RunReport, vmm::LaunchError>,
+    format: Option<TimelineFormat>,
+) -> i32 {
+    let report = match result {
         Ok(report) => report,
         Err(err) => return fail(&err),
     };
@@ -438,6 +458,27 @@ fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -
         None => {}
     }
     status
+}
+
+fn run_under_gdb(
+    config: &RunConfig,
+    address: &str,
+    timeline: Timeline,
+    format: Option<TimelineFormat>,
+) -> i32 {
+    let listener = match address
+        .parse::<vmm::debug::GdbAddress>()
+        .and_then(|address| vmm::debug::GdbListener::bind(&address))
+    {
+        Ok(listener) => listener,
+        Err(err) => return fail(&err),
+    };
+    if config.vm.seccomp {
+        eprintln!("warning: --gdb: the VMM runs the guest without its sandbox");
+    }
+    eprintln!("vmm: waiting for gdb: target remote {}", listener.target());
+    let result = vmm::debug::run(config, listener, Console::inherit(), timeline);
+    finish_run(result, format)
 }
 
 fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {

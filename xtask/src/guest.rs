@@ -37,6 +37,7 @@ fn guest_rustflags() -> String {
     [
         "-Crelocation-model=static".to_owned(),
         "-Cforce-frame-pointers=yes".to_owned(),
+        "-Cforce-unwind-tables=yes".to_owned(),
         "-Clink-arg=-nostdlib".to_owned(),
         "-Clink-arg=-static".to_owned(),
         "-Clink-arg=-no-pie".to_owned(),

@@ -374,6 +374,7 @@ fn result_of(
                 Outcome::Exited(_) => (status, "exited"),
                 Outcome::TimedOut(_) => (status, "timed out"),
                 Outcome::BrokenPipe => (status, "broken pipe"),
+                Outcome::Killed => (status, "killed"),
                 Outcome::Crashed(text) => {
                     stderr.push_str(text);
                     (status, "crashed")

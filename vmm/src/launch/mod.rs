@@ -57,6 +57,9 @@ pub enum LaunchError {
     /// The guest's thread died without an answer (a bug).
     #[error("the vCPU thread failed unexpectedly")]
     RunnerFailed,
+    /// The session that ran the guest failed (the debugger's).
+    #[error(transparent)]
+    Session(Box<dyn std::error::Error + Send + Sync>),
     /// The core file cannot be written where asked (`--core`).
     #[error("--core")]
     Core(#[source] crate::files::WriteError),
@@ -180,7 +183,28 @@ pub struct RunConfig {
 pub fn run(
     config: &RunConfig,
     console: Console,
+    timeline: Timeline,
+) -> Result<RunReport, LaunchError> {
+    run_with(
+        config,
+        console,
+        timeline,
+        Box::new(|vm, console, watchdog| Ok(vm.run(console, watchdog)?)),
+    )
+}
+
+/// How the runner thread runs an assembled VM to its end (`vm.run`, or a debugging session).
+pub(crate) type Driver = Box<
+    dyn FnOnce(&mut Vm, Console, Option<vm::Watchdog>) -> Result<RunReport, LaunchError> + Send,
+>;
+
+/// [`run`], with the guest run by `drive` on the runner thread (which is confined first only
+/// if `config.vm.seccomp`).
+pub(crate) fn run_with(
+    config: &RunConfig,
+    console: Console,
     mut timeline: Timeline,
+    drive: Driver,
 ) -> Result<RunReport, LaunchError> {
     if let Some(core) = &config.core {
         crate::files::check_replaceable(core).map_err(LaunchError::Core)?;
@@ -213,7 +237,7 @@ pub fn run(
                     from_main.recv().map_err(|_| LaunchError::RunnerFailed)?;
                 timeline.image_loaded = Some(loaded_at);
                 let mut vm = finish(shell?, &target, &vm_config, timeline)?;
-                let report = vm.run(console, watchdog)?;
+                let report = drive(&mut vm, console, watchdog)?;
                 Ok::<_, LaunchError>((vm, report))
             })
             .map_err(LaunchError::Spawn)?
@@ -297,6 +321,7 @@ pub fn snapshot(
                         Outcome::Exited(code) => format!("it exited with {code}"),
                         Outcome::TimedOut(_) => "it timed out".into(),
                         Outcome::BrokenPipe => "its stdout was closed".into(),
+                        Outcome::Killed => "it was killed".into(),
                         Outcome::Crashed(text) => {
                             text.lines().next().unwrap_or("it crashed").to_owned()
                         }

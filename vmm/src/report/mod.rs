@@ -25,6 +25,8 @@ pub enum Outcome {
     Crashed(String),
     /// Its stdout was closed (`| head -1`): it stopped as SIGPIPE stops a process.
     BrokenPipe,
+    /// The debugger killed it (gdb's `kill`): it stopped as SIGKILL stops a process.
+    Killed,
 }
 
 impl Outcome {
@@ -35,6 +37,7 @@ impl Outcome {
             Outcome::TimedOut(_) => abi::exit_status::TIMEOUT,
             Outcome::Crashed(_) => abi::exit_status::CRASH,
             Outcome::BrokenPipe => abi::exit_status::BROKEN_PIPE,
+            Outcome::Killed => 128 + libc::SIGKILL,
         }
     }
 
@@ -47,6 +50,7 @@ impl Outcome {
                 "vmm: guest stopped: it ran longer than --timeout {limit:?}\n"
             )),
             Outcome::Crashed(text) => Some(format!("vmm: {text}")),
+            Outcome::Killed => Some("vmm: guest killed by the debugger\n".to_owned()),
         }
     }
 }

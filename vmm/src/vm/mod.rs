@@ -12,6 +12,7 @@
 //! [`Start`] by the launcher (`crate::launch`).
 
 pub(crate) mod console;
+pub(crate) mod debug;
 pub(crate) mod exits;
 pub(crate) mod hypercall;
 pub(crate) mod shell;
@@ -35,6 +36,7 @@ use crate::report::{Outcome, RunReport, Timeline, lines::Lines, symbols::Symbols
 use exits::{Action, Exit, ExitHandler, Limits, Stop};
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Errors that keep a guest from starting or running.
@@ -404,7 +406,7 @@ impl Vm {
     pub fn resume(&mut self) -> Result<Progress, VmError> {
         let mut handler = self.handler.take().expect("resume() after start()");
         let watchdog = self.watchdog.take();
-        let stop = self.run_loop(&mut handler, watchdog.as_ref());
+        let stop = self.run_loop(&mut handler, watchdog.as_ref(), None, false);
         self.watchdog = watchdog;
         match stop {
             Ok(Some(Stop::Parked)) => {
@@ -460,14 +462,20 @@ impl Vm {
         }
     }
 
-    /// Runs until a stop; `None` means the watchdog fired.
+    /// Runs until a stop; `None` means the watchdog fired, or `interrupt` was raised (by the
+    /// debugger, which then interrupts `KVM_RUN` with the watchdog's signal), or, with
+    /// `one_exit` (a debugger's single step), the guest made one exit it may continue from.
     fn run_loop(
         &mut self,
         handler: &mut ExitHandler,
         watchdog: Option<&Watchdog>,
+        interrupt: Option<&AtomicBool>,
+        one_exit: bool,
     ) -> Result<Option<Stop>, VmError> {
         loop {
-            if watchdog.is_some_and(Watchdog::fired) {
+            if watchdog.is_some_and(Watchdog::fired)
+                || interrupt.is_some_and(|i| i.load(Ordering::SeqCst))
+            {
                 return Ok(None);
             }
             let exit = match self.vcpu.run() {
@@ -501,6 +509,9 @@ impl Vm {
             if let Action::Stop(stop) = handler.handle(&self.ram, exit) {
                 return Ok(Some(stop));
             }
+            if one_exit {
+                return Ok(None);
+            }
         }
     }
 
@@ -509,6 +520,16 @@ impl Vm {
     fn crash_report(&mut self, stop: &Stop) -> (String, CrashState) {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
+        self.describe_crash(stop, regs, sregs)
+    }
+
+    /// [`Vm::crash_report`] for the vCPU registers `regs` and `sregs` read when it stopped.
+    fn describe_crash(
+        &mut self,
+        stop: &Stop,
+        regs: kvm_bindings::kvm_regs,
+        sregs: kvm_bindings::kvm_sregs,
+    ) -> (String, CrashState) {
         let mut state = CrashState {
             signal: crash_signal(stop),
             regs,
