@@ -463,3 +463,81 @@ fn test_gdb_single_steps_one_instruction_at_a_time_across_port_io() {
     assert_eq!(status, 3, "{err}");
     assert_eq!(out, "R\n");
 }
+
+#[test]
+fn test_gdb_register_writes_reach_the_guest() {
+    require_kvm!();
+    // mov eax, 7; nop; (exit with eax)
+    let mut code = tests::asm::mov_eax(7);
+    code.push(0x90);
+    code.extend(tests::asm::exit_with_eax());
+    let image = tests::write_scratch(
+        "gdb-registers",
+        "regs",
+        &tests::elf::ElfBuilder::guest(&code).build(),
+    );
+    let nop = tests::elf::CODE_ADDR + 5;
+    let vmm = start_under_gdb(&image, "127.0.0.1:0", &[]);
+    let text = vmm.gdb(
+        &image,
+        &[
+            &format!("break *{nop:#x}"),
+            "continue",
+            "print $pc",
+            "print $rax",
+            "set $rax = 9",
+            "continue",
+        ],
+    );
+    assert!(
+        text.contains(&format!("$1 = (void (*)()) {nop:#x}")),
+        "{text}"
+    );
+    assert!(text.contains("$2 = 7"), "{text}");
+    assert!(text.contains("exited with code 011"), "{text}");
+    let (status, _, err) = vmm.finish();
+    assert_eq!(status, 9, "{err}");
+}
+
+#[test]
+fn test_gdb_memory_access_is_bounded_to_what_the_guest_may_touch() {
+    require_kvm!();
+    let hello = image("hello");
+    let vmm = start_under_gdb(&hello, "127.0.0.1:0", &[]);
+    let text = vmm.gdb(
+        &hello,
+        &[
+            "x/gx 0",
+            "x/gx 0x7fff00000000",
+            "x/gx 0xfffffffffffffff8",
+            // The exception stubs: the VMM's ring-0 code, readable but not writable.
+            "x/2i 0x2000",
+            "set {char}0x2000 = 0",
+            "set {int}0x1ffff0 = 42",
+            "x/dw 0x1ffff0",
+            "x/i $pc",
+            "kill",
+        ],
+    );
+    assert!(
+        text.contains("Cannot access memory at address 0x0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Cannot access memory at address 0x7fff00000000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Cannot access memory at address 0xfffffffffffffff8"),
+        "{text}"
+    );
+    assert!(text.contains("push   %rax"), "{text}");
+    assert!(
+        text.contains("Cannot access memory at address 0x2000"),
+        "{text}"
+    );
+    assert!(text.contains("0x1ffff0:\t42"), "{text}");
+    assert!(text.contains("<_start>:\txor    %ebp,%ebp"), "{text}");
+    let (status, _, err) = vmm.finish();
+    assert_eq!(status, 137, "{err}");
+}
