@@ -25,7 +25,9 @@ Exit status:
   101  the app panicked
   124  the guest ran longer than --timeout
   125  the VMM could not start the guest (bad image, bad flag, no KVM, too little memory)
-  134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)";
+  134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)
+  137  gdb killed the guest (--gdb)
+  141  the guest's stdout was closed while it wrote (as SIGPIPE ends a process)";
 
 /// A minimal KVM VMM that boots flick images at ring 3.
 #[derive(Parser, Debug)]
@@ -433,20 +435,25 @@ fn seccomp_list() -> i32 {
 }
 
 fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> i32 {
-    finish_run(
-        vmm::launch::run(config, Console::inherit(), timeline),
-        format,
-    )
+    let result = vmm::launch::run(config, Console::inherit(), timeline);
+    finish_run(result, &config.target, format)
 }
 
 /// Prints what `vmm run` says about a finished guest, and returns its status.
 fn finish_run(
     result: Result<vmm::RunReport, vmm::LaunchError>,
+    target: &std::path::Path,
     format: Option<TimelineFormat>,
 ) -> i32 {
     let report = match result {
         Ok(report) => report,
-        Err(err) => return fail(&err),
+        Err(err) => {
+            let hint = built_image_named(target)
+                .map(|image| format!(" (did you mean {}?)", image.display()))
+                .unwrap_or_default();
+            eprintln!("error: {}{hint}", vmm::error_chain(&err));
+            return abi::exit_status::VMM_ERROR;
+        }
     };
     if let Some(text) = report.outcome.message() {
         eprint!("{text}");
@@ -458,6 +465,17 @@ fn finish_run(
         None => {}
     }
     status
+}
+
+/// `target/images/NAME` when `target` is a bare name that is not a file here but an image
+/// built by `cargo xtask build` is (`vmm run hello` from the project's folder).
+fn built_image_named(target: &std::path::Path) -> Option<PathBuf> {
+    let bare = target.components().count() == 1 && !target.as_os_str().is_empty();
+    if !bare || target.symlink_metadata().is_ok() {
+        return None;
+    }
+    let image = std::path::Path::new("target/images").join(target);
+    image.is_file().then_some(image)
 }
 
 fn run_under_gdb(
@@ -478,7 +496,7 @@ fn run_under_gdb(
     }
     eprintln!("vmm: waiting for gdb: target remote {}", listener.target());
     let result = vmm::debug::run(config, listener, Console::inherit(), timeline);
-    finish_run(result, format)
+    finish_run(result, &config.target, format)
 }
 
 fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
