@@ -11,28 +11,58 @@ use core::fmt::{self, Write};
 
 const BUFFER_SIZE: usize = 4096;
 
-/// A console buffer. The stream is a type parameter, not a field, so that the buffers are all
-/// zeros and live in `.bss`: the VMM copies nothing for them and the guest touches their pages
-/// only when it prints.
-struct LineBuffer<const STREAM: u32> {
-    len: usize,
-    bytes: [u8; BUFFER_SIZE],
+/// Where a console buffer's bytes go when it flushes.
+trait Sink {
+    fn write(&mut self, bytes: &[u8]);
 }
 
-impl<const STREAM: u32> LineBuffer<STREAM> {
-    const fn new() -> Self {
-        Self { len: 0, bytes: [0; BUFFER_SIZE] }
+/// The VMM's console stream `STREAM`: one `console_write` hypercall (one VM exit) per write.
+/// The stream is a type parameter, not a field, so that the buffers are all zeros and live in
+/// `.bss`: the VMM copies nothing for them and the guest touches their pages only when it
+/// prints.
+struct Vmm<const STREAM: u32>;
+
+impl<const STREAM: u32> Sink for Vmm<STREAM> {
+    fn write(&mut self, bytes: &[u8]) {
+        hypercall::console_write(STREAM, bytes);
+    }
+}
+
+/// A console buffer in front of a [`Sink`].
+struct LineBuffer<S: Sink> {
+    len: usize,
+    bytes: [u8; BUFFER_SIZE],
+    sink: S,
+}
+
+impl<S: Sink> LineBuffer<S> {
+    const fn new(sink: S) -> Self {
+        Self {
+            len: 0,
+            bytes: [0; BUFFER_SIZE],
+            sink,
+        }
     }
 
     fn flush(&mut self) {
         if self.len > 0 {
-            hypercall::console_write(STREAM, &self.bytes[..self.len]);
+            self.sink.write(&self.bytes[..self.len]);
             self.len = 0;
+        }
+    }
+
+    /// Formats `args` into the buffer (flushing whenever it fills); then flushes everything
+    /// when `line_buffered` is false or the buffer holds a newline.
+    fn print(&mut self, args: fmt::Arguments, line_buffered: bool) {
+        let _ = self.write_fmt(args);
+        let ends_line = self.bytes[..self.len].contains(&b'\n');
+        if !line_buffered || ends_line {
+            self.flush();
         }
     }
 }
 
-impl<const STREAM: u32> Write for LineBuffer<STREAM> {
+impl<S: Sink> Write for LineBuffer<S> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let mut bytes = s.as_bytes();
         while !bytes.is_empty() {
@@ -56,7 +86,10 @@ pub(crate) struct StackLine {
 
 impl StackLine {
     pub(crate) const fn new() -> Self {
-        Self { len: 0, bytes: [0; 256] }
+        Self {
+            len: 0,
+            bytes: [0; 256],
+        }
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
@@ -73,8 +106,8 @@ impl Write for StackLine {
     }
 }
 
-static STDOUT: Global<LineBuffer<{ stream::STDOUT }>> = Global::new(LineBuffer::new());
-static STDERR: Global<LineBuffer<{ stream::STDERR }>> = Global::new(LineBuffer::new());
+static STDOUT: Global<LineBuffer<Vmm<{ stream::STDOUT }>>> = Global::new(LineBuffer::new(Vmm));
+static STDERR: Global<LineBuffer<Vmm<{ stream::STDERR }>>> = Global::new(LineBuffer::new(Vmm));
 
 /// Writes straight to the VMM, unbuffered: used when a buffer is busy (a panic while printing).
 struct Unbuffered(u32);
@@ -86,14 +119,12 @@ impl Write for Unbuffered {
     }
 }
 
-fn print_to<const STREAM: u32>(global: &Global<LineBuffer<STREAM>>, args: fmt::Arguments, line_buffered: bool) {
-    let done = global.with(|buf| {
-        let _ = buf.write_fmt(args);
-        let ends_line = buf.bytes[..buf.len].contains(&b'\n');
-        if !line_buffered || ends_line {
-            buf.flush();
-        }
-    });
+fn print_to<const STREAM: u32>(
+    global: &Global<LineBuffer<Vmm<STREAM>>>,
+    args: fmt::Arguments,
+    line_buffered: bool,
+) {
+    let done = global.with(|buf| buf.print(args, line_buffered));
     if done.is_none() {
         let _ = Unbuffered(STREAM).write_fmt(args);
     }
@@ -160,4 +191,75 @@ macro_rules! eprint {
 macro_rules! eprintln {
     () => { $crate::eprint!("\n") };
     ($($arg:tt)*) => { $crate::console::_eprint(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::boxed::Box;
+    use alloc::vec::Vec;
+
+    /// A sink that keeps every write.
+    #[derive(Default)]
+    struct Recorder(Vec<Vec<u8>>);
+
+    impl Sink for Recorder {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.push(bytes.to_vec());
+        }
+    }
+
+    fn buffer() -> Box<LineBuffer<Recorder>> {
+        Box::new(LineBuffer::new(Recorder::default()))
+    }
+
+    #[kernel::test]
+    fn test_console_text_without_newline_stays_buffered_until_flush() {
+        let mut buf = buffer();
+        buf.print(format_args!("no newline {}", 1), true);
+        assert!(buf.sink.0.is_empty());
+        buf.flush();
+        assert_eq!(buf.sink.0, [b"no newline 1".to_vec()]);
+    }
+
+    #[kernel::test]
+    fn test_console_newline_flushes_the_whole_buffer_in_one_write() {
+        let mut buf = buffer();
+        buf.print(format_args!("first "), true);
+        buf.print(format_args!("line\nand more"), true);
+        assert_eq!(buf.sink.0, [b"first line\nand more".to_vec()]);
+        assert_eq!(buf.len, 0);
+    }
+
+    #[kernel::test]
+    fn test_console_full_buffer_flushes_in_buffer_sized_writes() {
+        let mut buf = buffer();
+        let text = "x".repeat(2 * BUFFER_SIZE + 10);
+        buf.print(format_args!("{text}"), true);
+        let sizes: Vec<usize> = buf.sink.0.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [BUFFER_SIZE, BUFFER_SIZE]);
+        assert_eq!(buf.len, 10);
+    }
+
+    #[kernel::test]
+    fn test_console_unbuffered_stream_writes_every_call() {
+        let mut buf = buffer();
+        buf.print(format_args!("a"), false);
+        buf.print(format_args!("b"), false);
+        assert_eq!(buf.sink.0, [b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[kernel::test]
+    fn test_console_flush_of_an_empty_buffer_writes_nothing() {
+        let mut buf = buffer();
+        buf.flush();
+        assert!(buf.sink.0.is_empty());
+    }
+
+    #[kernel::test]
+    fn test_stack_line_truncates_at_its_capacity() {
+        let mut line = StackLine::new();
+        let _ = write!(line, "{}", "y".repeat(300));
+        assert_eq!(line.as_bytes().len(), 256);
+    }
 }

@@ -23,7 +23,9 @@ struct KernelHeap {
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap { talc: Global::new(None) };
+static HEAP: KernelHeap = KernelHeap {
+    talc: Global::new(None),
+};
 
 /// Heap usage figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +49,11 @@ pub fn stats() -> HeapStats {
         .with(|talc| match talc {
             Some(talc) => {
                 let c = talc.counters();
-                HeapStats { size: c.claimed_bytes, allocated: c.allocated_bytes, free: c.available_bytes }
+                HeapStats {
+                    size: c.claimed_bytes,
+                    allocated: c.allocated_bytes,
+                    free: c.available_bytes,
+                }
             }
             None => HeapStats::default(),
         })
@@ -70,9 +76,9 @@ fn out_of_memory(layout: Layout) -> ! {
     crate::console::flush();
     let stats = stats();
     let mut line = crate::console::StackLine::new();
-    let _ = write!(
+    let _ = writeln!(
         line,
-        "out of memory: asked for {} bytes (align {}); {} of {} heap bytes free\n",
+        "out of memory: asked for {} bytes (align {}); {} of {} heap bytes free",
         layout.size(),
         layout.align(),
         stats.free,
@@ -87,7 +93,10 @@ fn out_of_memory(layout: Layout) -> ! {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's guarantees.
-        let ptr = self.talc.with(|slot| unsafe { claim(slot).alloc(layout) }).unwrap_or(core::ptr::null_mut());
+        let ptr = self
+            .talc
+            .with(|slot| unsafe { claim(slot).alloc(layout) })
+            .unwrap_or(core::ptr::null_mut());
         if ptr.is_null() {
             out_of_memory(layout);
         }
@@ -96,7 +105,8 @@ unsafe impl GlobalAlloc for KernelHeap {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded with the caller's guarantees.
-        self.talc.with(|slot| unsafe { claim(slot).dealloc(ptr, layout) });
+        self.talc
+            .with(|slot| unsafe { claim(slot).dealloc(ptr, layout) });
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -110,5 +120,73 @@ unsafe impl GlobalAlloc for KernelHeap {
             out_of_memory(unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) });
         }
         new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::boxed::Box;
+    use alloc::vec::Vec;
+
+    // Each test runs in a VM of its own, and the harness allocates nothing before it: the
+    // heap is untouched when a test starts.
+
+    #[kernel::test]
+    fn test_heap_is_unclaimed_before_the_first_allocation() {
+        assert_eq!(stats(), HeapStats::default());
+    }
+
+    #[kernel::test]
+    fn test_heap_claims_the_free_ram_that_boot_info_reports() {
+        let _first = Box::new(7u64);
+        let info = crate::boot_info();
+        let range = (info.heap_end - info.heap_start) as usize;
+        let stats = stats();
+        assert!(stats.size <= range, "{stats:?} within {range}");
+        assert!(
+            stats.size > range - 4096,
+            "{stats:?} claims all but metadata of {range}"
+        );
+        assert!(stats.allocated + stats.free <= stats.size, "{stats:?}");
+    }
+
+    #[kernel::test]
+    fn test_heap_counts_allocations_and_frees() {
+        let _warm = Box::new(0u8);
+        let before = stats().allocated;
+        let block: Vec<u8> = Vec::with_capacity(100_000);
+        assert!(stats().allocated >= before + 100_000, "{:?}", stats());
+        drop(block);
+        assert_eq!(stats().allocated, before);
+    }
+
+    #[kernel::test]
+    fn test_heap_serves_a_large_block_and_its_memory_is_usable() {
+        let mut block = alloc::vec![0u8; 8 << 20];
+        block[0] = 1;
+        let last = block.len() - 1;
+        block[last] = 2;
+        assert_eq!(block.iter().map(|&b| u64::from(b)).sum::<u64>(), 3);
+    }
+
+    #[kernel::test]
+    fn test_heap_realloc_keeps_the_contents() {
+        let mut numbers: Vec<u32> = Vec::with_capacity(1);
+        for i in 0..10_000 {
+            numbers.push(i);
+        }
+        assert!(numbers.iter().copied().eq(0..10_000));
+    }
+
+    #[kernel::test]
+    fn test_heap_honours_large_alignment() {
+        let layout = Layout::from_size_align(64, 4096).unwrap();
+        // SAFETY: the layout has a non-zero size; the block is freed with the same layout.
+        unsafe {
+            let ptr = HEAP.alloc(layout);
+            assert_eq!(ptr as usize % 4096, 0);
+            HEAP.dealloc(ptr, layout);
+        }
     }
 }

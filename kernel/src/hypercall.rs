@@ -9,7 +9,9 @@ use core::arch::asm;
 fn out(port: u16, value: u32) {
     // SAFETY: the TSS I/O bitmap opens the abi ports to ring 3; the VMM reads any argument
     // struct the value points at, which is why this asm is not `nomem`.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    };
 }
 
 /// Guest-physical address of `value` as the 32-bit port value. Kernel data (stack, image,
@@ -21,7 +23,11 @@ fn address_of<T>(value: &T) -> u32 {
 /// Writes `bytes` to console `stream` ([`abi::hypercall::stream`]): one exit per 64 KiB.
 pub fn console_write(stream: u32, bytes: &[u8]) {
     for chunk in bytes.chunks(CONSOLE_WRITE_MAX as usize) {
-        let args = ConsoleWrite { buf: chunk.as_ptr() as u64, len: chunk.len() as u32, stream };
+        let args = ConsoleWrite {
+            buf: chunk.as_ptr() as u64,
+            len: chunk.len() as u32,
+            stream,
+        };
         out(port::CONSOLE_WRITE, address_of(&args));
     }
 }

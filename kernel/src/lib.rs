@@ -22,24 +22,30 @@
 //! ```
 
 #![no_std]
+// `cargo test` builds the kernel as an image of its own, whose entry is the test harness.
+#![cfg_attr(test, no_main)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 extern crate alloc;
+// `#[kernel::test]` names `::kernel`, which must resolve inside the kernel too.
+extern crate self as kernel;
 
 pub mod args;
 pub mod console;
-pub mod heap;
-pub mod time;
 mod global;
+pub mod heap;
 mod hypercall;
 mod mem;
 mod note;
 mod panic;
 mod start;
+pub mod testing;
+pub mod time;
 
 pub use args::{Args, args, env, vars};
+pub use kernel_macros::test;
 pub use start::{boot_info, exit, snapshot_point};
 
 /// Parks this guest until the VMM releases it (one exit). `vmm fleet --resident` keeps many
@@ -56,7 +62,8 @@ pub fn wait_for_release() {
 /// Names the app's entry point: `fn main(args: kernel::Args) -> i32`.
 ///
 /// The returned value becomes the exit status of `vmm run`. With `snapshot = manual`, the app
-/// calls [`snapshot_point`] itself instead of the kernel doing it before `main`.
+/// calls [`snapshot_point`] itself instead of the kernel doing it before `main`. In a test
+/// build (`cargo test`), the entry point is the test harness ([`testing`]) instead.
 ///
 /// ```ignore
 /// kernel::main!(main);
@@ -74,18 +81,29 @@ macro_rules! main {
         $crate::main!(@define $main, true);
     };
     (@define $main:path, $manual:expr) => {
+        #[cfg(not(test))]
         #[unsafe(no_mangle)]
         fn __flick_app_main() -> i32 {
             let main: fn($crate::Args) -> i32 = $main;
             main($crate::args())
         }
 
+        #[cfg(not(test))]
         #[unsafe(no_mangle)]
         fn __flick_app_takes_own_snapshot() -> bool {
             $manual
         }
+
+        // A test build runs the tests; the app's `main` only has to type-check.
+        #[cfg(test)]
+        const _: fn($crate::Args) -> i32 = $main;
+        #[cfg(test)]
+        $crate::__test_entry!();
     };
 }
+
+#[cfg(test)]
+crate::__test_entry!();
 
 /// Random bits for this run, from the VMM (different in every run restored from a snapshot).
 ///

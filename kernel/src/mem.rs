@@ -80,3 +80,60 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// it is never called.
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[kernel::test]
+    fn test_memmove_overlapping_forward_copy() {
+        let mut bytes = *b"abcdef__";
+        // SAFETY: both ranges lie in `bytes`.
+        unsafe { memmove(bytes.as_mut_ptr().add(2), bytes.as_ptr(), 6) };
+        assert_eq!(&bytes, b"ababcdef");
+    }
+
+    #[kernel::test]
+    fn test_memmove_overlapping_backward_copy() {
+        let mut bytes = *b"__abcdef";
+        // SAFETY: both ranges lie in `bytes`.
+        unsafe { memmove(bytes.as_mut_ptr(), bytes.as_ptr().add(2), 6) };
+        assert_eq!(&bytes, b"abcdefef");
+    }
+
+    #[kernel::test]
+    fn test_memmove_leaves_the_direction_flag_clear() {
+        let mut bytes = *b"__abcd";
+        // SAFETY: both ranges lie in `bytes`.
+        unsafe { memmove(bytes.as_mut_ptr().add(2), bytes.as_ptr(), 4) };
+        let flags: u64;
+        // SAFETY: reads RFLAGS through the stack; no other effect.
+        unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) flags) };
+        assert_eq!(flags & (1 << 10), 0, "DF must be clear after memmove");
+        assert_eq!(&bytes, b"____ab");
+    }
+
+    #[kernel::test]
+    fn test_memset_fills_exactly_the_range() {
+        let mut bytes = [0u8; 8];
+        // SAFETY: the range lies in `bytes`.
+        unsafe { memset(bytes.as_mut_ptr().add(1), 0x1ab, 6) };
+        assert_eq!(bytes, [0, 0xab, 0xab, 0xab, 0xab, 0xab, 0xab, 0]);
+    }
+
+    #[kernel::test]
+    fn test_memcmp_orders_by_the_first_differing_byte() {
+        let (a, b) = (b"abcx", b"abdx");
+        // SAFETY: both ranges are 4 bytes long.
+        let (less, equal, greater) = unsafe {
+            (
+                memcmp(a.as_ptr(), b.as_ptr(), 4),
+                memcmp(a.as_ptr(), a.as_ptr(), 4),
+                memcmp(b.as_ptr(), a.as_ptr(), 4),
+            )
+        };
+        assert!(less < 0 && equal == 0 && greater > 0);
+        // SAFETY: as above; only the first 2 bytes, which are equal.
+        assert_eq!(unsafe { bcmp(a.as_ptr(), b.as_ptr(), 2) }, 0);
+    }
+}

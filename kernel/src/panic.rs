@@ -18,3 +18,13 @@ fn panic(info: &PanicInfo) -> ! {
     }
     crate::hypercall::exit(abi::exit_status::PANIC)
 }
+
+#[cfg(test)]
+mod tests {
+    #[kernel::test]
+    #[should_panic(expected = "deliberate panic 42")]
+    fn test_panic_message_and_status_reach_the_runner() {
+        let value = 42;
+        panic!("deliberate panic {value}");
+    }
+}

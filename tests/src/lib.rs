@@ -2,8 +2,9 @@
 //! - [`elf`]: builds ELF files byte by byte, valid images and every kind of broken one;
 //! - [`asm`]: tiny hand-assembled guests;
 //! - locating the VMM binary and the built images (built once per test run);
-//! - the KVM gate: KVM tests fail with a clear reason when `/dev/kvm` cannot be opened, unless
-//!   `SKIP_KVM_TESTS=1` is set on purpose.
+//! - the KVM gate: every test that needs `/dev/kvm` is a [`kvm_test`]: it fails with a clear
+//!   reason when `/dev/kvm` cannot be opened, and is ignored (listed by name, counted) when the
+//!   tests were built with `SKIP_KVM_TESTS=1` on purpose.
 
 pub mod asm;
 pub mod elf;
@@ -30,7 +31,15 @@ fn ensure_built() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(project_root())
-            .args(["run", "--quiet", "--package", "xtask", "--", "build"])
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "--quiet",
+                "build",
+            ])
             .stdout(std::process::Stdio::null())
             .status()
             .expect("cannot run cargo xtask build");
@@ -57,38 +66,34 @@ pub fn image(name: &str) -> PathBuf {
     path
 }
 
-/// Whether KVM tests should run. Panics with the reason when `/dev/kvm` cannot be opened,
-/// unless `SKIP_KVM_TESTS=1`, in which case it prints the test's name as skipped.
-pub fn kvm_available(test: &str) -> bool {
-    if std::env::var("SKIP_KVM_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!("skipped (SKIP_KVM_TESTS=1): {test}");
-        return false;
-    }
+pub use tests_macros::kvm_test;
+
+/// Fails the calling test with the reason when `/dev/kvm` cannot be opened read-write.
+/// [`kvm_test`] calls it first in every KVM test.
+pub fn require_kvm() {
     if let Err(err) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
         panic!(
-            "{test}: KVM tests need /dev/kvm read-write: {err}. \
-             Set SKIP_KVM_TESTS=1 to skip them on purpose."
+            "KVM tests need /dev/kvm read-write: {err}. Set SKIP_KVM_TESTS=1 to skip them on \
+             purpose (each is then reported as ignored)."
         );
     }
-    true
 }
 
-/// Skips the calling test (returning early) when KVM tests are switched off.
+/// The old way to mark a KVM test, kept so that tests written before `#[kvm_test]` still
+/// compile: under `SKIP_KVM_TESTS=1` such a test would run and pass without doing anything,
+/// so it fails instead, saying what to write.
+#[deprecated(note = "write #[tests::kvm_test] instead of #[test] and require_kvm!()")]
 #[macro_export]
 macro_rules! require_kvm {
     () => {
-        if !$crate::kvm_available(module_path!()) {
-            return;
+        if cfg!(skip_kvm) {
+            panic!("SKIP_KVM_TESTS=1 did not skip this KVM test: mark it #[tests::kvm_test]");
         }
-    };
-    ($name:expr) => {
-        if !$crate::kvm_available($name) {
-            return;
-        }
+        $crate::require_kvm();
     };
 }
 

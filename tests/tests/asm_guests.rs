@@ -3,25 +3,23 @@
 
 use abi::port;
 use tests::elf::{CODE_ADDR, ElfBuilder};
-use tests::{asm, require_kvm, status, stderr, stdout, vmm_run, write_scratch};
+use tests::{asm, kvm_test, status, stderr, stdout, vmm_run, write_scratch};
 
 fn boot(name: &str, builder: ElfBuilder, flags: &[&str]) -> std::process::Output {
     let path = write_scratch("asm-guests", name, &builder.build());
     vmm_run(&path, flags, &[])
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_starts_at_cpl3() {
-    require_kvm!();
     // mov eax, cs; and eax, 3; exit(eax)
     let code = [vec![0x8c, 0xc8, 0x83, 0xe0, 0x03], asm::exit_with_eax()].concat();
     let out = boot("cpl", ElfBuilder::guest(&code), &[]);
     assert_eq!(status(&out), 3, "CPL must be 3; stderr: {}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_gets_boot_info_in_rdi() {
-    require_kvm!();
     // mov rax, rdi; shr rax, 12; exit(eax): boot info lives at 0x30000.
     let code = [
         vec![0x48, 0x89, 0xf8, 0x48, 0xc1, 0xe8, 0x0c],
@@ -32,9 +30,8 @@ fn test_guest_gets_boot_info_in_rdi() {
     assert_eq!(status(&out), 0x30, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_stack_pointer_is_stack_top() {
-    require_kvm!();
     // mov rax, rsp; shr rax, 16; exit(eax): the stack top is 0x200000.
     let code = [
         vec![0x48, 0x89, 0xe0, 0x48, 0xc1, 0xe8, 0x10],
@@ -45,9 +42,8 @@ fn test_guest_stack_pointer_is_stack_top() {
     assert_eq!(status(&out), 0x20, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_fault_reports_vector_and_rip() {
-    require_kvm!();
     let code = [vec![0x90, 0x90], asm::UD2.to_vec()].concat();
     let out = boot("ud2", ElfBuilder::guest(&code), &[]);
     let err = stderr(&out);
@@ -57,9 +53,8 @@ fn test_guest_fault_reports_vector_and_rip() {
     assert!(err.contains("user mode"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_null_read_reports_page_fault_with_cr2() {
-    require_kvm!();
     // mov rax, [0x10]
     let code = vec![0x48, 0x8b, 0x04, 0x25, 0x10, 0x00, 0x00, 0x00];
     let out = boot("null", ElfBuilder::guest(&code), &[]);
@@ -70,9 +65,8 @@ fn test_guest_null_read_reports_page_fault_with_cr2() {
     assert!(err.contains("null pointer dereference"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_cannot_read_exception_stubs() {
-    require_kvm!();
     // mov rax, [0x2000]: the VMM's stub page is supervisor-only.
     let code = vec![0x48, 0x8b, 0x04, 0x25, 0x00, 0x20, 0x00, 0x00];
     let out = boot("stubs", ElfBuilder::guest(&code), &[]);
@@ -84,9 +78,8 @@ fn test_guest_cannot_read_exception_stubs() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_image_stub_table_never_runs_at_ring0() {
-    require_kvm!();
     // A hostile image puts its own "#UD stub" where ABI version 3 images kept theirs: it
     // would clear CR0.WP and exit with 77 from ring 0. The VMM's own stubs must report the
     // #UD instead; nothing of the image runs at ring 0.
@@ -111,9 +104,8 @@ fn test_guest_image_stub_table_never_runs_at_ring0() {
     assert!(err.contains(&format!("at rip {CODE_ADDR:#x}")), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_crash_port_from_ring3_cannot_forge_a_report() {
-    require_kvm!();
     // out CRASH with vector 14 from ring 3: the port is closed to ring 3 (#GP), so no
     // "page fault" report with a frame of the guest's choosing can come out.
     let code = [
@@ -130,9 +122,8 @@ fn test_guest_crash_port_from_ring3_cannot_forge_a_report() {
     assert!(!err.contains("page fault"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_narrow_exit_write_is_a_bad_hypercall() {
-    require_kvm!();
     // out dx, al to the exit port: one rule for every port, 32-bit writes only.
     let code = [
         asm::mov_eax(7),
@@ -147,9 +138,8 @@ fn test_guest_narrow_exit_write_is_a_bad_hypercall() {
     assert!(err.contains("takes a 32-bit write, got 1 bytes"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_infinite_loop_is_stopped_by_timeout() {
-    require_kvm!();
     let started = std::time::Instant::now();
     let out = boot(
         "spin",
@@ -161,9 +151,8 @@ fn test_guest_infinite_loop_is_stopped_by_timeout() {
     assert!(started.elapsed().as_secs() < 20);
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_port_spray_is_survived() {
-    require_kvm!();
     let code = [
         // 32-bit accesses cover four ports: stop where the last one is still COM1's.
         asm::port_spray(port::COM1, port::COM1 + port::COM1_LEN - 3),
@@ -174,9 +163,8 @@ fn test_guest_port_spray_is_survived() {
     assert_eq!(status(&out), 42, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_closed_port_faults() {
-    require_kvm!();
     // out 0x80, al: the I/O bitmap closes every port outside the abi range and COM1.
     let code = vec![0xe6, 0x80];
     let out = boot("port80", ElfBuilder::guest(&code), &[]);
@@ -185,9 +173,8 @@ fn test_guest_closed_port_faults() {
     assert!(err.contains("general protection fault"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_bad_hypercall_is_stopped() {
-    require_kvm!();
     // console write whose struct address lies past RAM
     let code = [
         asm::mov_eax(0xffff_fff0),
@@ -230,9 +217,8 @@ fn vector_registers_filled() -> Vec<u8> {
     code
 }
 
-#[test]
+#[kvm_test]
 fn test_guest_vector_registers_hold_nothing_of_the_host_or_other_guests() {
-    require_kvm!();
     let reader = write_scratch(
         "vector-leak",
         "reader",

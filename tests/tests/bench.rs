@@ -4,7 +4,7 @@
 
 use std::process::Command;
 use std::sync::Mutex;
-use tests::{project_root, require_kvm};
+use tests::{kvm_test, project_root};
 
 /// Both benches rebuild and copy the VMM and images: never run them at once.
 static BENCH: Mutex<()> = Mutex::new(());
@@ -30,9 +30,8 @@ fn bench(args: &[&str], report: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("the report parses")
 }
 
-#[test]
+#[kvm_test]
 fn test_bench_quick_only_ours_reports_ten_runs() {
-    require_kvm!();
     let report = bench(&["--quick", "--only", "ours,serve"], "report.json");
     let peers = report["peers"].as_array().expect("report.json has peers");
     for name in ["ours", "serve"] {
@@ -46,9 +45,8 @@ fn test_bench_quick_only_ours_reports_ten_runs() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_bench_fleet_only_ours_reports_its_launch_rate() {
-    require_kvm!();
     let report = bench(&["--fleet", "10", "--only", "ours"], "fleet.json");
     let rows = report["rows"].as_array().expect("fleet.json has rows");
     assert_eq!(rows.len(), 1, "{report}");

@@ -2,7 +2,7 @@
 //! a live guest through `vmm run --gdb`.
 
 use std::path::Path;
-use tests::{gdb_batch, image, require_kvm, status, stderr, stdout, vmm_run};
+use tests::{gdb_batch, image, kvm_test, status, stderr, stdout, vmm_run};
 
 /// Boots `fault KIND` with `--core` and returns the VMM's stderr and the core's path.
 fn crash_with_core(test: &str, kind: &str) -> (String, std::path::PathBuf) {
@@ -16,9 +16,8 @@ fn crash_with_core(test: &str, kind: &str) -> (String, std::path::PathBuf) {
     (stderr(&out), core)
 }
 
-#[test]
+#[kvm_test]
 fn test_core_file_opens_in_gdb_at_the_fault() {
-    require_kvm!();
     let (err, core) = crash_with_core("core-null", "null");
     assert!(
         err.contains(&format!("core dumped to {}", core.display())),
@@ -59,9 +58,8 @@ fn test_core_file_opens_in_gdb_at_the_fault() {
     assert!(text.contains("$1 = 0"), "{text}");
 }
 
-#[test]
+#[kvm_test]
 fn test_core_file_names_the_signal_of_the_exception() {
-    require_kvm!();
     for (kind, signal) in [
         ("ud2", "SIGILL"),
         ("div0", "SIGFPE"),
@@ -78,18 +76,16 @@ fn test_core_file_names_the_signal_of_the_exception() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_core_is_not_written_when_the_guest_exits() {
-    require_kvm!();
     let core = tests::scratch_dir("core-exit").join("guest.core");
     let out = vmm_run(&image("hello"), &["--core", core.to_str().unwrap()], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(!core.exists());
 }
 
-#[test]
+#[kvm_test]
 fn test_core_never_replaces_what_is_not_a_regular_file() {
-    require_kvm!();
     let dir = tests::scratch_dir("core-refused");
     let link = dir.join("link.core");
     let _ = std::fs::remove_file(&link);
@@ -214,9 +210,8 @@ impl UnderGdb {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_breaks_at_main_steps_and_prints_locals() {
-    require_kvm!();
     let hello = image("hello");
     let vmm = start_under_gdb(&hello, "127.0.0.1:0", &["a", "b"]);
     let text = vmm.gdb(
@@ -265,9 +260,8 @@ fn test_gdb_breaks_at_main_steps_and_prints_locals() {
     assert_eq!(out, "Hello from a unikernel!\na\nb\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_sees_the_exit_code_arrive() {
-    require_kvm!();
     let exitcode = image("exitcode");
     let vmm = start_under_gdb(&exitcode, "127.0.0.1:0", &["7"]);
     let text = vmm.gdb(&exitcode, &["continue"]);
@@ -279,9 +273,8 @@ fn test_gdb_sees_the_exit_code_arrive() {
     assert_eq!(status, 7, "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_hears_a_crash_as_a_signal_and_the_guest_ends_as_a_crash() {
-    require_kvm!();
     let fault = image("fault");
     for (kind, signal, function) in [
         (
@@ -334,9 +327,8 @@ fn test_gdb_hears_a_crash_as_a_signal_and_the_guest_ends_as_a_crash() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_interrupts_a_running_guest_with_ctrl_c() {
-    require_kvm!();
     use std::process::{Command, Stdio};
     // Prints "R" on COM1 (so the test knows gdb let it run), then spins.
     let mut code = tests::asm::mov_dx(abi::port::COM1);
@@ -384,9 +376,8 @@ fn test_gdb_interrupts_a_running_guest_with_ctrl_c() {
     assert!(err.contains("vmm: guest killed by the debugger"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_connects_through_a_unix_socket_and_detaches() {
-    require_kvm!();
     let hello = image("hello");
     let socket = tests::scratch_dir("gdb-unix").join("gdb.sock");
     let _ = std::fs::remove_file(&socket);
@@ -401,9 +392,8 @@ fn test_gdb_connects_through_a_unix_socket_and_detaches() {
     assert!(!socket.exists(), "the VMM removes its socket");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_address_must_be_loopback_or_a_free_path() {
-    require_kvm!();
     let hello = image("hello");
     let out = vmm_run(&hello, &["--gdb", "8.8.8.8:1234"], &[]);
     assert_eq!(status(&out), 125);
@@ -423,9 +413,8 @@ fn test_gdb_address_must_be_loopback_or_a_free_path() {
     assert_eq!(std::fs::read(&taken).unwrap(), b"not a socket");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_single_steps_one_instruction_at_a_time_across_port_io() {
-    require_kvm!();
     // mov dx, COM1; mov al, 'R'; out dx, al; mov al, '\n'; out dx, al; mov eax, 3; exit
     let mut code = tests::asm::mov_dx(abi::port::COM1);
     code.extend([0xb0, b'R', 0xee, 0xb0, b'\n', 0xee]);
@@ -464,9 +453,8 @@ fn test_gdb_single_steps_one_instruction_at_a_time_across_port_io() {
     assert_eq!(out, "R\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_register_writes_reach_the_guest() {
-    require_kvm!();
     // mov eax, 7; nop; (exit with eax)
     let mut code = tests::asm::mov_eax(7);
     code.push(0x90);
@@ -499,9 +487,8 @@ fn test_gdb_register_writes_reach_the_guest() {
     assert_eq!(status, 9, "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_gdb_memory_access_is_bounded_to_what_the_guest_may_touch() {
-    require_kvm!();
     let hello = image("hello");
     let vmm = start_under_gdb(&hello, "127.0.0.1:0", &[]);
     let text = vmm.gdb(

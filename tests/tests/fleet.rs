@@ -3,7 +3,7 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tests::elf::ElfBuilder;
-use tests::{asm, image, require_kvm, status, stderr, stdout, vmm, vmm_run, write_scratch};
+use tests::{asm, image, kvm_test, status, stderr, stdout, vmm, vmm_run, write_scratch};
 
 fn fleet_json(args: &[&str]) -> Value {
     let mut all = vec!["fleet", "--json"];
@@ -14,9 +14,8 @@ fn fleet_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_boots_every_instance() {
-    require_kvm!();
     let hello = image("hello");
     let report = fleet_json(&[
         hello.to_str().unwrap(),
@@ -39,9 +38,8 @@ fn test_fleet_boots_every_instance() {
     assert!(report["peak_concurrent"].as_u64().unwrap() <= 2);
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_instances_share_nothing() {
-    require_kvm!();
     let dir = tests::scratch_dir("fleet-mix");
     let spin = write_scratch("fleet-mix", "spin", &ElfBuilder::guest(&asm::SPIN).build());
     // Prints 64 KiB of its own code per exit, forever.
@@ -144,9 +142,8 @@ count = 2
     assert_eq!(outcomes["timed out"], 2);
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_resident_holds_every_instance_at_once() {
-    require_kvm!();
     let idle = image("idle");
     let report = fleet_json(&[idle.to_str().unwrap(), "--count", "40", "--resident"]);
     assert_eq!(report["peak_concurrent"], 40);
@@ -157,9 +154,8 @@ fn test_fleet_resident_holds_every_instance_at_once() {
     assert!(report["memory"]["rss_at_peak_kib"].as_u64().unwrap() > 0);
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_table_names_the_figures() {
-    require_kvm!();
     let out = vmm(&["fleet", image("hello").to_str().unwrap(), "--count", "4"]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
@@ -188,9 +184,8 @@ fn test_fleet_bad_manifest_is_refused() {
     assert_eq!(status(&out), 125);
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_restores_resident_instances_from_a_snapshot() {
-    require_kvm!();
     let dir = tests::scratch_dir("fleet-snapshot");
     let snap = dir.join("idle.snap");
     tests::snapshot_image("idle", &snap);
@@ -200,9 +195,8 @@ fn test_fleet_restores_resident_instances_from_a_snapshot() {
     assert!(report["memory"]["pss_at_peak_kib"].as_u64().unwrap() > 0);
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_release_survives_a_guest_that_parks_forever() {
-    require_kvm!();
     // loop: out WAIT, eax
     let code = [
         asm::mov_dx(abi::port::WAIT),
@@ -221,9 +215,8 @@ fn test_fleet_release_survives_a_guest_that_parks_forever() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_resident_warns_when_an_image_never_parks() {
-    require_kvm!();
     let hello = image("hello");
     let out = vmm(&[
         "fleet",
@@ -250,9 +243,8 @@ fn test_fleet_resident_warns_when_an_image_never_parks() {
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_fleet_cores_writes_one_core_per_crashed_instance() {
-    require_kvm!();
     let dir = tests::scratch_dir("fleet-cores");
     let fault = image("fault");
     let report = fleet_json(&[

@@ -3,8 +3,8 @@
 //! `FLICK_FUZZ_CASES` sets the number of cases (default: a few thousand, as in the normal test
 //! run; `cargo xtask fuzz --cases N` runs millions).
 
-use tests::asm;
 use tests::elf::{ElfBuilder, PF_R, PF_W, Phdr};
+use tests::{asm, kvm_test};
 use vmm::Image;
 use vmm::fuzzing;
 use vmm::memory::GuestRam;
@@ -210,9 +210,8 @@ fn mutate_snapshot(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     bytes
 }
 
-#[test]
+#[kvm_test]
 fn test_fuzz_snapshot_reader_never_panics() {
-    tests::require_kvm!();
     let path = tests::scratch_dir("fuzz").join("hello.snap");
     tests::snapshot_image("hello", &path);
     let base = std::fs::read(&path).unwrap();

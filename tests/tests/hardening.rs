@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tests::elf::ElfBuilder;
-use tests::{asm, image, require_kvm, status, stderr, write_scratch};
+use tests::{asm, image, kvm_test, status, stderr, write_scratch};
 
 /// Runs `vmm` with `args`, killing it (and failing) if it is still running after `limit`.
 fn vmm_within(args: &[&str], limit: Duration) -> Output {
@@ -112,9 +112,8 @@ fn test_hardening_durations_beyond_any_clock_are_refused() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_manifest_arguments_are_checked_like_the_command_line() {
-    require_kvm!();
     let hello = image("hello");
     for (entry, expected) in [
         ("args = [\"a\\u0000b\"]", "NUL byte"),
@@ -133,9 +132,8 @@ fn test_hardening_manifest_arguments_are_checked_like_the_command_line() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_snapshot_of_a_guest_that_never_gets_there_times_out() {
-    require_kvm!();
     let spin = write_scratch(
         "hardening-spin",
         "spin",
@@ -157,9 +155,8 @@ fn test_hardening_snapshot_of_a_guest_that_never_gets_there_times_out() {
     assert!(stderr(&out).contains("it timed out"), "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_resident_fleet_release_of_a_spinning_guest_ends() {
-    require_kvm!();
     // out WAIT, then spin forever once released.
     let code = [
         asm::mov_dx(abi::port::WAIT),
@@ -191,9 +188,8 @@ fn test_hardening_resident_fleet_release_of_a_spinning_guest_ends() {
     assert_eq!(report["outcomes"]["timed out"], 2, "{report}");
 }
 
-#[test]
+#[kvm_test]
 fn test_hardening_snapshot_layout_error_is_said_once() {
-    require_kvm!();
     let good = std::fs::read({
         let path = tests::scratch_dir("hardening-layout").join("hello.snap");
         tests::snapshot_image("hello", &path);
@@ -214,4 +210,34 @@ fn test_hardening_snapshot_layout_error_is_said_once() {
     assert_eq!(status(&out), 125, "{err}");
     assert!(err.contains("lies outside the image area"), "{err}");
     assert_eq!(err.matches("corrupted snapshot").count(), 1, "{err}");
+}
+
+#[test]
+fn test_hardening_via_client_does_not_wait_for_ever_on_a_silent_server() {
+    // A "server" that accepts and never answers: the client's request has a timeout, so the
+    // client gives up a few seconds after it.
+    let dir = tests::scratch_dir("hardening-silent");
+    let socket = dir.join("silent.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let connection = listener.accept();
+        std::thread::sleep(Duration::from_secs(8));
+        drop(connection);
+    });
+    let hello = image("hello");
+    let out = vmm_within(
+        &[
+            "run",
+            "--via",
+            socket.to_str().unwrap(),
+            hello.to_str().unwrap(),
+            "--timeout",
+            "200ms",
+        ],
+        Duration::from_secs(7),
+    );
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+    drop(held);
 }

@@ -4,7 +4,7 @@
 
 use abi::port;
 use tests::elf::{CODE_ADDR, ElfBuilder};
-use tests::{asm, require_kvm, status, stderr, vmm_run, write_scratch};
+use tests::{asm, kvm_test, status, stderr, vmm_run, write_scratch};
 
 struct Outcome {
     status: i32,
@@ -59,9 +59,8 @@ fn console_call() -> Vec<u8> {
     [asm::mov_dx(port::CONSOLE_WRITE), vec![asm::OUT_DX_EAX]].concat()
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_spray_every_port_is_stopped_at_the_first_closed_one() {
-    require_kvm!();
     // for port in 0..=0xffff: out dx, eax
     let code = [
         vec![0x31, 0xd2, 0xef, 0x66, 0xff, 0xc2, 0x75, 0xfb],
@@ -71,9 +70,8 @@ fn test_hostile_spray_every_port_is_stopped_at_the_first_closed_one() {
     assert_stopped("spray-all", &code, "general protection fault");
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_read_every_port_is_stopped_at_the_first_closed_one() {
-    require_kvm!();
     // for port in 0..=0xffff: in eax, dx
     let code = [
         vec![0x31, 0xd2, 0xed, 0x66, 0xff, 0xc2, 0x75, 0xfb],
@@ -83,18 +81,16 @@ fn test_hostile_read_every_port_is_stopped_at_the_first_closed_one() {
     assert_stopped("read-all", &code, "general protection fault");
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_exit_port_takes_any_value() {
-    require_kvm!();
     for value in [0u32, 255, 256, 0x8000_0000, u32::MAX] {
         let out = boot("exit-values", &asm::exit(value), &[]);
         assert_eq!(out.status, (value & 0xff) as i32, "{}", out.stderr);
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_console_buffer_past_ram_is_refused() {
-    require_kvm!();
     let code = [
         console_struct_on_stack(0, 0x7fff_0000, 64, 1),
         console_call(),
@@ -111,9 +107,8 @@ fn test_hostile_console_buffer_past_ram_is_refused() {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_console_length_that_wraps_is_refused() {
-    require_kvm!();
     let code = [
         console_struct_on_stack(0, -16, 64, 1),
         console_call(),
@@ -125,9 +120,8 @@ fn test_hostile_console_length_that_wraps_is_refused() {
     assert!(out.stderr.contains("wraps around"), "{}", out.stderr);
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_console_overlong_length_is_refused() {
-    require_kvm!();
     let code = [
         console_struct_on_stack(0, CODE_ADDR as i32, u32::MAX, 1),
         console_call(),
@@ -139,9 +133,8 @@ fn test_hostile_console_overlong_length_is_refused() {
     assert!(out.stderr.contains("exceeds the limit"), "{}", out.stderr);
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_console_unknown_stream_is_refused() {
-    require_kvm!();
     let code = [
         console_struct_on_stack(0, CODE_ADDR as i32, 4, 99),
         console_call(),
@@ -153,9 +146,8 @@ fn test_hostile_console_unknown_stream_is_refused() {
     assert!(out.stderr.contains("unknown stream 99"), "{}", out.stderr);
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_unaligned_overlapping_struct_is_served() {
-    require_kvm!();
     // The struct sits at an odd address and its buffer is the struct itself: both are fine,
     // the VMM copies the struct before reading the buffer.
     let mut code = vec![0x48, 0x83, 0xec, 0x20, 0x48, 0x8d, 0x44, 0x24, 0x01]; // sub rsp, 32; lea rax, [rsp+1]
@@ -169,9 +161,8 @@ fn test_hostile_unaligned_overlapping_struct_is_served() {
     assert_eq!(out.stdout.len(), 16);
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_write_to_own_code_faults() {
-    require_kvm!();
     let mut code = vec![0xc6, 0x04, 0x25]; // mov byte [CODE_ADDR], 0x90
     code.extend((CODE_ADDR as u32).to_le_bytes());
     code.push(0x90);
@@ -182,9 +173,8 @@ fn test_hostile_write_to_own_code_faults() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_write_to_page_tables_faults() {
-    require_kvm!();
     let code = [0xc6, 0x04, 0x25, 0x00, 0x80, 0x00, 0x00, 0x41]; // mov byte [0x8000], 'A'
     assert_stopped(
         "write-page-tables",
@@ -193,9 +183,8 @@ fn test_hostile_write_to_page_tables_faults() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_write_to_idt_faults() {
-    require_kvm!();
     let mut code = vec![0xc6, 0x04, 0x25]; // mov byte [IDT], 'A'
     code.extend((vmm::arch::layout::IDT_ADDR as u32).to_le_bytes());
     code.push(0x41);
@@ -206,9 +195,8 @@ fn test_hostile_write_to_idt_faults() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_write_to_boot_info_faults() {
-    require_kvm!();
     let code = [0xc6, 0x04, 0x25, 0x00, 0x00, 0x03, 0x00, 0x41]; // mov byte [0x30000], 'A'
     assert_stopped(
         "write-boot-info",
@@ -217,17 +205,15 @@ fn test_hostile_write_to_boot_info_faults() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_execute_data_faults() {
-    require_kvm!();
     // lea rax, [rsp - 8]; jmp rax: the stack is not executable
     let code = [0x48, 0x8d, 0x44, 0x24, 0xf8, 0xff, 0xe0];
     assert_stopped("exec-stack", &code, "instruction fetch from");
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_stack_overflow_hits_the_guard_page() {
-    require_kvm!();
     let code = [0x50, 0xeb, 0xfd]; // loop: push rax
     assert_stopped(
         "push-forever",
@@ -236,9 +222,8 @@ fn test_hostile_stack_overflow_hits_the_guard_page() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_wild_jumps_fault() {
-    require_kvm!();
     // mov rax, imm64; jmp rax
     for target in [
         0u64,
@@ -260,9 +245,8 @@ fn test_hostile_wild_jumps_fault() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_privileged_instructions_fault() {
-    require_kvm!();
     let attempts: [(&str, &[u8]); 7] = [
         ("cli", &[0xfa]),
         ("hlt", &[0xf4]),
@@ -283,17 +267,15 @@ fn test_hostile_privileged_instructions_fault() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_infinite_loop_is_stopped_by_timeout() {
-    require_kvm!();
     let path = write_scratch("hostile", "spin", &ElfBuilder::guest(&asm::SPIN).build());
     let out = vmm_run(&path, &["--timeout", "200ms"], &[]);
     assert_eq!(status(&out), 124, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_endless_output_is_bounded() {
-    require_kvm!();
     // Print the first 64 KiB of RAM above the image, forever.
     let mut code = console_struct_on_stack(0, CODE_ADDR as i32, 65536, 1);
     let top = code.len();
@@ -314,9 +296,8 @@ fn test_hostile_endless_output_is_bounded() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_endless_com1_output_is_bounded() {
-    require_kvm!();
     // mov dx, COM1; loop: out dx, al
     let code = [asm::mov_dx(port::COM1), vec![0xb0, b'x', 0xee, 0xeb, 0xfd]].concat();
     let out = boot("com1-spam", &code, &["--max-output", "64K"]);
@@ -324,9 +305,8 @@ fn test_hostile_endless_com1_output_is_bounded() {
     assert!(out.stdout.len() <= 64 << 10);
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_malformed_sleep_is_refused() {
-    require_kvm!();
     let code = [asm::mov_dx(port::SLEEP), vec![0xee], asm::exit(0)].concat(); // out dx, al
     let out = boot("narrow-sleep", &code, &[]);
     assert_eq!(out.status, 134, "{}", out.stderr);
@@ -337,9 +317,8 @@ fn test_hostile_malformed_sleep_is_refused() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_hostile_output_nobody_reads_cannot_outlast_the_timeout() {
-    require_kvm!();
     // Endless output into a pipe that is never read: the VMM blocks in write(2) once the pipe
     // is full; `--timeout` must still stop the guest.
     let mut code = console_struct_on_stack(0, CODE_ADDR as i32, 65536, 1);

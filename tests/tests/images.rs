@@ -1,18 +1,16 @@
 //! Real images booted through the `vmm` binary, checked by output and exit status.
 
-use tests::{image, require_kvm, status, stderr, stdout, vmm_run};
+use tests::{image, kvm_test, status, stderr, stdout, vmm_run};
 
-#[test]
+#[kvm_test]
 fn test_hello_greets_and_exits_zero() {
-    require_kvm!();
     let out = vmm_run(&image("hello"), &[], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "Hello from a unikernel!\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_hello_prints_each_argument() {
-    require_kvm!();
     let out = vmm_run(&image("hello"), &[], &["one", "two words", "ünïcode"]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert_eq!(
@@ -21,25 +19,22 @@ fn test_hello_prints_each_argument() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_exitcode_exits_with_given_codes() {
-    require_kvm!();
     for code in [0, 1, 7, 42, 100, 255] {
         let out = vmm_run(&image("exitcode"), &[], &[&code.to_string()]);
         assert_eq!(status(&out), code, "{}", stderr(&out));
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_exitcode_keeps_low_eight_bits() {
-    require_kvm!();
     let out = vmm_run(&image("exitcode"), &[], &["258"]);
     assert_eq!(status(&out), 2);
 }
 
-#[test]
+#[kvm_test]
 fn test_panic_exits_101_with_message_and_location() {
-    require_kvm!();
     let out = vmm_run(&image("panic"), &[], &["x"]);
     let err = stderr(&out);
     assert_eq!(status(&out), 101, "{err}");
@@ -52,16 +47,14 @@ fn test_panic_exits_101_with_message_and_location() {
     assert!(err.contains("deliberate panic with 2 argument(s)"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_hello_runs_with_large_memory() {
-    require_kvm!();
     let out = vmm_run(&image("hello"), &["--mem", "2G"], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_serial_driver_initialises_and_prints_through_com1() {
-    require_kvm!();
     let out = vmm_run(&image("serial"), &["--timeline=json"], &["a", "b"]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert_eq!(

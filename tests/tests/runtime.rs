@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use tests::{image, require_kvm, status, stderr, stdout, vmm_run};
+use tests::{image, kvm_test, status, stderr, stdout, vmm_run};
 
 fn fault(kind: &str) -> (i32, String) {
     let out = vmm_run(&image("fault"), &[], &[kind]);
@@ -19,9 +19,8 @@ fn assert_crash(kind: &str, expected: &[&str]) {
     assert!(err.contains("registers:"), "{kind}: {err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_null_dereference_is_named() {
-    require_kvm!();
     assert_crash(
         "null",
         &[
@@ -35,9 +34,8 @@ fn test_fault_null_dereference_is_named() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_crash_report_backtrace_names_source_lines() {
-    require_kvm!();
     let (code, err) = fault("null");
     assert_eq!(code, 134, "{err}");
     let source =
@@ -66,17 +64,15 @@ fn test_crash_report_backtrace_names_source_lines() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_crash_report_says_when_the_backtrace_is_cut() {
-    require_kvm!();
     let (code, err) = fault("stack-overflow");
     assert_eq!(code, 134, "{err}");
     assert!(err.contains("... backtrace cut at 32 frames"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_write_to_code_is_a_protection_fault() {
-    require_kvm!();
     assert_crash(
         "write-code",
         &[
@@ -87,9 +83,8 @@ fn test_fault_write_to_code_is_a_protection_fault() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_stack_overflow_hits_the_guard_page() {
-    require_kvm!();
     assert_crash(
         "stack-overflow",
         &[
@@ -100,36 +95,31 @@ fn test_fault_stack_overflow_hits_the_guard_page() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_ud2_is_invalid_opcode() {
-    require_kvm!();
     assert_crash("ud2", &["invalid opcode (#UD, vector 6)", "<fault::main+"]);
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_divide_by_zero_is_divide_error() {
-    require_kvm!();
     assert_crash("div0", &["divide error (#DE, vector 0)", "<fault::main+"]);
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_int3_is_breakpoint() {
-    require_kvm!();
     assert_crash("int3", &["breakpoint (#BP, vector 3)"]);
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_privileged_instruction_is_general_protection() {
-    require_kvm!();
     assert_crash(
         "privileged",
         &["general protection fault (#GP, vector 13)", "<fault::main+"],
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_wild_jump_is_an_instruction_fetch_fault() {
-    require_kvm!();
     assert_crash(
         "wild-jump",
         &[
@@ -140,9 +130,8 @@ fn test_fault_wild_jump_is_an_instruction_fetch_fault() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_fault_unknown_kind_is_a_usage_error() {
-    require_kvm!();
     let (code, err) = fault("gremlins");
     assert_eq!(code, 2, "{err}");
 }
@@ -180,9 +169,8 @@ fn host_checksum(rounds: u64) -> (u64, usize) {
     (sum, map.len())
 }
 
-#[test]
+#[kvm_test]
 fn test_alloc_checksum_matches_host() {
-    require_kvm!();
     let out = vmm_run(&image("alloc"), &[], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     let (sum, entries) = host_checksum(20_000);
@@ -191,9 +179,8 @@ fn test_alloc_checksum_matches_host() {
     assert!(text.contains(&format!("entries {entries}\n")), "{text}");
 }
 
-#[test]
+#[kvm_test]
 fn test_alloc_out_of_memory_reports_and_exits_134() {
-    require_kvm!();
     let out = vmm_run(&image("alloc"), &["--mem", "8M"], &["oom"]);
     let err = stderr(&out);
     assert_eq!(status(&out), 134, "{err}");
@@ -204,9 +191,8 @@ fn test_alloc_out_of_memory_reports_and_exits_134() {
     assert!(err.contains("heap bytes free"), "{err}");
 }
 
-#[test]
+#[kvm_test]
 fn test_sha256_digest_matches_host() {
-    require_kvm!();
     let mib = 8u64;
     let out = vmm_run(&image("sha256"), &[], &[&mib.to_string()]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
@@ -233,9 +219,8 @@ fn test_sha256_digest_matches_host() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_clock_sleep_and_wall_time_are_sane() {
-    require_kvm!();
     let out = vmm_run(&image("clock"), &[], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
@@ -268,16 +253,14 @@ fn test_clock_sleep_and_wall_time_are_sane() {
     assert!(number("tsc ") > 0);
 }
 
-#[test]
+#[kvm_test]
 fn test_clock_sleep_respects_timeout() {
-    require_kvm!();
     let out = vmm_run(&image("clock"), &["--timeout", "20ms"], &[]);
     assert_eq!(status(&out), 124, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_env_reaches_the_app() {
-    require_kvm!();
     let out = vmm_run(
         &image("hello"),
         &["--env", "GREETING=hi", "--env", "EMPTY="],
@@ -297,9 +280,8 @@ fn test_env_without_equals_is_refused() {
     assert!(stderr(&out).contains("KEY=VALUE"), "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_timeline_json_counts_at_most_three_exits_for_hello() {
-    require_kvm!();
     let out = vmm_run(&image("hello"), &["--timeline=json"], &[]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     let err = stderr(&out);
@@ -326,9 +308,8 @@ fn test_timeline_json_counts_at_most_three_exits_for_hello() {
     assert!(json.contains("\"console_bytes\":24"), "{json}");
 }
 
-#[test]
+#[kvm_test]
 fn test_timeline_text_names_the_hypervisor() {
-    require_kvm!();
     let out = vmm_run(&image("hello"), &["--timeline"], &[]);
     let err = stderr(&out);
     assert!(err.contains("hypervisor: "), "{err}");

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use tests::elf::ElfBuilder;
-use tests::{asm, image, require_kvm, status, stderr, stdout, vmm, vmm_run, write_scratch};
+use tests::{asm, image, kvm_test, status, stderr, stdout, vmm, vmm_run, write_scratch};
 
 fn take_snapshot(name: &str, image_name: &str) -> PathBuf {
     let path = tests::scratch_dir("snapshot").join(name);
@@ -16,9 +16,8 @@ fn restore(path: &Path, args: &[&str]) -> std::process::Output {
     vmm(&all)
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_restore_runs_with_fresh_arguments() {
-    require_kvm!();
     let snap = take_snapshot("hello.snap", "hello");
     let out = restore(&snap, &["one", "two"]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
@@ -27,9 +26,8 @@ fn test_snapshot_restore_runs_with_fresh_arguments() {
     assert_eq!(stdout(&out), "Hello from a unikernel!\n");
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_taken_after_app_initialisation() {
-    require_kvm!();
     let path = tests::scratch_dir("snapshot").join("warmup.snap");
     let made = vmm(&[
         "snapshot",
@@ -68,9 +66,8 @@ fn test_snapshot_taken_after_app_initialisation() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_of_guest_without_snapshot_point_is_refused() {
-    require_kvm!();
     let raw = write_scratch("snapshot", "raw", &ElfBuilder::guest(&asm::exit(3)).build());
     let out_path = tests::scratch_dir("snapshot").join("raw.snap");
     let out = vmm(&[
@@ -99,9 +96,8 @@ fn assert_refused(name: &str, bytes: &[u8], expected: &str) {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_damaged_files_are_refused() {
-    require_kvm!();
     let good = std::fs::read(take_snapshot("good.snap", "hello")).unwrap();
     assert_refused("empty", &[], "truncated");
     assert_refused("truncated", &good[..good.len() - 4096], "truncated");
@@ -141,9 +137,8 @@ fn test_snapshot_missing_file_is_refused() {
     assert!(stderr(&out).contains("No such file"), "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_restore_does_not_need_the_image() {
-    require_kvm!();
     let snap = take_snapshot("moved.snap", "exitcode");
     let moved = tests::scratch_dir("snapshot-moved").join("copy.snap");
     std::fs::copy(&snap, &moved).unwrap();
@@ -185,9 +180,8 @@ fn sse_guest() -> Vec<u8> {
     code
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_restore_keeps_sse_state() {
-    require_kvm!();
     let image = write_scratch(
         "snapshot-sse",
         "sse",
@@ -210,9 +204,8 @@ fn test_snapshot_restore_keeps_sse_state() {
     );
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_restore_is_immune_to_later_file_changes() {
-    require_kvm!();
     // `clock` sleeps 50 ms after the restore, then runs code it has not touched yet: the
     // snapshot file is truncated meanwhile. The restored guest must not notice.
     let snap = take_snapshot("clock.snap", "clock");
@@ -234,9 +227,8 @@ fn test_snapshot_restore_is_immune_to_later_file_changes() {
     }
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_rewrite_replaces_the_file_atomically() {
-    require_kvm!();
     let dir = tests::scratch_dir("snapshot-atomic");
     let path = dir.join("same.snap");
     tests::snapshot_image("hello", &path);
@@ -257,9 +249,8 @@ fn test_snapshot_rewrite_replaces_the_file_atomically() {
     assert_eq!(status(&out), 4, "{}", stderr(&out));
 }
 
-#[test]
+#[kvm_test]
 fn test_snapshot_with_pages_of_the_vmm_structures_is_refused() {
-    require_kvm!();
     // A crafted snapshot (checksums fixed up) that saves the exception-stub page: the VMM
     // never takes its own structures from a file.
     let good = std::fs::read(take_snapshot("stubs.snap", "hello")).unwrap();

@@ -29,6 +29,12 @@ Exit status:
   137  gdb killed the guest (--gdb)
   141  the guest's stdout was closed while it wrote (as SIGPIPE ends a process)";
 
+const SERVE_HELP: &str = "\
+Who may connect: whoever may write to the socket (--socket-mode, default 600: the server's
+user). What a client can make the server read: any file the server's user can read, unless
+--allow limits it to some directories. Prints 'listening on SOCKET (...)' once the pool is
+full, then one line per request unless --quiet.";
+
 /// A minimal KVM VMM that boots flick images at ring 3.
 #[derive(Parser, Debug)]
 #[command(name = "vmm", version, after_help = EXIT_STATUS_HELP)]
@@ -48,22 +54,40 @@ enum Command {
     /// Print the system calls the sandboxed run loop may make, and why.
     SeccompList,
     /// Keep VMs ready and run requests from `vmm run --via SOCKET` (until killed).
+    #[command(after_help = SERVE_HELP)]
     Serve {
-        /// The Unix socket to listen on.
+        /// The Unix socket to listen on (an existing file is left alone; a stale socket is
+        /// replaced).
         #[arg(long)]
         socket: PathBuf,
+        /// Permission bits of the socket, in octal; anything beyond 600 needs --allow.
+        #[arg(long, default_value = "600", value_parser = parse_mode)]
+        socket_mode: u32,
+        /// Run only files inside this directory (repeatable; default: any file the server
+        /// can read).
+        #[arg(long = "allow", value_name = "DIR")]
+        allow: Vec<PathBuf>,
         /// Ready VMs kept per snapshot.
         #[arg(long, default_value_t = 4)]
         pool: usize,
         /// A snapshot to keep ready VMs of (repeatable); anything else is served cold.
         #[arg(long = "snapshot", value_name = "FILE")]
         snapshots: Vec<PathBuf>,
-        /// Threads running guests.
+        /// Threads running guests (1 to 256).
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// The longest a request may run (also the timeout of requests that give none).
         #[arg(long, default_value = "60s", value_parser = parse_timeout)]
         max_timeout: Duration,
+        /// The longest a client may take to send its whole request.
+        #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+        request_timeout: Duration,
+        /// Memory for validated images and snapshots kept between requests (file sizes).
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache_size: u64,
+        /// No log line per request.
+        #[arg(long)]
+        quiet: bool,
         /// Run without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
@@ -297,18 +321,28 @@ fn vmm_main() -> i32 {
         Command::SeccompList => seccomp_list(),
         Command::Serve {
             socket,
+            socket_mode,
+            allow,
             pool,
             snapshots,
             workers,
             max_timeout,
+            request_timeout,
+            cache_size,
+            quiet,
             no_seccomp,
         } => serve(vmm::serve::ServeConfig {
-            socket,
+            socket_mode,
+            allow,
             pool,
             snapshots,
             workers,
             seccomp: !no_seccomp,
             max_timeout,
+            request_timeout,
+            cache_bytes: cache_size,
+            quiet,
+            ..vmm::serve::ServeConfig::new(socket)
         }),
         Command::Snapshot {
             image,
@@ -428,6 +462,9 @@ fn seccomp_list() -> i32 {
     for (name, why) in vmm::sandbox::ALLOWED {
         println!("{name:<16} {why}");
     }
+    for (name, why) in vmm::sandbox::SERVE_WORKER_EXTRA {
+        println!("{name:<16} {why}");
+    }
     for name in vmm::sandbox::DENIED {
         println!("{name:<16} denied with EACCES (library probes that cope with failure)");
     }
@@ -504,9 +541,10 @@ fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
         target: std::path::absolute(&target).unwrap_or(target),
         args: vm.args.clone(),
         env: vm.env.clone(),
+        // --timeout is at most ten years (parse_timeout): its milliseconds fit a u64.
         timeout_ms: vm
             .timeout
-            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         max_output: vm.max_output,
         mem_size: vm.mem_size,
     };
@@ -597,6 +635,15 @@ fn fleet(
         print!("{}", vmm::fleet::format_table(&report));
     }
     0
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "invalid mode '{text}' (expected octal permission bits, e.g. 600 or 660)"
+        )),
+    }
 }
 
 fn parse_env(text: &str) -> Result<String, String> {

@@ -1,18 +1,26 @@
-//! `cargo xtask`: builds, runs and tests flick. The only place that knows how guests are
-//! compiled: freestanding `no_std` static ELFs for the host target, linked by
-//! `kernel/link.ld` (see docs/PLATFORM.md).
+//! `cargo xtask`: builds, runs and tests flick. The front door for guests, which are
+//! freestanding `no_std` static ELFs for the host target, built with the link setup of
+//! `images/.cargo/config.toml` (see [`guest`] and docs/PLATFORM.md).
 
 mod bench;
 mod guest;
+mod lint;
+mod runner;
+mod test;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test flick images")]
 struct Cli {
+    /// Hide cargo's build output (shown by default: progress on a terminal, one line per
+    /// crate otherwise).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Task,
 }
@@ -47,16 +55,38 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
     },
-    /// Build everything and run the whole test suite.
+    /// Lint (as `lint` does), build everything, run the guest unit tests in microVMs and the
+    /// whole host test suite; fails on any finding, any failed test, or when no test ran.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Arguments for every test binary (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// rustfmt and clippy (`-D warnings`) over the host workspace and the guest crates.
+    Lint,
+    /// Cargo's runner for guest crates (images/runner): boots an image, or runs a guest test
+    /// binary one VM per test.
+    #[command(hide = true)]
+    Runner {
+        /// The image cargo built.
+        image: PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether nested cargo builds run with `--quiet` (`cargo xtask --quiet ...`).
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -68,8 +98,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Task::Build { images } => {
-            build_vmm()?;
+            // Images first: a wrong name fails in a second, not after the VMM's build.
             let built = guest::build(&images)?;
+            build_vmm()?;
             for path in built {
                 println!("{}", path.display());
             }
@@ -81,8 +112,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             args,
         } => {
-            build_vmm()?;
             let built = guest::build(std::slice::from_ref(&image))?;
+            build_vmm()?;
             let mut cmd = Command::new(vmm_path());
             cmd.arg("run").arg(&built[0]);
             if let Some(mem) = mem {
@@ -107,22 +138,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Task::Test { args } => {
-            build_vmm()?;
-            guest::build(&[])?;
-            let status = cargo()
-                .args(["test", "--workspace", "--release", "--no-fail-fast"])
-                .env("FLICK_VMM", vmm_path())
-                .env("FLICK_IMAGES", guest::images_dir())
-                .arg("--")
-                .args(&args)
-                .status()
-                .context("cannot run cargo test")?;
-            if !status.success() {
-                bail!("tests failed");
-            }
+        Task::Test { args } => test::run(&args),
+        Task::Lint => {
+            lint::run()?;
             Ok(ExitCode::SUCCESS)
         }
+        Task::Runner { image, args } => runner::run(&image, &args),
     }
 }
 
@@ -152,8 +173,8 @@ pub fn vmm_path() -> PathBuf {
 /// binding before and during argument parsing; static non-PIE needs no relocations at start.
 pub fn build_vmm() -> Result<()> {
     let target_dir = project_root().join("target/vmm-static");
-    let status = cargo()
-        .args(["build", "--release", "--quiet", "--package", "vmm"])
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--package", "vmm"])
         .args(["--target", guest::GUEST_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -161,9 +182,11 @@ pub fn build_vmm() -> Result<()> {
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "-Ctarget-feature=+crt-static\x1f-Crelocation-model=static",
-        )
-        .status()
-        .context("cannot run cargo")?;
+        );
+    if quiet() {
+        cmd.arg("--quiet");
+    }
+    let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
         bail!("building the VMM failed");
     }

@@ -29,7 +29,9 @@ fn checksum(rounds: u64) -> (u64, usize) {
     for i in 0..rounds {
         let size = (next() % 2000 + 1) as usize;
         let block = vec![(i & 0xff) as u8; size];
-        sum = sum.wrapping_mul(31).wrapping_add(block.iter().map(|&b| u64::from(b)).sum::<u64>());
+        sum = sum
+            .wrapping_mul(31)
+            .wrapping_add(block.iter().map(|&b| u64::from(b)).sum::<u64>());
         if next() % 3 == 0 {
             kept.push(block);
         }

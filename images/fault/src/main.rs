@@ -19,12 +19,16 @@ fn main(mut args: kernel::Args) -> i32 {
         }
         // SAFETY (all asm below): each instruction only raises the CPU exception under test.
         "ud2" => unsafe { asm!("ud2") },
-        "div0" => unsafe { asm!("xor edx, edx", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _) },
+        "div0" => unsafe {
+            asm!("xor edx, edx", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _)
+        },
         "int3" => unsafe { asm!("int3") },
         "privileged" => unsafe { asm!("hlt") },
         "wild-jump" => unsafe { asm!("jmp rax", in("rax") 0x7fff_0000_0000u64, options(noreturn)) },
         other => {
-            eprintln!("fault: unknown fault '{other}' (null, write-code, stack-overflow, ud2, div0, int3, privileged, wild-jump)");
+            eprintln!(
+                "fault: unknown fault '{other}' (null, write-code, stack-overflow, ud2, div0, int3, privileged, wild-jump)"
+            );
             return 2;
         }
     }

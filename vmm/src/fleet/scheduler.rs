@@ -133,7 +133,7 @@ pub(super) fn run(
     let peak = AtomicUsize::new(0);
     let results = Mutex::new(Vec::with_capacity(total));
     let parked = Mutex::new(Vec::new());
-    let deadlines = DeadlineService::start(spec.seccomp);
+    let deadlines = DeadlineService::start(spec.seccomp).map_err(VmError::from)?;
     let cores = CoreKeeper {
         wanted: spec.cores.is_some(),
         pending: Mutex::new(Vec::new()),

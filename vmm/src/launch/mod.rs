@@ -244,10 +244,19 @@ pub(crate) fn run_with(
     };
     let shell = VmShell::create(ram, &mut timeline);
     // The runner is confined: this thread starts its watchdog for it.
-    let watchdog = config.vm.timeout.map(|t| {
-        use std::os::unix::thread::JoinHandleExt;
-        vm::Watchdog::start(t, runner.as_pthread_t(), config.vm.seccomp)
-    });
+    let watchdog = config
+        .vm
+        .timeout
+        .map(|t| {
+            use std::os::unix::thread::JoinHandleExt;
+            vm::Watchdog::start(t, runner.as_pthread_t(), config.vm.seccomp)
+        })
+        .transpose();
+    // Without its watchdog the guest must not run: the runner gets the error instead.
+    let (shell, watchdog) = match watchdog {
+        Ok(watchdog) => (shell, watchdog),
+        Err(err) => (Err(VmError::from(err)), None),
+    };
     // The runner may have failed already (bad image): then nobody listens, and its error wins.
     let _ = to_runner.send((shell, timeline, watchdog));
     let (vm, mut report) = runner.join().unwrap_or(Err(LaunchError::RunnerFailed))?;

@@ -60,8 +60,30 @@ impl TargetFile {
         Self::open_expecting(path, true)
     }
 
+    /// Like [`TargetFile::open`], for a file the caller opened itself, read-only and without
+    /// blocking (`vmm serve` opens a client's target its own way: see `serve::targets`).
+    pub fn from_file(path: &Path, file: File) -> Result<Self, TargetError> {
+        let meta = file.metadata().map_err(|source| FileError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(FileError::NotRegularFile(path.to_owned()).into());
+        }
+        Self::sniff(path, file, meta, false)
+    }
+
     fn open_expecting(path: &Path, snapshot_only: bool) -> Result<Self, TargetError> {
         let (file, meta) = open_regular(path)?;
+        Self::sniff(path, file, meta, snapshot_only)
+    }
+
+    fn sniff(
+        path: &Path,
+        file: File,
+        meta: Metadata,
+        snapshot_only: bool,
+    ) -> Result<Self, TargetError> {
         let mut magic = [0u8; 8];
         let is_snapshot = snapshot_only
             || (file.read_exact_at(&mut magic, 0).is_ok() && magic == snapshot::format::MAGIC);
@@ -133,6 +155,16 @@ impl Target {
     /// Opens, sniffs and validates `path`.
     pub fn open(path: &Path) -> Result<Self, TargetError> {
         TargetFile::open(path)?.load()
+    }
+
+    /// The same validated contents, as if opened from `path` (another link to the same file):
+    /// the guest's name follows the path.
+    pub fn at_path(&self, path: &Path) -> Target {
+        Target {
+            path: path.to_owned(),
+            name: guest_name(path),
+            kind: self.kind.clone(),
+        }
     }
 
     /// The path it was opened from.

@@ -31,6 +31,9 @@ pub enum SandboxError {
     /// The filter could not be installed.
     #[error("cannot install the seccomp filter")]
     Apply(#[source] seccompiler::Error),
+    /// A serve runner's client slot is not an fd number.
+    #[error("invalid client slot {0}")]
+    BadSlot(i32),
 }
 
 const fn ioc_read(nr: u64, size: usize) -> u64 {
@@ -103,6 +106,21 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("exit_group", "process exit"),
 ];
 
+/// What a `vmm serve` runner ([`Profile::ServeWorker`]) may do beyond a fleet worker, and why.
+pub const SERVE_WORKER_EXTRA: &[(&str, &str)] = &[
+    (
+        "sendto",
+        "serve runners only: the reply, on the runner's own client slot only, MSG_DONTWAIT|MSG_NOSIGNAL only",
+    ),
+    (
+        "poll",
+        "serve runners only: wait, until the request's deadline, for a slow client to take more of its reply",
+    ),
+];
+
+/// The only flags a serve runner may pass to `sendto`: never block, never raise SIGPIPE.
+pub const SERVE_SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
 fn syscall_number(name: &str) -> i64 {
     SYSCALL_NAMES
         .iter()
@@ -160,15 +178,22 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
         vec![rule(vec![no_exec.clone()])?],
     );
     rules.insert(syscall_number("mmap"), vec![rule(vec![no_exec])?]);
-    let mut writable = vec![1u64, 2];
-    if let Profile::ServeWorker { client_fd } = profile {
-        writable.push(client_fd as u64);
-    }
-    let write_rules = writable
+    let write_rules = [1u64, 2]
         .into_iter()
         .map(|fd| rule(vec![arg_eq(0, fd)]))
         .collect::<Result<_, _>>()?;
     rules.insert(syscall_number("write"), write_rules);
+    if let Profile::ServeWorker { client_slot } = profile {
+        // The slot is an fd number the server reserved for this runner for its whole life
+        // (see `serve::slots`): nothing else can ever be at that number.
+        let slot = u64::try_from(client_slot).map_err(|_| SandboxError::BadSlot(client_slot))?;
+        let flags = u64::from(SERVE_SEND_FLAGS.unsigned_abs());
+        rules.insert(
+            syscall_number("sendto"),
+            vec![rule(vec![arg_eq(0, slot), arg_eq(3, flags)])?],
+        );
+        rules.insert(syscall_number("poll"), Vec::new());
+    }
     rules.insert(
         syscall_number("clone"),
         vec![rule(vec![arg_eq(0, libc::CLONE_VM as u64)])?],
@@ -194,11 +219,12 @@ thread_local! {
 pub enum Profile {
     /// A thread that runs one guest that already exists ([`ALLOWED`]).
     Runner,
-    /// A `vmm serve` worker: a fleet worker that may also write to the one fd where the
-    /// server puts each client's connection.
+    /// A `vmm serve` runner: a fleet worker that may also send (never blocking) on the one fd
+    /// where the server puts each of its clients' connections, and wait for it with `poll`
+    /// ([`SERVE_WORKER_EXTRA`]).
     ServeWorker {
-        /// The fd.
-        client_fd: i32,
+        /// The runner's client slot: an fd number reserved for it for the server's life.
+        client_slot: i32,
     },
     /// A `vmm fleet` worker, which also creates and destroys VMs through an open `/dev/kvm`
     /// ([`ALLOWED`] plus the VM-creation ioctls of [`FLEET_IOCTLS`]).
@@ -398,8 +424,19 @@ mod tests {
     #[test]
     fn test_allowed_list_is_small_and_known() {
         assert!(ALLOWED.len() <= 29, "{} syscalls", ALLOWED.len());
-        for (name, _) in ALLOWED {
+        for (name, _) in ALLOWED.iter().chain(SERVE_WORKER_EXTRA) {
             assert!(SYSCALL_NAMES.contains(name), "{name}");
         }
+    }
+
+    #[test]
+    fn test_serve_worker_filter_builds_and_refuses_a_bad_slot() {
+        let runner = run_loop_filter().unwrap();
+        let serve = filter_for(Profile::ServeWorker { client_slot: 7 }).unwrap();
+        assert!(serve.len() > runner.len());
+        assert!(matches!(
+            filter_for(Profile::ServeWorker { client_slot: -1 }),
+            Err(SandboxError::BadSlot(-1))
+        ));
     }
 }

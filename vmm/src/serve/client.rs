@@ -19,6 +19,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The request cannot be encoded.
+    #[error(transparent)]
+    Encode(#[from] wire::EncodeError),
     /// The request could not be sent.
     #[error("cannot send the request")]
     Send(#[source] std::io::Error),
@@ -33,15 +36,26 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// How long after a request's timeout the client still waits for the rest of the reply.
+const REPLY_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Sends `request` to the server at `socket`; returns the guest's exit status.
 pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
+    let message = wire::encode_request(request)?;
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.to_owned(),
         source,
     })?;
-    stream
-        .write_all(&wire::encode_request(request))
-        .map_err(ClientError::Send)?;
+    stream.write_all(&message).map_err(ClientError::Send)?;
+    // A server that stops answering (stopped, wedged) must not hold the client for ever when
+    // the request has a deadline: the server ends the guest by then, so the reply is complete
+    // well before it plus a margin.
+    if let Some(ms) = request.timeout_ms {
+        let wait = std::time::Duration::from_millis(ms).saturating_add(REPLY_MARGIN);
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(ClientError::Send)?;
+    }
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     loop {
         let (kind, payload) = wire::read_frame(&mut stream).map_err(ClientError::Reply)?;

@@ -1,21 +1,30 @@
 //! The pool of ready VMs: for every snapshot named at start, `wanted` shells (VM, memory slot,
 //! vCPU) whose RAM already holds the snapshot's pages, copied in (no page fault while a
 //! request runs). A refill thread replaces what requests took, after their replies.
+//!
+//! Snapshots are keyed by file identity ([`FileId`]): a request reaches a pooled VM only if
+//! the file it names is the very file the pool was made from.
 
+use super::log::Log;
+use super::targets::FileId;
 use crate::launch::{self, LaunchError, Target};
 use crate::report::Timeline;
-use crate::sandbox::{self, Profile};
 use crate::vm::VmShell;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Ready VMs, per pooled snapshot.
 pub(crate) struct Pool {
-    ready: Mutex<BTreeMap<PathBuf, VecDeque<VmShell>>>,
+    ready: Mutex<BTreeMap<FileId, VecDeque<VmShell>>>,
     wanted: usize,
+    /// Wakes the refill thread (a request is done).
     refill: Condvar,
+    /// Wakes whoever waits for the pool to fill.
+    filled: Condvar,
+    /// The last attempt to create a VM failed.
+    failing: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -23,12 +32,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
-    /// An empty pool for these snapshots (keyed by canonical path), `wanted` VMs each.
-    pub(crate) fn new(keys: impl Iterator<Item = PathBuf>, wanted: usize) -> Self {
+    /// An empty pool for these snapshots, `wanted` VMs each.
+    pub(crate) fn new(keys: impl Iterator<Item = FileId>, wanted: usize) -> Self {
         Self {
             ready: Mutex::new(keys.map(|k| (k, VecDeque::new())).collect()),
             wanted,
             refill: Condvar::new(),
+            filled: Condvar::new(),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -39,20 +50,37 @@ impl Pool {
 
     /// A ready VM for `key`, if one is there. The refill waits for [`Pool::request_done`]:
     /// building a VM now would compete with the request for the CPU.
-    pub(crate) fn take(&self, key: &Path) -> Option<VmShell> {
+    pub(crate) fn take(&self, key: &FileId) -> Option<VmShell> {
         lock(&self.ready).get_mut(key)?.pop_front()
     }
 
-    /// The refill thread's loop (never returns).
+    /// Waits until every snapshot has its VMs ready (or creating one failed), at most `limit`;
+    /// returns the VMs ready.
+    pub(crate) fn wait_until_full(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut ready = lock(&self.ready);
+        loop {
+            let count: usize = ready.values().map(VecDeque::len).sum();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let full = ready.values().all(|q| q.len() >= self.wanted);
+            if full || left.is_zero() || self.failing.load(Ordering::SeqCst) {
+                return count;
+            }
+            ready = self
+                .filled
+                .wait_timeout(ready, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The refill thread's loop (never returns). A failure is logged once, when it starts.
     pub(crate) fn refill(
         &self,
         kvm: &Arc<kvm_ioctls::Kvm>,
-        pooled: &[(PathBuf, Target)],
-        seccomp: bool,
+        pooled: &[(FileId, Target)],
+        log: &Log,
     ) {
-        if seccomp {
-            let _ = sandbox::confine_this_thread_as(Profile::FleetWorker);
-        }
         loop {
             let mut ready = lock(&self.ready);
             let short = pooled
@@ -63,12 +91,23 @@ impl Pool {
                 continue;
             };
             drop(ready);
-            if let Ok(shell) = prepare_shell(kvm, target) {
+            let made = prepare_shell(kvm, target);
+            let was_failing = self.failing.swap(made.is_err(), Ordering::SeqCst);
+            if let (Err(err), false) = (&made, was_failing) {
+                log.line(format!(
+                    "serve: cannot create a ready VM of {} (retrying): {}",
+                    target.path().display(),
+                    crate::error_chain(err)
+                ));
+            }
+            if let Ok(shell) = made {
                 ready = lock(&self.ready);
                 if let Some(queue) = ready.get_mut(key) {
                     queue.push_back(shell);
                 }
+                self.filled.notify_all();
             } else {
+                self.filled.notify_all();
                 // Creating VMs fails (out of memory or fds): try again later, never spin.
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -1,296 +1,611 @@
-//! The server: an acceptor thread that reads requests and resolves their targets, `workers`
-//! runner threads that each run one request at a time, and the pool's refill thread. Runners
-//! and the refill thread are sandboxed; a runner may write only to stdout, stderr and the one
-//! fd ([`CLIENT_FD_BASE`] + its index) where the acceptor puts each client connection with
-//! `dup2`. No VM ever runs a second request.
+//! The server: start-up, the dispatcher and the runners.
+//!
+//! Threads: the acceptor (reads requests, see `acceptor`), the dispatcher (opens targets,
+//! hands connections to runners), `workers` runners (each runs one request at a time), the
+//! pool's refill, the deadline watchdog and the log writer. Runners, the refill, the watchdog
+//! and the log writer are confined by seccomp before they touch any request, and the server
+//! refuses to start if one cannot be; a runner may send only on its own client slot (see
+//! `slots`). No VM ever runs a second request.
+//!
+//! Start-up checks what the server will need before it holds anything: its settings, then the
+//! open-files limit (raised to what the pool, runners, connections and cache may hold at once,
+//! or a refusal naming the numbers), then the snapshots, then the socket path (see `socket`).
+//! When the pool is full it prints one line, `listening on PATH (...)`; then, unless quiet, one
+//! line per request.
+//!
+//! What can still hold things up, by design: the dispatcher reads target files (at most
+//! [`MAX_CACHED_TARGETS`]'s worth are kept), so a file on a filesystem that hangs (a dead NFS
+//! server) holds up dispatching; `--allow` keeps targets to directories the operator trusts.
 
+use super::acceptor::{Acceptor, MAX_PENDING, MAX_QUEUED, Received};
+use super::log::Log;
 use super::pool::{self, Pool};
-use super::wire::{self, Request, frame, send_frame};
+use super::slots::{self, REPLY_GRACE, Reply, Slots};
+use super::targets::{FileId, MAX_CACHED_TARGETS, Targets};
+use super::wire::{Request, frame};
 use super::{ServeConfig, ServeError};
 use crate::launch::{self, Target, TargetKind};
 use crate::report::Timeline;
 use crate::sandbox::{self, Profile};
 use crate::vm::{self, Console, DeadlineService, Vm, VmConfig};
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
-/// Runner `i` finds its client's connection at this fd plus `i`.
-pub const CLIENT_FD_BASE: i32 = 900;
+/// Most runner threads.
+pub const MAX_WORKERS: usize = 256;
+/// Descriptors beyond those counted one by one: stdio, `/dev/kvm`, the listener, `/dev/null`,
+/// the refill's VM in the making, a target being opened, the process's own.
+const OTHER_FDS: u64 = 64;
+/// How long start-up waits for the pool to fill before it says it is listening anyway.
+const POOL_FILL_WAIT: Duration = Duration::from_secs(30);
 
+/// What the dispatcher hears.
+pub(crate) enum Event {
+    /// A complete request from the acceptor.
+    Request(Received),
+    /// A runner has sent its reply: its slot may be released and it may take another job.
+    Done {
+        /// Which runner.
+        runner: usize,
+    },
+}
+
+/// One request for a runner; its connection is in the runner's slot.
 struct Job {
     target: Target,
-    key: PathBuf,
+    pooled: Option<FileId>,
     request: Request,
+    timeout: Duration,
+}
+
+impl Job {
+    /// The VM settings: what `vmm run`'s command line would have given.
+    fn vm_config(&self, seccomp: bool) -> VmConfig {
+        VmConfig {
+            mem_size: self.request.mem_size,
+            timeout: Some(self.timeout),
+            args: self.request.args.clone(),
+            env: self.request.env.clone(),
+            seccomp,
+            max_output: self.request.max_output,
+            ..VmConfig::default()
+        }
+    }
 }
 
 /// Runs the server until the process is killed.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
+    check_config(config)?;
+    let (needed, why) = fds_needed(config);
+    ensure_fd_limit(needed, why)?;
     let kvm = vm::open_kvm()?;
-    let mut targets: BTreeMap<PathBuf, Target> = BTreeMap::new();
-    let mut pooled = Vec::new();
+    let allow = config
+        .allow
+        .iter()
+        .map(|dir| canonical_dir(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut targets = Targets::new(allow, config.cache_bytes);
+    let mut pooled: Vec<(FileId, Target)> = Vec::new();
     for path in &config.snapshots {
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        let target = Target::open(path)?;
+        let (id, target) = targets.pin(path)?;
         if !matches!(target.kind(), TargetKind::Snapshot(_)) {
             return Err(ServeError::NotASnapshot(path.clone()));
         }
-        targets.insert(key.clone(), target.clone());
-        pooled.push((key, target));
+        if pooled.iter().all(|(known, _)| *known != id) {
+            pooled.push((id, target));
+        }
     }
-    let _ = std::fs::remove_file(&config.socket);
-    let listener = UnixListener::bind(&config.socket).map_err(|source| ServeError::Listen {
-        path: config.socket.clone(),
-        source,
-    })?;
-    let pool = Arc::new(Pool::new(
-        pooled.iter().map(|(k, _)| k.clone()),
-        config.pool,
-    ));
-    let deadlines = Arc::new(DeadlineService::start(config.seccomp));
+    let slots = Slots::reserve(config.workers).map_err(ServeError::Slots)?;
+    let listener = super::socket::claim(&config.socket, config.socket_mode)?;
+    let _claimed = ClaimedPath::new(&config.socket);
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| super::SocketError::Io {
+            what: "listen on",
+            path: config.socket.clone(),
+            source,
+        })?;
+    let seccomp = config.seccomp;
+    let confined = |profile| seccomp.then_some(profile);
+    let (log, writer) = Log::new(config.quiet);
+    if let Some(writer) = writer {
+        spawn("log".into(), confined(Profile::Runner), move || {
+            writer.run()
+        })?;
+    }
+    let pool = Arc::new(Pool::new(pooled.iter().map(|(id, _)| *id), config.pool));
+    let deadlines = Arc::new(DeadlineService::start(seccomp).map_err(crate::vm::VmError::from)?);
     {
-        let (pool, kvm, seccomp) = (Arc::clone(&pool), Arc::clone(&kvm), config.seccomp);
-        std::thread::Builder::new()
-            .name("refill".into())
-            .spawn(move || pool.refill(&kvm, &pooled, seccomp))
-            .map_err(ServeError::Spawn)?;
-    }
-    let (idle_tx, idle_rx) = mpsc::channel::<usize>();
-    let mut jobs = Vec::new();
-    for index in 0..config.workers.max(1) {
-        let (job_tx, job_rx) = mpsc::channel::<Job>();
-        jobs.push(job_tx);
-        let (pool, kvm, deadlines, idle, seccomp) = (
+        let (pool, kvm, pooled, log) = (
             Arc::clone(&pool),
             Arc::clone(&kvm),
-            Arc::clone(&deadlines),
-            idle_tx.clone(),
-            config.seccomp,
+            pooled.clone(),
+            log.clone(),
         );
-        std::thread::Builder::new()
-            .name(format!("runner-{index}"))
-            .spawn(move || runner(index, &job_rx, &idle, &pool, &kvm, &deadlines, seccomp))
-            .map_err(ServeError::Spawn)?;
-        let _ = idle_tx.send(index);
+        spawn("refill".into(), confined(Profile::FleetWorker), move || {
+            pool.refill(&kvm, &pooled, &log)
+        })?;
     }
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let mut request = match read_request(&mut stream) {
-            Ok(request) => request,
-            Err(why) => {
-                let _ = send_frame(&mut stream, frame::ERROR, why.as_bytes());
-                continue;
-            }
+    let (events, events_in) = mpsc::channel::<Event>();
+    let mut runners = Vec::new();
+    for index in 0..config.workers {
+        let (jobs, jobs_in) = mpsc::channel::<Job>();
+        runners.push(jobs);
+        let runner = Runner {
+            index,
+            slot: slots.fd(index),
+            pool: Arc::clone(&pool),
+            kvm: Arc::clone(&kvm),
+            deadlines: Arc::clone(&deadlines),
+            events: events.clone(),
+            seccomp,
+            log: log.clone(),
         };
-        let limit = config.max_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
-        request.timeout_ms = Some(request.timeout_ms.map_or(limit, |t| t.min(limit)));
-        let (key, target) = match resolve(&mut targets, &request) {
-            Ok(found) => found,
-            Err(why) => {
-                let _ = send_frame(&mut stream, frame::ERROR, why.as_bytes());
-                continue;
-            }
+        let profile = Profile::ServeWorker {
+            client_slot: runner.slot,
         };
-        let Ok(index) = idle_rx.recv() else { break };
-        // SAFETY: dup2 onto the runner's own fd, which it closed before reporting idle.
-        if unsafe { libc::dup2(stream.as_raw_fd(), CLIENT_FD_BASE + index as i32) } < 0 {
-            let _ = send_frame(
-                &mut stream,
-                frame::ERROR,
-                b"the server cannot hand the connection on",
-            );
-            let _ = idle_tx.send(index);
-            continue;
-        }
-        drop(stream);
-        if jobs[index]
-            .send(Job {
-                target,
-                key,
-                request,
-            })
-            .is_err()
-        {
-            break;
+        spawn(format!("runner-{index}"), confined(profile), move || {
+            runner.run(&jobs_in)
+        })?;
+    }
+    let queued = Arc::new(AtomicUsize::new(0));
+    let dispatcher = Dispatcher {
+        slots,
+        runners,
+        targets,
+        queued: Arc::clone(&queued),
+        log: log.clone(),
+        max_timeout: config.max_timeout,
+    };
+    spawn("dispatcher".into(), None, move || {
+        dispatcher.run(&events_in)
+    })?;
+    let acceptor = Acceptor {
+        listener,
+        request_timeout: config.request_timeout,
+        dispatcher: events,
+        queued,
+        log,
+    };
+    spawn("acceptor".into(), None, move || acceptor.run())?;
+    let ready = pool.wait_until_full(POOL_FILL_WAIT);
+    eprintln!(
+        "listening on {} ({})",
+        config.socket.display(),
+        describe_pool(config, &pooled, ready)
+    );
+    // The other threads serve until the process is killed (or one of them stops it).
+    loop {
+        std::thread::park();
+    }
+}
+
+fn check_config(config: &ServeConfig) -> Result<(), ServeError> {
+    if !(1..=MAX_WORKERS).contains(&config.workers) {
+        return Err(ServeError::BadConfig(format!(
+            "--workers {} is out of range (1 to {MAX_WORKERS})",
+            config.workers
+        )));
+    }
+    if config.socket_mode > 0o777 {
+        return Err(ServeError::BadConfig(format!(
+            "--socket-mode {:o} is not a permission mode (at most 777)",
+            config.socket_mode
+        )));
+    }
+    if config.socket_mode & 0o077 != 0 && config.allow.is_empty() {
+        return Err(ServeError::OpenSocketWithoutAllow {
+            mode: config.socket_mode,
+        });
+    }
+    for (flag, value) in [
+        ("--max-timeout", config.max_timeout),
+        ("--request-timeout", config.request_timeout),
+    ] {
+        if value.is_zero() || value > crate::size::MAX_DURATION {
+            return Err(ServeError::BadConfig(format!(
+                "{flag} {value:?} is out of range"
+            )));
         }
     }
     Ok(())
 }
 
-/// The VM settings of a request: what `vmm run`'s command line would have given.
-fn vm_config(request: &Request, seccomp: bool) -> VmConfig {
-    VmConfig {
-        mem_size: request.mem_size,
-        timeout: request.timeout_ms.map(Duration::from_millis),
-        args: request.args.clone(),
-        env: request.env.clone(),
-        seccomp,
-        max_output: request.max_output,
-        ..VmConfig::default()
-    }
+/// The descriptors the server may hold at once, and where the number comes from.
+fn fds_needed(config: &ServeConfig) -> (u64, String) {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let snapshots = count(config.snapshots.len());
+    let pool = count(config.pool);
+    let workers = count(config.workers);
+    let connections = count(MAX_PENDING + MAX_QUEUED);
+    let cached = count(MAX_CACHED_TARGETS);
+    // Each pooled VM: VM and vCPU; each snapshot kept: its pages' memfd.
+    let pooled = snapshots.saturating_mul(pool).saturating_mul(2);
+    // Each runner: its slot, and the VM and vCPU of the request it runs.
+    let running = workers.saturating_mul(3);
+    let needed = [pooled, snapshots, running, connections, cached, OTHER_FDS]
+        .into_iter()
+        .fold(0u64, u64::saturating_add);
+    let why = format!(
+        "{snapshots} snapshots × {pool} ready VMs × 2, {workers} runners × 3, \
+         {connections} connections, {cached} cached targets, {OTHER_FDS} more"
+    );
+    (needed, why)
 }
 
-fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .map_err(|e| format!("bad request: {e}"))?;
-    let len = u32::from_le_bytes(len);
-    if len > wire::MAX_REQUEST {
-        return Err(format!("request of {len} bytes is too large"));
+/// Raises the soft open-files limit to `needed`, or says why it cannot be.
+fn ensure_fd_limit(needed: u64, why: String) -> Result<(), ServeError> {
+    let failed = |source| ServeError::SetFdLimit { needed, source };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into our variable.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(failed(std::io::Error::last_os_error()));
     }
-    let mut body = vec![0u8; len as usize];
-    stream
-        .read_exact(&mut body)
-        .map_err(|e| format!("bad request: {e}"))?;
-    serde_json::from_slice(&body).map_err(|e| format!("bad request: {e}"))
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max < needed {
+        return Err(ServeError::FdLimit {
+            needed,
+            why,
+            hard: limit.rlim_max,
+        });
+    }
+    limit.rlim_cur = needed;
+    // SAFETY: setrlimit reads one valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(failed(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
-fn resolve(
-    targets: &mut BTreeMap<PathBuf, Target>,
-    request: &Request,
-) -> Result<(PathBuf, Target), String> {
-    let key = std::fs::canonicalize(&request.target)
-        .map_err(|e| format!("cannot read {}: {e}", request.target.display()))?;
-    let target = match targets.get(&key) {
-        Some(target) => target.clone(),
-        None => {
-            let target = Target::open(&key).map_err(|e| crate::error_chain(&e))?;
-            targets.insert(key.clone(), target.clone());
-            target
-        }
+fn canonical_dir(dir: &Path) -> Result<PathBuf, ServeError> {
+    let failed = |source| ServeError::Allow {
+        path: dir.to_owned(),
+        source,
     };
-    // A request comes from any local process: check it as `vmm run`'s command line would.
-    launch::check(&target, &vm_config(request, false)).map_err(|e| crate::error_chain(&e))?;
-    Ok((key, target))
+    let canonical = std::fs::canonicalize(dir).map_err(failed)?;
+    if !canonical.is_dir() {
+        return Err(failed(std::io::Error::from(
+            std::io::ErrorKind::NotADirectory,
+        )));
+    }
+    Ok(canonical)
 }
 
-fn runner(
-    index: usize,
-    jobs: &mpsc::Receiver<Job>,
-    idle: &mpsc::Sender<usize>,
-    pool: &Pool,
-    kvm: &Arc<kvm_ioctls::Kvm>,
-    deadlines: &DeadlineService,
-    seccomp: bool,
-) {
-    let client_fd = CLIENT_FD_BASE + index as i32;
-    if seccomp && sandbox::confine_this_thread_as(Profile::ServeWorker { client_fd }).is_err() {
-        return;
+fn describe_pool(config: &ServeConfig, pooled: &[(FileId, Target)], ready: usize) -> String {
+    let workers = format!("{} workers", config.workers);
+    if pooled.is_empty() || config.pool == 0 {
+        return format!("no pool; {workers}");
     }
-    while let Ok(job) = jobs.recv() {
-        let vm = serve_one(job, client_fd, pool, kvm, deadlines, seccomp);
-        // SAFETY: the connection's fd is ours until we report idle; closing it ends the reply.
-        unsafe { libc::close(client_fd) };
-        if idle.send(index).is_err() {
-            break;
-        }
-        // The VM's teardown and the pool's refill happen after the client has its answer.
-        drop(vm);
-        pool.request_done();
-    }
+    let names: Vec<String> = pooled
+        .iter()
+        .map(|(_, t)| t.path().display().to_string())
+        .collect();
+    let wanted = pooled.len() * config.pool;
+    let filling = if ready < wanted {
+        format!(": {ready} of {wanted} VMs ready so far")
+    } else {
+        String::new()
+    };
+    format!(
+        "pool {} of {}{filling}; {workers}",
+        config.pool,
+        names.join(", ")
+    )
 }
 
-/// Runs one request; returns the VM so that its teardown happens after the reply.
-fn serve_one(
-    job: Job,
-    fd: i32,
-    pool: &Pool,
-    kvm: &Arc<kvm_ioctls::Kvm>,
-    deadlines: &DeadlineService,
-    seccomp: bool,
-) -> Option<Vm> {
-    let config = vm_config(&job.request, seccomp);
-    let built = match job.target.kind() {
-        TargetKind::Snapshot(_) => {
-            let shell = match pool.take(&job.key) {
-                Some(shell) => Ok(shell),
-                None => pool::prepare_shell(kvm, &job.target),
-            };
-            shell.and_then(|shell| launch::finish(shell, &job.target, &config, Timeline::default()))
-        }
-        TargetKind::Image(_) => launch::build(kvm, &job.target, &config, Timeline::default()),
-    };
-    let mut out = FdWriter(fd);
-    let mut vm = match built {
-        Ok(vm) => vm,
-        Err(err) => {
-            let why = crate::error_chain(&err);
-            let _ = send_frame(&mut out, frame::ERROR, why.as_bytes());
-            return None;
-        }
-    };
-    let console = Console {
-        stdout: Box::new(FrameWriter {
-            fd,
-            kind: frame::STDOUT,
-        }),
-        stderr: Box::new(FrameWriter {
-            fd,
-            kind: frame::STDERR,
-        }),
-    };
-    // SAFETY: pthread_self has no preconditions.
-    let me = unsafe { libc::pthread_self() };
-    let watchdog = config.timeout.map(|t| deadlines.watch(t, me));
-    let status = match vm.run(console, watchdog) {
-        Ok(report) => {
-            if let Some(text) = report.outcome.message() {
-                let _ = send_frame(&mut out, frame::STDERR, text.as_bytes());
+/// Starts a thread, confined as `profile` before it runs `body`; fails if it cannot be.
+///
+/// None of the server's threads ever ends: if one does (a bug), the whole server stops at once
+/// with status 125, rather than go on with a runner, the dispatcher or the acceptor missing.
+fn spawn(
+    name: String,
+    profile: Option<Profile>,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<(), ServeError> {
+    let (confined, result) = mpsc::channel();
+    let thread = name.clone();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let sandboxed = profile.map_or(Ok(()), sandbox::confine_this_thread_as);
+            let ok = sandboxed.is_ok();
+            let _ = confined.send(sandboxed);
+            if ok {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+                stop_server(&thread);
             }
-            report.outcome.exit_status()
+        })
+        .map_err(ServeError::Spawn)?;
+    match result.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ServeError::Sandbox {
+            thread: name,
+            source,
+        }),
+        Err(_) => Err(ServeError::Spawn(std::io::Error::other(format!(
+            "the {name} thread ended at start"
+        )))),
+    }
+}
+
+/// Ends the process because the server's `thread` ended: one line on stderr, status 125.
+/// Only `write` and `exit_group`, which every sandbox profile allows.
+fn stop_server(thread: &str) {
+    let text = format!("vmm serve: internal error: the {thread} thread stopped; exiting\n");
+    // SAFETY: a write of our own buffer to stderr, then _exit: no Rust state is used after.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, text.as_ptr().cast(), text.len());
+        libc::_exit(abi::exit_status::VMM_ERROR);
+    }
+}
+
+/// Removes the socket path when the server stops (only if it is still the socket it made).
+struct ClaimedPath {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl ClaimedPath {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            identity: std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
         }
-        Err(err) => {
-            let why = crate::error_chain(&err);
-            let _ = send_frame(&mut out, frame::ERROR, why.as_bytes());
-            return Some(vm);
+    }
+}
+
+impl Drop for ClaimedPath {
+    fn drop(&mut self) {
+        let now = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.identity {
+            let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// The dispatcher: opens each request's target and hands it to an idle runner.
+struct Dispatcher {
+    slots: Slots,
+    runners: Vec<mpsc::Sender<Job>>,
+    targets: Targets,
+    queued: Arc<AtomicUsize>,
+    log: Log,
+    max_timeout: Duration,
+}
+
+impl Dispatcher {
+    /// Queues requests and hands each to the next idle runner. A request's target is opened
+    /// only then, so that at most one loaded target per runner is held beside the cache,
+    /// however many requests wait.
+    fn run(mut self, events: &mpsc::Receiver<Event>) {
+        let mut idle: VecDeque<usize> = (0..self.runners.len()).collect();
+        let mut waiting: VecDeque<Received> = VecDeque::new();
+        while let Ok(event) = events.recv() {
+            match event {
+                Event::Done { runner } => {
+                    self.slots.release(runner);
+                    idle.push_back(runner);
+                }
+                Event::Request(received) => waiting.push_back(received),
+            }
+            while let Some(&runner) = idle.front() {
+                let Some(received) = waiting.pop_front() else {
+                    break;
+                };
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                if self.hand_over(runner, received) {
+                    idle.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Prepares `received` and hands it to `runner`; false if it was answered here instead.
+    fn hand_over(&mut self, runner: usize, received: Received) -> bool {
+        let Received {
+            connection,
+            request,
+        } = received;
+        if hung_up(&connection) {
+            // Nobody would read the reply: the guest is not run for nobody.
+            let target = request.target.display();
+            self.log.line(format!(
+                "{target}: dropped: the client hung up before its turn"
+            ));
+            return false;
+        }
+        let job = match self.prepare(request) {
+            Ok(job) => job,
+            Err((target, why)) => {
+                slots::refuse(connection.as_fd(), &why);
+                self.log
+                    .line(format!("{}: refused: {why}", target.display()));
+                return false;
+            }
+        };
+        if let Err(err) = self.slots.hand(runner, connection.as_fd()) {
+            let why = format!("the server cannot hand the connection on: {err}");
+            slots::refuse(connection.as_fd(), &why);
+            self.log
+                .line(format!("{}: {why}", job.target.path().display()));
+            return false;
+        }
+        drop(connection);
+        if self.runners[runner].send(job).is_err() {
+            // Runners never return (the server stops if one does).
+            self.slots.release(runner);
+        }
+        true
+    }
+
+    /// Opens and checks the request's target; on failure, the target and why.
+    fn prepare(&mut self, request: Request) -> Result<Job, (PathBuf, String)> {
+        let fail = |why: String| (request.target.clone(), why);
+        let resolved = self
+            .targets
+            .resolve(&request.target)
+            .map_err(|e| fail(crate::error_chain(&e)))?;
+        let timeout = request.timeout_ms.map_or(self.max_timeout, |ms| {
+            Duration::from_millis(ms).min(self.max_timeout)
+        });
+        let job = Job {
+            target: resolved.target,
+            pooled: resolved.pooled,
+            request,
+            timeout,
+        };
+        // A request comes from any local process: check it as `vmm run`'s command line would.
+        launch::check(&job.target, &job.vm_config(false))
+            .map_err(|e| (job.request.target.clone(), crate::error_chain(&e)))?;
+        Ok(job)
+    }
+}
+
+/// Whether the client closed its connection (both ways: a client that only shut down its
+/// sending side still waits for its reply).
+fn hung_up(connection: &UnixStream) -> bool {
+    let mut poll = libc::pollfd {
+        fd: connection.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
     };
-    let _ = send_frame(&mut out, frame::EXIT, &status.to_le_bytes());
-    Some(vm)
+    // SAFETY: one valid pollfd for the duration of the call; a zero timeout never waits.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
-/// Writes to a raw fd (the runner's client connection) with `write(2)`.
-struct FdWriter(i32);
+/// How one request ended, for the log.
+enum Served {
+    /// The guest ran; its exit status, and whether its VM came from the pool.
+    Ran { status: i32, pooled: bool },
+    /// It never ran, or the VMM failed it.
+    Failed(String),
+}
 
-impl Write for FdWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // SAFETY: writing our own buffer to an fd this thread owns for the request.
-        let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+/// A runner thread: one request at a time, answered on its slot.
+struct Runner {
+    index: usize,
+    slot: RawFd,
+    pool: Arc<Pool>,
+    kvm: Arc<kvm_ioctls::Kvm>,
+    deadlines: Arc<DeadlineService>,
+    events: mpsc::Sender<Event>,
+    seccomp: bool,
+    log: Log,
+}
+
+impl Runner {
+    fn run(self, jobs: &mpsc::Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            let started = Instant::now();
+            let reply = Reply::new(self.slot, deadline_after(started, job.timeout));
+            let (vm, served) = self.serve_one(&job, &reply);
+            self.log
+                .line(log_line(&job, &served, started.elapsed(), reply.dropped()));
+            drop(reply);
+            if self
+                .events
+                .send(Event::Done { runner: self.index })
+                .is_err()
+            {
+                break;
+            }
+            // The VM's teardown and the pool's refill happen after the client has its answer.
+            drop(vm);
+            self.pool.request_done();
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    /// Runs one request; returns the VM so that its teardown happens after the reply.
+    fn serve_one(&self, job: &Job, reply: &Reply) -> (Option<Vm>, Served) {
+        let config = job.vm_config(self.seccomp);
+        let mut pooled = false;
+        let built = match job.target.kind() {
+            TargetKind::Snapshot(_) => {
+                let shell = match job.pooled.and_then(|id| self.pool.take(&id)) {
+                    Some(shell) => {
+                        pooled = true;
+                        Ok(shell)
+                    }
+                    None => pool::prepare_shell(&self.kvm, &job.target),
+                };
+                shell.and_then(|shell| {
+                    launch::finish(shell, &job.target, &config, Timeline::default())
+                })
+            }
+            TargetKind::Image(_) => {
+                launch::build(&self.kvm, &job.target, &config, Timeline::default())
+            }
+        };
+        let mut vm = match built {
+            Ok(vm) => vm,
+            Err(err) => {
+                let why = crate::error_chain(&err);
+                reply.send(frame::ERROR, why.as_bytes());
+                return (None, Served::Failed(why));
+            }
+        };
+        let console = Console {
+            stdout: Box::new(reply.writer(frame::STDOUT)),
+            stderr: Box::new(reply.writer(frame::STDERR)),
+        };
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let watchdog = config.timeout.map(|t| self.deadlines.watch(t, me));
+        match vm.run(console, watchdog) {
+            Ok(report) => {
+                if let Some(text) = report.outcome.message() {
+                    reply.send(frame::STDERR, text.as_bytes());
+                }
+                let status = report.outcome.exit_status();
+                reply.send(frame::EXIT, &status.to_le_bytes());
+                (Some(vm), Served::Ran { status, pooled })
+            }
+            Err(err) => {
+                let why = crate::error_chain(&err);
+                reply.send(frame::ERROR, why.as_bytes());
+                (Some(vm), Served::Failed(why))
+            }
+        }
     }
 }
 
-/// Console output as frames of one kind.
-struct FrameWriter {
-    fd: i32,
-    kind: u8,
+/// When a reply that started at `started` for a guest with `timeout` gives up.
+fn deadline_after(started: Instant, timeout: Duration) -> Instant {
+    let budget = timeout.saturating_add(REPLY_GRACE);
+    started
+        .checked_add(budget)
+        .or_else(|| started.checked_add(crate::size::MAX_DURATION))
+        .unwrap_or(started)
 }
 
-impl Write for FrameWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // A client that went away must not stop the guest: its output is dropped.
-        let _ = send_frame(&mut FdWriter(self.fd), self.kind, buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+fn log_line(job: &Job, served: &Served, took: Duration, dropped: bool) -> String {
+    let target = job.target.path().display();
+    let dropped = if dropped {
+        " (the client stopped reading: output dropped)"
+    } else {
+        ""
+    };
+    match served {
+        Served::Ran { status, pooled } => {
+            let vm = if *pooled { "pooled" } else { "cold" };
+            format!("{target}: {vm} VM, exit status {status}, {took:.1?}{dropped}")
+        }
+        Served::Failed(why) => format!("{target}: failed: {why}{dropped}"),
     }
 }

@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use vm_memory::ByteValued;
 
-/// Largest request accepted.
-pub const MAX_REQUEST: u32 = 1 << 20;
+/// Largest request accepted: room for the most arguments and environment a guest can take
+/// (64 KiB of boot info), even if JSON escapes every byte (6 bytes each), and a path.
+pub const MAX_REQUEST: u32 = 512 << 10;
 /// Largest frame payload a client accepts.
 pub const MAX_FRAME: u32 = 64 << 20;
 
@@ -62,19 +63,41 @@ unsafe impl ByteValued for FrameHeader {}
 pub const FRAME_HEADER_SIZE: usize = size_of::<FrameHeader>();
 const _: () = assert!(FRAME_HEADER_SIZE == 5);
 
-/// The request's bytes on the wire: length, then JSON.
-pub fn encode_request(request: &Request) -> Vec<u8> {
-    let body = serde_json::to_vec(request).expect("a request always serializes");
-    let mut message = (body.len() as u32).to_le_bytes().to_vec();
-    message.extend_from_slice(&body);
-    message
+/// Why a request cannot be put on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// A path or string JSON cannot carry (a path that is not UTF-8).
+    #[error("the request cannot be encoded")]
+    Json(#[source] serde_json::Error),
+    /// Larger than the server accepts.
+    #[error("the request is too large ({len} bytes; at most {MAX_REQUEST})")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+    },
 }
 
-/// Sends one frame in one write.
+/// The request's bytes on the wire: length, then JSON.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, EncodeError> {
+    let body = serde_json::to_vec(request).map_err(EncodeError::Json)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|len| *len <= MAX_REQUEST)
+        .ok_or(EncodeError::TooLarge { len: body.len() })?;
+    let mut message = len.to_le_bytes().to_vec();
+    message.extend_from_slice(&body);
+    Ok(message)
+}
+
+/// Sends one frame in one write (a payload over [`MAX_FRAME`] is refused, never cut).
 pub fn send_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= MAX_FRAME)
+        .ok_or(std::io::ErrorKind::InvalidInput)?;
     let header = FrameHeader {
         kind,
-        len: (payload.len() as u32).to_le_bytes(),
+        len: len.to_le_bytes(),
     };
     let mut bytes = Vec::with_capacity(FRAME_HEADER_SIZE + payload.len());
     bytes.extend_from_slice(header.as_slice());
@@ -101,7 +124,7 @@ pub fn read_frame(input: &mut impl Read) -> Result<(u8, Vec<u8>), FrameError> {
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
-    let mut payload = vec![0u8; len as usize];
+    let mut payload = vec![0u8; usize::try_from(len).map_err(|_| FrameError::TooLarge(len))?];
     input.read_exact(&mut payload)?;
     Ok((header.kind, payload))
 }
@@ -109,6 +132,7 @@ pub fn read_frame(input: &mut impl Read) -> Result<(u8, Vec<u8>), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn test_frame_round_trips() {
@@ -117,6 +141,40 @@ mod tests {
         assert_eq!(bytes[..5], [1, 5, 0, 0, 0]);
         let (kind, payload) = read_frame(&mut &bytes[..]).unwrap();
         assert_eq!((kind, payload.as_slice()), (frame::STDOUT, &b"hello"[..]));
+    }
+
+    #[test]
+    fn test_request_round_trips_and_bad_requests_are_errors() {
+        let mut request = Request {
+            target: PathBuf::from("/x/hello"),
+            args: vec!["a".into()],
+            env: Vec::new(),
+            timeout_ms: Some(5),
+            max_output: 10,
+            mem_size: 16 << 20,
+        };
+        let bytes = encode_request(&request).unwrap();
+        let parsed: Request = serde_json::from_slice(&bytes[4..]).unwrap();
+        assert_eq!(parsed, request);
+        request.target = PathBuf::from(std::ffi::OsStr::from_bytes(b"/x/\xff"));
+        assert!(matches!(
+            encode_request(&request),
+            Err(EncodeError::Json(_))
+        ));
+        request.target = PathBuf::from("/x");
+        request.args = vec!["a".repeat(MAX_REQUEST as usize)];
+        assert!(matches!(
+            encode_request(&request),
+            Err(EncodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn test_send_frame_refuses_an_oversized_payload() {
+        let payload = vec![0u8; MAX_FRAME as usize + 1];
+        let mut out = Vec::new();
+        assert!(send_frame(&mut out, frame::STDOUT, &payload).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

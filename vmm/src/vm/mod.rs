@@ -24,7 +24,8 @@ pub use console::Console;
 pub use hypercall::HypercallError;
 pub use shell::{VmShell, open_kvm};
 pub use vcpu_state::SavedVcpu;
-pub(crate) use watchdog::{DeadlineService, Watchdog};
+pub(crate) use watchdog::DeadlineService;
+pub use watchdog::{Watchdog, WatchdogError};
 
 use crate::arch::{self, HostClock, regs, stubs};
 pub use crate::devices::DeviceConfig;
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {source}{hint}", hint = kvm_open_hint(source.errno()))]
+    #[error("cannot open /dev/kvm{hint}", hint = kvm_open_hint(source.errno()))]
     OpenKvm {
         /// The cause.
         #[source]
@@ -73,6 +74,9 @@ pub enum VmError {
     /// The arguments or environment are invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The `--timeout` watchdog could not start.
+    #[error(transparent)]
+    Watchdog(#[from] WatchdogError),
     /// A restored vCPU state cannot be loaded.
     #[error("the saved FPU/SSE state is invalid")]
     BadFpuState(#[source] Option<kvm_ioctls::Error>),
@@ -382,13 +386,15 @@ impl Vm {
             .take()
             .unwrap_or_else(|| PortBus::new(&self.config.devices));
         self.handler = Some(ExitHandler::new(console, bus, limits));
-        self.watchdog = watchdog.or_else(|| {
-            // SAFETY: pthread_self has no preconditions.
-            let me = unsafe { libc::pthread_self() };
-            self.config
-                .timeout
-                .map(|t| Watchdog::start(t, me, self.config.seccomp))
-        });
+        self.watchdog = match (watchdog, self.config.timeout) {
+            (Some(watchdog), _) => Some(watchdog),
+            (None, Some(timeout)) => {
+                // SAFETY: pthread_self has no preconditions.
+                let me = unsafe { libc::pthread_self() };
+                Some(Watchdog::start(timeout, me, self.config.seccomp)?)
+            }
+            (None, None) => None,
+        };
         if self.config.seccomp {
             crate::sandbox::confine_this_thread()?;
             if self.config.debug_blocked_syscall {

@@ -62,9 +62,21 @@ pub(crate) struct DeadlineService {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Why a watchdog could not start: without one, a timeout would silently never fire.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    /// Its thread could not be started.
+    #[error("cannot start the watchdog thread")]
+    Spawn(#[source] std::io::Error),
+    /// Its thread could not be confined.
+    #[error("cannot confine the watchdog thread")]
+    Sandbox(#[source] crate::sandbox::SandboxError),
+}
+
 impl DeadlineService {
-    /// Starts the service's thread (confined by seccomp when `seccomp` is set).
-    pub fn start(seccomp: bool) -> Self {
+    /// Starts the service's thread (confined by seccomp when `seccomp` is set), and waits
+    /// until it runs confined.
+    pub fn start(seccomp: bool) -> Result<Self, WatchdogError> {
         install_kick_handler();
         let shared = Arc::new(Shared {
             entries: Mutex::new(Vec::new()),
@@ -73,17 +85,34 @@ impl DeadlineService {
             next_id: AtomicU64::new(0),
         });
         let thread_shared = Arc::clone(&shared);
+        let (confined_tx, confined_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("watchdog".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                if seccomp {
-                    let _ = crate::sandbox::confine_this_thread();
+                let confined = if seccomp {
+                    crate::sandbox::confine_this_thread()
+                } else {
+                    Ok(())
+                };
+                let ok = confined.is_ok();
+                let _ = confined_tx.send(confined);
+                if ok {
+                    serve(&thread_shared);
                 }
-                serve(&thread_shared);
             })
-            .ok();
-        DeadlineService { shared, thread }
+            .map_err(WatchdogError::Spawn)?;
+        match confined_rx.recv() {
+            Ok(Ok(())) => Ok(DeadlineService {
+                shared,
+                thread: Some(thread),
+            }),
+            Ok(Err(err)) => Err(WatchdogError::Sandbox(err)),
+            // The thread died before answering (it cannot, short of a bug): no watchdog.
+            Err(_) => Err(WatchdogError::Spawn(std::io::Error::other(
+                "the watchdog thread ended at start",
+            ))),
+        }
     }
 
     /// Watches `vcpu_thread` until `timeout` from now.
@@ -158,8 +187,12 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// A watchdog with a thread of its own that interrupts `vcpu_thread` after `timeout`.
-    pub fn start(timeout: Duration, vcpu_thread: libc::pthread_t, seccomp: bool) -> Self {
-        let service = DeadlineService::start(seccomp);
+    pub fn start(
+        timeout: Duration,
+        vcpu_thread: libc::pthread_t,
+        seccomp: bool,
+    ) -> Result<Self, WatchdogError> {
+        let service = DeadlineService::start(seccomp)?;
         let mut watchdog = service.watch(timeout, vcpu_thread);
         let release = watchdog.release.take();
         watchdog.release = Some(Box::new(move || {
@@ -168,7 +201,7 @@ impl Watchdog {
             }
             drop(service);
         }));
-        watchdog
+        Ok(watchdog)
     }
 
     /// Whether the deadline has passed.
@@ -198,7 +231,7 @@ mod tests {
 
     #[test]
     fn test_deadline_service_fires_only_after_the_deadline() {
-        let service = DeadlineService::start(false);
+        let service = DeadlineService::start(false).unwrap();
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         let early = service.watch(Duration::from_secs(60), me);
