@@ -183,3 +183,18 @@ fn test_cli_image_name_suggests_the_built_image() {
     assert_one_line_error(&out, "cannot read nothing");
     assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
 }
+
+#[test]
+fn test_readme_states_the_sandbox_as_it_is() {
+    let readme = std::fs::read_to_string(tests::project_root().join("README.md")).unwrap();
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let calls = vmm::sandbox::ALLOWED.len();
+    let ioctls = vmm::sandbox::ALLOWED
+        .iter()
+        .find(|(name, _)| *name == "ioctl")
+        .map(|(_, why)| why.matches("KVM_").count())
+        .unwrap();
+    let claim =
+        format!("`vmm seccomp-list`; {calls} calls, `ioctl` limited to {ioctls} KVM requests");
+    assert!(readme.contains(&claim), "README should say: {claim}");
+}

@@ -275,3 +275,26 @@ fn test_fleet_cores_writes_one_core_per_crashed_instance() {
         stderr(&out)
     );
 }
+
+#[kvm_test]
+fn test_fleet_example_manifest_runs_its_mix() {
+    // The README's example, with image paths relative to the manifest's folder.
+    let manifest = tests::project_root().join("examples/mix.toml");
+    image("hello");
+    let report = fleet_json(&["--manifest", manifest.to_str().unwrap()]);
+    assert_eq!(report["count"], 31, "{report}");
+    let outcomes = &report["outcomes"];
+    assert_eq!(outcomes["exit 0"], 24, "{report}");
+    assert_eq!(outcomes["exit 3"], 5, "{report}");
+    assert_eq!(outcomes["crashed"], 2, "{report}");
+    let hello = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["group"] == "hello")
+        .unwrap();
+    assert_eq!(
+        hello["stdout"], "Hello from a unikernel!\nfrom\nthe\nmanifest\nGREETING=hi\n",
+        "{hello}"
+    );
+}

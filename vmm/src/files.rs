@@ -241,6 +241,15 @@ mod tests {
     }
 
     #[test]
+    fn test_create_beside_stays_in_the_folder() {
+        let dir = std::env::temp_dir().join(format!("flick-beside-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (temp, _) = create_beside(&dir.join("x.snap")).unwrap();
+        assert_eq!(temp.parent(), Some(dir.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn test_read_regular_refuses_oversized_files() {
         let path = std::env::temp_dir().join(format!("flick-read-{}", std::process::id()));
         std::fs::write(&path, b"0123456789").unwrap();

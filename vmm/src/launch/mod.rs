@@ -302,6 +302,7 @@ pub fn snapshot(
     console: Console,
     out: &Path,
 ) -> Result<snapshot::Summary, LaunchError> {
+    crate::files::check_replaceable(out).map_err(SnapshotError::from)?;
     let target = Target::open(&config.target)?;
     let TargetKind::Image(image) = target.kind().clone() else {
         return Err(SnapshotError::Foreign(format!(
