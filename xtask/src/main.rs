@@ -2,7 +2,6 @@
 //! freestanding `no_std` static ELFs for the host target, built with the link setup of
 //! `images/.cargo/config.toml` (see [`guest`] and docs/PLATFORM.md).
 
-mod bench;
 mod guest;
 mod lint;
 mod runner;
@@ -47,8 +46,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Measure cold starts of our VMM against its peers; report in target/bench/.
-    Bench(bench::Bench),
+    /// Measure cold starts of our VMM against its peers; report in target/bench/ (or --out).
+    Bench(BenchArgs),
     /// Feed the ELF loader, hypercall decoder and exit handler N random and mutated inputs.
     Fuzz {
         /// Cases per target.
@@ -126,7 +125,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let status = cmd.status().context("cannot start the VMM")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
-        Task::Bench(args) => bench::run(args),
+        Task::Bench(args) => run_bench(args),
         Task::Fuzz { cases } => {
             let status = cargo()
                 .args(["test", "--release", "--package", "tests", "--test", "fuzz"])
@@ -145,6 +144,107 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Runner { image, args } => runner::run(&image, &args),
     }
+}
+
+/// Arguments of `cargo xtask bench` (the `bench` crate does the work).
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Timed runs per peer [default: 50].
+    #[arg(long, conflicts_with = "quick")]
+    runs: Option<usize>,
+    /// 10 timed runs per peer instead of 50 (with --fleet: 50 instances, 100 resident).
+    #[arg(long)]
+    quick: bool,
+    /// Only these (comma list of peers: ours, restore, floor, native, true, unshare, crun,
+    /// runc, docker, qemu, serve, serve-process, native-pool; and back-to-back, sha256; restore
+    /// also measures the memory of VMs restored from one snapshot).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Bench this image (a name in images/ or a path) as "ours" instead of hello.
+    #[arg(long)]
+    image: Option<String>,
+    /// The exit status that the image given with --image must end with.
+    #[arg(long, default_value_t = 0, requires = "image")]
+    expect_status: i32,
+    /// Instead of cold starts: N instances per peer, 2 at a time (ours through `vmm fleet`),
+    /// then the memory of 1000 resident instances per peer; report in fleet.md [default N:
+    /// 200, with --quick 50]. --only takes: ours, native, unshare, crun, density.
+    #[arg(long, value_name = "N", num_args = 0..=1, conflicts_with_all = ["runs", "image"])]
+    fleet: Option<Option<usize>>,
+    /// Where the report goes [default: target/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Arguments for the image given with --image.
+    #[arg(last = true, requires = "image")]
+    args: Vec<String>,
+}
+
+/// Builds what the bench needs, then runs it.
+fn run_bench(args: BenchArgs) -> Result<ExitCode> {
+    let options = bench::Options {
+        runs: args.runs,
+        quick: args.quick,
+        only: args.only,
+        image: args.image,
+        expect_status: args.expect_status,
+        fleet: args.fleet,
+        args: args.args,
+        out: args
+            .out
+            .unwrap_or_else(|| project_root().join("target/bench")),
+    };
+    let needs = bench::needs(&options)?;
+    let available = guest::all_images()?;
+    let mut images = needs.images.clone();
+    images.extend(
+        needs
+            .optional_images
+            .iter()
+            .filter(|i| available.contains(i))
+            .cloned(),
+    );
+    if !images.is_empty() {
+        guest::build(&images)?; // an empty list would build every image
+    }
+    build_vmm()?;
+    let native_sha256 = needs
+        .native_sha256
+        .then(|| build_native_sha256().map_err(|e| format!("{e:#}")));
+    let built = bench::Built {
+        vmm: vmm_path(),
+        images_dir: guest::images_dir(),
+        images,
+        native_sha256,
+    };
+    let ours_ok = bench::run(&options, &built)?;
+    Ok(if ours_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Builds the native side of the bench's sha256 comparison (its own workspace, its own target
+/// dir) and returns the binary.
+fn build_native_sha256() -> Result<PathBuf> {
+    let target_dir = project_root().join("target/bench-native");
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--manifest-path"])
+        .arg(project_root().join("bench/native/sha256/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    if quiet() {
+        cmd.arg("--quiet");
+    }
+    let status = cmd
+        .status()
+        .context("cannot run cargo for the native sha256")?;
+    if !status.success() {
+        bail!("building the native sha256 failed");
+    }
+    Ok(target_dir.join("release/sha256"))
 }
 
 /// The workspace root.

@@ -2,6 +2,7 @@
 //! as a table for people ([`format_table`]) or JSON for programs ([`format_json`], whose
 //! schema is [`FleetSummary`]: the bench reads it back with the same types).
 
+use crate::report::stats::percentile;
 use std::collections::BTreeMap;
 
 /// Console bytes kept per instance and stream for the report.
@@ -109,15 +110,6 @@ impl FleetReport {
             .saturating_sub(self.memory.rss_before_kib);
         grown as f64 / self.count.max(1) as f64
     }
-}
-
-/// Nearest-rank percentile `p` (0..=100) of sorted values (0 when empty).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// The human-readable report.
@@ -232,15 +224,6 @@ impl FleetSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_percentile_picks_nearest_rank() {
-        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
-        assert_eq!(percentile(&v, 0.0), 1.0);
-        assert_eq!(percentile(&v, 50.0), 3.0);
-        assert_eq!(percentile(&v, 100.0), 5.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
-    }
 
     #[test]
     fn test_json_summary_reads_back() {

@@ -7,6 +7,7 @@
 pub(crate) mod core_dump;
 pub(crate) mod crash;
 pub(crate) mod lines;
+pub mod stats;
 pub(crate) mod symbols;
 pub mod timeline;
 

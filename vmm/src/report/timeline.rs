@@ -2,6 +2,7 @@
 //! output and guest RAM, and which hypervisor this is (PVM changes what the numbers mean).
 
 use super::RunReport;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -221,43 +222,92 @@ pub fn format_text(report: &RunReport, exit_status: i32) -> String {
     out
 }
 
-/// The same as one line of JSON.
+/// One phase as `--timeline=json` writes it (and the bench reads it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseRecord {
+    /// What ended.
+    pub phase: String,
+    /// Time since the previous phase ended, µs.
+    pub duration_us: f64,
+    /// Time since process start, µs.
+    #[serde(default)]
+    pub since_start_us: f64,
+    /// For a phase on the vCPU thread, in parallel with the main thread's: how long it took
+    /// there, µs (its `duration_us` is only the time the boot waited for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_parallel_us: Option<f64>,
+}
+
+/// VM exit counts as `--timeline=json` writes them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExitsRecord {
+    /// All exits.
+    pub total: u64,
+    /// `out` exits per port (`"0x501"`).
+    pub io_out: BTreeMap<String, u64>,
+    /// `in` exits per port.
+    pub io_in: BTreeMap<String, u64>,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// Other exits.
+    pub other: u64,
+}
+
+/// The schema of `vmm run --timeline=json`: one line of JSON on stderr after the run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TimelineRecord {
+    /// The phases, in the order they ended.
+    pub phases: Vec<PhaseRecord>,
+    /// VM exits.
+    pub exits: ExitsRecord,
+    /// Console bytes the guest wrote.
+    pub console_bytes: u64,
+    /// Guest RAM pages resident after the run.
+    pub ram_pages_touched: Option<u64>,
+    /// `pvm`, `kvm-intel`, `kvm-amd` or `unknown`.
+    pub hypervisor: String,
+    /// The VMM's exit status.
+    pub exit_status: i32,
+}
+
+impl TimelineRecord {
+    /// The record of `report`.
+    pub fn of(report: &RunReport, exit_status: i32) -> Self {
+        let ports = |map: &BTreeMap<u16, u64>| {
+            map.iter()
+                .map(|(port, n)| (format!("{port:#x}"), *n))
+                .collect()
+        };
+        let stats = &report.stats;
+        Self {
+            phases: phases(report)
+                .into_iter()
+                .map(|p| PhaseRecord {
+                    phase: p.name.to_owned(),
+                    duration_us: (p.duration_us * 10.0).round() / 10.0,
+                    since_start_us: (p.since_start_us * 10.0).round() / 10.0,
+                    in_parallel_us: p.in_parallel_us.map(|us| (us * 10.0).round() / 10.0),
+                })
+                .collect(),
+            exits: ExitsRecord {
+                total: stats.total(),
+                io_out: ports(&stats.io_out),
+                io_in: ports(&stats.io_in),
+                mmio: stats.mmio,
+                other: stats.other,
+            },
+            console_bytes: stats.console_bytes,
+            ram_pages_touched: report.ram_pages_touched,
+            hypervisor: hypervisor().0.to_owned(),
+            exit_status,
+        }
+    }
+}
+
+/// The same as one line of JSON ([`TimelineRecord`]).
 pub fn format_json(report: &RunReport, exit_status: i32) -> String {
-    let phases: Vec<String> = phases(report)
-        .iter()
-        .map(|p| {
-            let parallel = p
-                .in_parallel_us
-                .map(|own| format!(r#","in_parallel_us":{own:.1}"#))
-                .unwrap_or_default();
-            format!(
-                r#"{{"phase":"{}","duration_us":{:.1},"since_start_us":{:.1}{parallel}}}"#,
-                p.name, p.duration_us, p.since_start_us
-            )
-        })
-        .collect();
-    let ports = |map: &std::collections::BTreeMap<u16, u64>| {
-        map.iter()
-            .map(|(p, n)| format!(r#""{p:#x}":{n}"#))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let stats = &report.stats;
-    format!(
-        r#"{{"phases":[{}],"exits":{{"total":{},"io_out":{{{}}},"io_in":{{{}}},"mmio":{},"other":{}}},"console_bytes":{},"ram_pages_touched":{},"hypervisor":"{}","exit_status":{}}}"#,
-        phases.join(","),
-        stats.total(),
-        ports(&stats.io_out),
-        ports(&stats.io_in),
-        stats.mmio,
-        stats.other,
-        stats.console_bytes,
-        report
-            .ram_pages_touched
-            .map_or("null".to_owned(), |p| p.to_string()),
-        hypervisor().0,
-        exit_status
-    )
+    serde_json::to_string(&TimelineRecord::of(report, exit_status))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 #[cfg(test)]

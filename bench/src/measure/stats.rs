@@ -1,29 +1,30 @@
-//! Summary statistics of a peer's samples: min, percentiles (linear interpolation between
-//! closest ranks), max and mean, all in microseconds.
+//! Summary statistics of a peer's samples: min, percentiles (the bench's interpolating
+//! [`percentile`]), max and mean, all in microseconds.
 
+use crate::contracts::percentile;
 use serde::Serialize;
 
 /// The distribution of one peer's wall times, µs.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Fastest run.
-    pub min_us: f64,
+    pub(crate) min_us: f64,
     /// 10th percentile.
-    pub p10_us: f64,
+    pub(crate) p10_us: f64,
     /// Median.
-    pub median_us: f64,
+    pub(crate) median_us: f64,
     /// 90th percentile.
-    pub p90_us: f64,
+    pub(crate) p90_us: f64,
     /// 99th percentile.
-    pub p99_us: f64,
+    pub(crate) p99_us: f64,
     /// Slowest run.
-    pub max_us: f64,
+    pub(crate) max_us: f64,
     /// Arithmetic mean.
-    pub mean_us: f64,
+    pub(crate) mean_us: f64,
 }
 
 /// Summarises `samples` (µs); `None` when there are none.
-pub fn summarize(samples: &[f64]) -> Option<Summary> {
+pub(crate) fn summarize(samples: &[f64]) -> Option<Summary> {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     let (first, last) = (*sorted.first()?, *sorted.last()?);
@@ -36,19 +37,6 @@ pub fn summarize(samples: &[f64]) -> Option<Summary> {
         max_us: last,
         mean_us: sorted.iter().sum::<f64>() / sorted.len() as f64,
     })
-}
-
-/// The `p`th percentile of non-empty sorted `sorted`, interpolating between closest ranks.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = p / 100.0 * (sorted.len() - 1) as f64;
-    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
-    let frac = rank - low as f64;
-    sorted[low] + (sorted[high] - sorted[low]) * frac
-}
-
-/// The median of unsorted `values`; `None` when empty.
-pub fn median(values: &[f64]) -> Option<f64> {
-    summarize(values).map(|s| s.median_us)
 }
 
 #[cfg(test)]
@@ -70,13 +58,7 @@ mod tests {
     }
 
     #[test]
-    fn test_percentile_even_count_interpolates_median() {
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-    }
-
-    #[test]
-    fn test_percentile_p90_of_eleven_is_tenth_value() {
-        let sorted: Vec<f64> = (0..=10).map(f64::from).collect();
-        assert_eq!(percentile(&sorted, 90.0), 9.0);
+    fn test_summarize_mean_is_the_average() {
+        assert_eq!(summarize(&[1.0, 2.0, 6.0]).unwrap().mean_us, 3.0);
     }
 }

@@ -1,39 +1,38 @@
 //! The compute comparison: the guest image `sha256` against a native build of the same
-//! algorithm (`xtask/bench-native/sha256`), both hashing the same generated data; reports
-//! each side's MiB/s and checks that the digests agree.
+//! algorithm (`bench/native/sha256`, built by the xtask), both hashing the same generated data;
+//! reports each side's MiB/s and checks that the digests agree.
 
-use super::stats::median;
-use crate::{cargo, project_root, vmm_path};
-use anyhow::{Context, Result, bail};
+use crate::contracts::median;
+use crate::error::{Context, Error, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The guest image's name.
-pub const IMAGE: &str = "sha256";
+pub(crate) const IMAGE: &str = "sha256";
 /// How much data each run hashes.
 const MIB: u64 = 64;
 /// Runs of each side (interleaved); the best throughput counts, as the run that the rest of the
 /// machine disturbed least.
-pub const RUNS: usize = 7;
+pub(crate) const RUNS: usize = 7;
 
 /// Guest against native.
 #[derive(Debug, Serialize)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     /// Data hashed per run.
-    pub mib: u64,
+    pub(crate) mib: u64,
     /// Best guest throughput, MiB/s.
-    pub guest_mib_s: f64,
+    pub(crate) guest_mib_s: f64,
     /// Best native throughput, MiB/s.
-    pub native_mib_s: f64,
+    pub(crate) native_mib_s: f64,
     /// guest / native, of the best runs.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// Median guest throughput, MiB/s.
-    pub guest_median_mib_s: f64,
+    pub(crate) guest_median_mib_s: f64,
     /// Median native throughput, MiB/s.
-    pub native_median_mib_s: f64,
+    pub(crate) native_median_mib_s: f64,
     /// The digest (both sides printed it).
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 /// What one run printed: the digest and the time it reported.
@@ -43,36 +42,26 @@ struct Output {
     ns: u64,
 }
 
-/// Whether the lead's guest image exists yet.
-pub fn image_exists() -> bool {
-    project_root()
-        .join("images")
-        .join(IMAGE)
-        .join("Cargo.toml")
-        .is_file()
-}
-
-/// Builds the native side, runs both `RUNS` times and compares.
-pub fn compare(dir: &Path) -> Result<Comparison> {
-    let native = build_native(dir)?;
-    let image = crate::guest::images_dir().join(IMAGE);
+/// Runs the guest image `image` under `vmm` and the native program `native` [`RUNS`] times
+/// each, interleaved, and compares.
+pub(crate) fn compare(vmm: &Path, image: &Path, native: &Path) -> Result<Comparison> {
     let mib = MIB.to_string();
     let (mut guest_rates, mut native_rates) = (Vec::new(), Vec::new());
     let mut digests = None;
     for _ in 0..RUNS {
-        let guest = run(Command::new(vmm_path())
-            .arg("run")
-            .arg(&image)
-            .args(["--", &mib]))
-        .context("guest sha256")?;
-        let host = run(Command::new(&native).arg(&mib)).context("native sha256")?;
+        let guest = run(Command::new(vmm).arg("run").arg(image).args(["--", &mib]))
+            .context("guest sha256")?;
+        let host = run(Command::new(native).arg(&mib)).context("native sha256")?;
         guest_rates.push(rate(&guest));
         native_rates.push(rate(&host));
         digests = Some((guest.digest, host.digest));
     }
-    let (guest_digest, native_digest) = digests.context("no runs")?;
+    let (guest_digest, native_digest) =
+        digests.ok_or_else(|| Error::Check("no runs".to_owned()))?;
     if guest_digest != native_digest {
-        bail!("digests differ: guest {guest_digest}, native {native_digest}");
+        return Err(Error::Check(format!(
+            "digests differ: guest {guest_digest}, native {native_digest}"
+        )));
     }
     let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
     let (guest_mib_s, native_mib_s) = (best(&guest_rates), best(&native_rates));
@@ -91,39 +80,17 @@ fn rate(output: &Output) -> f64 {
     MIB as f64 / (output.ns.max(1) as f64 / 1e9)
 }
 
-/// Builds the native crate into `dir/native-target` and returns the binary.
-fn build_native(dir: &Path) -> Result<PathBuf> {
-    let target_dir = dir.join("native-target");
-    let manifest = project_root().join("xtask/bench-native/sha256/Cargo.toml");
-    let status = cargo()
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("cannot run cargo for the native sha256")?;
-    if !status.success() {
-        bail!("building the native sha256 failed");
-    }
-    Ok(target_dir.join("release").join(IMAGE))
-}
-
 fn run(cmd: &mut Command) -> Result<Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    let text = String::from_utf8_lossy(&output.stdout);
+        .map_err(Error::io(format!("cannot start {program}")))?;
     if !output.status.success() {
-        bail!(
-            "{}; stderr: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        return Err(Error::tool(program, output.status, &output.stderr));
     }
-    parse(&text).with_context(|| format!("unexpected output: {}", text.trim()))
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse(&text).ok_or_else(|| Error::Check(format!("unexpected output: {}", text.trim())))
 }
 
 /// Finds the digest line (64 hex digits) and the `<N> MiB in <ns> ns` line.

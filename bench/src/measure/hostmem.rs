@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The `/proc/meminfo` fields reported per VM, in report order.
-pub const FIELDS: [&str; 8] = [
+pub(crate) const FIELDS: [&str; 8] = [
     "AnonPages",
     "Slab",
     "SUnreclaim",
@@ -32,7 +32,7 @@ const QUIET_WINDOW: Duration = Duration::from_secs(1);
 const SAMPLE_EVERY: Duration = Duration::from_millis(2);
 
 /// Parses `/proc/meminfo` text into KiB per field.
-pub fn parse(text: &str) -> BTreeMap<String, u64> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|line| {
             let (key, rest) = line.split_once(':')?;
@@ -43,7 +43,7 @@ pub fn parse(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// `/proc/meminfo` now (empty when unreadable).
-pub fn meminfo() -> BTreeMap<String, u64> {
+pub(crate) fn meminfo() -> BTreeMap<String, u64> {
     parse(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default())
 }
 
@@ -53,27 +53,33 @@ fn mem_available() -> u64 {
 
 /// How the wait for a quiet host went.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Settled {
+pub(crate) struct Settled {
     /// Seconds waited.
-    pub waited_s: f64,
+    pub(crate) waited_s: f64,
     /// Whether `MemAvailable` became steady (else the wait hit its limit).
-    pub steady: bool,
+    pub(crate) steady: bool,
+    /// How far `MemAvailable` moved in the last second of the wait, KiB: the host's own noise,
+    /// which a run over N instances carries at about this / N per instance.
+    #[serde(default)]
+    pub(crate) last_move_kib: u64,
 }
 
 /// Waits until `MemAvailable` stops moving (the kernel done freeing earlier VMs): at least
 /// [`MIN_SETTLE`], at most [`MAX_SETTLE`].
-pub fn settle() -> Settled {
+pub(crate) fn settle() -> Settled {
     let start = Instant::now();
     std::thread::sleep(MIN_SETTLE);
     let mut last = mem_available();
     loop {
         std::thread::sleep(QUIET_WINDOW);
         let now = mem_available();
-        let steady = now.abs_diff(last) < QUIET_KIB;
+        let moved = now.abs_diff(last);
+        let steady = moved < QUIET_KIB;
         if steady || start.elapsed() >= MAX_SETTLE {
             return Settled {
                 waited_s: start.elapsed().as_secs_f64(),
                 steady,
+                last_move_kib: moved,
             };
         }
         last = now;
@@ -82,7 +88,7 @@ pub fn settle() -> Settled {
 
 /// Reads `/proc/meminfo` in a thread until stopped, keeping the sample with the lowest
 /// `MemAvailable`.
-pub struct Sampler {
+pub(crate) struct Sampler {
     before: BTreeMap<String, u64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<BTreeMap<String, u64>>>,
@@ -90,7 +96,7 @@ pub struct Sampler {
 
 impl Sampler {
     /// Takes the "before" sample and starts sampling.
-    pub fn start() -> Sampler {
+    pub(crate) fn start() -> Sampler {
         let before = meminfo();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -116,19 +122,20 @@ impl Sampler {
 
     /// Stops sampling; returns each of [`FIELDS`] at the lowest `MemAvailable` minus before,
     /// divided by `count` (KiB per VM; `MemAvailable` as a drop, the others as growth).
-    pub fn per_vm(mut self, count: usize) -> BTreeMap<String, f64> {
+    pub(crate) fn per_vm(mut self, count: usize) -> BTreeMap<String, f64> {
         self.stop.store(true, Ordering::Relaxed);
         let lowest = self
             .thread
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default();
-        per_vm(&self.before, &lowest, count)
+        per_instance(&self.before, &lowest, count)
     }
 }
 
-/// Each of [`FIELDS`] from `before` to `peak`, per VM.
-fn per_vm(
+/// Each of [`FIELDS`] from `before` to `peak`, per instance (`MemAvailable` as a drop, the
+/// others as growth).
+pub(crate) fn per_instance(
     before: &BTreeMap<String, u64>,
     peak: &BTreeMap<String, u64>,
     count: usize,
@@ -149,7 +156,7 @@ fn per_vm(
 
 /// The part of the `MemAvailable` drop that none of the counted fields explains (memory the
 /// hypervisor allocates page by page, for one), or `None` when a field is missing.
-pub fn unaccounted(per_vm: &BTreeMap<String, f64>) -> Option<f64> {
+pub(crate) fn unaccounted(per_vm: &BTreeMap<String, f64>) -> Option<f64> {
     let counted = [
         "AnonPages",
         "Slab",
@@ -188,7 +195,7 @@ mod tests {
                 .replace("20000000", "19900000")
                 .replace("100000", "150000"),
         );
-        let per_vm = per_vm(&before, &peak, 100);
+        let per_vm = per_instance(&before, &peak, 100);
         assert_eq!(per_vm["MemAvailable"], 1000.0);
         assert_eq!(per_vm["Slab"], 500.0);
         assert!(!per_vm.contains_key("KernelStack"));

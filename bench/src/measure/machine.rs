@@ -7,24 +7,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The machine, as the report names it.
 #[derive(Debug, Serialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// When the bench ran, UTC, `YYYY-MM-DD HH:MM UTC`.
-    pub date: String,
+    pub(crate) date: String,
     /// `uname -r`.
-    pub kernel: String,
+    pub(crate) kernel: String,
     /// The CPU's model name.
-    pub cpu: String,
+    pub(crate) cpu: String,
     /// Online CPUs.
-    pub cores: usize,
+    pub(crate) cores: usize,
     /// What `/dev/kvm` is.
-    pub kvm: String,
+    pub(crate) kvm: String,
     /// `/proc/loadavg` when the report was made (the bench shares the machine).
-    pub loadavg: String,
+    pub(crate) loadavg: String,
 }
 
 impl Machine {
     /// Reads the facts of this machine.
-    pub fn detect() -> Machine {
+    pub(crate) fn detect() -> Machine {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let cpu = read("/proc/cpuinfo")
             .lines()

@@ -1,10 +1,13 @@
 //! The Docker peer: finds a reachable daemon or starts a private one (its own data root, exec
-//! root and socket under `target/bench/docker`, no host network changes, stopped by its PID at
-//! the end), and imports the hello rootfs as an image.
+//! root and socket under `OUT/docker`, no host network changes, stopped by its PID at the end),
+//! and imports the hello rootfs as an image. A run waits for the CLI only: the container's
+//! teardown happens in the daemon, outside the CLI's process group.
 
+use super::native::Payload;
 use super::oci;
-use super::peers::which;
-use anyhow::{Context, Result, bail};
+use super::peer::{Peer, Setup, which};
+use crate::error::{Error, Result};
+use crate::measure::run::Reap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +20,7 @@ const DAEMON_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A daemon with the image imported; dropping it stops the daemon if the bench started it,
 /// or removes the image from the daemon it found.
-pub struct Prepared {
+struct Prepared {
     /// `-H` for our own daemon, `None` for the one found.
     host: Option<String>,
     daemon: Option<Child>,
@@ -26,7 +29,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// Arguments of `docker` for one run.
-    pub fn run_args(&self) -> Vec<String> {
+    fn run_args(&self) -> Vec<String> {
         let mut args = self.host_args();
         args.extend(["run", "--rm", "--network", "none", IMAGE].map(String::from));
         args
@@ -40,9 +43,32 @@ impl Prepared {
     }
 }
 
+/// Sets up Docker to run `payload` (the static hello).
+pub(crate) fn setup(dir: &Path, payload: Payload<'_>) -> Setup {
+    let Some(cli) = which("docker") else {
+        return Setup::not_installed("docker", "apt-get install docker.io");
+    };
+    match prepare(dir, &cli, payload) {
+        Ok(Some(prepared)) => {
+            let what = "docker run --rm --network none of the static hello (RSS: the CLI only; \
+                        until done: the CLI only, the daemon removes the container)";
+            let args = prepared.run_args();
+            let mut peer = Peer::new(dir, "docker", what.to_owned(), cli, args, payload.prints);
+            peer.reap = Reap::Child;
+            peer.guard = Some(Box::new(prepared));
+            Setup::Ready(peer)
+        }
+        Ok(None) => Setup::not_installed(
+            "docker",
+            "apt-get install docker.io (no daemon is reachable and dockerd is missing)",
+        ),
+        Err(err) => Setup::failed("docker", &err),
+    }
+}
+
 /// Connects to (or starts) a daemon and imports the image. `Ok(None)`: no daemon and no
 /// `dockerd` to start one.
-pub fn prepare(dir: &Path, cli: &Path, hello: &Path) -> Result<Option<Prepared>> {
+fn prepare(dir: &Path, cli: &Path, payload: Payload<'_>) -> Result<Option<Prepared>> {
     let prepared = if daemon_answers(cli, None) {
         Prepared {
             host: None,
@@ -55,8 +81,8 @@ pub fn prepare(dir: &Path, cli: &Path, hello: &Path) -> Result<Option<Prepared>>
         };
         start_daemon(dir, cli, &dockerd)?
     };
-    let rootfs = oci::write_bundle(dir, hello)?.join("rootfs");
-    import_image(cli, &prepared.host_args(), &rootfs)?;
+    let rootfs = oci::write_bundle(dir, payload)?.join("rootfs");
+    import_image(cli, &prepared.host_args(), &rootfs, payload.name)?;
     Ok(Some(prepared))
 }
 
@@ -75,11 +101,12 @@ fn daemon_answers(cli: &Path, host: Option<&str>) -> bool {
 /// Starts `dockerd` with private paths and waits until it answers.
 fn start_daemon(dir: &Path, cli: &Path, dockerd: &Path) -> Result<Prepared> {
     let root = dir.join("docker");
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::create_dir_all(&root)
+        .map_err(Error::io(format!("cannot create {}", root.display())))?;
     let socket = root.join("docker.sock");
     let host = format!("unix://{}", socket.display());
     let log_path = root.join("dockerd.log");
-    let log = File::create(&log_path).context("cannot create dockerd.log")?;
+    let log = File::create(&log_path).map_err(Error::io("cannot create dockerd.log"))?;
     let path_arg = |flag: &str, p: PathBuf| [flag.to_owned(), p.display().to_string()];
     let mut cmd = Command::new(dockerd);
     cmd.args(path_arg("--data-root", root.join("data")))
@@ -95,9 +122,12 @@ fn start_daemon(dir: &Path, cli: &Path, dockerd: &Path) -> Result<Prepared> {
         .args(["--ip-masq=false", "--userland-proxy=false"])
         .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
         .stdin(Stdio::null())
-        .stdout(log.try_clone().context("cannot duplicate dockerd.log")?)
+        .stdout(
+            log.try_clone()
+                .map_err(Error::io("cannot duplicate dockerd.log"))?,
+        )
         .stderr(log);
-    let daemon = cmd.spawn().context("cannot start dockerd")?;
+    let daemon = cmd.spawn().map_err(Error::io("cannot start dockerd"))?;
     let mut prepared = Prepared {
         host: Some(host),
         daemon: Some(daemon),
@@ -111,42 +141,52 @@ fn wait_until_up(prepared: &mut Prepared, cli: &Path, log: &Path) -> Result<()> 
     let start = Instant::now();
     while !daemon_answers(cli, prepared.host.as_deref()) {
         let exited = match prepared.daemon.as_mut() {
-            Some(daemon) => daemon.try_wait()?.is_some(),
+            Some(daemon) => daemon
+                .try_wait()
+                .map_err(Error::io("cannot wait for dockerd"))?
+                .is_some(),
             None => false,
         };
         if exited || start.elapsed() > DAEMON_PATIENCE {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let last = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-            bail!("dockerd did not come up (see {}): {last}", log.display());
+            return Err(Error::Check(format!(
+                "dockerd did not come up (see {}): {last}",
+                log.display()
+            )));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
 }
 
-/// `tar -C rootfs -c . | docker import -c 'CMD ["/hello"]' - IMAGE`.
-fn import_image(cli: &Path, host_args: &[String], rootfs: &Path) -> Result<()> {
+/// `tar -C rootfs -c . | docker import -c 'CMD ["/NAME"]' - IMAGE`.
+fn import_image(cli: &Path, host_args: &[String], rootfs: &Path, name: &str) -> Result<()> {
     let mut tar = Command::new("tar")
         .arg("-C")
         .arg(rootfs)
         .args(["-c", "."])
         .stdout(Stdio::piped())
         .spawn()
-        .context("cannot run tar")?;
-    let tar_out = tar.stdout.take().context("tar has no stdout")?;
+        .map_err(Error::io("cannot run tar"))?;
+    let tar_out = tar
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Check("tar has no stdout".to_owned()))?;
+    let cmd = format!(r#"CMD ["/{name}"]"#);
     let import = Command::new(cli)
         .args(host_args)
-        .args(["import", "-c", r#"CMD ["/hello"]"#, "-", IMAGE])
+        .args(["import", "-c", &cmd, "-", IMAGE])
         .stdin(tar_out)
         .stdout(Stdio::null())
         .output()
-        .context("cannot run docker import")?;
-    let tar_status = tar.wait().context("cannot wait for tar")?;
-    if !tar_status.success() || !import.status.success() {
-        bail!(
-            "docker import failed: {}",
-            String::from_utf8_lossy(&import.stderr).trim()
-        );
+        .map_err(Error::io("cannot run docker import"))?;
+    let tar_status = tar.wait().map_err(Error::io("cannot wait for tar"))?;
+    if !tar_status.success() {
+        return Err(Error::Check(format!("tar -c failed ({tar_status})")));
+    }
+    if !import.status.success() {
+        return Err(Error::tool("docker import", import.status, &import.stderr));
     }
     Ok(())
 }

@@ -1,22 +1,22 @@
 //! Hand-written SVG charts: `boot.svg`, horizontal bars of each peer's median with p10–p90
-//! whiskers on a log-scale time axis (ours highlighted), and `phases.svg`, our boot's phases as
-//! one stacked bar with a legend.
+//! whiskers on a log-scale time axis (ours highlighted); `phases.svg`, our boot's phases as
+//! one stacked bar with a legend; `fleet.svg`, launch rates on a linear axis with the target.
 
-use super::timeline::Phase;
+use crate::contracts::Phase;
 use std::fmt::Write as _;
 
 /// One peer's bar.
-pub struct Bar {
+pub(crate) struct Bar {
     /// The peer's name.
-    pub label: String,
+    pub(crate) label: String,
     /// Bar length.
-    pub median_us: f64,
+    pub(crate) median_us: f64,
     /// Whisker start.
-    pub p10_us: f64,
+    pub(crate) p10_us: f64,
     /// Whisker end.
-    pub p90_us: f64,
+    pub(crate) p90_us: f64,
     /// Drawn in the accent colour.
-    pub highlight: bool,
+    pub(crate) highlight: bool,
 }
 
 const WIDTH: f64 = 820.0;
@@ -34,13 +34,13 @@ const PALETTE: [&str; 16] = [
 ];
 
 /// One peer's launch rate.
-pub struct RateBar {
+pub(crate) struct RateBar {
     /// The peer's name.
-    pub label: String,
+    pub(crate) label: String,
     /// Instances per second.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Drawn in the accent colour.
-    pub highlight: bool,
+    pub(crate) highlight: bool,
 }
 
 /// A round step for about five ticks from 0 to `max`.
@@ -56,7 +56,7 @@ fn linear_step(max: f64) -> f64 {
 
 /// The fleet chart: horizontal bars of launch rate per peer on a linear axis from 0 (ours
 /// highlighted), with `target` (per second, and its label) as a dashed line.
-pub fn rate_chart(title: &str, bars: &[RateBar], target: Option<(f64, &str)>) -> String {
+pub(crate) fn rate_chart(title: &str, bars: &[RateBar], target: Option<(f64, &str)>) -> String {
     let max = bars
         .iter()
         .map(|b| b.rate)
@@ -200,7 +200,7 @@ fn open(height: f64, title: &str) -> String {
 }
 
 /// The boot chart.
-pub fn boot_chart(bars: &[Bar]) -> String {
+pub(crate) fn boot_chart(bars: &[Bar]) -> String {
     let axis = LogAxis::covering(bars.iter().flat_map(|b| [b.p10_us, b.p90_us, b.median_us]));
     let bottom = TOP + ROW * bars.len().max(1) as f64;
     let title = "Cold start, fork to exit: median, whiskers p10–p90 (log scale)";
@@ -274,7 +274,7 @@ fn bar_row(axis: &LogAxis, bar: &Bar, y: f64) -> String {
 
 /// The phase chart; says "timeline unavailable" when there are no phases. `rest_us`, the time
 /// from the last phase to the VMM's reaping, is drawn as a last grey segment.
-pub fn phases_chart(phases: &[Phase], rest_us: Option<f64>) -> String {
+pub(crate) fn phases_chart(phases: &[Phase], rest_us: Option<f64>) -> String {
     let mut phases = phases.to_vec();
     if let Some(rest) = rest_us.filter(|r| *r > 0.0 && !phases.is_empty()) {
         phases.push(Phase {

@@ -2,14 +2,15 @@
 //! note so that QEMU enters it in 32-bit protected mode; it prints "hello" on COM1 and leaves
 //! through isa-debug-exit. QEMU runs it as `-M microvm` with qboot, flags as in DESIGN.md.
 
-use anyhow::{Context, Result, bail};
+use super::peer::{Peer, Setup, which};
+use crate::error::{Error, Result};
 use std::path::Path;
 use std::process::Command;
 
 /// The value the kernel writes to isa-debug-exit.
 const EXIT_VALUE: i32 = 0x2a;
 /// QEMU's exit status for it: `(value << 1) | 1`.
-pub const EXPECTED_STATUS: i32 = (EXIT_VALUE << 1) | 1;
+const EXPECTED_STATUS: i32 = (EXIT_VALUE << 1) | 1;
 /// qboot: without it microvm runs SeaBIOS, every instruction of which is emulated here.
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
@@ -61,10 +62,28 @@ SECTIONS {
 }
 "#;
 
+/// Sets up QEMU to boot the kernel.
+pub(crate) fn setup(dir: &Path) -> Setup {
+    let Some(program) = which("qemu-system-x86_64") else {
+        return Setup::not_installed("qemu", "apt-get install qemu-system-x86");
+    };
+    match prepare(dir) {
+        Ok(args) => {
+            let what = "QEMU -M microvm + qboot, PVH kernel of a few instructions".to_owned();
+            let mut peer = Peer::new(dir, "qemu", what, program, args, "hello");
+            peer.expect_status = EXPECTED_STATUS;
+            Setup::Ready(peer)
+        }
+        Err(err) => Setup::failed("qemu", &err),
+    }
+}
+
 /// Builds the kernel into `dir` and returns QEMU's arguments.
-pub fn prepare(dir: &Path) -> Result<Vec<String>> {
+fn prepare(dir: &Path) -> Result<Vec<String>> {
     if !Path::new(QBOOT).is_file() {
-        bail!("{QBOOT} is missing (the qemu-system-x86 package ships it)");
+        return Err(Error::Check(format!(
+            "{QBOOT} is missing (the qemu-system-x86 package ships it)"
+        )));
     }
     let kernel = build_kernel(dir)?;
     let machine = "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on";
@@ -100,8 +119,8 @@ fn build_kernel(dir: &Path) -> Result<String> {
     let script = dir.join("pvh-hello.ld");
     let object = dir.join("pvh-hello.o");
     let kernel = dir.join("pvh-hello");
-    std::fs::write(&source, KERNEL_S).context("cannot write pvh-hello.S")?;
-    std::fs::write(&script, KERNEL_LD).context("cannot write pvh-hello.ld")?;
+    std::fs::write(&source, KERNEL_S).map_err(Error::io("cannot write pvh-hello.S"))?;
+    std::fs::write(&script, KERNEL_LD).map_err(Error::io("cannot write pvh-hello.ld"))?;
     let define = format!("-DEXIT_VALUE={EXIT_VALUE}");
     run_tool(
         Command::new("cc")
@@ -121,15 +140,12 @@ fn build_kernel(dir: &Path) -> Result<String> {
 }
 
 fn run_tool(cmd: &mut Command) -> Result<()> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let output = cmd
         .output()
-        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+        .map_err(Error::io(format!("cannot run {program}")))?;
     if !output.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        return Err(Error::tool(program, output.status, &output.stderr));
     }
     Ok(())
 }
