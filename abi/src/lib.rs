@@ -6,6 +6,7 @@
 //! - [`BootInfo`]: what the VMM hands the guest in `RDI` at entry.
 //! - [`note`]: the ELF note that marks an image as built for this ABI.
 //! - [`exit_status`]: the VMM's process exit statuses.
+//! - [`input`], [`fs`], [`errno`]: the stdin and volume devices' requests and error codes.
 //!
 //! Guest → VMM calls are one `out dx, eax` to a port of [`port`]; for ports that take arguments,
 //! `eax` is the guest-physical address of an argument struct. The guest is untrusted: the VMM
@@ -16,7 +17,7 @@
 /// Version of this ABI. The VMM refuses images whose note carries another version.
 ///
 /// Bump it whenever a port, struct layout or boot-info field changes meaning.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// I/O ports (guest → VMM).
 ///
@@ -123,6 +124,15 @@ pub mod port {
     pub const COM1: u16 = 0x3f8;
     /// Number of COM1 registers.
     pub const COM1_LEN: u16 = 8;
+
+    /// The stdin device: value = guest-physical address of a [`super::input::InputRead`].
+    pub const STDIN: u16 = 0x520;
+    /// Ports of the stdin device (a 32-bit `out` covers all four).
+    pub const STDIN_LEN: u16 = 4;
+    /// The volume device: value = guest-physical address of a [`super::fs::FsRequest`].
+    pub const FS: u16 = 0x524;
+    /// Ports of the volume device.
+    pub const FS_LEN: u16 = 4;
 }
 
 /// Argument structs of the hypercalls, as the guest lays them out in its memory.
@@ -172,6 +182,207 @@ pub mod hypercall {
         /// One of [`stream`].
         pub stream: u32,
     }
+}
+
+/// The largest transfer one stdin read or file read/write moves (one VM exit each).
+pub const MAX_TRANSFER: u64 = 1 << 20;
+
+/// The stdin device ([`port::STDIN`]): the guest's standard input, read in large chunks.
+///
+/// A read never blocks the guest: without input yet it answers [`errno::WOULD_BLOCK`], and the
+/// guest waits with the `Poll` hypercall on [`hypercall::poll_source::STDIN`] (one exit, no
+/// spinning; `--timeout` holds). End of input is a read of 0 bytes with status 0.
+pub mod input {
+    /// Arguments of a stdin read. The VMM writes `status` and `count`; the rest it only reads.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct InputRead {
+        /// Guest-physical address of the buffer.
+        pub buf: u64,
+        /// Its length, at most [`super::MAX_TRANSFER`].
+        pub len: u32,
+        /// Out: 0, or an [`super::errno`] code ([`super::errno::WOULD_BLOCK`]: no input yet).
+        pub status: u32,
+        /// Out: bytes read (0 with status 0: end of input).
+        pub count: u64,
+    }
+}
+
+/// The volume device ([`port::FS`]): files in directories the VMM shares from the host.
+///
+/// The guest names files by absolute guest paths (`/data/in.csv`); the VMM finds the volume
+/// whose guest path is the longest prefix and resolves the rest beneath that volume's host
+/// directory only. Each call is one [`FsRequest`]; the VMM writes `errno` (0 on success) and
+/// `result` back. Open files are numbered handles, at most [`MAX_OPEN_FILES`] per guest.
+pub mod fs {
+    /// Operations ([`FsRequest::op`]).
+    pub mod op {
+        /// Open `path` with [`super::open_flags`] `flags`; `result` = the handle.
+        pub const OPEN: u32 = 1;
+        /// Close `handle`.
+        pub const CLOSE: u32 = 2;
+        /// Read at most `len` bytes of `handle` at `offset` into `buf`; `result` = bytes read.
+        pub const READ: u32 = 3;
+        /// Write `len` bytes from `buf` to `handle` at `offset` (at the end if opened with
+        /// [`super::open_flags::APPEND`]); `result` = bytes written.
+        pub const WRITE: u32 = 4;
+        /// A [`super::Metadata`] of `path` (symlinks followed) into `buf`.
+        pub const STAT: u32 = 5;
+        /// A [`super::Metadata`] of `handle` into `buf`.
+        pub const FSTAT: u32 = 6;
+        /// The next entries of directory `handle` into `buf`, each a [`super::DirEntryHeader`]
+        /// then its name; `result` = bytes filled (0: no more entries).
+        pub const READ_DIR: u32 = 7;
+        /// Create directory `path`.
+        pub const MKDIR: u32 = 8;
+        /// Remove file `path` (a symlink itself, never its target).
+        pub const REMOVE_FILE: u32 = 9;
+        /// Remove the empty directory `path`.
+        pub const REMOVE_DIR: u32 = 10;
+        /// Rename `path` to `path2` (within one volume), replacing `path2` if it exists.
+        pub const RENAME: u32 = 11;
+    }
+
+    /// Bits of [`FsRequest::flags`] for [`op::OPEN`].
+    pub mod open_flags {
+        /// Open for reading.
+        pub const READ: u32 = 1 << 0;
+        /// Open for writing.
+        pub const WRITE: u32 = 1 << 1;
+        /// Every write goes to the end (implies writing).
+        pub const APPEND: u32 = 1 << 2;
+        /// Truncate to 0 bytes (needs writing).
+        pub const TRUNCATE: u32 = 1 << 3;
+        /// Create the file if it does not exist.
+        pub const CREATE: u32 = 1 << 4;
+        /// Create the file; fail if it exists.
+        pub const CREATE_NEW: u32 = 1 << 5;
+        /// Open a directory, for [`super::op::READ_DIR`] (read only).
+        pub const DIRECTORY: u32 = 1 << 6;
+        /// Every flag defined.
+        pub const ALL: u32 = READ | WRITE | APPEND | TRUNCATE | CREATE | CREATE_NEW | DIRECTORY;
+    }
+
+    /// File kinds, in [`Metadata::kind`] and [`DirEntryHeader::kind`].
+    pub mod kind {
+        /// A regular file.
+        pub const FILE: u8 = 1;
+        /// A directory.
+        pub const DIR: u8 = 2;
+        /// A symbolic link (only in directory listings: opening follows it).
+        pub const SYMLINK: u8 = 3;
+        /// Anything else (FIFO, socket, device): volumes do not open these.
+        pub const OTHER: u8 = 4;
+    }
+
+    /// Longest guest path, in bytes.
+    pub const PATH_MAX: u32 = 4096;
+    /// Most files and directories one guest holds open at once.
+    pub const MAX_OPEN_FILES: u32 = 64;
+
+    /// One volume request. The VMM writes `errno` and `result`; the rest it only reads.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FsRequest {
+        /// One of [`op`].
+        pub op: u32,
+        /// The open file or directory, for operations on a handle.
+        pub handle: u32,
+        /// [`open_flags`] for [`op::OPEN`]; 0 otherwise.
+        pub flags: u32,
+        /// Out: 0, or an [`super::errno`] code.
+        pub errno: u32,
+        /// File offset for reads and writes (at most `i64::MAX`, with `len`).
+        pub offset: u64,
+        /// Guest-physical address of the data buffer.
+        pub buf: u64,
+        /// Its length, at most [`super::MAX_TRANSFER`].
+        pub len: u64,
+        /// Guest-physical address of the path (UTF-8, no NUL, at most [`PATH_MAX`] bytes).
+        pub path: u64,
+        /// Length of the path.
+        pub path_len: u32,
+        /// Length of the second path ([`op::RENAME`]'s target).
+        pub path2_len: u32,
+        /// Guest-physical address of the second path.
+        pub path2: u64,
+        /// Out: the handle, or the bytes transferred.
+        pub result: u64,
+    }
+
+    /// What [`op::STAT`] and [`op::FSTAT`] write.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Metadata {
+        /// Size in bytes.
+        pub len: u64,
+        /// Last modification, nanoseconds since the Unix epoch (0 if earlier).
+        pub modified_ns: u64,
+        /// One of [`kind`].
+        pub kind: u8,
+        /// Reserved, zero.
+        pub reserved: [u8; 3],
+        /// Permission bits (`0o7777`); a read-only volume shows no write bits.
+        pub mode: u32,
+    }
+
+    /// The header of each entry [`op::READ_DIR`] writes; `name_len` bytes of name follow.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DirEntryHeader {
+        /// Bytes of the name after this header.
+        pub name_len: u16,
+        /// One of [`kind`].
+        pub kind: u8,
+        /// Reserved, zero.
+        pub reserved: u8,
+    }
+}
+
+/// Error codes the stdin and volume devices give back (Linux's numbers where Linux has one).
+pub mod errno {
+    /// No such file or directory, or no volume at that guest path.
+    pub const NOT_FOUND: u32 = 2;
+    /// The operation was interrupted; try again.
+    pub const INTERRUPTED: u32 = 4;
+    /// An I/O error on the host (or an error without a code of its own here).
+    pub const IO: u32 = 5;
+    /// No such open file, or not open for that (a write to a file opened for reading).
+    pub const BAD_HANDLE: u32 = 9;
+    /// No input yet: poll, then read again.
+    pub const WOULD_BLOCK: u32 = 11;
+    /// The host refused (`EPERM`, `EACCES`), or the operation would remove or rename a
+    /// volume's own directory.
+    pub const PERMISSION_DENIED: u32 = 13;
+    /// The file exists.
+    pub const ALREADY_EXISTS: u32 = 17;
+    /// A rename across two volumes.
+    pub const CROSSES_DEVICES: u32 = 18;
+    /// A path component is not a directory.
+    pub const NOT_A_DIRECTORY: u32 = 20;
+    /// A directory where a file was expected.
+    pub const IS_A_DIRECTORY: u32 = 21;
+    /// A bad flag, offset, or path.
+    pub const INVALID_INPUT: u32 = 22;
+    /// The guest (or the host) has too many files open.
+    pub const TOO_MANY_OPEN_FILES: u32 = 24;
+    /// The file would grow beyond what the host allows.
+    pub const FILE_TOO_LARGE: u32 = 27;
+    /// The host's disk (or quota) is full.
+    pub const STORAGE_FULL: u32 = 28;
+    /// A write to a read-only volume (`:ro`), or to a read-only host filesystem.
+    pub const READ_ONLY: u32 = 30;
+    /// A path or name too long.
+    pub const NAME_TOO_LONG: u32 = 36;
+    /// The directory is not empty.
+    pub const DIRECTORY_NOT_EMPTY: u32 = 39;
+    /// Too many symlinks, or a "magic" link (`/proc/self/fd/N` and the like): refused.
+    pub const FILESYSTEM_LOOP: u32 = 40;
+    /// The path leads outside its volume (`..` past the volume's root, an absolute symlink,
+    /// a symlink pointing out): refused by the VMM (WASI's number for it).
+    pub const NOT_CAPABLE: u32 = 76;
+    /// A FIFO, socket or device file: volumes serve regular files and directories only.
+    pub const UNSUPPORTED: u32 = 95;
 }
 
 /// Bits of [`BootInfo::flags`].
@@ -310,6 +521,14 @@ mod byte_valued {
     // SAFETY: as above.
     unsafe impl ByteValued for super::BootInfo {}
     // SAFETY: as above.
+    unsafe impl ByteValued for super::input::InputRead {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::fs::FsRequest {}
+    // SAFETY: as above (the reserved bytes are fields too).
+    unsafe impl ByteValued for super::fs::Metadata {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::fs::DirEntryHeader {}
+    // SAFETY: as above.
     unsafe impl ByteValued for super::note::AbiNoteDesc {}
 }
 
@@ -325,6 +544,32 @@ mod tests {
     #[test]
     fn test_poll_layout_is_16_bytes() {
         assert_eq!(core::mem::size_of::<hypercall::Poll>(), 16);
+    }
+
+    #[test]
+    fn test_input_read_layout_is_24_bytes() {
+        assert_eq!(core::mem::size_of::<input::InputRead>(), 8 + 4 + 4 + 8);
+    }
+
+    #[test]
+    fn test_fs_request_layout_has_no_padding() {
+        assert_eq!(
+            core::mem::size_of::<fs::FsRequest>(),
+            4 * 4 + 8 * 4 + 4 * 2 + 8 * 2
+        );
+        assert_eq!(core::mem::size_of::<fs::Metadata>(), 8 + 8 + 1 + 3 + 4);
+        assert_eq!(core::mem::size_of::<fs::DirEntryHeader>(), 4);
+    }
+
+    #[test]
+    fn test_device_ports_lie_outside_the_hypercall_range() {
+        for first in [port::STDIN, port::FS] {
+            assert!(
+                first > port::CRASH,
+                "past the hypercalls and the crash port"
+            );
+        }
+        assert_eq!(port::STDIN + port::STDIN_LEN, port::FS);
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub(crate) fn request_message(target: &Path, args: &[String]) -> Result<Vec<u8>>
         timeout_ms: None,
         max_output: u64::from(MAX_FRAME),
         mem_size: REQUEST_MEM_SIZE,
+        // The bench's client sends no input: the guest's stdin is empty.
+        volumes: Vec::new(),
+        stdin: false,
     };
     vmm::serve::wire::encode_request(&request)
         .map_err(|e| Error::Check(format!("cannot encode the request: {e}")))

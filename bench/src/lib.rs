@@ -9,11 +9,12 @@
 //!
 //! Layers, each using only those before it: [`contracts`] (what it shares with the VMM) and
 //! [`error`]; [`measure`] (runs, statistics, timelines, host memory); [`peers`] (what runs);
-//! [`session`], [`fleet`], [`snapmem`], [`sha256`] (what is measured when); [`report`].
+//! [`session`], [`fleet`], [`snapmem`], [`sha256`], [`io`] (what is measured when); [`report`].
 
 mod contracts;
 mod error;
 mod fleet;
+mod io;
 mod measure;
 mod peers;
 mod report;
@@ -34,8 +35,11 @@ const DEFAULT_RUNS: usize = 50;
 const QUICK_RUNS: usize = 10;
 /// Untimed runs of ours (and of the floor) with a timeline (at most the timed runs).
 const TIMELINE_RUNS: usize = 10;
-/// What `--only` accepts besides the peers: the back-to-back bursts and the compute comparison.
-const EXTRAS: [&str; 2] = ["back-to-back", "sha256"];
+/// What `--only` accepts besides the peers: the back-to-back bursts, the compute comparison and
+/// the I/O row.
+const EXTRAS: [&str; 3] = ["back-to-back", "sha256", "io"];
+/// Timed runs of each I/O peer (each hashes 256 MiB), by default and with `--quick`.
+const IO_RUNS: (usize, usize) = (5, 2);
 /// The image benched as ours by default.
 const HELLO: &str = "hello";
 
@@ -102,6 +106,9 @@ pub fn needs(options: &Options) -> Result<Needs> {
     }
     if selected("restore") {
         images.push(snapmem::IMAGE.to_owned());
+    }
+    if selected("io") {
+        images.push(io::IMAGE.to_owned());
     }
     images.dedup();
     let want_sha = selected("sha256");
@@ -205,6 +212,16 @@ fn run_cold(options: &Options, built: &Built) -> Result<bool> {
     drop(setups); // stops the servers and removes OCI state before the memory runs
     let snapshot_memory = selected("restore")
         .then(|| snapmem::measure(&built.vmm, dir, &built.images_dir.join(snapmem::IMAGE)));
+    let io = selected("io").then(|| {
+        let plan = io::Plan {
+            vmm: &built.vmm,
+            image: &built.images_dir.join(io::IMAGE),
+            dir,
+            mib: io::MIB,
+            runs: if options.quick { IO_RUNS.1 } else { IO_RUNS.0 },
+        };
+        io::measure(&plan).map_err(Error::Check)
+    });
 
     let report = report::Report::new(report::Measured {
         runs_per_peer: runs,
@@ -216,6 +233,7 @@ fn run_cold(options: &Options, built: &Built) -> Result<bool> {
         floor_timeline,
         sha256,
         snapshot_memory,
+        io,
     });
     let md = report::write::cold(&report, dir)?;
     print!("{md}");
@@ -300,6 +318,13 @@ mod tests {
     fn test_needs_ours_alone_is_hello_only() {
         let needs = needs(&options(&["ours"])).unwrap();
         assert_eq!(needs.images, ["hello"]);
+        assert!(!needs.native_sha256);
+    }
+
+    #[test]
+    fn test_needs_io_builds_the_sha256sum_image() {
+        let needs = needs(&options(&["io"])).unwrap();
+        assert!(needs.images.iter().any(|i| i == io::IMAGE), "{needs:?}");
         assert!(!needs.native_sha256);
     }
 

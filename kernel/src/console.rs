@@ -62,9 +62,9 @@ impl<S: Sink> LineBuffer<S> {
     }
 }
 
-impl<S: Sink> Write for LineBuffer<S> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut bytes = s.as_bytes();
+impl<S: Sink> LineBuffer<S> {
+    /// Appends `bytes`, flushing whenever the buffer fills.
+    fn push(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.len == BUFFER_SIZE {
                 self.flush();
@@ -74,6 +74,26 @@ impl<S: Sink> Write for LineBuffer<S> {
             self.len += n;
             bytes = &bytes[n..];
         }
+    }
+
+    /// Raw bytes, line-buffered like [`LineBuffer::print`]; as many bytes as the whole buffer
+    /// or more go to the sink in one write, after what was buffered.
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() >= BUFFER_SIZE {
+            self.flush();
+            self.sink.write(bytes);
+        } else {
+            self.push(bytes);
+            if bytes.contains(&b'\n') {
+                self.flush();
+            }
+        }
+    }
+}
+
+impl<S: Sink> Write for LineBuffer<S> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s.as_bytes());
         Ok(())
     }
 }
@@ -138,6 +158,21 @@ pub fn _print(args: fmt::Arguments) {
 #[doc(hidden)]
 pub fn _eprint(args: fmt::Arguments) {
     print_to(&STDERR, args, false);
+}
+
+/// Writes raw bytes to stdout (for `kernel::io::stdout()`), in order with `print!`: small
+/// writes go through the line buffer, a write of a whole buffer or more goes out directly, one
+/// exit per 64 KiB.
+pub(crate) fn write_stdout(bytes: &[u8]) {
+    if STDOUT.with(|buf| buf.write_bytes(bytes)).is_none() {
+        hypercall::console_write(stream::STDOUT, bytes);
+    }
+}
+
+/// Writes raw bytes to stderr, unbuffered (for `kernel::io::stderr()`).
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    STDERR.with(LineBuffer::flush);
+    hypercall::console_write(stream::STDERR, bytes);
 }
 
 /// Sends whatever stdout holds to the VMM.
@@ -254,6 +289,26 @@ mod tests {
         let mut buf = buffer();
         buf.flush();
         assert!(buf.sink.0.is_empty());
+    }
+
+    #[kernel::test]
+    fn test_console_raw_bytes_are_line_buffered_in_order_with_print() {
+        let mut buf = buffer();
+        buf.print(format_args!("printed "), true);
+        buf.write_bytes(b"raw");
+        assert!(buf.sink.0.is_empty());
+        buf.write_bytes(b" line\n");
+        assert_eq!(buf.sink.0, [b"printed raw line\n".to_vec()]);
+    }
+
+    #[kernel::test]
+    fn test_console_large_raw_write_goes_out_whole_after_the_buffer() {
+        let mut buf = buffer();
+        buf.write_bytes(b"head");
+        let big = [b'z'; BUFFER_SIZE + 1];
+        buf.write_bytes(&big);
+        assert_eq!(buf.sink.0, [b"head".to_vec(), big.to_vec()]);
+        assert_eq!(buf.len, 0);
     }
 
     #[kernel::test]

@@ -3,6 +3,7 @@
 //! flag turns that into `None` instead of aliasing.
 
 use core::cell::{Cell, UnsafeCell};
+use core::ops::{Deref, DerefMut};
 
 /// A global that hands out one `&mut T` at a time.
 pub struct Global<T> {
@@ -33,6 +34,45 @@ impl<T> Global<T> {
         let result = f(unsafe { &mut *self.value.get() });
         self.busy.set(false);
         Some(result)
+    }
+}
+
+impl<T: 'static> Global<T> {
+    /// Holds the value until the guard is dropped (for borrows that outlive a closure, such as
+    /// a stdin lock), or `None` if it is in use.
+    pub fn lock(&'static self) -> Option<GlobalGuard<T>> {
+        if self.busy.replace(true) {
+            return None;
+        }
+        Some(GlobalGuard { global: self })
+    }
+}
+
+/// Exclusive access to a [`Global`]'s value until dropped.
+pub struct GlobalGuard<T: 'static> {
+    global: &'static Global<T>,
+}
+
+impl<T> Deref for GlobalGuard<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while `busy` is set by it, so no `&mut T` is live
+        // elsewhere.
+        unsafe { &*self.global.value.get() }
+    }
+}
+
+impl<T> DerefMut for GlobalGuard<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; `&mut self` makes this the only borrow through the guard.
+        unsafe { &mut *self.global.value.get() }
+    }
+}
+
+impl<T> Drop for GlobalGuard<T> {
+    fn drop(&mut self) {
+        self.global.busy.set(false);
     }
 }
 

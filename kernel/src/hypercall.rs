@@ -1,6 +1,7 @@
 //! Guest → VMM calls: one `out` to an `abi` port each.
 
 use abi::hypercall::{CONSOLE_WRITE_MAX, ConsoleWrite};
+use abi::input::InputRead;
 use abi::port;
 use core::arch::asm;
 
@@ -67,4 +68,48 @@ pub fn exit(code: i32) -> ! {
         // SAFETY: `ud2` only raises #UD, which the exception stubs report.
         unsafe { asm!("ud2", options(nomem, nostack)) };
     }
+}
+
+/// Waits (one exit) until a source of `interest` ([`abi::hypercall::poll_source`]) has input
+/// or `timeout_ns` passes (`u64::MAX`: no limit); the sources that are ready.
+pub fn poll(interest: u32, timeout_ns: u64) -> u32 {
+    let args = abi::hypercall::Poll {
+        timeout_ns,
+        interest,
+        ready: 0,
+    };
+    out(port::POLL, address_of(&args));
+    // SAFETY: a live local the VMM may have written during the exit.
+    unsafe { core::ptr::read_volatile(&args) }.ready
+}
+
+/// Reads stdin into `buf` (at most [`abi::MAX_TRANSFER`] bytes, one exit), waiting with
+/// [`poll`] while there is no input yet: the bytes read (0 at the end), or an `abi::errno`.
+pub fn stdin_read(buf: &mut [u8]) -> Result<usize, u32> {
+    let len = buf.len().min(abi::MAX_TRANSFER as usize) as u32;
+    loop {
+        let args = InputRead {
+            buf: buf.as_mut_ptr() as u64,
+            len,
+            status: 0,
+            count: 0,
+        };
+        out(port::STDIN, address_of(&args));
+        // SAFETY: a live local the VMM wrote during the exit.
+        let done = unsafe { core::ptr::read_volatile(&args) };
+        match done.status {
+            0 => return Ok((done.count as usize).min(len as usize)),
+            abi::errno::WOULD_BLOCK => {
+                poll(abi::hypercall::poll_source::STDIN, u64::MAX);
+            }
+            code => return Err(code),
+        }
+    }
+}
+
+/// Sends one volume request (one exit); the VMM fills in `errno` and `result`.
+pub fn fs_call(request: &mut abi::fs::FsRequest) {
+    out(port::FS, address_of(request));
+    // SAFETY: a live value the VMM wrote during the exit.
+    *request = unsafe { core::ptr::read_volatile(request) };
 }

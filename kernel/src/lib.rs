@@ -34,9 +34,11 @@ extern crate self as kernel;
 
 pub mod args;
 pub mod console;
+pub mod fs;
 mod global;
 pub mod heap;
 mod hypercall;
+pub mod io;
 mod mem;
 mod note;
 mod panic;

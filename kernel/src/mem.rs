@@ -81,6 +81,17 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
 
+/// The prebuilt `alloc` (built to unwind) has cleanup paths that end in the unwinder's
+/// `_Unwind_Resume` (`format!` pulls one in); with `panic = "abort"` nothing ever unwinds, so
+/// they are never taken. Should one be, the guest stops at `ud2` with a crash report.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    loop {
+        // SAFETY: `ud2` only raises #UD, which the VMM's exception stubs report.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

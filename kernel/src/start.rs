@@ -93,6 +93,8 @@ pub fn snapshot_point() {
         // SAFETY: as at entry: the VMM's boot info, mapped readable for ring 3.
         let info = unsafe { pointer.read_volatile() };
         BOOT_INFO.with(|slot| *slot = info);
+        // This run's stdin is a new one.
+        crate::io::forget_buffered_stdin();
     }
 }
 

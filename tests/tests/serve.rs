@@ -168,6 +168,8 @@ fn send_request(socket: &Path, target: &Path, args: &[&str]) -> UnixStream {
         timeout_ms: None,
         max_output: 1 << 40,
         mem_size: 16 << 20,
+        volumes: Vec::new(),
+        stdin: false,
     };
     let mut stream = UnixStream::connect(socket).unwrap();
     stream
@@ -498,6 +500,8 @@ fn test_serve_refuses_a_request_not_sent_within_the_request_timeout() {
         timeout_ms: None,
         max_output: 1 << 20,
         mem_size: 16 << 20,
+        volumes: Vec::new(),
+        stdin: false,
     };
     let bytes = vmm::serve::wire::encode_request(&request).unwrap();
     assert!(bytes.len() > 50);

@@ -1,8 +1,9 @@
 //! Opening untrusted files: images, snapshots and manifests are named by users and clients,
 //! and may be FIFOs, devices, directories or huge. [`open_regular`] never blocks (a FIFO with
 //! no writer would hang `open(2)`), and refuses anything that is not a regular file before a
-//! byte is read. [`write_atomically`] writes a file that readers never see half-written, and
-//! never replaces anything but a regular file.
+//! byte is read. [`reserve_standard_fds`] keeps later opens off fds 0-2 when the VMM was
+//! started with one of them closed. [`write_atomically`] writes a file that readers never see
+//! half-written, and never replaces anything but a regular file.
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,6 +27,25 @@ pub enum FileError {
     /// The path is a device, socket or FIFO.
     #[error("{0} is not a regular file")]
     NotRegularFile(PathBuf),
+}
+
+/// Opens `/dev/null` on each of fds 0, 1 and 2 that is closed, so that no file the VMM opens
+/// later (an image, a snapshot, a guest's volume file) lands on a standard stream's number,
+/// where guest input would be read from it or console output written into it.
+pub fn reserve_standard_fds() {
+    use std::os::fd::IntoRawFd;
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // The lowest free number is this one (the lower ones are open by now); kept open
+            // for the life of the process.
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null");
+            let _ = null.map(IntoRawFd::into_raw_fd);
+        }
+    }
 }
 
 /// Opens `path` read-only without blocking, and checks that it is a regular file.

@@ -32,7 +32,15 @@ pub struct Exits {
 }
 
 impl Default for Exits {
+    /// With the standard devices and a stdin and volume device without input or volumes.
     fn default() -> Self {
+        Self::with_devices(&crate::devices::DeviceConfig::default())
+    }
+}
+
+impl Exits {
+    /// With the devices `devices` asks for (volumes to feed random file requests to).
+    pub fn with_devices(devices: &crate::devices::DeviceConfig) -> Self {
         let console = Console {
             stdout: Box::new(std::io::sink()),
             stderr: Box::new(std::io::sink()),
@@ -43,12 +51,10 @@ impl Default for Exits {
             stop_at_snapshot_point: false,
         };
         Self {
-            handler: ExitHandler::new(console, crate::devices::PortBus::standard(), limits),
+            handler: ExitHandler::new(console, crate::devices::PortBus::new(devices), limits),
         }
     }
-}
 
-impl Exits {
     /// Handles an `out` (`write`) or `in` of `data` at `port`; `true` when the guest may go
     /// on. Sleep hypercalls are skipped (they would really sleep).
     pub fn port(&mut self, ram: &GuestRam, write: bool, port: u16, data: &mut [u8]) -> bool {

@@ -14,7 +14,7 @@
 //!
 //! The API used by the `vmm` binary and by the tests: [`launch`], [`debug`], [`fleet`], [`serve`],
 //! [`Target`], [`Image`], [`Outcome`], [`RunReport`], [`Console`], [`error_chain`], the
-//! error types, and [`fuzzing`]. Everything else is `pub(crate)`.
+//! error types, a guest's input ([`StdinSource`], [`VolumeSpec`], [`Volume`]), and [`fuzzing`]. Everything else is `pub(crate)`.
 
 pub mod arch;
 pub mod debug;
@@ -31,6 +31,7 @@ pub mod size;
 pub mod snapshot;
 pub mod vm;
 
+pub use devices::{SharedFd, StdinSource, Volume, VolumeError, VolumeRoots, VolumeSpec};
 pub use launch::{LaunchError, RunConfig, Target};
 pub use memory::image::{Image, ImageError};
 pub use report::{Outcome, RunReport};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use vmm::launch::RunConfig;
 use vmm::report::timeline::{self, Timeline};
 use vmm::size::{parse_size, parse_timeout};
-use vmm::{Console, VmConfig};
+use vmm::{Console, StdinSource, VmConfig, Volume, VolumeSpec};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -27,7 +27,7 @@ Exit status:
   125  the VMM could not start the guest (bad image, bad flag, no KVM, too little memory)
   134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)
   137  gdb killed the guest (--gdb)
-  141  the guest's stdout was closed while it wrote (as SIGPIPE ends a process)";
+  141  the guest's stdout was closed (`vmm run app | head -1`), as SIGPIPE ends a process";
 
 const SERVE_HELP: &str = "\
 Who may connect: whoever may write to the socket (--socket-mode, default 600: the server's
@@ -91,6 +91,11 @@ enum Command {
         /// Run without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
+        /// A directory whose subdirectories requests may share with their guests
+        /// (`vmm run --via S --volume DIR:/path`); repeatable. Without one, requests with
+        /// volumes are refused.
+        #[arg(long = "volume-root", value_name = "DIR")]
+        volume_roots: Vec<PathBuf>,
     },
     /// Boot an image until its kernel's snapshot point and save the VM to a file.
     #[command(after_help = "Restore with: vmm run --from FILE [-- ARGS...]")]
@@ -112,6 +117,10 @@ enum Command {
         /// Give up when the guest has not reached its snapshot point after this long.
         #[arg(long, default_value = "60s", value_parser = parse_timeout)]
         timeout: Duration,
+        /// Share a host directory while booting to the snapshot point (repeatable; files open
+        /// at the snapshot point make it fail: open files are not part of a snapshot).
+        #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
+        volumes: Vec<VolumeSpec>,
         /// Arguments while booting to the snapshot point.
         #[arg(last = true)]
         args: Vec<String>,
@@ -143,11 +152,17 @@ enum Command {
         /// Environment for every instance (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
+        /// Share a host directory with every instance (repeatable; a manifest entry's
+        /// `volumes` replace these). Instances get an empty stdin unless their manifest entry
+        /// names a `stdin` file.
+        #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
+        volumes: Vec<VolumeSpec>,
         /// Keep every instance alive at once (the image must park, like `idle`), then release
         /// them all: measures density.
         #[arg(long)]
         resident: bool,
-        /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name).
+        /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name,
+        /// volumes, stdin).
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// Print the report as JSON, with every instance's status and output.
@@ -205,6 +220,10 @@ enum Command {
         /// Set an environment variable for the app (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<String>,
+        /// Share a host directory with the app at GUEST_PATH (repeatable): read-write, or
+        /// read-only with `:ro`. The app can reach nothing outside it.
+        #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
+        volumes: Vec<VolumeSpec>,
         /// If the guest crashes, write an ELF core file here (`gdb IMAGE FILE` opens it).
         #[arg(long, value_name = "FILE", conflicts_with = "via")]
         core: Option<PathBuf>,
@@ -231,6 +250,7 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
             vmm_aborted as *const () as libc::sighandler_t,
         );
     }
+    vmm::files::reserve_standard_fds();
     let status = vmm_main();
     // std's runtime would flush stdout at exit; without it, do it here.
     let _ = std::io::stdout().flush();
@@ -288,17 +308,19 @@ fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
         return None;
     }
     let args = guest_args.iter().map(|a| (*a).to_owned()).collect();
+    let mut vm = vm_config(
+        parse_size(DEFAULT_MEM).ok()?,
+        None,
+        args,
+        Vec::new(),
+        parse_size(DEFAULT_MAX_OUTPUT).ok()?,
+        true,
+    );
+    vm.devices.stdin = StdinSource::inherit();
     Some(RunConfig {
         target: PathBuf::from(image),
         snapshot_only: false,
-        vm: vm_config(
-            parse_size(DEFAULT_MEM).ok()?,
-            None,
-            args,
-            Vec::new(),
-            parse_size(DEFAULT_MAX_OUTPUT).ok()?,
-            true,
-        ),
+        vm,
         measure_ram: false,
         detach_teardown: true,
         core: None,
@@ -331,6 +353,7 @@ fn vmm_main() -> i32 {
             cache_size,
             quiet,
             no_seccomp,
+            volume_roots,
         } => serve(vmm::serve::ServeConfig {
             socket_mode,
             allow,
@@ -342,6 +365,7 @@ fn vmm_main() -> i32 {
             request_timeout,
             cache_bytes: cache_size,
             quiet,
+            volume_roots,
             ..vmm::serve::ServeConfig::new(socket)
         }),
         Command::Snapshot {
@@ -351,12 +375,17 @@ fn vmm_main() -> i32 {
             env,
             max_output,
             timeout,
+            volumes,
             args,
         } => {
+            let mut vm = vm_config(mem, Some(timeout), args, env, max_output, true);
+            if let Err(status) = give_input(&mut vm, &volumes) {
+                return status;
+            }
             let config = RunConfig {
                 target: image,
                 snapshot_only: false,
-                vm: vm_config(mem, Some(timeout), args, env, max_output, true),
+                vm,
                 measure_ram: false,
                 detach_teardown: false,
                 core: None,
@@ -371,6 +400,7 @@ fn vmm_main() -> i32 {
             timeout,
             max_output,
             env,
+            volumes,
             resident,
             manifest,
             json,
@@ -378,7 +408,11 @@ fn vmm_main() -> i32 {
             cores,
             args,
         } => {
-            let defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
+            let mut defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
+            defaults.devices.volumes = match Volume::open_all(&volumes) {
+                Ok(volumes) => volumes,
+                Err(err) => return fail(&err),
+            };
             let options = FleetOptions {
                 concurrency,
                 resident,
@@ -400,6 +434,7 @@ fn vmm_main() -> i32 {
             debug_blocked_syscall,
             debug_panic,
             max_output,
+            volumes,
             core,
             gdb,
             args,
@@ -420,7 +455,10 @@ fn vmm_main() -> i32 {
                         "--timeline cannot be used with --via (the guest runs in the server)",
                     );
                 }
-                return run_via(&socket, target, &vm);
+                return run_via(&socket, target, &vm, &volumes);
+            }
+            if let Err(status) = give_input(&mut vm, &volumes) {
+                return status;
             }
             let config = RunConfig {
                 target,
@@ -536,7 +574,25 @@ fn run_under_gdb(
     finish_run(result, &config.target, format)
 }
 
-fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
+/// `vmm run --via`: the server opens the volumes (beneath its `--volume-root`s), and the
+/// guest's stdin is ours, forwarded through the socket.
+fn run_via(
+    socket: &std::path::Path,
+    target: PathBuf,
+    vm: &VmConfig,
+    volumes: &[VolumeSpec],
+) -> i32 {
+    let volumes = volumes
+        .iter()
+        .map(|spec| {
+            let host = std::path::absolute(&spec.host).unwrap_or_else(|_| spec.host.clone());
+            VolumeSpec {
+                host,
+                ..spec.clone()
+            }
+            .to_string()
+        })
+        .collect();
     let request = vmm::serve::Request {
         target: std::path::absolute(&target).unwrap_or(target),
         args: vm.args.clone(),
@@ -547,6 +603,8 @@ fn run_via(socket: &std::path::Path, target: PathBuf, vm: &VmConfig) -> i32 {
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         max_output: vm.max_output,
         mem_size: vm.mem_size,
+        volumes,
+        stdin: true,
     };
     match vmm::serve::run_via(socket, &request) {
         Ok(status) => status,
@@ -635,6 +693,18 @@ fn fleet(
         print!("{}", vmm::fleet::format_table(&report));
     }
     0
+}
+
+/// Gives the guest this process's stdin and the volumes, opened now (before any sandbox); the
+/// error status on a volume that cannot be opened.
+fn give_input(vm: &mut VmConfig, volumes: &[VolumeSpec]) -> Result<(), i32> {
+    vm.devices.volumes = Volume::open_all(volumes).map_err(|err| fail(&err))?;
+    vm.devices.stdin = StdinSource::inherit();
+    Ok(())
+}
+
+fn parse_volume(text: &str) -> Result<VolumeSpec, String> {
+    VolumeSpec::parse(text).map_err(|err| err.to_string())
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {

@@ -156,8 +156,9 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Only these (comma list of peers: ours, restore, floor, native, true, unshare, crun,
-    /// runc, docker, qemu, serve, serve-process, native-pool; and back-to-back, sha256; restore
-    /// also measures the memory of VMs restored from one snapshot).
+    /// runc, docker, qemu, serve, serve-process, native-pool; and back-to-back, sha256, io (the
+    /// I/O row: sha256sum of 256 MiB through a volume and stdin against coreutils, crun and
+    /// Docker); restore also measures the memory of VMs restored from one snapshot).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Bench this image (a name in images/ or a path) as "ours" instead of hello.

@@ -42,6 +42,7 @@ impl Report {
             self.floor_timeline.as_ref(),
         ));
         md.push_str(&sha256_section(self.sha256.as_ref()));
+        md.push_str(&io_section(self.io.as_ref()));
         md.push_str(&self.readme_block());
         md
     }
@@ -390,6 +391,19 @@ fn done<'a>(t: Option<&'a Part<Timeline>>, who: &str, md: &mut String) -> Option
 
 fn phase_cell(p: &Phase) -> String {
     format!("{:.1} µs ({:.0})", p.duration_us, p.since_start_us)
+}
+
+fn io_section(io: Option<&Part<crate::io::IoComparison>>) -> String {
+    match io {
+        None => String::new(),
+        Some(Part::Missing { unavailable }) => {
+            format!(
+                "\n## I/O: sha256sum of a large file\n\nSkipped: {}.\n",
+                cell(unavailable)
+            )
+        }
+        Some(Part::Done(result)) => crate::io::markdown(result),
+    }
 }
 
 fn sha256_section(sha: Option<&Part<Comparison>>) -> String {

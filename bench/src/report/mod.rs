@@ -144,6 +144,8 @@ pub(crate) struct Report {
     pub(crate) sha256: Option<Part<Comparison>>,
     /// Memory of VMs restored from one snapshot, or why it is missing.
     pub(crate) snapshot_memory: Option<Part<SnapshotMemory>>,
+    /// The I/O row, or why it is missing.
+    pub(crate) io: Option<Part<crate::io::IoComparison>>,
     /// The targets judged on the rows that ran.
     pub(crate) targets: Vec<Target>,
 }
@@ -171,6 +173,7 @@ pub(crate) struct Measured {
     pub(crate) floor_timeline: Option<Result<Timeline>>,
     pub(crate) sha256: Option<Result<Comparison>>,
     pub(crate) snapshot_memory: Option<Result<SnapshotMemory>>,
+    pub(crate) io: Option<Result<crate::io::IoComparison>>,
 }
 
 impl Report {
@@ -227,6 +230,7 @@ impl Report {
             floor_timeline: measured.floor_timeline.map(Part::from_result),
             sha256: measured.sha256.map(Part::from_result),
             snapshot_memory: measured.snapshot_memory.map(Part::from_result),
+            io: measured.io.map(Part::from_result),
             targets: targets(&peers),
             peers,
         }
@@ -379,6 +383,7 @@ mod tests {
             floor_timeline: None,
             sha256: None,
             snapshot_memory: None,
+            io: None,
         })
     }
 

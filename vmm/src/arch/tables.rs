@@ -18,9 +18,13 @@ pub const GDT_ENTRIES: usize = 7;
 
 /// Size of the 64-bit TSS without the bitmap.
 const TSS_BASE_SIZE: usize = 104;
+/// The highest port the bitmap can open: above the hypercalls, the device ranges
+/// `0x520`-`0x53f` (stdin, volumes, network) and COM1 below them (a test checks that every
+/// device lies below it).
+const BITMAP_LAST_PORT: u16 = 0x53f;
 /// Bytes of I/O bitmap: enough to cover the highest port a guest may open (all ports above are
 /// closed by the all-ones byte that ends the bitmap and by the TSS limit).
-const IO_BITMAP_SIZE: usize = port::LAST as usize / 8 + 1;
+const IO_BITMAP_SIZE: usize = BITMAP_LAST_PORT as usize / 8 + 1;
 /// TSS limit: base, bitmap, and the all-ones byte the CPU may read past the bitmap.
 pub const TSS_LIMIT: u32 = (TSS_BASE_SIZE + IO_BITMAP_SIZE) as u32;
 
@@ -72,8 +76,8 @@ pub(crate) fn port_open_to_guest(port: u16) -> bool {
 }
 
 const _: () = assert!(
-    port::COM1 < port::LAST,
-    "the bitmap covers the devices' ports"
+    port::COM1 < BITMAP_LAST_PORT && port::LAST < BITMAP_LAST_PORT,
+    "the bitmap covers the hypercalls and COM1"
 );
 
 fn tss_bytes() -> Vec<u8> {
@@ -83,7 +87,7 @@ fn tss_bytes() -> Vec<u8> {
     tss[102..104].copy_from_slice(&(TSS_BASE_SIZE as u16).to_le_bytes()); // I/O map base
     let bitmap = &mut tss[TSS_BASE_SIZE..];
     bitmap.fill(0xff);
-    for port in 0..=port::LAST {
+    for port in 0..=BITMAP_LAST_PORT {
         if port_open_to_guest(port) {
             bitmap[usize::from(port / 8)] &= !(1 << (port % 8));
         }
@@ -120,6 +124,15 @@ mod tests {
             Some(byte) => byte & (1 << (port % 8)) == 0,
             None => false,
         }
+    }
+
+    #[test]
+    fn test_tss_bitmap_covers_every_device() {
+        for range in crate::devices::port_ranges() {
+            assert!(range.end - 1 <= BITMAP_LAST_PORT, "{range:#x?}");
+        }
+        assert!(port_allowed(&tss_bytes(), port::STDIN));
+        assert!(port_allowed(&tss_bytes(), port::FS + 3));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! A device owns a range of I/O ports, its registers, and its own save/restore (its state
 //! travels in a snapshot as bytes it encodes and checks itself). The bus decodes a port once
-//! into (device, offset), so the run loop never compares port numbers. Today one device: the
-//! 16550 UART on COM1. The TSS I/O bitmap opens exactly [`port_ranges`] (plus the hypercall
-//! ports) to ring 3.
+//! into (device, offset), so the run loop never compares port numbers. The devices: the 16550
+//! UART on COM1 ([`serial`]), standard input ([`stdin`]) and the shared host directories
+//! ([`volumes`]). The TSS I/O bitmap opens exactly [`port_ranges`] (plus the hypercall ports)
+//! to ring 3.
 //!
 //! Devices write console output through a [`ConsoleSink`], which the VM core implements (it
 //! also enforces `--max-output`), so this room depends on nothing of the VM's. A device that
@@ -17,6 +18,11 @@
 //! [`DeviceConfig`], and its construction in [`PortBus::new`].
 
 pub(crate) mod serial;
+pub(crate) mod stdin;
+pub mod volumes;
+
+pub use stdin::StdinSource;
+pub use volumes::{SharedFd, Volume, VolumeError, VolumeRoots, VolumeSpec};
 
 use crate::memory::GuestRam;
 use std::ops::Range;
@@ -46,10 +52,6 @@ pub(crate) enum DeviceStop {
     BrokenPipe,
     /// The guest made a request the device refuses (a bad address, length or value): the
     /// guest is stopped with a report, like a bad hypercall.
-    #[expect(
-        dead_code,
-        reason = "for the input devices (stdin, volumes, network) to come"
-    )]
     BadRequest {
         /// The device.
         device: &'static str,
@@ -61,13 +63,6 @@ pub(crate) enum DeviceStop {
 /// What a device may use while it handles a guest access.
 pub(crate) struct DeviceContext<'a> {
     /// Guest RAM, for buffers the guest names (validated by the device before use).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the input devices (stdin, volumes, network) to come"
-        )
-    )]
     pub ram: &'a GuestRam,
     /// The console.
     pub console: &'a mut dyn ConsoleSink,
@@ -86,7 +81,12 @@ pub(crate) struct PollSource {
 
 /// The settings of a guest's devices beyond the standard ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceConfig {}
+pub struct DeviceConfig {
+    /// Where its standard input comes from (default: none).
+    pub stdin: StdinSource,
+    /// The host directories it may use, opened (default: none).
+    pub volumes: Vec<Volume>,
+}
 
 /// Why a device's saved state cannot be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +125,31 @@ pub(crate) trait PortDevice: Send {
     fn poll_source(&self) -> Option<PollSource> {
         None
     }
+    /// Why the guest cannot be snapshotted now (host state a snapshot cannot hold, such as
+    /// open files), if it cannot.
+    fn snapshot_refusal(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The guest-physical address a device request carries: a 32-bit write to the device's first
+/// port (any other width or port is a malformed request).
+pub(crate) fn request_address(
+    device: &'static str,
+    offset: u16,
+    data: &[u8],
+) -> Result<u64, DeviceStop> {
+    let bytes: [u8; 4] = data.try_into().map_err(|_| DeviceStop::BadRequest {
+        device,
+        why: format!("takes a 32-bit write, got {} bytes", data.len()),
+    })?;
+    if offset != 0 {
+        return Err(DeviceStop::BadRequest {
+            device,
+            why: format!("write at port offset {offset}, not 0"),
+        });
+    }
+    Ok(u64::from(u32::from_le_bytes(bytes)))
 }
 
 /// One device's saved state: the first port of its range and its bytes.
@@ -137,8 +162,8 @@ pub struct DeviceState {
 }
 
 /// The port ranges the devices own (opened to ring 3 by the TSS I/O bitmap).
-pub(crate) fn port_ranges() -> [Range<u16>; 1] {
-    [serial::PORTS]
+pub(crate) fn port_ranges() -> [Range<u16>; 3] {
+    [serial::PORTS, stdin::PORTS, volumes::device::PORTS]
 }
 
 /// The devices of a guest, by port range.
@@ -154,10 +179,27 @@ impl PortBus {
         }
     }
 
-    /// The standard devices and those `config` asks for.
+    /// The standard devices and those `config` asks for. Every guest has a stdin and a
+    /// volume device (without input or volumes they answer "end of input" and "not found").
     pub(crate) fn new(config: &DeviceConfig) -> Self {
-        let DeviceConfig {} = config;
-        Self::standard()
+        let DeviceConfig { stdin, volumes } = config;
+        let mut bus = Self::standard();
+        bus.devices.push((
+            stdin::PORTS,
+            Box::new(stdin::StdinDevice::new(stdin.clone())),
+        ));
+        bus.devices.push((
+            volumes::device::PORTS,
+            Box::new(volumes::device::FsDevice::new(volumes.clone())),
+        ));
+        bus
+    }
+
+    /// Why the guest cannot be snapshotted now, if a device says so.
+    pub(crate) fn snapshot_refusal(&self) -> Option<String> {
+        self.devices
+            .iter()
+            .find_map(|(_, device)| device.snapshot_refusal())
     }
 
     /// Adds a device (tests plug fakes in this way).

@@ -1,10 +1,16 @@
 //! `vmm fleet --manifest FILE`: a TOML file of `[[vm]]` tables (`image`, `count`, `args`,
-//! `env`, `mem`, `timeout`, `max_output`, `name`), read into [`Group`]s. Relative image paths
-//! are relative to the manifest's folder. The file is untrusted: its size, every count and
-//! their sum are bounded, and arguments and environment are checked like the command line's
-//! (when the launcher checks each group).
+//! `env`, `mem`, `timeout`, `max_output`, `name`, `volumes`, `stdin`), read into [`Group`]s.
+//! Relative image, volume and stdin paths are relative to the manifest's folder. The file is
+//! untrusted: its size, every count and their sum are bounded, arguments and environment are
+//! checked like the command line's (when the launcher checks each group), volumes and stdin
+//! files are opened here, on the main thread, as the command line's are.
+//!
+//! Every instance of an entry gets the entry's volumes (one open directory, shared) and its
+//! `stdin` file from the start (each instance at an offset of its own); without `stdin`, an
+//! empty standard input.
 
 use super::{Group, MAX_INSTANCES};
+use crate::devices::{StdinSource, Volume, VolumeSpec};
 use crate::files::{ReadError, read_regular};
 use crate::size::{parse_size, parse_timeout};
 use crate::vm::VmConfig;
@@ -69,6 +75,8 @@ struct ManifestEntry {
     timeout: Option<String>,
     max_output: Option<String>,
     name: Option<String>,
+    volumes: Option<Vec<String>>,
+    stdin: Option<PathBuf>,
 }
 
 fn one() -> u64 {
@@ -105,10 +113,33 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
             .checked_add(entry.count)
             .filter(|&t| t <= MAX_INSTANCES as u64)
             .ok_or_else(|| invalid(format!("more than {MAX_INSTANCES} instances in all")))?;
-        let image = if entry.image.is_absolute() {
-            entry.image.clone()
-        } else {
-            base.join(&entry.image)
+        let relative_to_manifest = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let image = relative_to_manifest(&entry.image);
+        let volumes = match &entry.volumes {
+            None => defaults.devices.volumes.clone(),
+            Some(texts) => {
+                let specs = texts
+                    .iter()
+                    .map(|text| {
+                        let mut spec =
+                            VolumeSpec::parse(text).map_err(|e| field("volumes", e.to_string()))?;
+                        spec.host = relative_to_manifest(&spec.host);
+                        Ok(spec)
+                    })
+                    .collect::<Result<Vec<_>, ManifestError>>()?;
+                Volume::open_all(&specs).map_err(|e| field("volumes", crate::error_chain(&e)))?
+            }
+        };
+        let stdin = match &entry.stdin {
+            None => StdinSource::Empty,
+            Some(path) => StdinSource::file(&relative_to_manifest(path))
+                .map_err(|e| field("stdin", crate::error_chain(&e)))?,
         };
         let name = entry
             .name
@@ -129,6 +160,7 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
                 .map_err(|e| field("max_output", e))?,
             args: entry.args,
             env: entry.env,
+            devices: crate::devices::DeviceConfig { stdin, volumes },
             ..defaults.clone()
         };
         groups.push(Group {
@@ -211,6 +243,50 @@ mod tests {
             crate::error_chain(&err).contains("not a regular file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn test_manifest_volumes_and_stdin_are_opened_relative_to_it() {
+        let path = scratch(
+            "input.toml",
+            "[[vm]]\nimage = \"a\"\nvolumes = [\".:/data:ro\"]\nstdin = \"input.toml\"\n[[vm]]\nimage = \"b\"\n",
+        );
+        let groups = read(&path, &defaults()).unwrap();
+        let volumes = &groups[0].vm.devices.volumes;
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].spec().host, path.parent().unwrap().join("."));
+        assert!(volumes[0].read_only());
+        assert!(matches!(groups[0].vm.devices.stdin, StdinSource::File(_)));
+        assert_eq!(
+            groups[1].vm.devices.stdin,
+            StdinSource::Empty,
+            "no stdin: empty"
+        );
+    }
+
+    #[test]
+    fn test_manifest_bad_volumes_and_stdin_are_refused() {
+        for (name, text) in [
+            (
+                "vol-syntax.toml",
+                "[[vm]]\nimage = \"a\"\nvolumes = [\"nocolon\"]\n",
+            ),
+            (
+                "vol-missing.toml",
+                "[[vm]]\nimage = \"a\"\nvolumes = [\"missing-dir:/data\"]\n",
+            ),
+            (
+                "stdin-dev.toml",
+                "[[vm]]\nimage = \"a\"\nstdin = \"/dev/zero\"\n",
+            ),
+            (
+                "stdin-missing.toml",
+                "[[vm]]\nimage = \"a\"\nstdin = \"missing\"\n",
+            ),
+        ] {
+            let err = read(&scratch(name, text), &defaults()).unwrap_err();
+            assert!(matches!(err, ManifestError::Field { .. }), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -115,6 +115,33 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Runs `io` on the host memory behind the guest-given range `addr..addr+len`, after
+    /// checking it: the zero-copy path of stdin and file transfers, where one `read(2)` or
+    /// `pwrite(2)` fills or drains the guest's buffer directly. `io` gets the host address and
+    /// the length, and must not keep the pointer.
+    pub(crate) fn with_host_range<R>(
+        &self,
+        addr: u64,
+        len: u64,
+        io: impl FnOnce(*mut u8, usize) -> R,
+    ) -> Result<R, RangeError> {
+        use vm_memory::GuestMemoryBackend;
+        self.check_range(addr, len)?;
+        if len == 0 {
+            return Ok(io(std::ptr::NonNull::dangling().as_ptr(), 0));
+        }
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(addr), len as usize)
+            .map_err(|_| RangeError::OutOfRam {
+                addr,
+                len,
+                size: Size(self.size),
+            })?;
+        let guard = slice.ptr_guard_mut();
+        Ok(io(guard.as_ptr(), len as usize))
+    }
+
     /// Copies `bytes` to `addr` (VMM-chosen addresses only).
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         self.mem
@@ -199,6 +226,22 @@ mod tests {
             ram.check_range(1 << 40, 0),
             Err(RangeError::OutOfRam { .. })
         ));
+    }
+
+    #[test]
+    fn test_with_host_range_sees_guest_bytes_and_checks_the_range() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.write(0x3000, b"abc").unwrap();
+        let seen = ram
+            .with_host_range(0x3000, 3, |ptr, len| {
+                // SAFETY: the range was checked and lies in the live mapping.
+                unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+            })
+            .unwrap();
+        assert_eq!(seen, b"abc");
+        assert!(ram.with_host_range(u64::MAX, 2, |_, _| ()).is_err());
+        assert!(ram.with_host_range(1 << 20, 1, |_, _| ()).is_err());
+        assert_eq!(ram.with_host_range(1 << 20, 0, |_, len| len), Ok(0));
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! The VMM sandboxes itself: before a guest's first `KVM_RUN`, the thread that runs it (and the
 //! watchdog) may only make the system calls the run loop needs, with the arguments checked
-//! where seccomp can check them (which request for `ioctl`, which fd for `write`, which flags
-//! for `clone`).
+//! where seccomp can check them (which request for `ioctl`, which fd for `write` and `read`,
+//! which flags for `clone`, `unlinkat` and `renameat2`, the size of `openat2`'s `open_how`).
 //!
 //! The `ioctl` rule checks the request, not the fd: the filter is then the same for every
 //! guest, so it is built once per process and installed on the runner thread while the main
 //! thread is still creating the VM. Installing a filter is not cheap here (~1 µs per BPF
 //! instruction, ~0.1 ms for this one), so it must stay off the critical path. The three
 //! requests allowed do nothing on a file that is not a vCPU.
+//!
+//! The volume calls are not pinned to the volumes' directory fds, for the same reason and for
+//! one more: seccomp cannot read the `open_how` that `openat2` points to, so a pinned `dirfd`
+//! would not keep a subverted thread from opening an absolute path (which ignores `dirfd`).
+//! Confinement to a volume is the resolver's (`devices::volumes::resolve`): every lookup goes
+//! through `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, and the path-taking calls
+//! (`mkdirat`, `unlinkat`, `renameat2`) name one component in a parent opened that way.
 //!
 //! A blocked call raises SIGSYS; the handler prints `seccomp: blocked syscall NAME (NR)` and
 //! exits with status 125 (a VMM failure, never reported as a guest crash).
@@ -58,6 +65,33 @@ pub const ALLOWED: &[(&str, &str)] = &[
         "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS (crash reports), KVM_GET_XSAVE (snapshots), KVM_SET_XSAVE (restores) only",
     ),
     ("write", "fds 1 and 2 only: guest console, reports"),
+    (
+        "read",
+        "fd 0 only: the guest's stdin (a serve runner: also its client slot, where the client's stdin follows its request)",
+    ),
+    (
+        "pread64",
+        "volume file reads (straight into guest RAM); a fleet instance's stdin file",
+    ),
+    ("pwrite64", "volume file writes (straight from guest RAM)"),
+    (
+        "openat2",
+        "volume lookups beneath a volume's directory fd (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, set in code: seccomp cannot read the open_how it points to); size argument pinned",
+    ),
+    ("fstat", "the kind, size and times of an opened volume file"),
+    ("getdents64", "listing a volume directory"),
+    (
+        "mkdirat",
+        "creating a directory in a volume (in a parent opened beneath it), mode 0777 only",
+    ),
+    (
+        "unlinkat",
+        "removing a volume file or empty directory (in a parent opened beneath it), flags 0 or AT_REMOVEDIR only",
+    ),
+    (
+        "renameat2",
+        "renaming within a volume (parents opened beneath it), flags 0 only",
+    ),
     ("futex", "locks (stdout, watchdog)"),
     ("nanosleep", "the guest's sleep hypercall"),
     (
@@ -98,7 +132,10 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ),
     ("getpid", "teardown helper: who its parent is"),
     ("clone", "teardown helper, flags CLONE_VM only"),
-    ("close", "teardown helper: close its copies of stdio"),
+    (
+        "close",
+        "closing volume files; teardown helper: close its copies of stdio",
+    ),
     ("prctl", "teardown helper: PR_SET_PDEATHSIG"),
     ("getppid", "teardown helper: is the parent gone"),
     ("pause", "teardown helper: wait for the parent to exit"),
@@ -130,6 +167,11 @@ fn syscall_number(name: &str) -> i64 {
 
 fn arg_eq(index: u8, value: u64) -> SeccompCondition {
     SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .expect("argument index below 6")
+}
+
+fn arg_eq_u64(index: u8, value: u64) -> SeccompCondition {
+    SeccompCondition::new(index, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, value)
         .expect("argument index below 6")
 }
 
@@ -183,6 +225,7 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
         .map(|fd| rule(vec![arg_eq(0, fd)]))
         .collect::<Result<_, _>>()?;
     rules.insert(syscall_number("write"), write_rules);
+    let mut readable = vec![0u64];
     if let Profile::ServeWorker { client_slot } = profile {
         // The slot is an fd number the server reserved for this runner for its whole life
         // (see `serve::slots`): nothing else can ever be at that number.
@@ -193,7 +236,33 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
             vec![rule(vec![arg_eq(0, slot), arg_eq(3, flags)])?],
         );
         rules.insert(syscall_number("poll"), Vec::new());
+        // The client's stdin follows its request on the connection.
+        readable.push(slot);
     }
+    let read_rules = readable
+        .into_iter()
+        .map(|fd| rule(vec![arg_eq(0, fd)]))
+        .collect::<Result<_, _>>()?;
+    rules.insert(syscall_number("read"), read_rules);
+    rules.insert(
+        syscall_number("openat2"),
+        vec![rule(vec![arg_eq_u64(
+            3,
+            size_of::<libc::open_how>() as u64,
+        )])?],
+    );
+    rules.insert(
+        syscall_number("mkdirat"),
+        vec![rule(vec![arg_eq(2, 0o777)])?],
+    );
+    rules.insert(
+        syscall_number("unlinkat"),
+        vec![
+            rule(vec![arg_eq(2, 0)])?,
+            rule(vec![arg_eq(2, libc::AT_REMOVEDIR as u64)])?,
+        ],
+    );
+    rules.insert(syscall_number("renameat2"), vec![rule(vec![arg_eq(4, 0)])?]);
     rules.insert(
         syscall_number("clone"),
         vec![rule(vec![arg_eq(0, libc::CLONE_VM as u64)])?],
@@ -423,7 +492,8 @@ mod tests {
 
     #[test]
     fn test_allowed_list_is_small_and_known() {
-        assert!(ALLOWED.len() <= 29, "{} syscalls", ALLOWED.len());
+        // 27 for the run loop, 9 for stdin and volumes.
+        assert!(ALLOWED.len() <= 36, "{} syscalls", ALLOWED.len());
         for (name, _) in ALLOWED.iter().chain(SERVE_WORKER_EXTRA) {
             assert!(SYSCALL_NAMES.contains(name), "{name}");
         }

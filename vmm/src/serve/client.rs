@@ -1,6 +1,6 @@
-//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, relays the guest's stdout and
-//! stderr to ours as they arrive, and returns the guest's exit status, so that it behaves like
-//! a local `vmm run`.
+//! `vmm run --via SOCKET`: sends a request to a `vmm serve`, forwards our stdin after it,
+//! relays the guest's stdout and stderr to ours as they arrive, and returns the guest's exit
+//! status, so that it behaves like a local `vmm run`.
 
 use super::wire::{self, Request, frame};
 use std::io::Write;
@@ -36,6 +36,22 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Copies this process's stdin to the connection on a thread of its own, then shuts down the
+/// connection's writing side (the guest's end of input). The thread ends with the stdin, the
+/// connection, or the process.
+fn forward_stdin(stream: &UnixStream) {
+    let Ok(mut to_server) = stream.try_clone() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            if std::io::copy(&mut std::io::stdin().lock(), &mut to_server).is_ok() {
+                let _ = to_server.shutdown(std::net::Shutdown::Write);
+            }
+        });
+}
+
 /// How long after a request's timeout the client still waits for the rest of the reply.
 const REPLY_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -47,6 +63,9 @@ pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
         source,
     })?;
     stream.write_all(&message).map_err(ClientError::Send)?;
+    if request.stdin {
+        forward_stdin(&stream);
+    }
     // A server that stops answering (stopped, wedged) must not hold the client for ever when
     // the request has a deadline: the server ends the guest by then, so the reply is complete
     // well before it plus a margin.

@@ -67,6 +67,9 @@ pub enum ServeError {
     /// A pooled snapshot is unusable.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// A `--volume-root` cannot be opened.
+    #[error(transparent)]
+    VolumeRoot(#[from] crate::devices::VolumeError),
     /// `--snapshot` named an image.
     #[error("--snapshot {0}: not a snapshot")]
     NotASnapshot(PathBuf),
@@ -142,6 +145,9 @@ pub struct ServeConfig {
     pub cache_bytes: u64,
     /// No log line per request.
     pub quiet: bool,
+    /// The directories requests may share with their guests as volumes (none: requests with
+    /// volumes are refused).
+    pub volume_roots: Vec<PathBuf>,
 }
 
 impl ServeConfig {
@@ -159,6 +165,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(5),
             cache_bytes: 256 << 20,
             quiet: false,
+            volume_roots: Vec::new(),
         }
     }
 }

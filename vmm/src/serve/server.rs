@@ -24,6 +24,7 @@ use super::slots::{self, REPLY_GRACE, Reply, Slots};
 use super::targets::{FileId, MAX_CACHED_TARGETS, Targets};
 use super::wire::{Request, frame};
 use super::{ServeConfig, ServeError};
+use crate::devices::{DeviceConfig, StdinSource, Volume, VolumeRoots, VolumeSpec};
 use crate::launch::{self, Target, TargetKind};
 use crate::report::Timeline;
 use crate::sandbox::{self, Profile};
@@ -62,9 +63,27 @@ struct Job {
     pooled: Option<FileId>,
     request: Request,
     timeout: Duration,
+    /// The request's volumes, opened beneath the server's `--volume-root`s.
+    volumes: Vec<Volume>,
 }
 
 impl Job {
+    /// The VM settings of the runner on `slot`: what `vmm run`'s command line would have given,
+    /// with the client's stdin (which follows its request on the connection, now at `slot`)
+    /// and the request's volumes.
+    fn runner_config(&self, seccomp: bool, slot: RawFd) -> VmConfig {
+        let mut config = self.vm_config(seccomp);
+        config.devices = DeviceConfig {
+            stdin: if self.request.stdin {
+                StdinSource::Stream(slot)
+            } else {
+                StdinSource::Empty
+            },
+            volumes: self.volumes.clone(),
+        };
+        config
+    }
+
     /// The VM settings: what `vmm run`'s command line would have given.
     fn vm_config(&self, seccomp: bool) -> VmConfig {
         VmConfig {
@@ -90,6 +109,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         .iter()
         .map(|dir| canonical_dir(dir))
         .collect::<Result<Vec<_>, _>>()?;
+    let volume_roots = VolumeRoots::open(&config.volume_roots)?;
     let mut targets = Targets::new(allow, config.cache_bytes);
     let mut pooled: Vec<(FileId, Target)> = Vec::new();
     for path in &config.snapshots {
@@ -159,6 +179,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         slots,
         runners,
         targets,
+        volume_roots,
         queued: Arc::clone(&queued),
         log: log.clone(),
         max_timeout: config.max_timeout,
@@ -227,13 +248,21 @@ fn fds_needed(config: &ServeConfig) -> (u64, String) {
     let cached = count(MAX_CACHED_TARGETS);
     // Each pooled VM: VM and vCPU; each snapshot kept: its pages' memfd.
     let pooled = snapshots.saturating_mul(pool).saturating_mul(2);
-    // Each runner: its slot, and the VM and vCPU of the request it runs.
-    let running = workers.saturating_mul(3);
+    // Each runner: its slot, the VM and vCPU of the request it runs, and (when the server
+    // shares directories) its guest's volumes and open files, with one parent directory
+    // being resolved.
+    let input = if config.volume_roots.is_empty() {
+        0
+    } else {
+        count(crate::devices::volumes::MAX_VOLUMES) + u64::from(abi::fs::MAX_OPEN_FILES) + 1
+    };
+    let per_runner = 3 + input;
+    let running = workers.saturating_mul(per_runner);
     let needed = [pooled, snapshots, running, connections, cached, OTHER_FDS]
         .into_iter()
         .fold(0u64, u64::saturating_add);
     let why = format!(
-        "{snapshots} snapshots × {pool} ready VMs × 2, {workers} runners × 3, \
+        "{snapshots} snapshots × {pool} ready VMs × 2, {workers} runners × {per_runner}, \
          {connections} connections, {cached} cached targets, {OTHER_FDS} more"
     );
     (needed, why)
@@ -383,6 +412,7 @@ struct Dispatcher {
     slots: Slots,
     runners: Vec<mpsc::Sender<Job>>,
     targets: Targets,
+    volume_roots: VolumeRoots,
     queued: Arc<AtomicUsize>,
     log: Log,
     max_timeout: Duration,
@@ -463,17 +493,31 @@ impl Dispatcher {
         let timeout = request.timeout_ms.map_or(self.max_timeout, |ms| {
             Duration::from_millis(ms).min(self.max_timeout)
         });
+        let volumes = open_volumes(&self.volume_roots, &request).map_err(fail)?;
         let job = Job {
             target: resolved.target,
             pooled: resolved.pooled,
             request,
             timeout,
+            volumes,
         };
         // A request comes from any local process: check it as `vmm run`'s command line would.
         launch::check(&job.target, &job.vm_config(false))
             .map_err(|e| (job.request.target.clone(), crate::error_chain(&e)))?;
         Ok(job)
     }
+}
+
+/// Opens a request's volumes beneath the server's shared directories (here, before the
+/// sandboxed runner gets the request).
+fn open_volumes(roots: &VolumeRoots, request: &Request) -> Result<Vec<Volume>, String> {
+    let specs = request
+        .volumes
+        .iter()
+        .map(|text| VolumeSpec::parse(text))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|specs| roots.open_all(&specs));
+    specs.map_err(|e| crate::error_chain(&e))
 }
 
 /// Whether the client closed its connection (both ways: a client that only shut down its
@@ -533,7 +577,7 @@ impl Runner {
 
     /// Runs one request; returns the VM so that its teardown happens after the reply.
     fn serve_one(&self, job: &Job, reply: &Reply) -> (Option<Vm>, Served) {
-        let config = job.vm_config(self.seccomp);
+        let config = job.runner_config(self.seccomp, self.slot);
         let mut pooled = false;
         let built = match job.target.kind() {
             TargetKind::Snapshot(_) => {

@@ -13,7 +13,8 @@
 //! [`Slots::hand`] puts a connection there with `dup3`, which replaces what the slot held in
 //! one step (the number is not free even for an instant), and [`Slots::release`] puts
 //! `/dev/null` back once the runner has reported its reply done, which closes the connection.
-//! The runner only sends and polls on its slot, between receiving its job and reporting done.
+//! The runner only sends, polls and (a request with `stdin`: the client's input follows its
+//! request) reads on its slot, between receiving its job and reporting done.
 //!
 //! [`Reply`] sends frames without ever blocking (`MSG_DONTWAIT`), and while the client's
 //! buffer is full it waits with `poll` until the request's deadline; past it, or once the

@@ -2,7 +2,8 @@
 //! and the bench.
 //!
 //! A request is a little-endian `u32` length and that many bytes of JSON ([`Request`], at
-//! most [`MAX_REQUEST`] bytes). The server answers with frames: a [`FrameHeader`] (kind, then
+//! most [`MAX_REQUEST`] bytes); with `stdin`, the client's stdin bytes follow it on the same
+//! connection until the client shuts down its writing side. The server answers with frames: a [`FrameHeader`] (kind, then
 //! payload length as a little-endian `u32`) and the payload; the kinds are in [`frame`]; the
 //! last frame is `EXIT` (payload: the status, `i32` little-endian) or `ERROR` (payload: one
 //! line of text, status 125).
@@ -44,6 +45,14 @@ pub struct Request {
     pub max_output: u64,
     /// Guest RAM for images (snapshots bring their own).
     pub mem_size: u64,
+    /// Host directories for the guest, `HOST_DIR:GUEST_PATH[:ro]` each, with absolute host
+    /// paths under a directory the server shares (`vmm serve --volume-root`).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// The client sends its stdin after the request, then shuts down its writing side (the
+    /// guest reads that as the end of input); without it, the guest's stdin is empty.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// The header of every frame.
@@ -144,6 +153,14 @@ mod tests {
     }
 
     #[test]
+    fn test_request_without_input_fields_has_no_volumes_and_no_stdin() {
+        let old = br#"{"target":"/x","args":[],"env":[],"timeout_ms":null,"max_output":1,"mem_size":4194304}"#;
+        let request: Request = serde_json::from_slice(old).unwrap();
+        assert!(request.volumes.is_empty());
+        assert!(!request.stdin);
+    }
+
+    #[test]
     fn test_request_round_trips_and_bad_requests_are_errors() {
         let mut request = Request {
             target: PathBuf::from("/x/hello"),
@@ -152,6 +169,8 @@ mod tests {
             timeout_ms: Some(5),
             max_output: 10,
             mem_size: 16 << 20,
+            volumes: vec!["/srv/in:/in:ro".into()],
+            stdin: true,
         };
         let bytes = encode_request(&request).unwrap();
         let parsed: Request = serde_json::from_slice(&bytes[4..]).unwrap();

@@ -80,6 +80,9 @@ pub enum VmError {
     /// A restored vCPU state cannot be loaded.
     #[error("the saved FPU/SSE state is invalid")]
     BadFpuState(#[source] Option<kvm_ioctls::Error>),
+    /// A device holds host state that a snapshot cannot keep (open files).
+    #[error("cannot snapshot the guest: {0}")]
+    SnapshotRefused(String),
 }
 
 fn kvm_open_hint(errno: i32) -> &'static str {
@@ -320,6 +323,14 @@ impl Vm {
 
     /// The state `vmm snapshot` saves, read from a guest stopped at its snapshot point.
     pub fn capture(&mut self) -> Result<(SavedVcpu, Vec<DeviceState>), VmError> {
+        let bus = self
+            .handler
+            .as_ref()
+            .map(ExitHandler::bus)
+            .or(self.bus.as_ref());
+        if let Some(why) = bus.and_then(PortBus::snapshot_refusal) {
+            return Err(VmError::SnapshotRefused(why));
+        }
         let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
         let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         let xsave = self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;

@@ -1,0 +1,114 @@
+//! `vmm run --via` with input: the client's stdin reaches the guest through the socket, and a
+//! request's volumes are shared only from beneath the server's `--volume-root` directories.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tests::{image, kvm_test, status, stderr, stdout, vmm_bin};
+
+struct Server {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &Path, flags: &[&str]) -> Server {
+    let socket = dir.join("flick.sock");
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new(vmm_bin())
+        .args(["serve", "--socket", socket.to_str().unwrap()])
+        .args(flags)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cannot start vmm serve");
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "vmm serve did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Server { child, socket }
+}
+
+/// `vmm run --via SOCKET FLAGS fsprobe -- ARGS` with `input` on its stdin.
+fn via(server: &Server, flags: &[&str], args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(vmm_bin())
+        .args(["run", "--via", server.socket.to_str().unwrap()])
+        .args(flags)
+        .arg(image("fsprobe"))
+        .args(["--timeout", "20s", "--"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn shared_tree(test: &str) -> PathBuf {
+    let dir = tests::scratch_dir("serve-input").join(test);
+    std::fs::create_dir_all(dir.join("shared/data")).unwrap();
+    std::fs::create_dir_all(dir.join("private")).unwrap();
+    std::fs::write(dir.join("shared/data/f"), "shared through serve").unwrap();
+    std::fs::write(dir.join("private/f"), "private").unwrap();
+    dir
+}
+
+#[kvm_test]
+fn test_serve_via_forwards_the_clients_stdin() {
+    let dir = shared_tree("stdin");
+    let server = start_server(&dir, &[]);
+    let out = via(&server, &[], &["stdin-lines"], b"first\nsecond\n");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok lines=2 last=second\n");
+}
+
+#[kvm_test]
+fn test_serve_shares_a_volume_beneath_its_root() {
+    let dir = shared_tree("root");
+    let root = dir.join("shared");
+    let server = start_server(&dir, &["--volume-root", root.to_str().unwrap()]);
+    let volume = format!("{}:/d:ro", root.join("data").display());
+    let out = via(&server, &["--volume", &volume], &["read", "/d/f"], b"");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ok shared through serve\n");
+}
+
+#[kvm_test]
+fn test_serve_refuses_volumes_outside_its_roots() {
+    let dir = shared_tree("outside");
+    let root = dir.join("shared");
+    std::os::unix::fs::symlink(dir.join("private"), root.join("link")).unwrap();
+    let with_root = start_server(&dir, &["--volume-root", root.to_str().unwrap()]);
+    for host in [
+        dir.join("private"),
+        root.join("link"),
+        root.join("../private"),
+    ] {
+        let volume = format!("{}:/d", host.display());
+        let out = via(&with_root, &["--volume", &volume], &["read", "/d/f"], b"");
+        assert_eq!(status(&out), 125, "{host:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "the guest never ran");
+    }
+    drop(with_root);
+    let without = start_server(&dir, &[]);
+    let volume = format!("{}:/d", root.join("data").display());
+    let out = via(&without, &["--volume", &volume], &["read", "/d/f"], b"");
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--volume-root"),
+        "says how to share: {}",
+        stderr(&out)
+    );
+}
