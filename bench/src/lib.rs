@@ -2,8 +2,9 @@
 //! done), peak memory, phases and back-to-back runs of our VMM against its peers (the floor of a
 //! KVM boot, a static native process, namespaces, OCI runtimes, Docker, QEMU microvm; warm
 //! requests to `vmm serve` against a warm pool of native processes), measured in one
-//! interleaved session with every run verified; and `--fleet`, launch rates and memory per
-//! resident instance. The xtask is its front door: it asks [`needs`] what to build, builds it
+//! interleaved session with every run verified; `--fleet`, launch rates and memory per
+//! resident instance; and `--containers`, our microVM through Docker and containerd
+//! (flick-runtime) against runc and crun starting a process. The xtask is its front door: it asks [`needs`] what to build, builds it
 //! (the VMM, images, the native sha256), and calls [`run`] with the paths. The bench never
 //! calls cargo; it compiles its own small C peers with `cc`.
 //!
@@ -11,6 +12,7 @@
 //! [`error`]; [`measure`] (runs, statistics, timelines, host memory); [`peers`] (what runs);
 //! [`session`], [`fleet`], [`snapmem`], [`sha256`], [`io`] (what is measured when); [`report`].
 
+mod containers;
 mod contracts;
 mod error;
 mod fleet;
@@ -62,6 +64,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Where the report and the bench's scratch files go.
     pub out: PathBuf,
+    /// The containers section instead (`docker run`/`ctr run` with flick-runtime, runc, crun).
+    pub containers: bool,
 }
 
 /// What the bench needs built before [`run`].
@@ -73,6 +77,8 @@ pub struct Needs {
     pub optional_images: Vec<String>,
     /// Whether it compares with the native sha256 program (`bench/native/sha256`).
     pub native_sha256: bool,
+    /// Whether it runs flick-runtime (and `flick/hello` as an OCI tarball).
+    pub flick_runtime: bool,
 }
 
 /// What the xtask built for the bench.
@@ -86,16 +92,36 @@ pub struct Built {
     pub images: Vec<String>,
     /// The native sha256 program, or why it is missing (when it was needed).
     pub native_sha256: Option<std::result::Result<PathBuf, String>>,
+    /// flick-runtime and `flick/hello:latest` as an OCI tarball (when they were needed).
+    pub flick_runtime: Option<RuntimeBuilt>,
+}
+
+/// What the xtask built for the containers section.
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilt {
+    /// The `flick-runtime` binary.
+    pub runtime: PathBuf,
+    /// `flick/hello:latest` as an OCI image tarball (`cargo xtask oci hello`).
+    pub hello_tarball: PathBuf,
 }
 
 /// Checks `options` and says what to build.
 pub fn needs(options: &Options) -> Result<Needs> {
+    if options.containers {
+        return Ok(Needs {
+            images: vec![HELLO.to_owned()],
+            optional_images: Vec::new(),
+            native_sha256: false,
+            flick_runtime: true,
+        });
+    }
     if options.fleet.is_some() {
         check_only(&options.only, &fleet::NAMES)?;
         return Ok(Needs {
             images: vec![HELLO.to_owned(), fleet::IDLE.to_owned()],
             optional_images: Vec::new(),
             native_sha256: false,
+            flick_runtime: false,
         });
     }
     check_only(&options.only, &cold_names())?;
@@ -119,6 +145,7 @@ pub fn needs(options: &Options) -> Result<Needs> {
             .into_iter()
             .collect(),
         native_sha256: want_sha,
+        flick_runtime: false,
     })
 }
 
@@ -128,10 +155,30 @@ pub fn run(options: &Options, built: &Built) -> Result<bool> {
     let dir = &options.out;
     std::fs::create_dir_all(dir)
         .map_err(error::Error::io(format!("cannot create {}", dir.display())))?;
+    if options.containers {
+        return run_containers(options, built);
+    }
     match options.fleet {
         Some(count) => run_fleet(options, built, count),
         None => run_cold(options, built),
     }
+}
+
+fn run_containers(options: &Options, built: &Built) -> Result<bool> {
+    let Some(runtime) = &built.flick_runtime else {
+        return Err(Error::Check("flick-runtime was not built".to_owned()));
+    };
+    let rounds = match (options.runs, options.quick) {
+        (Some(n), _) => n.max(1),
+        (None, true) => containers::QUICK_ROUNDS,
+        (None, false) => containers::DEFAULT_ROUNDS,
+    };
+    containers::run(&containers::Plan {
+        runtime: &runtime.runtime,
+        hello_tarball: &runtime.hello_tarball,
+        dir: &options.out,
+        rounds,
+    })
 }
 
 fn run_fleet(options: &Options, built: &Built, count: Option<usize>) -> Result<bool> {
@@ -311,6 +358,7 @@ mod tests {
             fleet: None,
             args: Vec::new(),
             out: PathBuf::from("/nonexistent"),
+            containers: false,
         }
     }
 

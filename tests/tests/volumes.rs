@@ -391,6 +391,11 @@ fn test_volume_directory_deleted_under_the_guest_gives_errors() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Once the guest says it waits, the VMM has opened the volume: now delete it.
+    let mut stderr_lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr_lines, &mut line).unwrap();
+    assert_eq!(line, "waiting\n");
     std::fs::remove_dir_all(tree.vol()).unwrap();
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = child.wait_with_output().unwrap();

@@ -2,6 +2,7 @@
 //! freestanding `no_std` static ELFs for the host target, built with the link setup of
 //! `images/.cargo/config.toml` (see [`guest`] and docs/PLATFORM.md).
 
+mod containers;
 mod guest;
 mod lint;
 mod runner;
@@ -54,6 +55,11 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         cases: u64,
     },
+    /// Write an OCI image tarball of an image (for `docker load`, `ctr images import`).
+    Oci(containers::Oci),
+    /// Build flick-runtime, install it and register it with Docker; print containerd's and
+    /// Kubernetes's entries.
+    InstallRuntime(containers::InstallRuntime),
     /// Lint (as `lint` does), build everything, run the guest unit tests in microVMs and the
     /// whole host test suite; fails on any finding, any failed test, or when no test ran.
     Test {
@@ -126,6 +132,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
         }
         Task::Bench(args) => run_bench(args),
+        Task::Oci(args) => containers::oci(args).map(|_| ExitCode::SUCCESS),
+        Task::InstallRuntime(args) => {
+            containers::install_runtime(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Fuzz { cases } => {
             let status = cargo()
                 .args(["test", "--release", "--package", "tests", "--test", "fuzz"])
@@ -175,6 +186,11 @@ struct BenchArgs {
     /// Where the report goes [default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Instead of cold starts: `docker run` and `ctr run` of our microVM (flick-runtime)
+    /// against runc and crun starting a static hello, interleaved rounds [default: 20, with
+    /// --quick 5, or --runs]; report in containers.md.
+    #[arg(long, conflicts_with_all = ["fleet", "image", "only"])]
+    containers: bool,
     /// Arguments for the image given with --image.
     #[arg(last = true, requires = "image")]
     args: Vec<String>,
@@ -193,6 +209,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         out: args
             .out
             .unwrap_or_else(|| project_root().join("target/bench")),
+        containers: args.containers,
     };
     let needs = bench::needs(&options)?;
     let available = guest::all_images()?;
@@ -211,11 +228,16 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let native_sha256 = needs
         .native_sha256
         .then(|| build_native_sha256().map_err(|e| format!("{e:#}")));
+    let flick_runtime = match needs.flick_runtime {
+        true => Some(containers::runtime_for_bench(&options.out)?),
+        false => None,
+    };
     let built = bench::Built {
         vmm: vmm_path(),
         images_dir: guest::images_dir(),
         images,
         native_sha256,
+        flick_runtime,
     };
     let ours_ok = bench::run(&options, &built)?;
     Ok(if ours_ok {

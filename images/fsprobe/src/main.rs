@@ -7,7 +7,8 @@
 //! `seek PATH FROM OFFSET` (FROM: start, end, current), `openmany PATH N`, `repeat PATH N`
 //! (reads PATH N times; prints each distinct content once), `stdin-lines`, `hold PATH`
 //! (opens PATH, then reaches the snapshot point with it open), and `after-stdin COMMAND...`
-//! (waits for a line on stdin first, so that a test can change the host's files meanwhile).
+//! (says `waiting` on stderr, then waits for a line on stdin, so that a test can change the
+//! host's files meanwhile, knowing the VMM has opened the volumes by then).
 //!
 //! Its snapshot point comes first (before `main` reads its arguments), so that a snapshot of
 //! it runs any command when restored.
@@ -36,6 +37,7 @@ fn main(args: kernel::Args) -> i32 {
     let args: Vec<&str> = kernel::args().skip(1).collect();
     let args = match args.as_slice() {
         ["after-stdin", rest @ ..] => {
+            kernel::eprintln!("waiting");
             let mut line = String::new();
             let _ = io::stdin().read_line(&mut line);
             rest
