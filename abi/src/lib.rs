@@ -133,6 +133,19 @@ pub mod port {
     pub const FS: u16 = 0x524;
     /// Ports of the volume device.
     pub const FS_LEN: u16 = 4;
+
+    /// First port of the network device (`vmm run --net`); its range is [`NET`]..[`NET`] +
+    /// [`NET_LEN`]. Each port takes a 32-bit `out` of a guest-physical address; without a
+    /// network device the ports ignore writes, so the struct comes back unchanged.
+    pub const NET: u16 = 0x530;
+    /// Number of ports the network device owns.
+    pub const NET_LEN: u16 = 16;
+    /// Value: address of a [`super::hypercall::NetInfo`] the VMM fills in (MAC, address,
+    /// gateway, MTU); `mtu` stays 0 when the guest has no network device.
+    pub const NET_INFO: u16 = NET;
+    /// Value: address of a [`super::hypercall::NetExchange`]: send frames, receive frames,
+    /// and, when none arrived, wait for one (one exit for all three).
+    pub const NET_EXCHANGE: u16 = NET + 4;
 }
 
 /// Argument structs of the hypercalls, as the guest lays them out in its memory.
@@ -169,6 +182,76 @@ pub mod hypercall {
         pub interest: u32,
         /// Out: the sources that have input (a subset of `interest`; 0 after a timeout).
         pub ready: u32,
+    }
+
+    /// Largest Ethernet frame either way: a 1500-byte MTU plus the 14-byte header (no FCS,
+    /// no VLAN tag).
+    pub const NET_FRAME_MAX: u32 = 1514;
+    /// Smallest frame the VMM sends: an Ethernet header.
+    pub const NET_FRAME_MIN: u32 = 14;
+    /// Most frames one [`NetExchange`] sends, and most it receives.
+    pub const NET_BATCH_MAX: u32 = 64;
+
+    /// Bits of [`NetInfo::flags`].
+    pub mod net_flags {
+        /// [`super::NetInfo::gateway`] is set.
+        pub const GATEWAY: u8 = 1 << 0;
+    }
+
+    /// Arguments of [`super::port::NET_INFO`]: the VMM writes the whole struct.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NetInfo {
+        /// The guest's MAC address.
+        pub mac: [u8; 6],
+        /// Prefix length of `ipv4` (`/24`).
+        pub prefix_len: u8,
+        /// [`net_flags`].
+        pub flags: u8,
+        /// The guest's IPv4 address, network byte order.
+        pub ipv4: [u8; 4],
+        /// The default gateway, network byte order (when [`net_flags::GATEWAY`] is set).
+        pub gateway: [u8; 4],
+        /// The MTU (frames carry at most `mtu + 14` bytes); 0: no network device.
+        pub mtu: u32,
+        /// Most frames one [`NetExchange`] moves each way.
+        pub max_batch: u32,
+    }
+
+    /// One frame of a [`NetExchange`]: a buffer in guest memory.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NetFrame {
+        /// Guest-physical address of the bytes.
+        pub buf: u64,
+        /// Sent frames: the frame's length. Received frames: written by the VMM.
+        pub len: u32,
+        /// Received frames: the buffer's size (a longer frame is dropped). Sent: ignored.
+        pub cap: u32,
+    }
+
+    /// Arguments of [`super::port::NET_EXCHANGE`]. The VMM first sends the `tx_count` frames
+    /// at `tx` (in order), then fills up to `rx_count` buffers at `rx` with frames that have
+    /// arrived; if none had arrived, it waits up to `wait_ns` for one (`u64::MAX`: until the
+    /// guest's timeout). It writes back `received`, `dropped` and each received frame's `len`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NetExchange {
+        /// Guest-physical address of `tx_count` [`NetFrame`]s to send.
+        pub tx: u64,
+        /// Guest-physical address of `rx_count` [`NetFrame`]s to fill.
+        pub rx: u64,
+        /// Frames to send, at most [`NET_BATCH_MAX`].
+        pub tx_count: u32,
+        /// Buffers to fill, at most [`NET_BATCH_MAX`].
+        pub rx_count: u32,
+        /// The longest wait for a frame when none is there (0: do not wait).
+        pub wait_ns: u64,
+        /// Out: frames received (the first `received` of `rx`).
+        pub received: u32,
+        /// Out: frames of `tx` that the VMM dropped (over its rate limit, or not from the
+        /// guest's MAC address).
+        pub dropped: u32,
     }
 
     /// Arguments of [`super::port::CONSOLE_WRITE`]: write `len` bytes at guest-physical `buf`.
@@ -519,6 +602,12 @@ mod byte_valued {
     // SAFETY: as above.
     unsafe impl ByteValued for super::hypercall::Poll {}
     // SAFETY: as above.
+    unsafe impl ByteValued for super::hypercall::NetInfo {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::hypercall::NetFrame {}
+    // SAFETY: as above.
+    unsafe impl ByteValued for super::hypercall::NetExchange {}
+    // SAFETY: as above.
     unsafe impl ByteValued for super::BootInfo {}
     // SAFETY: as above.
     unsafe impl ByteValued for super::input::InputRead {}
@@ -544,6 +633,23 @@ mod tests {
     #[test]
     fn test_poll_layout_is_16_bytes() {
         assert_eq!(core::mem::size_of::<hypercall::Poll>(), 16);
+    }
+
+    #[test]
+    fn test_net_layouts_have_no_padding() {
+        assert_eq!(size_of::<hypercall::NetInfo>(), 6 + 1 + 1 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<hypercall::NetFrame>(), 16);
+        assert_eq!(
+            size_of::<hypercall::NetExchange>(),
+            8 + 8 + 4 + 4 + 8 + 4 + 4
+        );
+    }
+
+    #[test]
+    fn test_net_ports_lie_outside_the_hypercall_range() {
+        const { assert!(port::NET > port::CRASH) };
+        const { assert!(port::NET_EXCHANGE + 4 <= port::NET + port::NET_LEN) };
+        assert!(!(port::FIRST..=port::LAST).contains(&port::NET));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub(crate) fn request_message(target: &Path, args: &[String]) -> Result<Vec<u8>>
         // The bench's client sends no input: the guest's stdin is empty.
         volumes: Vec::new(),
         stdin: false,
+        net: None,
     };
     vmm::serve::wire::encode_request(&request)
         .map_err(|e| Error::Check(format!("cannot encode the request: {e}")))

@@ -18,6 +18,7 @@ mod error;
 mod fleet;
 mod io;
 mod measure;
+mod network;
 mod peers;
 mod report;
 mod session;
@@ -60,6 +61,9 @@ pub struct Options {
     pub expect_status: i32,
     /// The fleet bench instead, with this many instances per peer (`Some(None)`: default).
     pub fleet: Option<Option<usize>>,
+    /// The network section instead (time to first response, throughput, density): inside
+    /// network namespaces it makes; needs root, `ip` and `wrk`.
+    pub network: bool,
     /// Arguments for `image`.
     pub args: Vec<String>,
     /// Where the report and the bench's scratch files go.
@@ -77,6 +81,8 @@ pub struct Needs {
     pub optional_images: Vec<String>,
     /// Whether it compares with the native sha256 program (`bench/native/sha256`).
     pub native_sha256: bool,
+    /// Whether it needs the native HTTP server (`bench/native/httpd`, built static).
+    pub native_httpd: bool,
     /// Whether it runs flick-runtime (and `flick/hello` as an OCI tarball).
     pub flick_runtime: bool,
 }
@@ -92,6 +98,8 @@ pub struct Built {
     pub images: Vec<String>,
     /// The native sha256 program, or why it is missing (when it was needed).
     pub native_sha256: Option<std::result::Result<PathBuf, String>>,
+    /// The native HTTP server (when it was needed).
+    pub native_httpd: Option<PathBuf>,
     /// flick-runtime and `flick/hello:latest` as an OCI tarball (when they were needed).
     pub flick_runtime: Option<RuntimeBuilt>,
 }
@@ -107,11 +115,21 @@ pub struct RuntimeBuilt {
 
 /// Checks `options` and says what to build.
 pub fn needs(options: &Options) -> Result<Needs> {
+    if options.network {
+        return Ok(Needs {
+            images: vec![network::IMAGE.to_owned()],
+            optional_images: Vec::new(),
+            native_sha256: false,
+            native_httpd: true,
+            flick_runtime: false,
+        });
+    }
     if options.containers {
         return Ok(Needs {
             images: vec![HELLO.to_owned()],
             optional_images: Vec::new(),
             native_sha256: false,
+            native_httpd: false,
             flick_runtime: true,
         });
     }
@@ -121,6 +139,7 @@ pub fn needs(options: &Options) -> Result<Needs> {
             images: vec![HELLO.to_owned(), fleet::IDLE.to_owned()],
             optional_images: Vec::new(),
             native_sha256: false,
+            native_httpd: false,
             flick_runtime: false,
         });
     }
@@ -145,6 +164,7 @@ pub fn needs(options: &Options) -> Result<Needs> {
             .into_iter()
             .collect(),
         native_sha256: want_sha,
+        native_httpd: false,
         flick_runtime: false,
     })
 }
@@ -155,6 +175,9 @@ pub fn run(options: &Options, built: &Built) -> Result<bool> {
     let dir = &options.out;
     std::fs::create_dir_all(dir)
         .map_err(error::Error::io(format!("cannot create {}", dir.display())))?;
+    if options.network {
+        return run_network(options, built);
+    }
     if options.containers {
         return run_containers(options, built);
     }
@@ -162,6 +185,41 @@ pub fn run(options: &Options, built: &Built) -> Result<bool> {
         Some(count) => run_fleet(options, built, count),
         None => run_cold(options, built),
     }
+}
+
+fn run_network(options: &Options, built: &Built) -> Result<bool> {
+    let native = built
+        .native_httpd
+        .as_deref()
+        .ok_or_else(|| Error::Check("the native HTTP server was not built".to_owned()))?;
+    let httpd = built.images_dir.join(network::IMAGE);
+    let plan = network::Plan {
+        vmm: &built.vmm,
+        httpd: &httpd,
+        native,
+        runs: options.runs.unwrap_or(if options.quick {
+            network::QUICK_RUNS
+        } else {
+            network::DEFAULT_RUNS
+        }),
+        load: if options.quick {
+            network::QUICK_LOAD
+        } else {
+            network::DEFAULT_LOAD
+        },
+        fleet: if options.quick {
+            network::QUICK_FLEET
+        } else {
+            network::DEFAULT_FLEET
+        },
+        dir: &options.out,
+    };
+    let md = network::run(&plan)?;
+    print!("{md}");
+    let out = options.out.join("network.md");
+    std::fs::write(&out, &md).map_err(Error::io(format!("cannot write {}", out.display())))?;
+    println!("\nReport: {}", out.display());
+    Ok(true)
 }
 
 fn run_containers(options: &Options, built: &Built) -> Result<bool> {
@@ -356,10 +414,22 @@ mod tests {
             image: None,
             expect_status: 0,
             fleet: None,
+            network: false,
             args: Vec::new(),
             out: PathBuf::from("/nonexistent"),
             containers: false,
         }
+    }
+
+    #[test]
+    fn test_needs_network_is_httpd_and_the_native_server() {
+        let needs = needs(&Options {
+            network: true,
+            ..options(&[])
+        })
+        .unwrap();
+        assert_eq!(needs.images, ["httpd"]);
+        assert!(needs.native_httpd && !needs.native_sha256);
     }
 
     #[test]

@@ -33,6 +33,18 @@ pub fn console_write(stream: u32, bytes: &[u8]) {
     }
 }
 
+/// Asks the VMM for the network settings (`info.mtu` stays 0 without a network device).
+#[cfg(feature = "net")]
+pub fn net_info(info: &mut abi::hypercall::NetInfo) {
+    out(port::NET_INFO, address_of(info));
+}
+
+/// One network exchange: the VMM sends, receives and maybe waits, and writes back `args`.
+#[cfg(feature = "net")]
+pub fn net_exchange(args: &mut abi::hypercall::NetExchange) {
+    out(port::NET_EXCHANGE, address_of(args));
+}
+
 /// Reports boot milestone `id` ([`abi::milestone`]).
 #[cfg_attr(not(feature = "milestones"), allow(dead_code))]
 pub fn milestone(id: u32) {

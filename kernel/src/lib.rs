@@ -40,6 +40,8 @@ pub mod heap;
 mod hypercall;
 pub mod io;
 mod mem;
+#[cfg(feature = "net")]
+pub mod net;
 mod note;
 mod panic;
 mod start;

@@ -38,6 +38,12 @@ fn duration_to_ticks_at_khz(duration: Duration, khz: u64) -> u64 {
     ticks.min(u128::from(u64::MAX)) as u64
 }
 
+/// Time on the monotonic clock since its origin (the TSC's zero), for clocks built on it.
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
+pub(crate) fn monotonic() -> Duration {
+    ticks_to_duration(rdtsc())
+}
+
 /// A point on the monotonic clock.
 ///
 /// ```ignore

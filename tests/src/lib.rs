@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests in `tests/tests/`:
 //! - [`elf`]: builds ELF files byte by byte, valid images and every kind of broken one;
 //! - [`asm`]: tiny hand-assembled guests;
+//! - [`netns`]: private network namespaces with a tap, and clients that talk only inside them;
 //! - locating the VMM binary and the built images (built once per test run);
 //! - the KVM gate: every test that needs `/dev/kvm` is a [`kvm_test`]: it fails with a clear
 //!   reason when `/dev/kvm` cannot be opened, and is ignored (listed by name, counted) when the
@@ -8,6 +9,7 @@
 
 pub mod asm;
 pub mod elf;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -170,6 +170,7 @@ fn send_request(socket: &Path, target: &Path, args: &[&str]) -> UnixStream {
         mem_size: 16 << 20,
         volumes: Vec::new(),
         stdin: false,
+        net: None,
     };
     let mut stream = UnixStream::connect(socket).unwrap();
     stream
@@ -502,6 +503,7 @@ fn test_serve_refuses_a_request_not_sent_within_the_request_timeout() {
         mem_size: 16 << 20,
         volumes: Vec::new(),
         stdin: false,
+        net: None,
     };
     let bytes = vmm::serve::wire::encode_request(&request).unwrap();
     assert!(bytes.len() > 50);
@@ -854,4 +856,31 @@ fn test_serve_says_when_it_is_ready_and_logs_each_request() {
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(quiet.lines().len(), 1, "{:?}", quiet.lines());
+}
+
+#[kvm_test]
+fn test_serve_request_with_net_is_refused_with_a_reason() {
+    let dir = tests::scratch_dir("serve-net");
+    let server = start_server(&dir, &[]);
+    let request = || {
+        vmm(&[
+            "run",
+            "--via",
+            server.socket.to_str().unwrap(),
+            image("echo").to_str().unwrap(),
+            "--net",
+            "tap=tap0,ip=10.99.0.2/24",
+        ])
+    };
+    let mut out = request();
+    // The socket file appears a moment before the server listens on it.
+    for _ in 0..100 {
+        if !stderr(&out).contains("cannot reach") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        out = request();
+    }
+    assert_eq!(status(&out), 125);
+    assert!(stderr(&out).contains("network device"), "{}", stderr(&out));
 }

@@ -12,7 +12,7 @@
 //! - the products, side by side over the launcher: [`launch::run`] and [`launch::snapshot`]
 //!   (`vmm run`, `vmm snapshot`), [`debug`] (`vmm run --gdb`), [`fleet`] and [`serve`].
 //!
-//! The API used by the `vmm` binary and by the tests: [`launch`], [`debug`], [`fleet`], [`serve`],
+//! The API used by the `vmm` binary and by the tests: [`launch`], [`debug`], [`fleet`], [`serve`], [`net`],
 //! [`Target`], [`Image`], [`Outcome`], [`RunReport`], [`Console`], [`error_chain`], the
 //! error types, a guest's input ([`StdinSource`], [`VolumeSpec`], [`Volume`]), and [`fuzzing`]. Everything else is `pub(crate)`.
 
@@ -25,6 +25,14 @@ pub mod fuzzing;
 pub mod launch;
 pub mod memory;
 pub mod report;
+
+/// Networking for guests (`--net`): the settings ([`net::NetSpec`]), attaching to a tap by
+/// name or taking an open tap fd ([`net::Tap`]), and the attached device settings that go
+/// into [`vm::DeviceConfig::net`] ([`net::NetConfig`]).
+pub mod net {
+    pub use crate::devices::net::spec::DEFAULT_TX_RATE;
+    pub use crate::devices::net::{MTU, NetConfig, NetError, NetSpec, Tap, TapSource};
+}
 pub mod sandbox;
 pub mod serve;
 pub mod size;

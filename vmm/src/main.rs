@@ -175,6 +175,11 @@ enum Command {
         /// GROUP.INDEX.core.
         #[arg(long, value_name = "DIR")]
         cores: Option<PathBuf>,
+        /// A network device for every instance, as for `vmm run --net`: in the tap name,
+        /// `{i}` becomes the instance's number (0, 1, ...), and the address grows by it
+        /// (tap=fl{i},ip=10.77.0.10/16: fl0 at 10.77.0.10, fl1 at 10.77.0.11, ...).
+        #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
+        net: Option<vmm::net::NetSpec>,
         /// Arguments for every instance.
         #[arg(last = true)]
         args: Vec<String>,
@@ -224,6 +229,12 @@ enum Command {
         /// read-only with `:ro`. The app can reach nothing outside it.
         #[arg(long = "volume", value_name = "HOST_DIR:GUEST_PATH[:ro]", value_parser = parse_volume)]
         volumes: Vec<VolumeSpec>,
+        /// Give the guest a network device on an existing tap:
+        /// tap=NAME,ip=ADDR/PREFIX[,gw=ADDR][,mac=MAC][,tx-rate=BYTES] (fd=N instead of
+        /// tap=NAME: a tap fd this process inherited). The MAC is random by default; frames
+        /// the guest sends beyond tx-rate bytes/s (default 128M) are dropped.
+        #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
+        net: Option<vmm::net::NetSpec>,
         /// If the guest crashes, write an ELF core file here (`gdb IMAGE FILE` opens it).
         #[arg(long, value_name = "FILE", conflicts_with = "via")]
         core: Option<PathBuf>,
@@ -406,6 +417,7 @@ fn vmm_main() -> i32 {
             json,
             no_seccomp,
             cores,
+            net,
             args,
         } => {
             let mut defaults = vm_config(mem, timeout, args, env, max_output, !no_seccomp);
@@ -418,6 +430,7 @@ fn vmm_main() -> i32 {
                 resident,
                 json,
                 cores,
+                net,
             };
             fleet(image, manifest, count, defaults, options)
         }
@@ -434,6 +447,7 @@ fn vmm_main() -> i32 {
             debug_blocked_syscall,
             debug_panic,
             max_output,
+            net,
             volumes,
             core,
             gdb,
@@ -455,10 +469,16 @@ fn vmm_main() -> i32 {
                         "--timeline cannot be used with --via (the guest runs in the server)",
                     );
                 }
-                return run_via(&socket, target, &vm, &volumes);
+                return run_via(&socket, target, &vm, &volumes, net.as_ref());
             }
             if let Err(status) = give_input(&mut vm, &volumes) {
                 return status;
+            }
+            if let Some(spec) = net {
+                match spec.open() {
+                    Ok(net) => vm.devices.net = Some(net),
+                    Err(err) => return fail(&err),
+                }
             }
             let config = RunConfig {
                 target,
@@ -581,6 +601,7 @@ fn run_via(
     target: PathBuf,
     vm: &VmConfig,
     volumes: &[VolumeSpec],
+    net: Option<&vmm::net::NetSpec>,
 ) -> i32 {
     let volumes = volumes
         .iter()
@@ -605,6 +626,7 @@ fn run_via(
         mem_size: vm.mem_size,
         volumes,
         stdin: true,
+        net: net.map(ToString::to_string),
     };
     match vmm::serve::run_via(socket, &request) {
         Ok(status) => status,
@@ -643,6 +665,7 @@ struct FleetOptions {
     resident: bool,
     json: bool,
     cores: Option<PathBuf>,
+    net: Option<vmm::net::NetSpec>,
 }
 
 fn fleet(
@@ -675,6 +698,7 @@ fn fleet(
         resident: options.resident,
         seccomp: defaults.seccomp,
         cores: options.cores,
+        net: options.net,
     };
     let report = match vmm::fleet::run_fleet(&spec) {
         Ok(report) => report,

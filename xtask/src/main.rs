@@ -183,6 +183,11 @@ struct BenchArgs {
     /// 200, with --quick 50]. --only takes: ours, native, unshare, crun, density.
     #[arg(long, value_name = "N", num_args = 0..=1, conflicts_with_all = ["runs", "image"])]
     fleet: Option<Option<usize>>,
+    /// Instead of cold starts: networking, inside network namespaces it makes (time to first
+    /// response against a native server and unshare, wrk throughput with exits per request,
+    /// a fleet's density on one bridge); report in network.md. Needs root, ip and wrk.
+    #[arg(long, conflicts_with_all = ["fleet", "image", "only"])]
+    network: bool,
     /// Where the report goes [default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -205,6 +210,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         image: args.image,
         expect_status: args.expect_status,
         fleet: args.fleet,
+        network: args.network,
         args: args.args,
         out: args
             .out
@@ -228,6 +234,11 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
     let native_sha256 = needs
         .native_sha256
         .then(|| build_native_sha256().map_err(|e| format!("{e:#}")));
+    let native_httpd = if needs.native_httpd {
+        Some(build_native_httpd()?)
+    } else {
+        None
+    };
     let flick_runtime = match needs.flick_runtime {
         true => Some(containers::runtime_for_bench(&options.out)?),
         false => None,
@@ -237,6 +248,7 @@ fn run_bench(args: BenchArgs) -> Result<ExitCode> {
         images_dir: guest::images_dir(),
         images,
         native_sha256,
+        native_httpd,
         flick_runtime,
     };
     let ours_ok = bench::run(&options, &built)?;
@@ -268,6 +280,35 @@ fn build_native_sha256() -> Result<PathBuf> {
         bail!("building the native sha256 failed");
     }
     Ok(target_dir.join("release/sha256"))
+}
+
+/// Builds the native peer of the network section (`bench/native/httpd`) static and non-PIE,
+/// as the VMM is built, and returns the binary.
+fn build_native_httpd() -> Result<PathBuf> {
+    let target_dir = project_root().join("target/bench-native");
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--manifest-path"])
+        .arg(project_root().join("bench/native/httpd/Cargo.toml"))
+        .args(["--target", guest::GUEST_TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Ctarget-feature=+crt-static\x1f-Crelocation-model=static",
+        );
+    if quiet() {
+        cmd.arg("--quiet");
+    }
+    let status = cmd
+        .status()
+        .context("cannot run cargo for the native HTTP server")?;
+    if !status.success() {
+        bail!("building the native HTTP server failed");
+    }
+    Ok(target_dir
+        .join(guest::GUEST_TARGET)
+        .join("release/native-httpd"))
 }
 
 /// The workspace root.

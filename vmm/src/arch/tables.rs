@@ -76,8 +76,10 @@ pub(crate) fn port_open_to_guest(port: u16) -> bool {
 }
 
 const _: () = assert!(
-    port::COM1 < BITMAP_LAST_PORT && port::LAST < BITMAP_LAST_PORT,
-    "the bitmap covers the hypercalls and COM1"
+    port::COM1 < BITMAP_LAST_PORT
+        && port::LAST < BITMAP_LAST_PORT
+        && port::NET + port::NET_LEN - 1 <= BITMAP_LAST_PORT,
+    "the bitmap covers the hypercalls, COM1 and the network device"
 );
 
 fn tss_bytes() -> Vec<u8> {
@@ -147,6 +149,8 @@ mod tests {
         }
         assert!(port_allowed(&tss, port::EXIT));
         assert!(port_allowed(&tss, port::COM1));
+        assert!(port_allowed(&tss, port::NET_EXCHANGE + 3));
+        assert!(!port_allowed(&tss, port::NET + port::NET_LEN));
         assert!(!port_allowed(&tss, 0x80));
         assert!(
             !port_allowed(&tss, port::CRASH),

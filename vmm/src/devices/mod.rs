@@ -17,6 +17,7 @@
 //! `abi::port` (and in [`port_ranges`], which opens it to ring 3), its settings in
 //! [`DeviceConfig`], and its construction in [`PortBus::new`].
 
+pub mod net;
 pub(crate) mod serial;
 pub(crate) mod stdin;
 pub mod volumes;
@@ -50,6 +51,8 @@ pub(crate) enum DeviceStop {
     OutputLimit,
     /// Nobody reads the guest's stdout any more (a closed pipe, as in `| head -1`).
     BrokenPipe,
+    /// The guest's `--timeout` passed while the device waited for input.
+    TimedOut,
     /// The guest made a request the device refuses (a bad address, length or value): the
     /// guest is stopped with a report, like a bad hypercall.
     BadRequest {
@@ -66,6 +69,8 @@ pub(crate) struct DeviceContext<'a> {
     pub ram: &'a GuestRam,
     /// The console.
     pub console: &'a mut dyn ConsoleSink,
+    /// When `--timeout` stops the guest: a device that waits for input waits no longer.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// A device's answer to the `Poll` hypercall.
@@ -86,6 +91,16 @@ pub struct DeviceConfig {
     pub stdin: StdinSource,
     /// The host directories it may use, opened (default: none).
     pub volumes: Vec<Volume>,
+    /// A network device over a tap (`--net`).
+    pub net: Option<net::NetConfig>,
+}
+
+impl DeviceConfig {
+    /// The taps the devices read and write while the guest runs (the sandbox allows `read`
+    /// and `write` on these alone).
+    pub fn host_fds(&self) -> Vec<RawFd> {
+        self.net.iter().map(|n| n.tap.raw_fd()).collect()
+    }
 }
 
 /// Why a device's saved state cannot be loaded.
@@ -162,8 +177,13 @@ pub struct DeviceState {
 }
 
 /// The port ranges the devices own (opened to ring 3 by the TSS I/O bitmap).
-pub(crate) fn port_ranges() -> [Range<u16>; 3] {
-    [serial::PORTS, stdin::PORTS, volumes::device::PORTS]
+pub(crate) fn port_ranges() -> [Range<u16>; 4] {
+    [
+        serial::PORTS,
+        stdin::PORTS,
+        volumes::device::PORTS,
+        net::PORTS,
+    ]
 }
 
 /// The devices of a guest, by port range.
@@ -182,7 +202,11 @@ impl PortBus {
     /// The standard devices and those `config` asks for. Every guest has a stdin and a
     /// volume device (without input or volumes they answer "end of input" and "not found").
     pub(crate) fn new(config: &DeviceConfig) -> Self {
-        let DeviceConfig { stdin, volumes } = config;
+        let DeviceConfig {
+            stdin,
+            volumes,
+            net,
+        } = config;
         let mut bus = Self::standard();
         bus.devices.push((
             stdin::PORTS,
@@ -192,6 +216,10 @@ impl PortBus {
             volumes::device::PORTS,
             Box::new(volumes::device::FsDevice::new(volumes.clone())),
         ));
+        if let Some(net) = net {
+            bus.devices
+                .push((net::PORTS, Box::new(net::NetDevice::new(net.clone()))));
+        }
         bus
     }
 
@@ -300,6 +328,7 @@ mod tests {
         let mut ctx = DeviceContext {
             ram: &ram,
             console: &mut out,
+            deadline: None,
         };
         assert!(bus.write(abi::port::COM1, b"x", &mut ctx).is_some());
         assert!(bus.write(0x80, b"x", &mut ctx).is_none());
@@ -330,6 +359,7 @@ mod tests {
             let mut ctx = DeviceContext {
                 ram: &ram,
                 console: &mut out,
+                deadline: None,
             };
             bus.write(abi::port::COM1, &[b], &mut ctx);
         }

@@ -220,6 +220,7 @@ mod tests {
             let mut ctx = DeviceContext {
                 ram: &ram,
                 console: &mut out,
+                deadline: None,
             };
             com1.write(offset, &[b], &mut ctx).unwrap();
         }

@@ -283,6 +283,7 @@ mod tests {
         let mut ctx = DeviceContext {
             ram,
             console: &mut NoConsole,
+            deadline: None,
         };
         dev.write(0, &(REQ as u32).to_le_bytes(), &mut ctx)?;
         Ok(ram.read_obj(REQ).unwrap())
@@ -384,6 +385,7 @@ mod tests {
         let mut ctx = DeviceContext {
             ram: &ram,
             console: &mut NoConsole,
+            deadline: None,
         };
         let call = (REQ as u32).to_le_bytes();
         assert!(dev.write(0, &call, &mut ctx).is_err(), "buffer past RAM");

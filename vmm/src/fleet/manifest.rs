@@ -160,7 +160,11 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
                 .map_err(|e| field("max_output", e))?,
             args: entry.args,
             env: entry.env,
-            devices: crate::devices::DeviceConfig { stdin, volumes },
+            devices: crate::devices::DeviceConfig {
+                stdin,
+                volumes,
+                net: None,
+            },
             ..defaults.clone()
         };
         groups.push(Group {

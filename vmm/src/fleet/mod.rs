@@ -58,6 +58,15 @@ pub enum FleetError {
     /// `--concurrency` is out of range.
     #[error("--concurrency {0} is out of range (1 to {MAX_CONCURRENCY})")]
     Concurrency(usize),
+    /// An instance's network device could not be set up.
+    #[error("instance {index}")]
+    Net {
+        /// The instance, counted across the fleet.
+        index: usize,
+        /// Why.
+        #[source]
+        source: crate::net::NetError,
+    },
     /// Not even one worker thread could be started.
     #[error("cannot start worker threads")]
     Spawn(#[source] std::io::Error),
@@ -92,6 +101,11 @@ pub struct FleetSpec {
     pub seccomp: bool,
     /// Write the cores of the first crashed instances (at most `MAX_CORES`) to this folder.
     pub cores: Option<PathBuf>,
+    /// A network device for every instance (`--net`): instance `n` (counted across the
+    /// whole fleet, in boot order) gets the tap named with `{i}` replaced by `n` and the
+    /// address plus `n` (see [`crate::net::NetSpec::for_instance`]). Every tap is attached
+    /// before the first instance boots.
+    pub net: Option<crate::net::NetSpec>,
 }
 
 /// A group with its target opened and checked.

@@ -63,6 +63,8 @@ impl CoreKeeper {
 struct Job {
     group: usize,
     index: usize,
+    /// Its network device, attached before any instance boots.
+    net: Option<crate::net::NetConfig>,
 }
 
 /// A `Write` whose bytes a fleet keeps (bounded) after the instance ends.
@@ -86,6 +88,11 @@ impl Captured {
     fn text(&self) -> String {
         String::from_utf8_lossy(&lock(&self.0)).into_owned()
     }
+}
+
+/// The next item of a shared queue, with its lock held only while taking it.
+fn next<I: Iterator>(queue: &Mutex<I>) -> Option<I::Item> {
+    lock(queue).next()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,10 +131,15 @@ pub(super) fn run(
     for index in 0..longest {
         for (group, p) in prepared.iter().enumerate() {
             if index < p.group.count {
-                jobs.push(Job { group, index });
+                jobs.push(Job {
+                    group,
+                    index,
+                    net: None,
+                });
             }
         }
     }
+    let device_fds = attach_taps(spec, &mut jobs)?;
     let queue = Mutex::new(jobs.into_iter());
     let live = AtomicUsize::new(0);
     let peak = AtomicUsize::new(0);
@@ -140,8 +152,10 @@ pub(super) fn run(
     };
     let started = Instant::now();
     let workers = spec.concurrency.min(total);
-    in_workers(workers, spec.seccomp, || {
-        while let Some(job) = lock(&queue).next() {
+    in_workers(workers, spec.seccomp, &device_fds, || {
+        // The queue's lock is taken for `next` alone (a `while let` would hold it for the
+        // whole body, one boot at a time).
+        while let Some(job) = next(&queue) {
             let count = live.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(count, Ordering::SeqCst);
             match boot(&kvm, prepared, job, &deadlines, spec.resident, &cores) {
@@ -163,7 +177,15 @@ pub(super) fn run(
     } else {
         Vec::new()
     };
-    release(parked, spec, prepared, &deadlines, &results, &cores)?;
+    release(
+        parked,
+        spec,
+        prepared,
+        &deadlines,
+        &results,
+        &device_fds,
+        &cores,
+    )?;
     memory.mem_available_after_kib = hostmem::mem_available_kib();
     memory.rss_high_water_kib = hostmem::own_kib("VmHWM");
     let mut instances = results.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -228,9 +250,33 @@ fn write_cores(
     }
 }
 
-/// Runs `work` on `count` sandboxed worker threads and waits for them. Threads that cannot be
-/// started are fewer workers, not a crash; not even one is an error.
-fn in_workers(count: usize, seccomp: bool, work: impl Fn() + Sync) -> Result<(), FleetError> {
+/// Gives every job its network device (`--net`), in job order; the taps' fds, which the
+/// workers' sandbox lets them read and write.
+fn attach_taps(spec: &FleetSpec, jobs: &mut [Job]) -> Result<Vec<i32>, FleetError> {
+    let Some(template) = &spec.net else {
+        return Ok(Vec::new());
+    };
+    let mut fds = Vec::with_capacity(jobs.len());
+    for (n, job) in jobs.iter_mut().enumerate() {
+        let net = template
+            .for_instance(n)
+            .and_then(|spec| spec.open())
+            .map_err(|source| FleetError::Net { index: n, source })?;
+        fds.push(net.tap.raw_fd());
+        job.net = Some(net);
+    }
+    Ok(fds)
+}
+
+/// Runs `work` on `count` sandboxed worker threads (allowed to read and write `device_fds`)
+/// and waits for them. Threads that cannot be started are fewer workers, not a crash; not
+/// even one is an error.
+fn in_workers(
+    count: usize,
+    seccomp: bool,
+    device_fds: &[i32],
+    work: impl Fn() + Sync,
+) -> Result<(), FleetError> {
     std::thread::scope(|scope| {
         let mut started = 0;
         let mut last_error = None;
@@ -238,7 +284,10 @@ fn in_workers(count: usize, seccomp: bool, work: impl Fn() + Sync) -> Result<(),
             let spawned = std::thread::Builder::new()
                 .name(format!("fleet-{i}"))
                 .spawn_scoped(scope, || {
-                    if seccomp && sandbox::confine_this_thread_as(Profile::FleetWorker).is_err() {
+                    if seccomp
+                        && sandbox::confine_this_thread_with(Profile::FleetWorker, device_fds)
+                            .is_err()
+                    {
                         return;
                     }
                     work();
@@ -269,6 +318,7 @@ fn release(
     prepared: &[Prepared],
     deadlines: &DeadlineService,
     results: &Mutex<Vec<InstanceResult>>,
+    device_fds: &[i32],
     cores: &CoreKeeper,
 ) -> Result<(), FleetError> {
     if parked.is_empty() {
@@ -276,8 +326,8 @@ fn release(
     }
     let workers = spec.concurrency.min(parked.len());
     let queue = Mutex::new(parked.into_iter());
-    in_workers(workers, spec.seccomp, || {
-        while let Some(mut running) = lock(&queue).next() {
+    in_workers(workers, spec.seccomp, device_fds, || {
+        while let Some(mut running) = next(&queue) {
             let timeout = prepared[running.job.group]
                 .group
                 .vm
@@ -316,7 +366,15 @@ fn boot(
     let p = &prepared[job.group];
     let started = Instant::now();
     let (stdout, stderr) = (Captured::default(), Captured::default());
-    let mut vm = match crate::launch::build(kvm, &p.target, &p.group.vm, Timeline::default()) {
+    let config = match &job.net {
+        Some(net) => {
+            let mut config = p.group.vm.clone();
+            config.devices.net = Some(net.clone());
+            std::borrow::Cow::Owned(config)
+        }
+        None => std::borrow::Cow::Borrowed(&p.group.vm),
+    };
+    let mut vm = match crate::launch::build(kvm, &p.target, &config, Timeline::default()) {
         Ok(vm) => vm,
         Err(err) => {
             return Boot::Done(InstanceResult {
@@ -404,7 +462,8 @@ fn result_of(
     }
 }
 
-/// Each VM holds two file descriptors: lift the soft limit as far as the hard one allows.
+/// Each VM holds two file descriptors (three with a tap): lift the soft limit as far as the
+/// hard one allows.
 fn raise_fd_limit(instances: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -413,7 +472,7 @@ fn raise_fd_limit(instances: usize) {
     // SAFETY: getrlimit/setrlimit on a struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            let wanted = (instances as u64 * 2 + 64).min(limit.rlim_max);
+            let wanted = (instances as u64 * 3 + 64).min(limit.rlim_max);
             if wanted > limit.rlim_cur {
                 limit.rlim_cur = wanted;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit);

@@ -231,7 +231,11 @@ pub(crate) fn run_with(
                 load_into(&ram, &target, false)?;
                 let loaded_at = Instant::now();
                 if vm_config.seccomp {
-                    crate::sandbox::confine_this_thread().map_err(VmError::from)?;
+                    crate::sandbox::confine_this_thread_with(
+                        crate::sandbox::Profile::Runner,
+                        &vm_config.devices.host_fds(),
+                    )
+                    .map_err(VmError::from)?;
                 }
                 let (shell, mut timeline, watchdog) =
                     from_main.recv().map_err(|_| LaunchError::RunnerFailed)?;
@@ -267,7 +271,7 @@ pub(crate) fn run_with(
         dump_core(&mut report, path, vm.ram(), &guest_name(&config.target));
     }
     if config.detach_teardown {
-        vm::teardown::detach(vm);
+        vm::teardown::detach_closing(vm, &config.vm.devices.host_fds());
     } else {
         drop(vm);
     }

@@ -64,10 +64,13 @@ pub const ALLOWED: &[(&str, &str)] = &[
         "ioctl",
         "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS (crash reports), KVM_GET_XSAVE (snapshots), KVM_SET_XSAVE (restores) only",
     ),
-    ("write", "fds 1 and 2 only: guest console, reports"),
+    (
+        "write",
+        "fds 1 and 2 only: guest console, reports; and the tap of --net: frames the guest sends",
+    ),
     (
         "read",
-        "fd 0 only: the guest's stdin (a serve runner: also its client slot, where the client's stdin follows its request)",
+        "fd 0 only: the guest's stdin (a serve runner: also its client slot, where the client's stdin follows its request); and the tap of --net: frames for the guest",
     ),
     (
         "pread64",
@@ -96,7 +99,7 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("nanosleep", "the guest's sleep hypercall"),
     (
         "ppoll",
-        "the guest's poll hypercall: wait for its input sources until a deadline",
+        "the guest's poll hypercall and network device: wait for its input sources (the tap of --net) until a deadline",
     ),
     ("clock_nanosleep", "the guest's sleep hypercall"),
     (
@@ -182,6 +185,16 @@ pub fn run_loop_filter() -> Result<BpfProgram, SandboxError> {
 
 /// The filter for `profile`.
 pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
+    filter_with_device_fds(profile, &[])
+}
+
+/// The filter for `profile` on a thread whose guests' devices read and write `device_fds`
+/// (the taps of `--net`): `read` and `write` are allowed on exactly those fds (as ranges of
+/// consecutive numbers), `read` on no other.
+pub fn filter_with_device_fds(
+    profile: Profile,
+    device_fds: &[i32],
+) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for name in ALLOWED
         .iter()
@@ -220,10 +233,15 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
         vec![rule(vec![no_exec.clone()])?],
     );
     rules.insert(syscall_number("mmap"), vec![rule(vec![no_exec])?]);
-    let write_rules = [1u64, 2]
+    let mut write_rules: Vec<SeccompRule> = [1u64, 2]
         .into_iter()
         .map(|fd| rule(vec![arg_eq(0, fd)]))
         .collect::<Result<_, _>>()?;
+    let device_rules = fd_ranges(device_fds)
+        .into_iter()
+        .map(|(low, high)| rule(fd_in_range(low, high)))
+        .collect::<Result<Vec<_>, _>>()?;
+    write_rules.extend(device_rules.iter().cloned());
     rules.insert(syscall_number("write"), write_rules);
     let mut readable = vec![0u64];
     if let Profile::ServeWorker { client_slot } = profile {
@@ -239,10 +257,11 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
         // The client's stdin follows its request on the connection.
         readable.push(slot);
     }
-    let read_rules = readable
+    let mut read_rules: Vec<SeccompRule> = readable
         .into_iter()
         .map(|fd| rule(vec![arg_eq(0, fd)]))
         .collect::<Result<_, _>>()?;
+    read_rules.extend(device_rules);
     rules.insert(syscall_number("read"), read_rules);
     rules.insert(
         syscall_number("openat2"),
@@ -277,6 +296,35 @@ pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.into()))
+}
+
+/// `fds` as sorted ranges of consecutive numbers (`(low, high)`, both included).
+fn fd_ranges(fds: &[i32]) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<u64> = fds
+        .iter()
+        .filter_map(|fd| u64::try_from(*fd).ok())
+        .collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for fd in sorted {
+        match ranges.last_mut() {
+            Some((_, high)) if *high + 1 == fd => *high = fd,
+            _ => ranges.push((fd, fd)),
+        }
+    }
+    ranges
+}
+
+/// Conditions: the first argument (an fd) lies in `low..=high`.
+fn fd_in_range(low: u64, high: u64) -> Vec<SeccompCondition> {
+    if low == high {
+        return vec![arg_eq(0, low)];
+    }
+    let bound = |op, value| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, op, value).expect("argument index 0")
+    };
+    vec![bound(SeccompCmpOp::Ge, low), bound(SeccompCmpOp::Le, high)]
 }
 
 thread_local! {
@@ -333,13 +381,21 @@ pub fn confine_this_thread() -> Result<(), SandboxError> {
 
 /// Confines the calling thread (once; later calls do nothing).
 pub fn confine_this_thread_as(profile: Profile) -> Result<(), SandboxError> {
+    confine_this_thread_with(profile, &[])
+}
+
+/// Confines the calling thread, whose guests' devices use `device_fds` (see
+/// [`filter_with_device_fds`]); once, later calls do nothing.
+pub fn confine_this_thread_with(profile: Profile, device_fds: &[i32]) -> Result<(), SandboxError> {
     if SANDBOXED.get() {
         return Ok(());
     }
     type Cached = std::sync::OnceLock<Result<BpfProgram, String>>;
     static RUNNER: Cached = Cached::new();
     static FLEET: Cached = Cached::new();
+    // Filters with device fds differ per guest: only the plain ones are cached.
     let cache = match profile {
+        _ if !device_fds.is_empty() => None,
         Profile::Runner => Some(&RUNNER),
         Profile::FleetWorker => Some(&FLEET),
         Profile::ServeWorker { .. } => None,
@@ -350,7 +406,7 @@ pub fn confine_this_thread_as(profile: Profile) -> Result<(), SandboxError> {
             Some(Ok(filter)) => filter,
             // Building is deterministic: if it failed once, build again for the real error.
             _ => {
-                built = filter_for(profile)?;
+                built = filter_with_device_fds(profile, device_fds)?;
                 &built
             }
         };
@@ -488,6 +544,22 @@ mod tests {
     fn test_filter_builds() {
         let program = run_loop_filter().unwrap();
         assert!(program.len() > ALLOWED.len());
+    }
+
+    #[test]
+    fn test_fd_ranges_merge_consecutive_fds() {
+        assert_eq!(fd_ranges(&[9, 3, 4, 5, 7, 8, 4]), vec![(3, 5), (7, 9)]);
+        assert_eq!(fd_ranges(&[]), vec![]);
+        assert_eq!(fd_ranges(&[-1, 6]), vec![(6, 6)]);
+    }
+
+    #[test]
+    fn test_filter_with_device_fds_builds() {
+        let plain = filter_for(Profile::Runner).unwrap();
+        let with_tap = filter_with_device_fds(Profile::Runner, &[5]).unwrap();
+        let with_taps = filter_with_device_fds(Profile::FleetWorker, &[5, 6, 7, 20]).unwrap();
+        assert!(with_tap.len() > plain.len());
+        assert!(with_taps.len() > plain.len());
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl Job {
                 StdinSource::Empty
             },
             volumes: self.volumes.clone(),
+            net: None,
         };
         config
     }
@@ -486,6 +487,12 @@ impl Dispatcher {
     /// Opens and checks the request's target; on failure, the target and why.
     fn prepare(&mut self, request: Request) -> Result<Job, (PathBuf, String)> {
         let fail = |why: String| (request.target.clone(), why);
+        if request.net.is_some() {
+            // A runner's sandbox allows its slot alone; a tap would need a slot of its own.
+            return Err(fail(
+                "this server does not run guests with a network device (--net): use vmm run".into(),
+            ));
+        }
         let resolved = self
             .targets
             .resolve(&request.target)

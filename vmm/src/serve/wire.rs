@@ -53,6 +53,9 @@ pub struct Request {
     /// guest reads that as the end of input); without it, the guest's stdin is empty.
     #[serde(default)]
     pub stdin: bool,
+    /// A network device, as `vmm run --net` takes it (absent from older clients' requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
 }
 
 /// The header of every frame.
@@ -171,6 +174,7 @@ mod tests {
             mem_size: 16 << 20,
             volumes: vec!["/srv/in:/in:ro".into()],
             stdin: true,
+            net: None,
         };
         let bytes = encode_request(&request).unwrap();
         let parsed: Request = serde_json::from_slice(&bytes[4..]).unwrap();

@@ -195,6 +195,7 @@ impl ExitHandler {
         let mut ctx = DeviceContext {
             ram,
             console: &mut self.console,
+            deadline: self.limits.deadline,
         };
         match self.bus.write(port, data, &mut ctx) {
             Some(Ok(())) => Action::Continue,
@@ -309,6 +310,7 @@ impl ExitHandler {
         Action::Stop(match stop {
             DeviceStop::OutputLimit => Stop::OutputLimit(self.console.max_output()),
             DeviceStop::BrokenPipe => Stop::BrokenPipe,
+            DeviceStop::TimedOut => Stop::TimedOut,
             DeviceStop::BadRequest { device, why } => {
                 Stop::BadHypercall(HypercallError::Device { device, why })
             }

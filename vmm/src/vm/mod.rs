@@ -407,7 +407,10 @@ impl Vm {
             (None, None) => None,
         };
         if self.config.seccomp {
-            crate::sandbox::confine_this_thread()?;
+            crate::sandbox::confine_this_thread_with(
+                crate::sandbox::Profile::Runner,
+                &self.config.devices.host_fds(),
+            )?;
             if self.config.debug_blocked_syscall {
                 // SAFETY: a harmless call that the filter blocks, to show the report.
                 unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };

@@ -11,17 +11,34 @@
 use std::ffi::c_void;
 
 const CHILD_STACK_SIZE: usize = 64 * 1024;
+/// Most device fds the helper closes.
+const MAX_CLOSED_FDS: usize = 8;
 
-extern "C" fn wait_for_parent_then_exit(parent: *mut c_void) -> libc::c_int {
+/// What the helper is told, written at the bottom of its stack mapping (which only it uses).
+#[repr(C)]
+struct HelperArgs {
+    parent: usize,
+    close_count: usize,
+    close: [i32; MAX_CLOSED_FDS],
+}
+
+extern "C" fn wait_for_parent_then_exit(args: *mut c_void) -> libc::c_int {
     // Only raw syscalls here: this runs on a small private stack in a shared address space.
-    // SAFETY: plain syscalls on values we own; closing our copies of stdio lets readers of the
-    // VMM's output see end-of-file as soon as the VMM exits.
+    // SAFETY: `args` points at the `HelperArgs` the parent wrote before clone, in a mapping
+    // that lives as long as this child; plain syscalls on values we own. Closing our copies of
+    // stdio lets readers of the VMM's output see end-of-file as soon as the VMM exits, and
+    // closing the devices' fds frees them (a tap can be attached again at once).
     unsafe {
+        let args = &*args.cast::<HelperArgs>();
+        let parent = args.parent;
+        for &fd in &args.close[..args.close_count.min(MAX_CLOSED_FDS)] {
+            libc::close(fd);
+        }
         libc::close(0);
         libc::close(1);
         libc::close(2);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() as usize == parent as usize {
+        if libc::getppid() as usize == parent {
             loop {
                 libc::pause();
             }
@@ -36,6 +53,12 @@ extern "C" fn wait_for_parent_then_exit(parent: *mut c_void) -> libc::c_int {
 /// Call this only right before the process exits: until then the helper holds the VM. If the
 /// helper cannot be created, `resources` are dropped here instead.
 pub fn detach<T>(resources: T) {
+    detach_closing(resources, &[]);
+}
+
+/// [`detach`], with the helper closing its copies of `device_fds` (up to 8; the taps of
+/// `--net`) at once, so that they are released when this process exits, not after the VM.
+pub fn detach_closing<T>(resources: T, device_fds: &[i32]) {
     // SAFETY: an anonymous private mapping for the child's stack; checked below.
     let stack = unsafe {
         libc::mmap(
@@ -53,6 +76,16 @@ pub fn detach<T>(resources: T) {
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() } as usize;
+    let mut args = HelperArgs {
+        parent: me,
+        close_count: device_fds.len().min(MAX_CLOSED_FDS),
+        close: [-1; MAX_CLOSED_FDS],
+    };
+    args.close[..args.close_count].copy_from_slice(&device_fds[..args.close_count]);
+    let args_at = stack.cast::<HelperArgs>();
+    // SAFETY: the mapping is page-aligned, writable and far larger than `HelperArgs`; the
+    // child's stack grows down from the top and never reaches it.
+    unsafe { args_at.write(args) };
     // SAFETY: the child runs `wait_for_parent_then_exit` on its own stack (top of the mapping)
     // and only makes raw syscalls; CLONE_VM shares memory, the fd table is copied.
     let child = unsafe {
@@ -60,7 +93,7 @@ pub fn detach<T>(resources: T) {
             wait_for_parent_then_exit,
             stack.cast::<u8>().add(CHILD_STACK_SIZE).cast(),
             libc::CLONE_VM,
-            me as *mut c_void,
+            args_at.cast::<c_void>(),
         )
     };
     if child < 0 {

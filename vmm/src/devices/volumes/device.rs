@@ -658,6 +658,7 @@ mod tests {
             let mut ctx = DeviceContext {
                 ram: &self.ram,
                 console: &mut NoConsole,
+                deadline: None,
             };
             self.dev.write(0, &(REQ as u32).to_le_bytes(), &mut ctx)?;
             Ok(self.ram.read_obj(REQ).unwrap())
@@ -997,6 +998,7 @@ mod tests {
         let mut ctx = DeviceContext {
             ram: &g.ram,
             console: &mut NoConsole,
+            deadline: None,
         };
         assert!(
             g.dev.write(0, &u32::MAX.to_le_bytes(), &mut ctx).is_err(),
