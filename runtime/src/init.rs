@@ -391,6 +391,7 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
             },
             measure_ram: false,
             detach_teardown: true,
+            core: None,
         },
         host_pid,
     })
