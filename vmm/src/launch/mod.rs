@@ -156,7 +156,8 @@ pub fn build(
     finish(shell, target, config, timeline)
 }
 
-/// What `vmm run` boots.
+/// What `vmm run` boots. `RunConfig::new(target)` gives the command line's defaults (a
+/// detached teardown, no timeline, no core file), so that new fields do not break callers.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     /// The image or snapshot file.
@@ -171,6 +172,20 @@ pub struct RunConfig {
     pub detach_teardown: bool,
     /// Write an ELF core file here if the guest crashes (`vmm run --core`).
     pub core: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// `vmm run TARGET` with the command line's defaults.
+    pub fn new(target: PathBuf) -> Self {
+        Self {
+            target,
+            snapshot_only: false,
+            vm: VmConfig::default(),
+            measure_ram: false,
+            detach_teardown: true,
+            core: None,
+        }
+    }
 }
 
 /// Loads, boots and runs one image (or restores a snapshot) to completion.
