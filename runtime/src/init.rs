@@ -378,8 +378,6 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
     }
     Ok(Prepared {
         run: vmm::RunConfig {
-            target: PathBuf::from(image),
-            snapshot_only: false,
             vm: vmm::VmConfig {
                 mem_size: plan.mem_size,
                 args: plan.args.clone(),
@@ -389,8 +387,7 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
                 max_output: u64::MAX,
                 ..vmm::VmConfig::default()
             },
-            measure_ram: false,
-            detach_teardown: true,
+            ..vmm::RunConfig::new(PathBuf::from(image))
         },
         host_pid,
     })

@@ -11,7 +11,7 @@ pub type Allowance = (&'static str, &'static str);
 pub const ALLOWED: &[Allowance] = &[
     (
         "ioctl",
-        "KVM_RUN; KVM_GET_REGS, KVM_GET_SREGS (crash reports) only",
+        "KVM_RUN; KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE (crash reports and core files; the state vmm snapshot saves) only",
     ),
     ("write", "fds 1 and 2 only: the guest's console, reports"),
     (
@@ -63,12 +63,6 @@ pub(super) const INPUT_CALLS: [&str; 2] = ["read", "ppoll"];
 /// What a runner restoring a snapshot adds (`vmm run --from`, fleet and serve workers).
 pub const WITH_RESTORE: &[Allowance] =
     &[("ioctl", "also KVM_SET_XSAVE: the snapshot's FPU/SSE state")];
-
-/// What the runner of `vmm snapshot` adds.
-pub const WITH_CAPTURE: &[Allowance] = &[(
-    "ioctl",
-    "also KVM_GET_XSAVE: the FPU/SSE state the snapshot saves",
-)];
 
 /// What a runner whose guest a watchdog may interrupt adds (`--timeout`).
 pub const WITH_TIMEOUT: &[Allowance] = &[(
@@ -205,7 +199,7 @@ pub const DENIED: &[Allowance] = &[
 /// `vmm seccomp-list`: every role's calls with their reasons, one call per line (a section's
 /// heading starts with `#`).
 pub fn listing() -> String {
-    let sections: [(String, &[Allowance]); 14] = [
+    let sections: [(String, &[Allowance]); 13] = [
         (
             format!(
                 "# runner: the thread that runs a guest; `vmm run IMAGE` allows these {}",
@@ -214,7 +208,6 @@ pub fn listing() -> String {
             ALLOWED,
         ),
         ("# runner, restoring (vmm run --from)".into(), WITH_RESTORE),
-        ("# runner, booting to a snapshot point (vmm snapshot)".into(), WITH_CAPTURE),
         ("# runner, with --timeout".into(), WITH_TIMEOUT),
         ("# runner, with --volume".into(), WITH_VOLUMES),
         ("# runner, with a stdin file (fleet manifests)".into(), WITH_STDIN_FILE),

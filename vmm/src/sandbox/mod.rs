@@ -26,8 +26,8 @@ mod calls;
 mod syscalls;
 
 pub use calls::{
-    ALLOWED, Allowance, DENIED, FLEET_WORKER_EXTRA, LOGGER, SERVE_WORKER_EXTRA, WATCHDOG,
-    WITH_CAPTURE, WITH_NET, WITH_RESTORE, WITH_STDIN_FILE, WITH_TIMEOUT, WITH_VOLUMES, listing,
+    ALLOWED, Allowance, DENIED, FLEET_WORKER_EXTRA, LOGGER, SERVE_WORKER_EXTRA, WATCHDOG, WITH_NET,
+    WITH_RESTORE, WITH_STDIN_FILE, WITH_TIMEOUT, WITH_VOLUMES, listing,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -114,8 +114,6 @@ pub struct Grants {
     pub timeout: bool,
     /// The guests are restored from snapshots: `KVM_SET_XSAVE`.
     pub restore: bool,
-    /// The guest is booted to its snapshot point and saved: `KVM_GET_XSAVE`.
-    pub capture: bool,
 }
 
 impl Grants {
@@ -129,7 +127,6 @@ impl Grants {
         self.taps.dedup();
         self.timeout |= other.timeout;
         self.restore |= other.restore;
-        self.capture |= other.capture;
         self
     }
 }
@@ -204,9 +201,8 @@ impl Profile {
             .filter(|(name, _)| input || !calls::INPUT_CALLS.contains(name))
             .copied()
             .collect();
-        let features: [(bool, &[Allowance]); 6] = [
+        let features: [(bool, &[Allowance]); 5] = [
             (grants.restore, WITH_RESTORE),
-            (grants.capture, WITH_CAPTURE),
             (grants.timeout, WITH_TIMEOUT),
             (grants.volumes, WITH_VOLUMES),
             (grants.stdin_file, WITH_STDIN_FILE),
@@ -287,12 +283,9 @@ pub fn filter_for(profile: &Profile) -> Result<BpfProgram, SandboxError> {
     };
     let grants = profile.grants();
     if let Some(grants) = &grants {
-        let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
+        let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE];
         if grants.restore {
             requests.push(KVM_SET_XSAVE);
-        }
-        if grants.capture {
-            requests.push(KVM_GET_XSAVE);
         }
         if !matches!(profile, Profile::Runner(_)) {
             requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
@@ -629,7 +622,6 @@ mod tests {
         let tables = [
             ALLOWED,
             WITH_RESTORE,
-            WITH_CAPTURE,
             WITH_TIMEOUT,
             WITH_VOLUMES,
             WITH_STDIN_FILE,
