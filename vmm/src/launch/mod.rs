@@ -249,7 +249,7 @@ pub(crate) fn run_with(
                 // hypervisor here, ~4 µs) is computed now, off the main thread's way to
                 // KVM_SET_CPUID2.
                 crate::arch::cpuid::guest_cpuid();
-                let target = file.load()?;
+                let target = file.load_for_one_vm()?;
                 check(&target, &vm_config)?;
                 load_into(&ram, &target, false)?;
                 let loaded_at = Instant::now();
