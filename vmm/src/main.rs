@@ -544,7 +544,11 @@ fn finish_run(
     let report = match result {
         Ok(report) => report,
         Err(err) => {
-            let hint = built_image_named(target)
+            // Only a target that could not be opened gets the hint: other errors may come
+            // from the sandboxed guest's thread, which may not look at files.
+            let hint = matches!(err, vmm::LaunchError::Target(_))
+                .then(|| built_image_named(target))
+                .flatten()
                 .map(|image| format!(" (did you mean {}?)", image.display()))
                 .unwrap_or_default();
             eprintln!("error: {}{hint}", vmm::error_chain(&err));

@@ -5,9 +5,10 @@
 /// A system call a filter allows, and why.
 pub type Allowance = (&'static str, &'static str);
 
-/// The runner of `vmm run IMAGE` (no flags): the thread that runs the guest, with its stdin
-/// (fd 0) and console. Every runner allows these, except `read` and `ppoll` when its guests
-/// have neither a stdin stream nor a tap.
+/// The runner of `vmm run IMAGE` (no flags): the thread that runs the guest (`vmm run`'s main
+/// thread, which afterwards only prints its report and exits), with its stdin (fd 0) and
+/// console. Every runner allows these, except `read` and `ppoll` when its guests have neither
+/// a stdin stream nor a tap.
 pub const ALLOWED: &[Allowance] = &[
     (
         "ioctl",
@@ -22,10 +23,7 @@ pub const ALLOWED: &[Allowance] = &[
         "ppoll",
         "the guest's poll hypercall: wait for its stdin (or tap) until a deadline",
     ),
-    (
-        "futex",
-        "locks (stdout, the hand-over of the VM from the main thread)",
-    ),
+    ("futex", "locks (stdout; the watchdog's list of deadlines)"),
     ("clock_nanosleep", "the guest's sleep hypercall"),
     (
         "clock_gettime",
@@ -63,6 +61,10 @@ pub(super) const INPUT_CALLS: [&str; 2] = ["read", "ppoll"];
 /// What a runner restoring a snapshot adds (`vmm run --from`, fleet and serve workers).
 pub const WITH_RESTORE: &[Allowance] =
     &[("ioctl", "also KVM_SET_XSAVE: the snapshot's FPU/SSE state")];
+
+/// What the runner of `vmm run --timeline` adds: it also reports on the run.
+pub const WITH_TIMELINE: &[Allowance] =
+    &[("mincore", "counting the guest pages touched, after the run")];
 
 /// What a runner whose guest a watchdog may interrupt adds (`--timeout`).
 pub const WITH_TIMEOUT: &[Allowance] = &[(
@@ -199,7 +201,7 @@ pub const DENIED: &[Allowance] = &[
 /// `vmm seccomp-list`: every role's calls with their reasons, one call per line (a section's
 /// heading starts with `#`).
 pub fn listing() -> String {
-    let sections: [(String, &[Allowance]); 13] = [
+    let sections: [(String, &[Allowance]); 14] = [
         (
             format!(
                 "# runner: the thread that runs a guest; `vmm run IMAGE` allows these {}",
@@ -209,6 +211,7 @@ pub fn listing() -> String {
         ),
         ("# runner, restoring (vmm run --from)".into(), WITH_RESTORE),
         ("# runner, with --timeout".into(), WITH_TIMEOUT),
+        ("# runner, with --timeline".into(), WITH_TIMELINE),
         ("# runner, with --volume".into(), WITH_VOLUMES),
         ("# runner, with a stdin file (fleet manifests)".into(), WITH_STDIN_FILE),
         ("# runner, with --net".into(), WITH_NET),

@@ -27,7 +27,7 @@ mod syscalls;
 
 pub use calls::{
     ALLOWED, Allowance, DENIED, FLEET_WORKER_EXTRA, LOGGER, SERVE_WORKER_EXTRA, WATCHDOG, WITH_NET,
-    WITH_RESTORE, WITH_STDIN_FILE, WITH_TIMEOUT, WITH_VOLUMES, listing,
+    WITH_RESTORE, WITH_STDIN_FILE, WITH_TIMELINE, WITH_TIMEOUT, WITH_VOLUMES, listing,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -114,6 +114,8 @@ pub struct Grants {
     pub timeout: bool,
     /// The guests are restored from snapshots: `KVM_SET_XSAVE`.
     pub restore: bool,
+    /// The thread counts the guest pages touched for `--timeline` after the run: `mincore`.
+    pub timeline: bool,
 }
 
 impl Grants {
@@ -127,6 +129,7 @@ impl Grants {
         self.taps.dedup();
         self.timeout |= other.timeout;
         self.restore |= other.restore;
+        self.timeline |= other.timeline;
         self
     }
 }
@@ -201,8 +204,9 @@ impl Profile {
             .filter(|(name, _)| input || !calls::INPUT_CALLS.contains(name))
             .copied()
             .collect();
-        let features: [(bool, &[Allowance]); 5] = [
+        let features: [(bool, &[Allowance]); 6] = [
             (grants.restore, WITH_RESTORE),
+            (grants.timeline, WITH_TIMELINE),
             (grants.timeout, WITH_TIMEOUT),
             (grants.volumes, WITH_VOLUMES),
             (grants.stdin_file, WITH_STDIN_FILE),
@@ -622,6 +626,7 @@ mod tests {
         let tables = [
             ALLOWED,
             WITH_RESTORE,
+            WITH_TIMELINE,
             WITH_TIMEOUT,
             WITH_VOLUMES,
             WITH_STDIN_FILE,
