@@ -27,7 +27,7 @@ use super::{ServeConfig, ServeError};
 use crate::devices::{DeviceConfig, StdinSource, Volume, VolumeRoots, VolumeSpec};
 use crate::launch::{self, Target, TargetKind};
 use crate::report::Timeline;
-use crate::sandbox::{self, Profile};
+use crate::sandbox::{self, Grants, Profile};
 use crate::vm::{self, Console, DeadlineService, Vm, VmConfig};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -136,7 +136,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     let confined = |profile| seccomp.then_some(profile);
     let (log, writer) = Log::new(config.quiet);
     if let Some(writer) = writer {
-        spawn("log".into(), confined(Profile::Runner), move || {
+        spawn("log".into(), confined(Profile::Logger), move || {
             writer.run()
         })?;
     }
@@ -149,9 +149,11 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             pooled.clone(),
             log.clone(),
         );
-        spawn("refill".into(), confined(Profile::FleetWorker), move || {
-            pool.refill(&kvm, &pooled, &log)
-        })?;
+        spawn(
+            "refill".into(),
+            confined(Profile::FleetWorker(Grants::default())),
+            move || pool.refill(&kvm, &pooled, &log),
+        )?;
     }
     let (events, events_in) = mpsc::channel::<Event>();
     let mut runners = Vec::new();
@@ -170,6 +172,11 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         };
         let profile = Profile::ServeWorker {
             client_slot: runner.slot,
+            // Requests may share directories only beneath the server's volume roots.
+            grants: Grants {
+                volumes: !config.volume_roots.is_empty(),
+                ..Grants::default()
+            },
         };
         spawn(format!("runner-{index}"), confined(profile), move || {
             runner.run(&jobs_in)
@@ -348,7 +355,9 @@ fn spawn(
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            let sandboxed = profile.map_or(Ok(()), sandbox::confine_this_thread_as);
+            let sandboxed = profile
+                .as_ref()
+                .map_or(Ok(()), sandbox::confine_this_thread_as);
             let ok = sandboxed.is_ok();
             let _ = confined.send(sandboxed);
             if ok {
