@@ -1,6 +1,7 @@
-//! The fleet's worker pool: `concurrency` sandboxed threads take instances off one queue,
-//! boot each through the launcher, and either collect its result or (with `--resident`) keep
-//! it parked; a second round of workers then releases every parked instance to its end.
+//! The fleet's threads, all sandboxed: creators make each instance's VM ahead through the
+//! launcher, `concurrency` workers take the ready VMs and run them, collecting each result or
+//! (with `--resident`) keeping the VM parked, and reapers destroy the finished VMs; a second
+//! round of workers and reapers then releases every parked instance to its end.
 //!
 //! Every instance runs under its group's timeout, also after its release (timed anew from the
 //! release; without a timeout, [`RELEASE_TIMEOUT`]), so that no guest can hang the fleet.
