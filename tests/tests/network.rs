@@ -482,3 +482,109 @@ fn test_net_httpd_restored_from_a_snapshot_serves() {
         assert!(String::from_utf8_lossy(&body).contains("\"count\":1"));
     });
 }
+
+/// A `vmm serve` inside the test's namespace, killed when dropped.
+struct NetServer {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl NetServer {
+    /// Starts `vmm serve` with `flags` and waits (at most 30 s) until it listens.
+    fn start(test: &str, flags: &[&str]) -> NetServer {
+        use std::io::BufRead;
+        let socket = tests::scratch_dir(test).join("flick.sock");
+        let mut child = std::process::Command::new(tests::vmm_bin())
+            .args(["serve", "--socket", socket.to_str().unwrap()])
+            .args(flags)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start vmm serve");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let server = NetServer { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("listening on") => break,
+                Ok(_) => {}
+                Err(_) => panic!("vmm serve did not say it was listening"),
+            }
+        }
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        server
+    }
+
+    fn socket(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
+
+impl Drop for NetServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[kvm_test]
+fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
+    in_netns(|| {
+        let server = NetServer::start("net-serve", &["--allow-tap", "tap*", "--workers", "1"]);
+        // Two requests in turn on the same tap: the first's tap is detached after its reply.
+        for round in 1..=2 {
+            let guest = Guest::boot(
+                &image("httpd"),
+                &net_spec(""),
+                &["--via", server.socket(), "--timeout", "30s"],
+                &["--requests", "1"],
+                "listening",
+            );
+            let mut stream = connect(80);
+            let (status, body) = get(&mut stream, &format!("/api/round{round}"));
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            assert!(
+                String::from_utf8_lossy(&body).contains(&format!("/api/round{round}")),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            let (code, text) = guest.wait(Duration::from_secs(20));
+            assert_eq!(code, Some(0), "round {round}: {text}");
+        }
+    });
+}
+
+#[kvm_test]
+fn test_net_serve_request_for_a_tap_outside_allow_tap_is_refused() {
+    in_netns(|| {
+        let server = NetServer::start("net-serve-refused", &["--allow-tap", "fl*"]);
+        let out = tests::vmm(&[
+            "run",
+            "--via",
+            server.socket(),
+            image("httpd").to_str().unwrap(),
+            "--net",
+            &net_spec(""),
+        ]);
+        assert_eq!(status(&out), 125);
+        assert!(
+            stderr(&out).contains("tap 'tap0' is not one this server may attach"),
+            "{}",
+            stderr(&out)
+        );
+        // Nothing holds the tap: a local run attaches it at once.
+        let guest = httpd_guest(&["--requests", "1"]);
+        let mut stream = connect(80);
+        assert_eq!(get(&mut stream, "/").0, "HTTP/1.1 200 OK");
+        assert_eq!(guest.wait(Duration::from_secs(20)).0, Some(0));
+    });
+}

@@ -95,6 +95,11 @@ enum Command {
         /// volumes are refused.
         #[arg(long = "volume-root", value_name = "DIR")]
         volume_roots: Vec<PathBuf>,
+        /// A tap requests may give their guests (`vmm run --via S --net tap=NAME,...`): an
+        /// interface name, `*` standing for any characters (e.g. fltap*); repeatable.
+        /// Without one, requests with --net are refused.
+        #[arg(long = "allow-tap", value_name = "PATTERN")]
+        allow_taps: Vec<String>,
     },
     /// Boot an image until its kernel's snapshot point and save the VM to a file.
     #[command(after_help = "Restore with: vmm run --from FILE [-- ARGS...]")]
@@ -351,6 +356,7 @@ fn vmm_main() -> i32 {
             quiet,
             no_seccomp,
             volume_roots,
+            allow_taps,
         } => serve(vmm::serve::ServeConfig {
             socket_mode,
             allow,
@@ -363,6 +369,7 @@ fn vmm_main() -> i32 {
             cache_bytes: cache_size,
             quiet,
             volume_roots,
+            allow_taps,
             ..vmm::serve::ServeConfig::new(socket)
         }),
         Command::Snapshot {
