@@ -588,3 +588,69 @@ fn test_net_serve_request_for_a_tap_outside_allow_tap_is_refused() {
         assert_eq!(guest.wait(Duration::from_secs(20)).0, Some(0));
     });
 }
+
+/// `GET path` from the guest at `ip`, retrying the connection (the guest may still be
+/// booting) for up to 20 s.
+fn get_from(ip: std::net::Ipv4Addr, path: &str) -> (String, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(1)) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                return get(&mut stream, path);
+            }
+            Err(err) if Instant::now() > deadline => panic!("{ip} never answered: {err}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[kvm_test]
+fn test_net_fleet_manifest_gives_each_entry_its_own_network() {
+    let dir = tests::scratch_dir("net-fleet-manifest");
+    let httpd = image("httpd");
+    let manifest = dir.join("fleet.toml");
+    let entry = |name: &str, net: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nimage = \"{}\"\nargs = [\"--requests\", \"1\"]\n\
+             timeout = \"30s\"\nnet = \"{net}\"\n",
+            httpd.display()
+        )
+    };
+    let text = entry("a", &format!("tap=tap{{i}},ip={GUEST_IP}/24,gw={HOST_IP}"))
+        + &entry("b", "tap=grpb{i},ip=10.99.1.2/24");
+    std::fs::write(&manifest, text).unwrap();
+    in_netns(|| {
+        for args in [
+            &["tuntap", "add", "dev", "grpb0", "mode", "tap"][..],
+            &["addr", "add", "10.99.1.1/24", "dev", "grpb0"],
+            &["link", "set", "grpb0", "up"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}");
+        }
+        let fleet = std::process::Command::new(tests::vmm_bin())
+            .args(["fleet", "--manifest", manifest.to_str().unwrap(), "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (status_a, body_a) = get_from(GUEST_IP, "/api/a");
+        let (status_b, body_b) = get_from(std::net::Ipv4Addr::new(10, 99, 1, 2), "/api/b");
+        let out = fleet.wait_with_output().unwrap();
+        assert_eq!(status_a, "HTTP/1.1 200 OK");
+        assert_eq!(status_b, "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&body_a).contains("/api/a"));
+        assert!(String::from_utf8_lossy(&body_b).contains("/api/b"));
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+        let report = tests::stdout(&out);
+        assert_eq!(
+            report.matches("\"status\": 0").count() + report.matches("\"status\":0").count(),
+            2,
+            "{report}"
+        );
+    });
+}

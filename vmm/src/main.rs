@@ -166,7 +166,7 @@ enum Command {
         #[arg(long)]
         resident: bool,
         /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name,
-        /// volumes, stdin).
+        /// volumes, stdin, net: an entry's own --net, numbered within the entry).
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// Print the report as JSON, with every instance's status and output.
@@ -175,7 +175,8 @@ enum Command {
         /// Run the workers without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
-        /// A network device for every instance, as for `vmm run --net`: in the tap name,
+        /// A network device for every instance (of entries without a net of their own), as
+        /// for `vmm run --net`: in the tap name,
         /// `{i}` becomes the instance's number (0, 1, ...), and the address grows by it
         /// (tap=fl{i},ip=10.77.0.10/16: fl0 at 10.77.0.10, fl1 at 10.77.0.11, ...).
         #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
@@ -623,6 +624,7 @@ fn fleet(
             image,
             count,
             vm: defaults.clone(),
+            net: None,
         }],
         (None, None) => return usage("vmm fleet needs IMAGE or --manifest FILE"),
     };
