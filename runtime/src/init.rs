@@ -414,8 +414,6 @@ fn prepare(
     let privileges = Privileges::from_plan(plan)?;
     Ok(Prepared {
         run: vmm::RunConfig {
-            target: PathBuf::from(image),
-            snapshot_only: false,
             vm: vmm::VmConfig {
                 mem_size: plan.mem_size,
                 args: plan.args.clone(),
@@ -425,8 +423,7 @@ fn prepare(
                 max_output: u64::MAX,
                 ..vmm::VmConfig::default()
             },
-            measure_ram: false,
-            detach_teardown: true,
+            ..vmm::RunConfig::new(PathBuf::from(image))
         },
         host_pid,
         tun,

@@ -165,3 +165,83 @@ pub fn snapshot_image(name: &str, path: &Path) {
     ]);
     assert_eq!(status(&out), 0, "vmm snapshot {name}: {}", stderr(&out));
 }
+
+/// Runs `cmd` (stdin closed, output captured) and kills it if it is still running after
+/// `limit`, which fails the test with what it printed so far.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    wait_within(child, limit)
+}
+
+/// Waits for `child` (its stdout and stderr piped) and collects its output; kills it if it is
+/// still running after `limit`, which fails the test with what it printed so far.
+pub fn wait_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("still running after {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// The `gdb` binary (the debugger tests need it: `apt-get install gdb`).
+pub fn gdb_bin() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("gdb"))
+        .find(|path| path.is_file());
+    found.unwrap_or_else(|| panic!("the debugger tests need gdb: apt-get install gdb"))
+}
+
+/// Runs `gdb -batch` (no init files) with `commands` (one `-ex` each) on `args`, within 60 s.
+pub fn gdb_batch(args: &[&Path], commands: &[&str]) -> Output {
+    let mut cmd = Command::new(gdb_bin());
+    cmd.args(["-nx", "-batch"]);
+    for command in commands {
+        cmd.arg("-ex").arg(command);
+    }
+    cmd.args(args);
+    output_within(&mut cmd, std::time::Duration::from_secs(60))
+}

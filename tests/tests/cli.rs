@@ -85,7 +85,7 @@ fn test_cli_help_documents_exit_statuses() {
     let out = vmm(&["run", "--help"]);
     let text = tests::stdout(&out);
     assert_eq!(status(&out), 0);
-    for code in ["101", "124", "125", "134"] {
+    for code in ["101", "124", "125", "134", "137", "141"] {
         assert!(text.contains(code), "--help lacks status {code}");
     }
 }
@@ -165,4 +165,43 @@ fn test_cli_closed_stdout_ends_the_guest_like_sigpipe() {
     drop(child.stdout.take()); // the reader goes away at once
     let out = child.wait_with_output().unwrap();
     assert_eq!(status(&out), 141, "{}", stderr(&out));
+}
+
+#[test]
+fn test_cli_image_name_suggests_the_built_image() {
+    let dir = tests::scratch_dir("cli-suggest");
+    std::fs::create_dir_all(dir.join("target/images")).unwrap();
+    std::fs::copy(image("hello"), dir.join("target/images/hello")).unwrap();
+    let run = |name: &str| {
+        std::process::Command::new(tests::vmm_bin())
+            .current_dir(&dir)
+            .args(["run", name])
+            .output()
+            .unwrap()
+    };
+    let out = run("hello");
+    assert_one_line_error(&out, "cannot read hello");
+    assert!(
+        stderr(&out).contains("(did you mean target/images/hello?)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run("nothing");
+    assert_one_line_error(&out, "cannot read nothing");
+    assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
+}
+
+#[test]
+fn test_readme_states_the_sandbox_as_it_is() {
+    let readme = std::fs::read_to_string(tests::project_root().join("README.md")).unwrap();
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let calls = vmm::sandbox::ALLOWED.len();
+    let ioctls = vmm::sandbox::ALLOWED
+        .iter()
+        .find(|(name, _)| *name == "ioctl")
+        .map(|(_, why)| why.matches("KVM_").count())
+        .unwrap();
+    let claim =
+        format!("`vmm seccomp-list`; {calls} calls, `ioctl` limited to {ioctls} KVM requests");
+    assert!(readme.contains(&claim), "README should say: {claim}");
 }

@@ -214,3 +214,87 @@ fn test_fleet_release_survives_a_guest_that_parks_forever() {
         "{first}"
     );
 }
+
+#[kvm_test]
+fn test_fleet_resident_warns_when_an_image_never_parks() {
+    let hello = image("hello");
+    let out = vmm(&[
+        "fleet",
+        hello.to_str().unwrap(),
+        "--count",
+        "2",
+        "--resident",
+    ]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: --resident: no instance of hello parked"),
+        "{}",
+        stderr(&out)
+    );
+    let idle = image("idle");
+    let out = vmm(&[
+        "fleet",
+        idle.to_str().unwrap(),
+        "--count",
+        "2",
+        "--resident",
+    ]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[kvm_test]
+fn test_fleet_cores_writes_one_core_per_crashed_instance() {
+    let dir = tests::scratch_dir("fleet-cores");
+    let fault = image("fault");
+    let report = fleet_json(&[
+        fault.to_str().unwrap(),
+        "--count",
+        "3",
+        "--cores",
+        dir.to_str().unwrap(),
+        "--",
+        "null",
+    ]);
+    for (index, instance) in report["instances"].as_array().unwrap().iter().enumerate() {
+        let core = dir.join(format!("fault.{index}.core"));
+        let err = instance["stderr"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("core dumped to {}", core.display())),
+            "{err}"
+        );
+        let bytes = std::fs::read(&core).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 4, "ET_CORE");
+    }
+    let out = vmm(&["fleet", fault.to_str().unwrap(), "--cores", "/nonexistent"]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out).contains("--cores /nonexistent: not a folder"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[kvm_test]
+fn test_fleet_example_manifest_runs_its_mix() {
+    // The README's example, with image paths relative to the manifest's folder.
+    let manifest = tests::project_root().join("examples/mix.toml");
+    image("hello");
+    let report = fleet_json(&["--manifest", manifest.to_str().unwrap()]);
+    assert_eq!(report["count"], 31, "{report}");
+    let outcomes = &report["outcomes"];
+    assert_eq!(outcomes["exit 0"], 24, "{report}");
+    assert_eq!(outcomes["exit 3"], 5, "{report}");
+    assert_eq!(outcomes["crashed"], 2, "{report}");
+    let hello = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["group"] == "hello")
+        .unwrap();
+    assert_eq!(
+        hello["stdout"], "Hello from a unikernel!\nfrom\nthe\nmanifest\nGREETING=hi\n",
+        "{hello}"
+    );
+}

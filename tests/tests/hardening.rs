@@ -62,6 +62,38 @@ fn test_hardening_fifo_targets_are_refused_without_blocking() {
 }
 
 #[test]
+fn test_hardening_outputs_never_replace_what_is_not_a_regular_file() {
+    let hello = image("hello");
+    let hello = hello.to_str().unwrap();
+    let fault = image("fault");
+    let fault = fault.to_str().unwrap();
+    let dir = tests::scratch_dir("hardening-outputs");
+    let link = dir.join("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    let fifo = fifo("output");
+    for out in [fifo.as_path(), link.as_path(), dir.as_path()] {
+        let out = out.to_str().unwrap();
+        let refused = "exists and is not a regular file";
+        assert_refused_within(&["snapshot", hello, "-o", out], refused);
+        assert_refused_within(&["run", fault, "--core", out, "--", "null"], refused);
+    }
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+#[test]
 fn test_hardening_huge_fleet_counts_are_refused_with_one_line() {
     let hello = image("hello");
     let hello = hello.to_str().unwrap();

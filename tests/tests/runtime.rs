@@ -35,6 +35,43 @@ fn test_fault_null_dereference_is_named() {
 }
 
 #[kvm_test]
+fn test_crash_report_backtrace_names_source_lines() {
+    let (code, err) = fault("null");
+    assert_eq!(code, 134, "{err}");
+    let source =
+        std::fs::read_to_string(tests::project_root().join("images/fault/src/main.rs")).unwrap();
+    let line_of = |text: &str| 1 + source.lines().position(|l| l.contains(text)).unwrap();
+    let frames: Vec<&str> = err
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    // The faulting line in the app (through the inlined `read_volatile`), then its caller's.
+    let fault_at = format!(
+        "images/fault/src/main.rs:{} (inlined core::ptr::read_volatile at library/core/src/ptr/",
+        line_of("pointer.read_volatile()")
+    );
+    assert!(frames[0].contains("<fault::null_dereference+"), "{err}");
+    assert!(frames[0].contains(&fault_at), "{fault_at} in {err}");
+    let call_at = format!(
+        "images/fault/src/main.rs:{}>",
+        line_of("=> null_dereference()")
+    );
+    assert!(frames[1].contains(&call_at), "{call_at} in {err}");
+    assert!(frames[2].contains("kernel/src/lib.rs:"), "{err}");
+    assert!(
+        !err.contains("backtrace cut"),
+        "a whole chain is not cut: {err}"
+    );
+}
+
+#[kvm_test]
+fn test_crash_report_says_when_the_backtrace_is_cut() {
+    let (code, err) = fault("stack-overflow");
+    assert_eq!(code, 134, "{err}");
+    assert!(err.contains("... backtrace cut at 32 frames"), "{err}");
+}
+
+#[kvm_test]
 fn test_fault_write_to_code_is_a_protection_fault() {
     assert_crash(
         "write-code",

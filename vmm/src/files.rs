@@ -2,7 +2,8 @@
 //! and may be FIFOs, devices, directories or huge. [`open_regular`] never blocks (a FIFO with
 //! no writer would hang `open(2)`), and refuses anything that is not a regular file before a
 //! byte is read. [`reserve_standard_fds`] keeps later opens off fds 0-2 when the VMM was
-//! started with one of them closed.
+//! started with one of them closed. [`write_atomically`] writes a file that readers never see
+//! half-written, and never replaces anything but a regular file.
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::OpenOptionsExt;
@@ -117,6 +118,89 @@ pub enum ReadError {
     },
 }
 
+/// Why a file cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Something that is not a regular file (a directory, FIFO, device, socket or symbolic
+    /// link) is in the way.
+    #[error("{0} exists and is not a regular file")]
+    NotRegularFile(PathBuf),
+    /// The file could not be written.
+    #[error("cannot write {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks that `path` may be (re)placed by [`write_atomically`]: nothing is there yet, or a
+/// regular file is (a symbolic link is not followed: it is refused).
+pub(crate) fn check_replaceable(path: &Path) -> Result<(), WriteError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(()),
+        Ok(_) => Err(WriteError::NotRegularFile(path.to_owned())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(WriteError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes `path` whole or not at all: `fill` writes a new file beside it, which is synced and
+/// renamed over `path`, so that a reader sees the old file or the new one, never a part.
+/// Refuses to replace anything but a regular file (see [`check_replaceable`]).
+pub(crate) fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), WriteError> {
+    check_replaceable(path)?;
+    let io = |source| WriteError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let (temp, mut file) = create_beside(path).map_err(io)?;
+    let written = (|| {
+        fill(&mut file)?;
+        file.sync_all()?;
+        // Checked again as late as possible: something may have appeared meanwhile.
+        check_replaceable(path).map_err(std::io::Error::other)?;
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io(source));
+    }
+    Ok(())
+}
+
+/// A new file next to `path` (same folder, so that a rename replaces `path` atomically).
+fn create_beside(path: &Path) -> std::io::Result<(PathBuf, File)> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    for attempt in 0..100u32 {
+        let temp_name = format!(".{name}.{}.{attempt}.tmp", std::process::id());
+        let temp = dir.map_or_else(|| PathBuf::from(&temp_name), |d| d.join(&temp_name));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free temporary name",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +229,44 @@ mod tests {
             open_regular(Path::new("/")),
             Err(FileError::Directory(_))
         ));
+    }
+
+    #[test]
+    fn test_write_atomically_replaces_a_regular_file_only() {
+        let dir = std::env::temp_dir().join(format!("flick-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        std::fs::write(&path, b"old").unwrap();
+        write_atomically(&path, |f| std::io::Write::write_all(f, b"new")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = write_atomically(&link, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, WriteError::NotRegularFile(_)), "{err}");
+        assert!(matches!(
+            write_atomically(Path::new("/dev/null"), |_| Ok(())),
+            Err(WriteError::NotRegularFile(_))
+        ));
+        assert!(matches!(
+            write_atomically(&dir, |_| Ok(())),
+            Err(WriteError::NotRegularFile(_))
+        ));
+        // A failed fill leaves the old file and no temporary file behind.
+        let err = write_atomically(&path, |_| Err(std::io::Error::other("full"))).unwrap_err();
+        assert!(matches!(err, WriteError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_create_beside_stays_in_the_folder() {
+        let dir = std::env::temp_dir().join(format!("flick-beside-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (temp, _) = create_beside(&dir.join("x.snap")).unwrap();
+        assert_eq!(temp.parent(), Some(dir.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,13 +10,14 @@
 //! - [`report`]: outcomes, timelines, crash reports; [`sandbox`]: the seccomp filters;
 //! - [`launch`]: the one way from a file to a VM, which every product calls;
 //! - the products, side by side over the launcher: [`launch::run`] and [`launch::snapshot`]
-//!   (`vmm run`, `vmm snapshot`), [`fleet`] and [`serve`].
+//!   (`vmm run`, `vmm snapshot`), [`debug`] (`vmm run --gdb`), [`fleet`] and [`serve`].
 //!
-//! The API used by the `vmm` binary and by the tests: [`launch`], [`fleet`], [`serve`], [`net`],
+//! The API used by the `vmm` binary and by the tests: [`launch`], [`debug`], [`fleet`], [`serve`], [`net`],
 //! [`Target`], [`Image`], [`Outcome`], [`RunReport`], [`Console`], [`error_chain`], the
 //! error types, a guest's input ([`StdinSource`], [`VolumeSpec`], [`Volume`]), and [`fuzzing`]. Everything else is `pub(crate)`.
 
 pub mod arch;
+pub mod debug;
 pub(crate) mod devices;
 pub mod files;
 pub mod fleet;

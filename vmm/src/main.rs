@@ -26,6 +26,7 @@ Exit status:
   124  the guest ran longer than --timeout
   125  the VMM could not start the guest (bad image, bad flag, no KVM, too little memory)
   134  the guest crashed (CPU exception, triple fault, emulation failure, bad hypercall)
+  137  gdb killed the guest (--gdb)
   141  the guest's stdout was closed (`vmm run app | head -1`), as SIGPIPE ends a process";
 
 const SERVE_HELP: &str = "\
@@ -175,6 +176,10 @@ enum Command {
         /// Run the workers without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
+        /// Write an ELF core file for each crashed instance (the first 16) to this folder, as
+        /// GROUP.INDEX.core.
+        #[arg(long, value_name = "DIR")]
+        cores: Option<PathBuf>,
         /// A network device for every instance (of entries without a net of their own), as
         /// for `vmm run --net`: in the tap name,
         /// `{i}` becomes the instance's number (0, 1, ...), and the address grows by it
@@ -236,6 +241,14 @@ enum Command {
         /// the guest sends beyond tx-rate bytes/s (default 128M) are dropped.
         #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
         net: Option<vmm::net::NetSpec>,
+        /// If the guest crashes, write an ELF core file here (`gdb IMAGE FILE` opens it).
+        #[arg(long, value_name = "FILE", conflicts_with = "via")]
+        core: Option<PathBuf>,
+        /// Stop the guest before its first instruction and wait for gdb (`target remote ADDR`)
+        /// on ADDR: a loopback HOST:PORT (port 0: any free one) or a Unix socket path. Runs
+        /// without the seccomp sandbox and without --timeout.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["via", "timeout"])]
+        gdb: Option<String>,
         /// Arguments for the app.
         #[arg(last = true)]
         args: Vec<String>,
@@ -327,6 +340,7 @@ fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
         vm,
         measure_ram: false,
         detach_teardown: true,
+        core: None,
     })
 }
 
@@ -393,6 +407,7 @@ fn vmm_main() -> i32 {
                 vm,
                 measure_ram: false,
                 detach_teardown: false,
+                core: None,
             };
             snapshot(&config, &output)
         }
@@ -409,6 +424,7 @@ fn vmm_main() -> i32 {
             manifest,
             json,
             no_seccomp,
+            cores,
             net,
             args,
         } => {
@@ -417,16 +433,14 @@ fn vmm_main() -> i32 {
                 Ok(volumes) => volumes,
                 Err(err) => return fail(&err),
             };
-            fleet(
-                image,
-                manifest,
-                count,
-                defaults,
+            let options = FleetOptions {
                 concurrency,
                 resident,
                 json,
+                cores,
                 net,
-            )
+            };
+            fleet(image, manifest, count, defaults, options)
         }
         Command::Run {
             image,
@@ -443,6 +457,8 @@ fn vmm_main() -> i32 {
             max_output,
             net,
             volumes,
+            core,
+            gdb,
             args,
         } => {
             assert!(!debug_panic, "--debug-panic");
@@ -478,8 +494,12 @@ fn vmm_main() -> i32 {
                 vm,
                 measure_ram: format.is_some(),
                 detach_teardown: !sync_teardown,
+                core,
             };
-            run(&config, timeline, format)
+            match gdb {
+                Some(address) => run_under_gdb(&config, &address, timeline, format),
+                None => run(&config, timeline, format),
+            }
         }
     }
 }
@@ -518,9 +538,25 @@ fn seccomp_list() -> i32 {
 }
 
 fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -> i32 {
-    let report = match vmm::launch::run(config, Console::inherit(), timeline) {
+    let result = vmm::launch::run(config, Console::inherit(), timeline);
+    finish_run(result, &config.target, format)
+}
+
+/// Prints what `vmm run` says about a finished guest, and returns its status.
+fn finish_run(
+    result: Result<vmm::RunReport, vmm::LaunchError>,
+    target: &std::path::Path,
+    format: Option<TimelineFormat>,
+) -> i32 {
+    let report = match result {
         Ok(report) => report,
-        Err(err) => return fail(&err),
+        Err(err) => {
+            let hint = built_image_named(target)
+                .map(|image| format!(" (did you mean {}?)", image.display()))
+                .unwrap_or_default();
+            eprintln!("error: {}{hint}", vmm::error_chain(&err));
+            return abi::exit_status::VMM_ERROR;
+        }
     };
     if let Some(text) = report.outcome.message() {
         eprint!("{text}");
@@ -532,6 +568,38 @@ fn run(config: &RunConfig, timeline: Timeline, format: Option<TimelineFormat>) -
         None => {}
     }
     status
+}
+
+/// `target/images/NAME` when `target` is a bare name that is not a file here but an image
+/// built by `cargo xtask build` is (`vmm run hello` from the project's folder).
+fn built_image_named(target: &std::path::Path) -> Option<PathBuf> {
+    let bare = target.components().count() == 1 && !target.as_os_str().is_empty();
+    if !bare || target.symlink_metadata().is_ok() {
+        return None;
+    }
+    let image = std::path::Path::new("target/images").join(target);
+    image.is_file().then_some(image)
+}
+
+fn run_under_gdb(
+    config: &RunConfig,
+    address: &str,
+    timeline: Timeline,
+    format: Option<TimelineFormat>,
+) -> i32 {
+    let listener = match address
+        .parse::<vmm::debug::GdbAddress>()
+        .and_then(|address| vmm::debug::GdbListener::bind(&address))
+    {
+        Ok(listener) => listener,
+        Err(err) => return fail(&err),
+    };
+    if config.vm.seccomp {
+        eprintln!("warning: --gdb: the VMM runs the guest without its sandbox");
+    }
+    eprintln!("vmm: waiting for gdb: target remote {}", listener.target());
+    let result = vmm::debug::run(config, listener, Console::inherit(), timeline);
+    finish_run(result, &config.target, format)
 }
 
 /// `vmm run --via`: the server opens the volumes (beneath its `--volume-root`s), and the
@@ -599,16 +667,21 @@ fn serve(config: vmm::serve::ServeConfig) -> i32 {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one per flag of vmm fleet")]
+/// `vmm fleet`'s flags beyond the guests' own settings.
+struct FleetOptions {
+    concurrency: usize,
+    resident: bool,
+    json: bool,
+    cores: Option<PathBuf>,
+    net: Option<vmm::net::NetSpec>,
+}
+
 fn fleet(
     image: Option<PathBuf>,
     manifest: Option<PathBuf>,
     count: usize,
     defaults: VmConfig,
-    concurrency: usize,
-    resident: bool,
-    json: bool,
-    net: Option<vmm::net::NetSpec>,
+    options: FleetOptions,
 ) -> i32 {
     use vmm::fleet::{FleetSpec, Group};
     if !defaults.seccomp {
@@ -630,22 +703,29 @@ fn fleet(
     };
     let spec = FleetSpec {
         groups,
-        concurrency,
-        resident,
+        concurrency: options.concurrency,
+        resident: options.resident,
         seccomp: defaults.seccomp,
-        net,
+        cores: options.cores,
+        net: options.net,
     };
-    match vmm::fleet::run_fleet(&spec) {
-        Ok(report) if json => {
-            println!("{}", vmm::fleet::format_json(&report));
-            0
-        }
-        Ok(report) => {
-            print!("{}", vmm::fleet::format_table(&report));
-            0
-        }
-        Err(err) => fail(&err),
+    let report = match vmm::fleet::run_fleet(&spec) {
+        Ok(report) => report,
+        Err(err) => return fail(&err),
+    };
+    for group in &report.never_parked {
+        eprintln!(
+            "warning: --resident: no instance of {group} parked, so they ran one after another \
+             instead of all at once (the image must park, e.g. with kernel::wait_for_release() as \
+             idle does)"
+        );
     }
+    if options.json {
+        println!("{}", vmm::fleet::format_json(&report));
+    } else {
+        print!("{}", vmm::fleet::format_table(&report));
+    }
+    0
 }
 
 /// Gives the guest this process's stdin and the volumes, opened now (before any sandbox); the

@@ -4,10 +4,13 @@
 //! Stub `n` (16 bytes at `STUBS_ADDR + 16 n`) is `push rax; push rdx; mov eax, n;
 //! mov dx, CRASH; out dx, eax; hlt; jmp back to hlt`: the VMM then reads the frame from the
 //! ring-0 stack (see `abi::exception`) and prints the crash report. The rest of the page is
-//! `int3`. The page is supervisor-only and read-only: ring 3 can neither read nor change it.
+//! `int3`, but for one `iretq` right after the stubs ([`resume_address`]): the debugger
+//! resumes a guest that a stub stopped through it, with an interrupt frame of the VMM's own
+//! making on the ring-0 stack, so that the CPU itself returns to ring 3. The page is
+//! supervisor-only and read-only: ring 3 can neither read nor change it.
 
 use super::layout::{PAGE_SIZE, STUBS_ADDR};
-use abi::exception::{STUB_STRIDE, VECTORS};
+use abi::exception::{STUB_STRIDE, TABLE_SIZE, VECTORS};
 
 /// The instruction bytes of stub `vector`, padded with `int3` to the stride.
 fn stub(vector: u8) -> [u8; STUB_STRIDE] {
@@ -26,6 +29,9 @@ fn stub(vector: u8) -> [u8; STUB_STRIDE] {
     bytes
 }
 
+/// `iretq`.
+const IRETQ: [u8; 2] = [0x48, 0xcf];
+
 /// The whole stub page.
 pub(crate) fn page() -> [u8; PAGE_SIZE as usize] {
     let mut page = [0xcc; PAGE_SIZE as usize];
@@ -33,7 +39,14 @@ pub(crate) fn page() -> [u8; PAGE_SIZE as usize] {
         let at = vector * STUB_STRIDE;
         page[at..at + STUB_STRIDE].copy_from_slice(&stub(vector as u8));
     }
+    page[TABLE_SIZE..TABLE_SIZE + IRETQ.len()].copy_from_slice(&IRETQ);
     page
+}
+
+/// Where the `iretq` lies that returns a stopped guest to ring 3 (with `rsp` at an interrupt
+/// frame: `rip`, `cs`, `rflags`, `rsp`, `ss`).
+pub(crate) fn resume_address() -> u64 {
+    STUBS_ADDR + TABLE_SIZE as u64
 }
 
 /// Where stub `vector` starts.
@@ -65,7 +78,9 @@ mod tests {
         for vector in 0..VECTORS {
             assert_eq!(page[vector * STUB_STRIDE + 3], vector as u8);
         }
-        assert!(page[VECTORS * STUB_STRIDE..].iter().all(|&b| b == 0xcc));
+        assert_eq!(&page[TABLE_SIZE..TABLE_SIZE + 2], &IRETQ);
+        assert_eq!(resume_address(), STUBS_ADDR + TABLE_SIZE as u64);
+        assert!(page[TABLE_SIZE + 2..].iter().all(|&b| b == 0xcc));
         assert!(contains(address(31)));
         assert!(!contains(STUBS_ADDR + PAGE_SIZE));
     }

@@ -17,6 +17,7 @@ pub mod report;
 mod scheduler;
 
 pub use report::{FleetReport, FleetSummary, InstanceResult, format_json, format_table};
+pub use scheduler::MAX_CORES;
 
 use crate::launch::{LaunchError, Target, TargetError};
 use crate::vm::{VmConfig, VmError};
@@ -69,6 +70,9 @@ pub enum FleetError {
     /// Not even one worker thread could be started.
     #[error("cannot start worker threads")]
     Spawn(#[source] std::io::Error),
+    /// `--cores` does not name a folder.
+    #[error("--cores {0}: not a folder")]
+    CoresDir(PathBuf),
 }
 
 /// One kind of instance: a target with its settings, `count` times.
@@ -99,6 +103,8 @@ pub struct FleetSpec {
     pub resident: bool,
     /// Sandbox the workers.
     pub seccomp: bool,
+    /// Write the cores of the first crashed instances (at most `MAX_CORES`) to this folder.
+    pub cores: Option<PathBuf>,
     /// A network device for every instance of a group without a `net` of its own (`--net`):
     /// instance `n` (counted across the whole fleet, in boot order) gets the tap named with
     /// `{i}` replaced by `n` and the address plus `n` (see
@@ -124,6 +130,11 @@ pub fn run_fleet(spec: &FleetSpec) -> Result<FleetReport, FleetError> {
     }
     if total == 0 {
         return Err(FleetError::NoInstances);
+    }
+    if let Some(dir) = &spec.cores
+        && !dir.is_dir()
+    {
+        return Err(FleetError::CoresDir(dir.clone()));
     }
     let prepared = prepare(spec)?;
     scheduler::run(spec, &prepared, total as usize)

@@ -66,6 +66,10 @@ pub struct FleetReport {
     pub memory: MemoryFigures,
     /// Every instance, in group order.
     pub instances: Vec<InstanceResult>,
+    /// With `--resident`: the groups none of whose instances parked (their image never
+    /// parks, so they were not held at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub never_parked: Vec<String>,
 }
 
 impl FleetReport {
@@ -240,6 +244,7 @@ mod tests {
                 stdout: "hi\n".into(),
                 stderr: String::new(),
             }],
+            never_parked: Vec::new(),
         };
         let text = format_json(&report);
         let back: FleetSummary = serde_json::from_str(&text).unwrap();
@@ -262,6 +267,7 @@ mod tests {
                 ..Default::default()
             },
             instances: Vec::new(),
+            never_parked: Vec::new(),
         };
         assert!(format_table(&report).contains("100 KiB per VM, shared pages"));
     }

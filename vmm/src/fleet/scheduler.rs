@@ -8,6 +8,8 @@
 use super::hostmem;
 use super::report::{FleetReport, InstanceResult, KEPT_OUTPUT, MemoryFigures};
 use super::{FleetError, FleetSpec, Prepared};
+use crate::memory::GuestRam;
+use crate::report::crash::CrashState;
 use crate::report::{Outcome, Timeline};
 use crate::sandbox::{self, Profile};
 use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmError};
@@ -20,6 +22,42 @@ use std::time::{Duration, Instant};
 pub const MAX_PARKS: usize = 1000;
 /// How long a released guest may run when its group has no timeout.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most core files one fleet writes (`--cores`): the first crashes' (each keeps its guest's RAM
+/// until the fleet ends).
+pub const MAX_CORES: usize = 16;
+
+/// A crashed instance whose core file is written when the fleet ends (the workers are
+/// sandboxed and cannot create files).
+struct PendingCore {
+    group: usize,
+    index: usize,
+    ram: GuestRam,
+    crash: Box<CrashState>,
+}
+
+/// The crashes kept for `--cores`.
+struct CoreKeeper {
+    wanted: bool,
+    pending: Mutex<Vec<PendingCore>>,
+}
+
+impl CoreKeeper {
+    /// Keeps `vm`'s RAM and crash state if cores are wanted and there is room.
+    fn keep(&self, job: &Job, vm: &Vm, crash: Option<Box<CrashState>>) {
+        let Some(crash) = crash.filter(|_| self.wanted) else {
+            return;
+        };
+        let mut pending = lock(&self.pending);
+        if pending.len() < MAX_CORES {
+            pending.push(PendingCore {
+                group: job.group,
+                index: job.index,
+                ram: vm.ram().clone(),
+                crash,
+            });
+        }
+    }
+}
 
 /// A job: one instance to boot.
 struct Job {
@@ -108,6 +146,10 @@ pub(super) fn run(
     let results = Mutex::new(Vec::with_capacity(total));
     let parked = Mutex::new(Vec::new());
     let deadlines = DeadlineService::start(spec.seccomp).map_err(VmError::from)?;
+    let cores = CoreKeeper {
+        wanted: spec.cores.is_some(),
+        pending: Mutex::new(Vec::new()),
+    };
     let started = Instant::now();
     let workers = spec.concurrency.min(total);
     in_workers(workers, spec.seccomp, &device_fds, || {
@@ -116,7 +158,7 @@ pub(super) fn run(
         while let Some(job) = next(&queue) {
             let count = live.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(count, Ordering::SeqCst);
-            match boot(&kvm, prepared, job, &deadlines, spec.resident) {
+            match boot(&kvm, prepared, job, &deadlines, spec.resident, &cores) {
                 Boot::Parked(running) => lock(&parked).push(*running),
                 Boot::Done(result) => {
                     live.fetch_sub(1, Ordering::SeqCst);
@@ -130,11 +172,27 @@ pub(super) fn run(
     memory.rss_at_peak_kib = hostmem::own_kib("VmRSS");
     memory.pss_at_peak_kib = hostmem::own_pss_kib();
     let parked = parked.into_inner().unwrap_or_else(|e| e.into_inner());
-    release(parked, spec, prepared, &deadlines, &results, &device_fds)?;
+    let never_parked = if spec.resident {
+        never_parked(prepared, &parked)
+    } else {
+        Vec::new()
+    };
+    release(
+        parked,
+        spec,
+        prepared,
+        &deadlines,
+        &results,
+        &device_fds,
+        &cores,
+    )?;
     memory.mem_available_after_kib = hostmem::mem_available_kib();
     memory.rss_high_water_kib = hostmem::own_kib("VmHWM");
     let mut instances = results.into_inner().unwrap_or_else(|e| e.into_inner());
     instances.sort_by_key(|i| (group_order(prepared, &i.group), i.index));
+    if let Some(dir) = &spec.cores {
+        write_cores(dir, prepared, cores, &mut instances);
+    }
     Ok(FleetReport {
         count: total,
         concurrency: spec.concurrency,
@@ -144,7 +202,52 @@ pub(super) fn run(
         peak_concurrent: peak.load(Ordering::SeqCst),
         memory,
         instances,
+        never_parked,
     })
+}
+
+/// The groups none of whose instances parked (with `--resident`: their image does not park,
+/// so they ran to their end one after another instead of being held at once).
+fn never_parked(prepared: &[Prepared], parked: &[Running]) -> Vec<String> {
+    prepared
+        .iter()
+        .enumerate()
+        .filter(|(group, _)| !parked.iter().any(|r| r.job.group == *group))
+        .map(|(_, p)| p.group.name.clone())
+        .collect()
+}
+
+/// Writes the kept cores to `dir` as `GROUP.INDEX.core` and says so in each instance's report.
+fn write_cores(
+    dir: &std::path::Path,
+    prepared: &[Prepared],
+    cores: CoreKeeper,
+    instances: &mut [InstanceResult],
+) {
+    let pending = cores
+        .pending
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    for core in pending {
+        let group = &prepared[core.group].group.name;
+        let path = dir.join(format!("{group}.{}.core", core.index));
+        let name = prepared[core.group].target.name();
+        let note = match crate::report::core_dump::write(&path, &core.ram, &core.crash, name) {
+            Ok(summary) => format!(
+                "  core dumped to {} ({} guest pages, {} bytes)\n",
+                path.display(),
+                summary.pages,
+                summary.file_size
+            ),
+            Err(err) => format!("  no core file: {}\n", crate::error_chain(&err)),
+        };
+        if let Some(instance) = instances
+            .iter_mut()
+            .find(|i| &i.group == group && i.index == core.index)
+        {
+            instance.stderr.push_str(&note);
+        }
+    }
 }
 
 /// Gives every job its network device, in job order: its group's `net` (numbered within the
@@ -222,6 +325,7 @@ fn release(
     deadlines: &DeadlineService,
     results: &Mutex<Vec<InstanceResult>>,
     device_fds: &[i32],
+    cores: &CoreKeeper,
 ) -> Result<(), FleetError> {
     if parked.is_empty() {
         return Ok(());
@@ -239,7 +343,7 @@ fn release(
             let me = unsafe { libc::pthread_self() };
             running.vm.arm_watchdog(deadlines.watch(timeout, me));
             let progress = finish(&mut running.vm);
-            let result = result_of(prepared, &running, progress);
+            let result = result_of(prepared, &running, progress, cores);
             lock(results).push(result);
         }
     })
@@ -263,6 +367,7 @@ fn boot(
     job: Job,
     deadlines: &DeadlineService,
     resident: bool,
+    cores: &CoreKeeper,
 ) -> Boot {
     let p = &prepared[job.group];
     let started = Instant::now();
@@ -314,7 +419,7 @@ fn boot(
     if parked && resident {
         Boot::Parked(Box::new(running))
     } else {
-        Boot::Done(result_of(prepared, &running, progress))
+        Boot::Done(result_of(prepared, &running, progress, cores))
     }
 }
 
@@ -322,15 +427,18 @@ fn result_of(
     prepared: &[Prepared],
     running: &Running,
     progress: Result<Progress, VmError>,
+    cores: &CoreKeeper,
 ) -> InstanceResult {
     let mut stderr = running.stderr.text();
     let (status, kind) = match progress {
-        Ok(Progress::Finished(report)) => {
+        Ok(Progress::Finished(mut report)) => {
+            cores.keep(&running.job, &running.vm, report.crash.take());
             let status = report.outcome.exit_status();
             match &report.outcome {
                 Outcome::Exited(_) => (status, "exited"),
                 Outcome::TimedOut(_) => (status, "timed out"),
                 Outcome::BrokenPipe => (status, "broken pipe"),
+                Outcome::Killed => (status, "killed"),
                 Outcome::Crashed(text) => {
                     stderr.push_str(text);
                     (status, "crashed")

@@ -57,6 +57,12 @@ pub enum LaunchError {
     /// The guest's thread died without an answer (a bug).
     #[error("the vCPU thread failed unexpectedly")]
     RunnerFailed,
+    /// The session that ran the guest failed (the debugger's).
+    #[error(transparent)]
+    Session(Box<dyn std::error::Error + Send + Sync>),
+    /// The core file cannot be written where asked (`--core`).
+    #[error("--core")]
+    Core(#[source] crate::files::WriteError),
 }
 
 /// Checks a guest RAM size against the documented bounds.
@@ -150,7 +156,8 @@ pub fn build(
     finish(shell, target, config, timeline)
 }
 
-/// What `vmm run` boots.
+/// What `vmm run` boots. `RunConfig::new(target)` gives the command line's defaults (a
+/// detached teardown, no timeline, no core file), so that new fields do not break callers.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     /// The image or snapshot file.
@@ -163,6 +170,22 @@ pub struct RunConfig {
     pub measure_ram: bool,
     /// Leave the VM's teardown to a helper process so the caller can exit at once.
     pub detach_teardown: bool,
+    /// Write an ELF core file here if the guest crashes (`vmm run --core`).
+    pub core: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// `vmm run TARGET` with the command line's defaults.
+    pub fn new(target: PathBuf) -> Self {
+        Self {
+            target,
+            snapshot_only: false,
+            vm: VmConfig::default(),
+            measure_ram: false,
+            detach_teardown: true,
+            core: None,
+        }
+    }
 }
 
 /// Loads, boots and runs one image (or restores a snapshot) to completion.
@@ -175,8 +198,32 @@ pub struct RunConfig {
 pub fn run(
     config: &RunConfig,
     console: Console,
-    mut timeline: Timeline,
+    timeline: Timeline,
 ) -> Result<RunReport, LaunchError> {
+    run_with(
+        config,
+        console,
+        timeline,
+        Box::new(|vm, console, watchdog| Ok(vm.run(console, watchdog)?)),
+    )
+}
+
+/// How the runner thread runs an assembled VM to its end (`vm.run`, or a debugging session).
+pub(crate) type Driver = Box<
+    dyn FnOnce(&mut Vm, Console, Option<vm::Watchdog>) -> Result<RunReport, LaunchError> + Send,
+>;
+
+/// [`run`], with the guest run by `drive` on the runner thread (which is confined first only
+/// if `config.vm.seccomp`).
+pub(crate) fn run_with(
+    config: &RunConfig,
+    console: Console,
+    mut timeline: Timeline,
+    drive: Driver,
+) -> Result<RunReport, LaunchError> {
+    if let Some(core) = &config.core {
+        crate::files::check_replaceable(core).map_err(LaunchError::Core)?;
+    }
     let file = if config.snapshot_only {
         TargetFile::open_snapshot(&config.target)?
     } else {
@@ -209,7 +256,7 @@ pub fn run(
                     from_main.recv().map_err(|_| LaunchError::RunnerFailed)?;
                 timeline.image_loaded = Some(loaded_at);
                 let mut vm = finish(shell?, &target, &vm_config, timeline)?;
-                let report = vm.run(console, watchdog)?;
+                let report = drive(&mut vm, console, watchdog)?;
                 Ok::<_, LaunchError>((vm, report))
             })
             .map_err(LaunchError::Spawn)?
@@ -235,6 +282,9 @@ pub fn run(
     if config.measure_ram {
         report.ram_pages_touched = vm.ram().resident_pages();
     }
+    if let Some(path) = &config.core {
+        dump_core(&mut report, path, vm.ram(), &guest_name(&config.target));
+    }
     if config.detach_teardown {
         vm::teardown::detach_closing(vm, &config.vm.devices.host_fds());
     } else {
@@ -242,6 +292,23 @@ pub fn run(
     }
     report.timeline.torn_down = Some(Instant::now());
     Ok(report)
+}
+
+/// Writes the core file of a crashed guest to `path` (nothing when it did not crash), and says
+/// so at the end of its crash report.
+pub(crate) fn dump_core(report: &mut RunReport, path: &Path, ram: &GuestRam, name: &str) {
+    let (Outcome::Crashed(text), Some(crash)) = (&mut report.outcome, &report.crash) else {
+        return;
+    };
+    match crate::report::core_dump::write(path, ram, crash, name) {
+        Ok(summary) => text.push_str(&format!(
+            "  core dumped to {} ({} guest pages, {} bytes)\n",
+            path.display(),
+            summary.pages,
+            summary.file_size
+        )),
+        Err(err) => text.push_str(&format!("  no core file: {}\n", crate::error_chain(&err))),
+    }
 }
 
 /// Boots the image `config.target` until its kernel's snapshot point and writes the snapshot
@@ -254,6 +321,7 @@ pub fn snapshot(
     console: Console,
     out: &Path,
 ) -> Result<snapshot::Summary, LaunchError> {
+    crate::files::check_replaceable(out).map_err(SnapshotError::from)?;
     let target = Target::open(&config.target)?;
     let TargetKind::Image(image) = target.kind().clone() else {
         return Err(SnapshotError::Foreign(format!(
@@ -282,6 +350,7 @@ pub fn snapshot(
                         Outcome::Exited(code) => format!("it exited with {code}"),
                         Outcome::TimedOut(_) => "it timed out".into(),
                         Outcome::BrokenPipe => "its stdout was closed".into(),
+                        Outcome::Killed => "it was killed".into(),
                         Outcome::Crashed(text) => {
                             text.lines().next().unwrap_or("it crashed").to_owned()
                         }

@@ -91,6 +91,8 @@ pub struct ExceptionFrame {
     pub rax: u64,
     /// The saved `rdx`.
     pub rdx: u64,
+    /// Stack segment at the fault.
+    pub ss: u64,
 }
 
 /// Reads the frame from the ring-0 stack at `rsp` (guest-controlled only through the fault
@@ -112,7 +114,48 @@ pub fn read_frame(ram: &GuestRam, rsp: u64, vector: u8) -> Option<ExceptionFrame
         cs: word(at + 1)?,
         rflags: word(at + 2)?,
         rsp: word(at + 3)?,
+        ss: word(at + 4)?,
     })
+}
+
+/// The signal a Linux process would get for exception `vector` (what gdb and core files show).
+pub(crate) fn signal_for_vector(vector: u8) -> i32 {
+    match vector {
+        0 | 16 | 19 => libc::SIGFPE,  // #DE, #MF, #XM
+        1 | 3 => libc::SIGTRAP,       // #DB, #BP
+        6 => libc::SIGILL,            // #UD
+        7 => libc::SIGFPE,            // #NM (no FPU: never here)
+        11 | 12 | 17 => libc::SIGBUS, // #NP, #SS, #AC
+        _ => libc::SIGSEGV,           // #PF, #GP, #DF, #BR, #OF, ...
+    }
+}
+
+/// The guest's state when it crashed, kept for a core file: registers at the faulting
+/// instruction (for an exception, as they were before the stub ran), the special registers,
+/// and the SSE state.
+#[derive(Debug, Clone)]
+pub(crate) struct CrashState {
+    /// The signal a process would have got.
+    pub signal: i32,
+    /// General registers at the fault.
+    pub regs: kvm_regs,
+    /// Segment selectors at the fault (`cs`, `ss`) and the rest of the special registers.
+    pub sregs: kvm_sregs,
+    /// The legacy FXSAVE area (x87, SSE registers, MXCSR), when it could be read.
+    pub fxsave: Option<Box<[u8; 512]>>,
+}
+
+/// The registers at the faulting instruction: the stub's `regs` with what it saved or what the
+/// CPU pushed put back.
+pub(crate) fn regs_at_fault(regs: &kvm_regs, frame: &ExceptionFrame) -> kvm_regs {
+    kvm_regs {
+        rax: frame.rax,
+        rdx: frame.rdx,
+        rsp: frame.rsp,
+        rip: frame.rip,
+        rflags: frame.rflags,
+        ..*regs
+    }
 }
 
 /// Formats the register dump.
@@ -188,16 +231,8 @@ pub fn exception_report(
             .unwrap_or_default();
         let _ = writeln!(out, "  faulting address (cr2) {:#x}{hint}", sregs.cr2);
     }
-    let at_fault = kvm_regs {
-        rax: frame.rax,
-        rdx: frame.rdx,
-        rsp: frame.rsp,
-        rip: frame.rip,
-        rflags: frame.rflags,
-        ..*regs
-    };
     out.push_str("  registers:\n");
-    format_registers(&mut out, &at_fault);
+    format_registers(&mut out, &regs_at_fault(regs, &frame));
     out
 }
 
@@ -206,7 +241,9 @@ const MAX_FRAMES: usize = 32;
 
 /// A best-effort backtrace: the faulting `rip`, then the return addresses found by walking the
 /// frame-pointer chain from `rbp` (images are built with frame pointers). Every read is checked
-/// against RAM and the chain must move up the stack, so a corrupt chain ends the walk.
+/// against RAM and the chain must move up the stack, so a corrupt chain ends the walk; a last
+/// line says so when the walk stopped before the chain's end (a zero frame pointer or return
+/// address, which `_start` leaves).
 pub fn backtrace(
     ram: &GuestRam,
     rip: u64,
@@ -220,15 +257,24 @@ pub fn backtrace(
     };
     let mut out = format!("  backtrace:\n    #0  {rip:#018x}{}\n", name(rip));
     let mut frame = rbp;
-    for depth in 1..MAX_FRAMES {
-        if frame == 0 || !frame.is_multiple_of(8) {
-            break;
+    let mut depth = 1;
+    let cut = loop {
+        if frame == 0 {
+            break None;
+        }
+        if depth == MAX_FRAMES {
+            break Some(format!("cut at {MAX_FRAMES} frames"));
+        }
+        if !frame.is_multiple_of(8) {
+            break Some(format!("cut: frame pointer {frame:#x} is misaligned"));
         }
         let (Ok(next), Ok(ret)) = (ram.read_u64(frame), ram.read_u64(frame.wrapping_add(8))) else {
-            break;
+            break Some(format!(
+                "cut: frame pointer {frame:#x} is outside guest RAM"
+            ));
         };
         if ret == 0 {
-            break;
+            break None;
         }
         // The return address points after the call: name the call itself.
         let _ = writeln!(
@@ -236,10 +282,16 @@ pub fn backtrace(
             "    #{depth:<2} {ret:#018x}{}",
             name(ret.saturating_sub(1))
         );
-        if next <= frame {
-            break;
+        depth += 1;
+        if next != 0 && next <= frame {
+            break Some(format!(
+                "cut: the frame chain goes down the stack ({next:#x} after {frame:#x})"
+            ));
         }
         frame = next;
+    };
+    if let Some(why) = cut {
+        let _ = writeln!(out, "    ... backtrace {why}");
     }
     out
 }
@@ -276,6 +328,7 @@ mod tests {
     fn test_read_frame_with_error_code() {
         let ram = GuestRam::new(1 << 20).unwrap();
         let words: [u64; 8] = [0xd, 0xa, 0x6, 0x20_1000, 0x23, 0x202, 0x1f_fff0, 0x1b];
+        // rdx, rax, error code, rip, cs, rflags, rsp, ss
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         ram.write(0x5000, &bytes).unwrap();
         let frame = read_frame(&ram, 0x5000, 14).unwrap();
@@ -284,6 +337,7 @@ mod tests {
         assert_eq!(frame.cs, 0x23);
         assert_eq!(frame.rsp, 0x1f_fff0);
         assert_eq!((frame.rax, frame.rdx), (0xa, 0xd));
+        assert_eq!(frame.ss, 0x1b);
         let no_code = read_frame(&ram, 0x5000, 6).unwrap();
         assert_eq!(no_code.rip, 0x6);
     }
@@ -321,9 +375,33 @@ mod tests {
         )
         .unwrap();
         let text = backtrace(&ram, 1, 0x8000, &|_| None);
-        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(
+            text.ends_with(
+                "backtrace cut: the frame chain goes down the stack (0x8000 after 0x8000)\n"
+            ),
+            "{text}"
+        );
         let text = backtrace(&ram, 1, u64::MAX - 7, &|_| None);
-        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(backtrace(&ram, 1, 0x8004, &|_| None).lines().count(), 3);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains("is outside guest RAM"), "{text}");
+    }
+
+    #[test]
+    fn test_backtrace_of_a_deep_chain_says_it_was_cut() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        for i in 0..40u64 {
+            let at = 0x8000 + i * 0x10;
+            ram.write(
+                at,
+                &[(at + 0x10).to_le_bytes(), 0x20_1000u64.to_le_bytes()].concat(),
+            )
+            .unwrap();
+        }
+        let text = backtrace(&ram, 1, 0x8000, &|_| None);
+        assert_eq!(text.lines().count(), 2 + MAX_FRAMES, "{text}");
+        assert!(text.ends_with("... backtrace cut at 32 frames\n"), "{text}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! What a finished run reports: how the guest ended ([`Outcome`]), what it did ([`RunReport`],
 //! [`ExitStats`]), when each boot phase ended ([`timeline`]), and, after a crash, what the
-//! guest was doing ([`crash`], with names from [`symbols`]).
+//! guest was doing ([`crash`], with names from [`symbols`] and source lines from [`lines`]).
 //!
 //! This room only describes runs; it never touches a VM. The VM core fills a [`RunReport`].
 
+pub(crate) mod core_dump;
 pub(crate) mod crash;
+pub(crate) mod lines;
 pub mod stats;
 pub(crate) mod symbols;
 pub mod timeline;
@@ -24,6 +26,8 @@ pub enum Outcome {
     Crashed(String),
     /// Its stdout was closed (`| head -1`): it stopped as SIGPIPE stops a process.
     BrokenPipe,
+    /// The debugger killed it (gdb's `kill`): it stopped as SIGKILL stops a process.
+    Killed,
 }
 
 impl Outcome {
@@ -34,6 +38,7 @@ impl Outcome {
             Outcome::TimedOut(_) => abi::exit_status::TIMEOUT,
             Outcome::Crashed(_) => abi::exit_status::CRASH,
             Outcome::BrokenPipe => abi::exit_status::BROKEN_PIPE,
+            Outcome::Killed => 128 + libc::SIGKILL,
         }
     }
 
@@ -46,6 +51,7 @@ impl Outcome {
                 "vmm: guest stopped: it ran longer than --timeout {limit:?}\n"
             )),
             Outcome::Crashed(text) => Some(format!("vmm: {text}")),
+            Outcome::Killed => Some("vmm: guest killed by the debugger\n".to_owned()),
         }
     }
 }
@@ -92,4 +98,6 @@ pub struct RunReport {
     pub first_output: Option<Instant>,
     /// Guest RAM pages resident after the run (when measured).
     pub ram_pages_touched: Option<u64>,
+    /// After a crash: the guest's registers at the fault, for a core file.
+    pub(crate) crash: Option<Box<crash::CrashState>>,
 }

@@ -37,6 +37,9 @@ pub enum SnapshotError {
     /// The file cannot be opened, or is not a regular file.
     #[error("snapshot: {0}")]
     File(#[from] FileError),
+    /// The file could not be written (or something other than a regular file is in the way).
+    #[error(transparent)]
+    Write(#[from] crate::files::WriteError),
     /// The file could not be read or written.
     #[error("snapshot {path}")]
     Io {
@@ -87,10 +90,6 @@ pub fn write(
     vcpu: &SavedVcpu,
     devices: &[DeviceState],
 ) -> Result<Summary, SnapshotError> {
-    let io = |source| SnapshotError::Io {
-        path: path.to_owned(),
-        source,
-    };
     let pages = saved_pages(ram);
     let mut meta = Vec::new();
     for segment in image.segments() {
@@ -136,46 +135,17 @@ pub fn write(
         reserved: [0; 5],
     };
     header.meta_crc = format::meta_crc(&header, &meta);
-    let (temp, mut file) = create_beside(path).map_err(io)?;
-    let written = (|| {
+    crate::files::write_atomically(path, |file| {
         file.write_all(header.as_slice())?;
         file.write_all(&meta)?;
         file.write_all(&vec![0u8; data_offset - HEADER_SIZE - meta.len()])?;
         file.write_all(&data)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(io(source));
-    }
+        Ok(())
+    })?;
     Ok(Summary {
         pages: pages.len() as u64,
         file_size: (data_offset + data.len()) as u64,
     })
-}
-
-/// A new file next to `path` (same folder, so that a rename replaces `path` atomically).
-fn create_beside(path: &Path) -> std::io::Result<(PathBuf, File)> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    for attempt in 0..100u32 {
-        let temp_name = format!(".{name}.{}.{attempt}.tmp", std::process::id());
-        let temp = dir.map_or_else(|| PathBuf::from(&temp_name), |d| d.join(&temp_name));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-        {
-            Ok(file) => return Ok((temp, file)),
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(err) => return Err(err),
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AlreadyExists,
-        "no free temporary name",
-    ))
 }
 
 /// The guest pages worth saving: resident (touched), not all zero, and not the VMM's own
@@ -520,15 +490,6 @@ fn copy_to_sealed_memfd(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_create_beside_stays_in_the_folder() {
-        let dir = std::env::temp_dir().join(format!("flick-beside-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (temp, _) = create_beside(&dir.join("x.snap")).unwrap();
-        assert_eq!(temp.parent(), Some(dir.as_path()));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn test_sealed_memfd_refuses_writes() {

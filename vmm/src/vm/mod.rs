@@ -12,6 +12,7 @@
 //! [`Start`] by the launcher (`crate::launch`).
 
 pub(crate) mod console;
+pub(crate) mod debug;
 pub(crate) mod exits;
 pub(crate) mod hypercall;
 pub(crate) mod shell;
@@ -31,10 +32,12 @@ pub use crate::devices::DeviceConfig;
 use crate::devices::{DeviceState, DeviceStateError, PortBus};
 use crate::memory::GuestRam;
 use crate::memory::image::Image;
-use crate::report::{Outcome, RunReport, Timeline, crash, symbols::Symbols};
+use crate::report::crash::{self, CrashState};
+use crate::report::{Outcome, RunReport, Timeline, lines::Lines, symbols::Symbols};
 use exits::{Action, Exit, ExitHandler, Limits, Stop};
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Errors that keep a guest from starting or running.
@@ -423,7 +426,7 @@ impl Vm {
     pub fn resume(&mut self) -> Result<Progress, VmError> {
         let mut handler = self.handler.take().expect("resume() after start()");
         let watchdog = self.watchdog.take();
-        let stop = self.run_loop(&mut handler, watchdog.as_ref());
+        let stop = self.run_loop(&mut handler, watchdog.as_ref(), None, false);
         self.watchdog = watchdog;
         match stop {
             Ok(Some(Stop::Parked)) => {
@@ -436,38 +439,63 @@ impl Vm {
             }
             _ => {}
         }
+        let report = self.finish(handler, stop?, None);
+        Ok(Progress::Finished(Box::new(report)))
+    }
+
+    /// The report of a guest that stopped for good (`None`: the watchdog fired). A crash is
+    /// described now, unless the caller did already (`described`: the debugger, which
+    /// describes a crash when it happens and lets gdb look before the guest ends).
+    fn finish(
+        &mut self,
+        mut handler: ExitHandler,
+        stop: Option<Stop>,
+        described: Option<(String, CrashState)>,
+    ) -> RunReport {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.finish();
         }
         self.timeline.guest_stopped = Some(Instant::now());
         handler.flush();
-        let outcome = match stop? {
+        let mut crash = None;
+        let outcome = match stop {
             // Only the watchdog (None) or a sleep reaching the deadline end a run this way.
             None | Some(Stop::TimedOut) => {
                 Outcome::TimedOut(self.config.timeout.unwrap_or_default())
             }
             Some(Stop::Exited(code)) => Outcome::Exited(code),
             Some(Stop::BrokenPipe) => Outcome::BrokenPipe,
-            Some(stop) => Outcome::Crashed(self.crash_report(&stop)),
+            Some(stop) => {
+                let (text, state) = described.unwrap_or_else(|| self.crash_report(&stop));
+                crash = Some(Box::new(state));
+                Outcome::Crashed(text)
+            }
         };
-        Ok(Progress::Finished(Box::new(RunReport {
+        RunReport {
             outcome,
             stats: handler.stats.clone(),
             timeline: self.timeline.clone(),
             milestones: std::mem::take(&mut handler.milestones),
             first_output: handler.first_output(),
             ram_pages_touched: None,
-        })))
+            crash,
+        }
     }
 
-    /// Runs until a stop; `None` means the watchdog fired.
+    /// Runs until a stop; `None` means the watchdog fired, or `interrupt` was raised (by the
+    /// debugger, which then interrupts `KVM_RUN` with the watchdog's signal), or, with
+    /// `one_exit` (a debugger's single step), the guest made one exit it may continue from.
     fn run_loop(
         &mut self,
         handler: &mut ExitHandler,
         watchdog: Option<&Watchdog>,
+        interrupt: Option<&AtomicBool>,
+        one_exit: bool,
     ) -> Result<Option<Stop>, VmError> {
         loop {
-            if watchdog.is_some_and(Watchdog::fired) {
+            if watchdog.is_some_and(Watchdog::fired)
+                || interrupt.is_some_and(|i| i.load(Ordering::SeqCst))
+            {
                 return Ok(None);
             }
             let exit = match self.vcpu.run() {
@@ -501,19 +529,52 @@ impl Vm {
             if let Action::Stop(stop) = handler.handle(&self.ram, exit) {
                 return Ok(Some(stop));
             }
+            if one_exit {
+                return Ok(None);
+            }
         }
     }
 
-    fn crash_report(&mut self, stop: &Stop) -> String {
+    /// What a crash report says about `stop`, and the state a core file keeps: the registers
+    /// at the faulting instruction (for an exception, as they were before the stub ran).
+    fn crash_report(&mut self, stop: &Stop) -> (String, CrashState) {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
-        // Only a crash pays for parsing the symbol table.
-        let symbols = Symbols::from_elf(self.layout.bytes());
+        self.describe_crash(stop, regs, sregs)
+    }
+
+    /// [`Vm::crash_report`] for the vCPU registers `regs` and `sregs` read when it stopped.
+    fn describe_crash(
+        &mut self,
+        stop: &Stop,
+        regs: kvm_bindings::kvm_regs,
+        sregs: kvm_bindings::kvm_sregs,
+    ) -> (String, CrashState) {
+        let mut state = CrashState {
+            signal: crash_signal(stop),
+            regs,
+            sregs,
+            fxsave: self.vcpu.get_xsave().ok().map(|xsave| {
+                let mut area = Box::new([0u8; 512]);
+                for (bytes, word) in area.chunks_exact_mut(4).zip(xsave.region) {
+                    bytes.copy_from_slice(&word.to_le_bytes());
+                }
+                area
+            }),
+        };
+        // Only a crash pays for parsing the symbol table and the line tables.
+        let layout = Arc::clone(&self.layout);
+        let symbols = Symbols::from_elf(layout.bytes());
+        let lines = Lines::from_elf(layout.bytes());
         let symbolize = move |addr| {
             if stubs::contains(addr) {
                 return Some("flick exception stub".to_owned());
             }
-            symbols.describe(addr)
+            let name = symbols.describe(addr);
+            match (name, lines.describe(addr)) {
+                (Some(name), Some(line)) => Some(format!("{name} at {line}")),
+                (name, line) => name.or(line),
+            }
         };
         let genuine_exception =
             matches!(stop, Stop::Exception { .. }) && from_exception_stub(&regs, &sregs);
@@ -531,6 +592,9 @@ impl Vm {
                 let mut text = crash::exception_report(*vector, &regs, &sregs, frame, &symbolize);
                 if let Some(frame) = frame {
                     text.push_str(&crash::backtrace(&self.ram, frame.rip, regs.rbp, &symbolize));
+                    state.regs = crash::regs_at_fault(&regs, &frame);
+                    state.sregs.cs.selector = frame.cs as u16;
+                    state.sregs.ss.selector = frame.ss as u16;
                 }
                 text
             }
@@ -564,7 +628,7 @@ impl Vm {
             ));
             crash::format_registers(&mut report, &regs);
         }
-        report
+        (report, state)
     }
 
     fn internal_error_text(&mut self) -> String {
@@ -601,6 +665,17 @@ impl Vm {
             }
         }
         text
+    }
+}
+
+/// The signal a process would get for what stopped the guest (for gdb and core files).
+fn crash_signal(stop: &Stop) -> i32 {
+    match stop {
+        Stop::Exception { vector } => crash::signal_for_vector(*vector),
+        Stop::InternalError => libc::SIGILL,
+        Stop::BadHypercall(_) | Stop::Unexpected(_) => libc::SIGSYS,
+        Stop::OutputLimit(_) => libc::SIGXFSZ,
+        _ => libc::SIGSEGV,
     }
 }
 

@@ -34,6 +34,14 @@ fn install_kick_handler() {
     });
 }
 
+/// Interrupts `KVM_RUN` on `thread` (the debugger's Ctrl-C); like the watchdog's signal, it
+/// may land before `KVM_RUN` is entered, so the caller resends until acknowledged.
+pub(crate) fn kick(thread: libc::pthread_t) {
+    install_kick_handler();
+    // SAFETY: the caller keeps `thread` alive while it kicks it; the handler does nothing.
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
+}
+
 struct Entry {
     id: u64,
     thread: libc::pthread_t,
