@@ -63,7 +63,9 @@ extern "C" fn start_kernel(info: *const BootInfo) -> ! {
         snapshot_point();
     }
     #[cfg(feature = "milestones")]
-    hypercall::milestone(abi::milestone::ENTERED_MAIN);
+    if boot_info().flags & abi::boot_flags::MILESTONES != 0 {
+        hypercall::milestone(abi::milestone::ENTERED_MAIN);
+    }
     // SAFETY: `main!` defines this symbol with exactly this signature.
     let code = unsafe { __flick_app_main() };
     exit(code)

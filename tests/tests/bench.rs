@@ -78,6 +78,14 @@ fn test_bench_quick_reports_ten_verified_runs_per_peer() {
         assert_eq!(peer["samples_us"].as_array().map(Vec::len), Some(10));
     }
     assert_eq!(peer(&report, "serve")["like"], "native-pool");
+    for timeline in ["timeline", "floor_timeline"] {
+        let phases = report[timeline]["phases"].as_array();
+        assert!(
+            phases.is_some_and(|p| p.len() > 5),
+            "{timeline}: {}",
+            report[timeline]
+        );
+    }
     assert!(out.join("report.md").is_file() && out.join("boot.svg").is_file());
 }
 

@@ -119,22 +119,38 @@ fn test_cli_seccomp_list_is_short_and_explained() {
     let out = vmm(&["seccomp-list"]);
     assert_eq!(status(&out), 0);
     let text = tests::stdout(&out);
-    let lines: Vec<&str> = text.lines().collect();
-    // The run loop's calls (9 of them for stdin and volumes), serve runners' two extra
-    // (sendto, poll), the denials.
-    assert!((10..=40).contains(&lines.len()), "{text}");
+    // The plain runner's section comes first: at most 16 calls, each with a reason.
+    let runner: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .collect();
+    assert!(text.starts_with("# runner"), "{text}");
+    assert!((10..=16).contains(&runner.len()), "{text}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("openat2 ") && l.contains("RESOLVE_BENEATH")),
+        runner.iter().all(|l| l.split_whitespace().count() > 1),
         "{text}"
     );
     assert!(
-        lines
+        runner
             .iter()
             .any(|l| l.starts_with("ioctl ") && l.contains("KVM_RUN")),
         "{text}"
     );
+    for absent in ["openat2", "clone", "getrandom", "pread64"] {
+        assert!(
+            !runner.iter().any(|l| l.starts_with(&format!("{absent} "))),
+            "the plain runner allows {absent}: {text}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("openat2 ") && l.contains("RESOLVE_BENEATH")),
+        "{text}"
+    );
+    for role in ["# fleet worker", "# serve runner", "# watchdog"] {
+        assert!(text.contains(role), "no {role} section: {text}");
+    }
     assert!(!text.contains("socket"), "{text}");
 }
 

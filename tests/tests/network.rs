@@ -455,11 +455,10 @@ fn test_net_seccomp_list_names_the_tap_calls() {
     let out = tests::vmm(&["seccomp-list"]);
     let text = tests::stdout(&out);
     for call in ["read", "write", "ppoll"] {
-        let line = text
+        let tap = text
             .lines()
-            .find(|l| l.starts_with(&format!("{call} ")))
-            .unwrap();
-        assert!(line.contains("tap"), "{line}");
+            .any(|l| l.starts_with(&format!("{call} ")) && l.contains("tap"));
+        assert!(tap, "no {call} line for the tap: {text}");
     }
 }
 

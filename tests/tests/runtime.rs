@@ -315,3 +315,26 @@ fn test_timeline_text_names_the_hypervisor() {
     assert!(err.contains("hypervisor: "), "{err}");
     assert!(err.contains("VM exits: 3"), "{err}");
 }
+
+#[kvm_test]
+fn test_boot_info_asks_for_milestones_only_when_measuring() {
+    let kvm = vmm::vm::open_kvm().unwrap();
+    let target = vmm::Target::open(&image("hello")).unwrap();
+    for milestones in [false, true] {
+        let config = vmm::VmConfig {
+            milestones,
+            ..vmm::VmConfig::default()
+        };
+        let vm = vmm::launch::build(&kvm, &target, &config, Default::default()).unwrap();
+        let info: abi::BootInfo = vm
+            .ram()
+            .read_obj(vmm::arch::layout::BOOT_INFO_ADDR)
+            .unwrap();
+        assert_eq!(
+            info.flags & abi::boot_flags::MILESTONES != 0,
+            milestones,
+            "flags {:#x}",
+            info.flags
+        );
+    }
+}

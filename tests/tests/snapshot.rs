@@ -228,6 +228,33 @@ fn test_snapshot_restore_is_immune_to_later_file_changes() {
 }
 
 #[kvm_test]
+fn test_snapshot_read_once_refuses_data_changed_after_validation() {
+    // `vmm run --from` validates the file, then reads its pages straight into guest RAM:
+    // bytes changed in between are caught by the data checksum, over what was read.
+    use std::os::unix::fs::FileExt;
+    let snap = take_snapshot("once.snap", "hello");
+    let copy = tests::scratch_dir("snapshot-once").join("hello-changed.snap");
+    std::fs::copy(&snap, &copy).unwrap();
+    let target = vmm::launch::TargetFile::open(&copy)
+        .unwrap()
+        .load_for_one_vm()
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&copy)
+        .unwrap();
+    let at = file.metadata().unwrap().len() - 100;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    let err = vmm::launch::load_ram(&target, target.mem_size(0), false).unwrap_err();
+    assert!(err.to_string().contains("data checksum mismatch"), "{err}");
+    file.write_all_at(&byte, at).unwrap();
+    assert!(vmm::launch::load_ram(&target, target.mem_size(0), false).is_ok());
+}
+
+#[kvm_test]
 fn test_snapshot_rewrite_replaces_the_file_atomically() {
     let dir = tests::scratch_dir("snapshot-atomic");
     let path = dir.join("same.snap");

@@ -82,7 +82,12 @@ pub fn snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
     // SAFETY: `fd` is a new descriptor that nothing else owns.
     let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
     file.write_all(bytes).expect("writing a memfd");
-    let snapshot = Snapshot::from_open_file("<fuzz>".as_ref(), &file, bytes.len() as u64)?;
+    let snapshot = Snapshot::from_open_file(
+        "<fuzz>".as_ref(),
+        &file,
+        bytes.len() as u64,
+        crate::snapshot::Pages::Shared,
+    )?;
     // Whatever was accepted must satisfy the promises restores rely on.
     assert!(snapshot.page_count() as u64 <= snapshot.mem_size / 4096);
     assert!(snapshot.vcpu().is_flick_guest());

@@ -310,18 +310,28 @@ fn vm_config(
     }
 }
 
-/// The common case, `vmm run IMAGE [-- ARGS...]` with no flag, parsed without clap: building
-/// and running clap's parser costs ~0.1 ms of a 1.5 ms boot here (mostly first-touch page
-/// faults in its code). Anything else, flags included, goes to clap, which also gives the
-/// errors and help; the defaults are the same constants clap uses.
-fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
+/// The common cases, `vmm run [--timeline[=FORMAT]] (IMAGE | --from FILE) [-- ARGS...]` with no
+/// other flag, parsed without clap: building and running clap's parser costs ~0.1 ms of a
+/// 1.5 ms boot here (mostly first-touch page faults in its code). Anything else goes to clap,
+/// which also gives the errors and help; the defaults are the same constants clap uses.
+fn plain_run(args: &[std::ffi::OsString]) -> Option<(RunConfig, Option<TimelineFormat>)> {
     let args: Vec<&str> = args.iter().map(|a| a.to_str()).collect::<Option<_>>()?;
-    let (image, guest_args) = match args.as_slice() {
-        [_, "run", image] => (image, &[][..]),
-        [_, "run", image, "--", rest @ ..] => (image, rest),
+    let [_, "run", rest @ ..] = args.as_slice() else {
+        return None;
+    };
+    let (format, rest) = match rest {
+        ["--timeline" | "--timeline=text", rest @ ..] => (Some(TimelineFormat::Text), rest),
+        ["--timeline=json", rest @ ..] => (Some(TimelineFormat::Json), rest),
+        _ => (None, rest),
+    };
+    let (snapshot_only, target, guest_args) = match rest {
+        ["--from", file, "--", guest_args @ ..] => (true, file, guest_args),
+        ["--from", file] => (true, file, &[][..]),
+        [image, "--", guest_args @ ..] => (false, image, guest_args),
+        [image] => (false, image, &[][..]),
         _ => return None,
     };
-    if image.starts_with('-') {
+    if target.starts_with('-') {
         return None;
     }
     let args = guest_args.iter().map(|a| (*a).to_owned()).collect();
@@ -334,22 +344,21 @@ fn plain_run(args: &[std::ffi::OsString]) -> Option<RunConfig> {
         true,
     );
     vm.devices.stdin = StdinSource::inherit();
-    Some(RunConfig {
-        target: PathBuf::from(image),
-        snapshot_only: false,
+    let config = RunConfig {
+        snapshot_only,
         vm,
-        measure_ram: false,
-        detach_teardown: true,
-        core: None,
-    })
+        measure_ram: format.is_some(),
+        ..RunConfig::new(PathBuf::from(target))
+    };
+    Some((config, format))
 }
 
 fn vmm_main() -> i32 {
     let mut timeline = Timeline::at_main();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(config) = plain_run(&argv) {
+    if let Some((config, format)) = plain_run(&argv) {
         timeline.args_parsed = Some(std::time::Instant::now());
-        return run(&config, timeline, None);
+        return run(&config, timeline, format);
     }
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
@@ -525,15 +534,7 @@ fn usage_error(err: clap::Error) -> i32 {
 }
 
 fn seccomp_list() -> i32 {
-    for (name, why) in vmm::sandbox::ALLOWED {
-        println!("{name:<16} {why}");
-    }
-    for (name, why) in vmm::sandbox::SERVE_WORKER_EXTRA {
-        println!("{name:<16} {why}");
-    }
-    for name in vmm::sandbox::DENIED {
-        println!("{name:<16} denied with EACCES (library probes that cope with failure)");
-    }
+    print!("{}", vmm::sandbox::listing());
     0
 }
 
@@ -551,7 +552,11 @@ fn finish_run(
     let report = match result {
         Ok(report) => report,
         Err(err) => {
-            let hint = built_image_named(target)
+            // Only a target that could not be opened gets the hint: other errors may come
+            // from the sandboxed guest's thread, which may not look at files.
+            let hint = matches!(err, vmm::LaunchError::Target(_))
+                .then(|| built_image_named(target))
+                .flatten()
                 .map(|image| format!(" (did you mean {}?)", image.display()))
                 .unwrap_or_default();
             eprintln!("error: {}{hint}", vmm::error_chain(&err));

@@ -91,9 +91,6 @@ fn summarize(runs: Vec<(TimelineLine, f64)>) -> Result<Timeline> {
             phase: p.phase.clone(),
             duration_us: of(&p.phase, |p| p.duration_us),
             since_start_us: of(&p.phase, |p| p.since_start_us),
-            in_parallel_us: p
-                .in_parallel_us
-                .map(|_| of(&p.phase, |p| p.in_parallel_us.unwrap_or(0.0))),
         })
         .collect();
     let details = lines.last().map(|l| l.rest.clone()).unwrap_or_default();

@@ -281,7 +281,6 @@ pub(crate) fn phases_chart(phases: &[Phase], rest_us: Option<f64>) -> String {
             phase: REST.to_owned(),
             duration_us: rest,
             since_start_us: 0.0,
-            in_parallel_us: None,
         });
     }
     let phases = &phases[..];

@@ -101,6 +101,20 @@ impl DeviceConfig {
     pub fn host_fds(&self) -> Vec<RawFd> {
         self.net.iter().map(|n| n.tap.raw_fd()).collect()
     }
+
+    /// What the sandbox of the guest's thread must allow for these devices.
+    pub fn grants(&self) -> crate::sandbox::Grants {
+        crate::sandbox::Grants {
+            stdin_stream: match self.stdin {
+                StdinSource::Stream(fd) => Some(fd),
+                _ => None,
+            },
+            stdin_file: matches!(self.stdin, StdinSource::File(_)),
+            volumes: !self.volumes.is_empty(),
+            taps: self.host_fds(),
+            ..crate::sandbox::Grants::default()
+        }
+    }
 }
 
 /// Why a device's saved state cannot be loaded.

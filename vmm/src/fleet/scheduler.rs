@@ -11,7 +11,7 @@ use super::{FleetError, FleetSpec, Prepared};
 use crate::memory::GuestRam;
 use crate::report::crash::CrashState;
 use crate::report::{Outcome, Timeline};
-use crate::sandbox::{self, Profile};
+use crate::sandbox::{self, Grants, Profile};
 use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmError};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -139,7 +139,15 @@ pub(super) fn run(
             }
         }
     }
-    let device_fds = attach_taps(spec, prepared, &mut jobs)?;
+    let taps = attach_taps(spec, prepared, &mut jobs)?;
+    // What the workers' sandbox allows: what any group's guests use, and the taps.
+    let grants = prepared.iter().fold(
+        Grants {
+            taps,
+            ..Grants::default()
+        },
+        |grants, p| grants.union(&p.group.vm.devices.grants()),
+    );
     let queue = Mutex::new(jobs.into_iter());
     let live = AtomicUsize::new(0);
     let peak = AtomicUsize::new(0);
@@ -152,7 +160,7 @@ pub(super) fn run(
     };
     let started = Instant::now();
     let workers = spec.concurrency.min(total);
-    in_workers(workers, spec.seccomp, &device_fds, || {
+    in_workers(workers, spec.seccomp, &grants, || {
         // The queue's lock is taken for `next` alone (a `while let` would hold it for the
         // whole body, one boot at a time).
         while let Some(job) = next(&queue) {
@@ -178,13 +186,7 @@ pub(super) fn run(
         Vec::new()
     };
     release(
-        parked,
-        spec,
-        prepared,
-        &deadlines,
-        &results,
-        &device_fds,
-        &cores,
+        parked, spec, prepared, &deadlines, &results, &grants, &cores,
     )?;
     memory.mem_available_after_kib = hostmem::mem_available_kib();
     memory.rss_high_water_kib = hostmem::own_kib("VmHWM");
@@ -274,13 +276,12 @@ fn attach_taps(
     Ok(fds)
 }
 
-/// Runs `work` on `count` sandboxed worker threads (allowed to read and write `device_fds`)
-/// and waits for them. Threads that cannot be started are fewer workers, not a crash; not
+/// Runs `work` on `count` worker threads sandboxed with `grants` and waits for them. Threads that cannot be started are fewer workers, not a crash; not
 /// even one is an error.
 fn in_workers(
     count: usize,
     seccomp: bool,
-    device_fds: &[i32],
+    grants: &Grants,
     work: impl Fn() + Sync,
 ) -> Result<(), FleetError> {
     std::thread::scope(|scope| {
@@ -291,7 +292,7 @@ fn in_workers(
                 .name(format!("fleet-{i}"))
                 .spawn_scoped(scope, || {
                     if seccomp
-                        && sandbox::confine_this_thread_with(Profile::FleetWorker, device_fds)
+                        && sandbox::confine_this_thread_as(&Profile::FleetWorker(grants.clone()))
                             .is_err()
                     {
                         return;
@@ -324,7 +325,7 @@ fn release(
     prepared: &[Prepared],
     deadlines: &DeadlineService,
     results: &Mutex<Vec<InstanceResult>>,
-    device_fds: &[i32],
+    grants: &Grants,
     cores: &CoreKeeper,
 ) -> Result<(), FleetError> {
     if parked.is_empty() {
@@ -332,7 +333,7 @@ fn release(
     }
     let workers = spec.concurrency.min(parked.len());
     let queue = Mutex::new(parked.into_iter());
-    in_workers(workers, spec.seccomp, device_fds, || {
+    in_workers(workers, spec.seccomp, grants, || {
         while let Some(mut running) = next(&queue) {
             let timeout = prepared[running.job.group]
                 .group

@@ -5,8 +5,8 @@
 //! - [`build`]: fresh RAM with the target loaded (image copied, or snapshot pages mapped), the
 //!   KVM side created, boot info and registers given: a [`Vm`] ready to run. [`load_ram`] and
 //!   [`finish`] are its two halves, for products that create the KVM side ahead of time;
-//! - [`run`] and [`snapshot`]: `vmm run` and `vmm snapshot` whole, with VM creation on one
-//!   thread overlapping the target's loading on the guest's own (sandboxed) thread.
+//! - [`run`] and [`snapshot`]: `vmm run` and `vmm snapshot` whole, the guest on a sandboxed
+//!   thread.
 
 pub mod target;
 
@@ -166,7 +166,8 @@ pub struct RunConfig {
     pub snapshot_only: bool,
     /// The guest's settings.
     pub vm: VmConfig,
-    /// Count the guest RAM pages touched (one `mincore` after the run).
+    /// Measure the run for `--timeline`: the guest reports its boot milestones (one VM exit
+    /// each), and the guest RAM pages touched are counted (one `mincore` after the run).
     pub measure_ram: bool,
     /// Leave the VM's teardown to a helper process so the caller can exit at once.
     pub detach_teardown: bool,
@@ -188,13 +189,19 @@ impl RunConfig {
     }
 }
 
-/// Loads, boots and runs one image (or restores a snapshot) to completion.
+/// Loads, boots and runs one image (or restores a snapshot) to completion, on the calling
+/// thread, which the sandbox confines before the guest's first instruction and for good: call
+/// it last (afterwards the thread may only print and exit). `timeline` carries the instants
+/// measured before the call.
 ///
-/// Two threads share the work before the first `KVM_RUN`: this one opens and sniffs the
-/// target, maps RAM and creates the VM and vCPU (about 0.3 ms of kernel work here), while a
-/// runner thread reads and validates the target, copies it into guest RAM (or maps the
-/// snapshot's pages) and confines itself with seccomp; the runner then receives the VM and
-/// runs the guest. `timeline` carries the instants measured before the call.
+/// One thread does the work in order (open and read the target, map RAM and load it, create
+/// the VM and vCPU, give registers, run): on this hypervisor a second thread bought no
+/// parallelism (its scheduler packs threads onto one vCPU, and the loading thread then held
+/// up the creating one) but cost its start, two wake-ups and its end. The teardown helper is
+/// made before the sandbox closes (it copies the fd table, the VM's fds included), so that
+/// the VM's destruction stays off the user's path. The guest runs on a thread of its own only
+/// when a core file may have to be written after it, since writing one takes calls the
+/// sandbox forbids.
 pub fn run(
     config: &RunConfig,
     console: Console,
@@ -208,13 +215,13 @@ pub fn run(
     )
 }
 
-/// How the runner thread runs an assembled VM to its end (`vm.run`, or a debugging session).
+/// How the guest's thread runs an assembled VM to its end (`vm.run`, or a debugging session).
 pub(crate) type Driver = Box<
     dyn FnOnce(&mut Vm, Console, Option<vm::Watchdog>) -> Result<RunReport, LaunchError> + Send,
 >;
 
-/// [`run`], with the guest run by `drive` on the runner thread (which is confined first only
-/// if `config.vm.seccomp`).
+/// [`run`], with the guest run by `drive` (on a thread confined first only if
+/// `config.vm.seccomp`).
 pub(crate) fn run_with(
     config: &RunConfig,
     console: Console,
@@ -233,65 +240,78 @@ pub(crate) fn run_with(
     check_mem_size(mem_size)?;
     let ram = GuestRam::new(mem_size)?;
     timeline.ram_mapped = Some(Instant::now());
-    type Handoff = (Result<VmShell, VmError>, Timeline, Option<vm::Watchdog>);
-    let (to_runner, from_main) = std::sync::mpsc::channel::<Handoff>();
-    let runner = {
-        let ram = ram.clone();
-        let vm_config = config.vm.clone();
+    let vm_config = VmConfig {
+        milestones: config.vm.milestones || config.measure_ram,
+        ..config.vm.clone()
+    };
+    let target = file.load_for_one_vm()?;
+    check(&target, &vm_config)?;
+    load_into(&ram, &target, false)?;
+    timeline.image_loaded = Some(Instant::now());
+    let shell = VmShell::create(ram, &mut timeline)?;
+    let vm = finish(shell, &target, &vm_config, timeline)?;
+    let helper = config
+        .detach_teardown
+        .then(|| vm::teardown::Helper::start(&config.vm.devices.host_fds()));
+    let grants = crate::sandbox::Grants {
+        timeout: vm_config.timeout.is_some(),
+        restore: matches!(target.kind(), TargetKind::Snapshot(_)),
+        timeline: config.measure_ram && config.core.is_none(),
+        ..vm_config.devices.grants()
+    };
+    if config.measure_ram {
+        // Looked up now: the report that names it is printed from a confined thread.
+        crate::report::timeline::hypervisor();
+    }
+    let confined = vm_config.seccomp.then_some(grants);
+    let timeout = vm_config.timeout;
+    let (vm, mut report) = if config.core.is_some() {
         std::thread::Builder::new()
             .name("vcpu".into())
-            .spawn(move || {
-                let target = file.load()?;
-                check(&target, &vm_config)?;
-                load_into(&ram, &target, false)?;
-                let loaded_at = Instant::now();
-                if vm_config.seccomp {
-                    crate::sandbox::confine_this_thread_with(
-                        crate::sandbox::Profile::Runner,
-                        &vm_config.devices.host_fds(),
-                    )
-                    .map_err(VmError::from)?;
-                }
-                let (shell, mut timeline, watchdog) =
-                    from_main.recv().map_err(|_| LaunchError::RunnerFailed)?;
-                timeline.image_loaded = Some(loaded_at);
-                let mut vm = finish(shell?, &target, &vm_config, timeline)?;
-                let report = drive(&mut vm, console, watchdog)?;
-                Ok::<_, LaunchError>((vm, report))
-            })
+            .spawn(move || run_here(vm, timeout, confined, console, drive))
             .map_err(LaunchError::Spawn)?
+            .join()
+            .unwrap_or(Err(LaunchError::RunnerFailed))?
+    } else {
+        run_here(vm, timeout, confined, console, drive)?
     };
-    let shell = VmShell::create(ram, &mut timeline);
-    // The runner is confined: this thread starts its watchdog for it.
-    let watchdog = config
-        .vm
-        .timeout
-        .map(|t| {
-            use std::os::unix::thread::JoinHandleExt;
-            vm::Watchdog::start(t, runner.as_pthread_t(), config.vm.seccomp)
-        })
-        .transpose();
-    // Without its watchdog the guest must not run: the runner gets the error instead.
-    let (shell, watchdog) = match watchdog {
-        Ok(watchdog) => (shell, watchdog),
-        Err(err) => (Err(VmError::from(err)), None),
-    };
-    // The runner may have failed already (bad image): then nobody listens, and its error wins.
-    let _ = to_runner.send((shell, timeline, watchdog));
-    let (vm, mut report) = runner.join().unwrap_or(Err(LaunchError::RunnerFailed))?;
     if config.measure_ram {
         report.ram_pages_touched = vm.ram().resident_pages();
     }
     if let Some(path) = &config.core {
         dump_core(&mut report, path, vm.ram(), &guest_name(&config.target));
     }
-    if config.detach_teardown {
-        vm::teardown::detach_closing(vm, &config.vm.devices.host_fds());
-    } else {
-        drop(vm);
+    match helper {
+        Some(helper) => helper.hand_over(vm),
+        None => drop(vm),
     }
     report.timeline.torn_down = Some(Instant::now());
     Ok(report)
+}
+
+/// Runs `vm` to its end on this thread: starts the watchdog of its `timeout`, confines the
+/// thread with `confined` grants (if any), and lets `drive` run the guest.
+fn run_here(
+    mut vm: Vm,
+    timeout: Option<std::time::Duration>,
+    confined: Option<crate::sandbox::Grants>,
+    console: Console,
+    drive: Driver,
+) -> Result<(Vm, RunReport), LaunchError> {
+    let watchdog = timeout
+        .map(|timeout| {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            vm::Watchdog::start(timeout, me, confined.is_some())
+        })
+        .transpose()
+        .map_err(VmError::from)?;
+    if let Some(grants) = confined {
+        crate::sandbox::confine_this_thread_as(&crate::sandbox::Profile::Runner(grants))
+            .map_err(VmError::from)?;
+    }
+    let report = drive(&mut vm, console, watchdog)?;
+    Ok((vm, report))
 }
 
 /// Writes the core file of a crashed guest to `path` (nothing when it did not crash), and says

@@ -10,7 +10,7 @@
 
 use crate::files::{FileError, open_regular};
 use crate::memory::image::{Image, ImageError};
-use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::snapshot::{self, Pages, Snapshot, SnapshotError};
 use std::fs::{File, Metadata};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -115,15 +115,25 @@ impl TargetFile {
         }
     }
 
-    /// Reads and validates the whole target.
+    /// Reads and validates the whole target, for any number of VMs.
     pub fn load(self) -> Result<Target, TargetError> {
+        self.load_as(Pages::Shared)
+    }
+
+    /// Reads and validates the whole target for one VM: a snapshot's pages are then read
+    /// straight into that VM's RAM when it is loaded, instead of into a memfd first.
+    pub fn load_for_one_vm(self) -> Result<Target, TargetError> {
+        self.load_as(Pages::Once)
+    }
+
+    fn load_as(self, pages: Pages) -> Result<Target, TargetError> {
         let kind =
             match self.sniffed {
                 Sniffed::Image => TargetKind::Image(Arc::new(Image::from_open_file(
                     &self.path, &self.file, &self.meta,
                 )?)),
                 Sniffed::Snapshot { .. } => TargetKind::Snapshot(Arc::new(
-                    Snapshot::from_open_file(&self.path, &self.file, self.meta.len())?,
+                    Snapshot::from_open_file(&self.path, &self.file, self.meta.len(), pages)?,
                 )),
             };
         Ok(Target {

@@ -83,19 +83,11 @@ impl Timeline {
 pub struct Phase {
     /// What ended.
     pub name: &'static str,
-    /// Time the boot spent on it: since the previous phase on the boot's path ended, in µs (a
-    /// phase in parallel adds only the time the boot then waited for it, often none).
+    /// Time the boot spent on it: since the previous phase ended, in µs.
     pub duration_us: f64,
     /// Time since process start, in µs.
     pub since_start_us: f64,
-    /// For a phase on the vCPU thread, in parallel with the main thread's: how long it took
-    /// there, in µs.
-    pub in_parallel_us: Option<f64>,
 }
-
-/// The phase that runs on the vCPU thread while the main thread creates the VM; it starts
-/// when guest RAM is mapped.
-const PARALLEL_PHASE: &str = "image load, page tables (in parallel)";
 
 /// The phases of `report` in the order they ended (phases that did not happen are left out).
 pub fn phases(report: &RunReport) -> Vec<Phase> {
@@ -109,11 +101,11 @@ pub fn phases(report: &RunReport) -> Vec<Phase> {
         ("process start → main", t.main_entered),
         ("argument parsing", t.args_parsed),
         ("guest RAM mapped", t.ram_mapped),
+        ("image load, page tables", t.image_loaded),
         ("open /dev/kvm", t.kvm_opened),
         ("create VM", t.vm_created),
         ("register guest RAM", t.ram_ready),
         ("create vCPU, set CPUID", t.vcpu_created),
-        (PARALLEL_PHASE, t.image_loaded),
         ("boot info, registers", t.vcpu_ready),
         ("first KVM_RUN → first exit", t.first_exit),
         ("guest entered main", entered_main),
@@ -128,15 +120,10 @@ pub fn phases(report: &RunReport) -> Vec<Phase> {
     let mut out = Vec::new();
     for (name, at) in points {
         let Some(at) = at else { continue };
-        let in_parallel_us = (name == PARALLEL_PHASE)
-            .then_some(t.ram_mapped)
-            .flatten()
-            .map(|start| micros(at.saturating_duration_since(start)));
         out.push(Phase {
             name,
             duration_us: micros(at.saturating_duration_since(previous)),
             since_start_us: micros(at.saturating_duration_since(origin)),
-            in_parallel_us,
         });
         previous = previous.max(at);
     }
@@ -176,23 +163,11 @@ fn detect_hypervisor() -> (&'static str, &'static str) {
 pub fn format_text(report: &RunReport, exit_status: i32) -> String {
     let mut out = String::from("timeline (µs)                          phase    since start\n");
     for phase in phases(report) {
-        match phase.in_parallel_us {
-            None => {
-                let _ = writeln!(
-                    out,
-                    "  {:<34} {:>9.1} {:>12.1}",
-                    phase.name, phase.duration_us, phase.since_start_us
-                );
-            }
-            Some(own) => {
-                let name = phase.name.trim_end_matches(" (in parallel)");
-                let _ = writeln!(
-                    out,
-                    "  ‖ {name:<32} {own:>9.1} {:>12.1}  on the vCPU thread, in parallel",
-                    phase.since_start_us
-                );
-            }
-        }
+        let _ = writeln!(
+            out,
+            "  {:<34} {:>9.1} {:>12.1}",
+            phase.name, phase.duration_us, phase.since_start_us
+        );
     }
     let stats = &report.stats;
     let ports: Vec<String> = stats
@@ -232,10 +207,6 @@ pub struct PhaseRecord {
     /// Time since process start, µs.
     #[serde(default)]
     pub since_start_us: f64,
-    /// For a phase on the vCPU thread, in parallel with the main thread's: how long it took
-    /// there, µs (its `duration_us` is only the time the boot waited for it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub in_parallel_us: Option<f64>,
 }
 
 /// VM exit counts as `--timeline=json` writes them.
@@ -286,7 +257,6 @@ impl TimelineRecord {
                     phase: p.name.to_owned(),
                     duration_us: (p.duration_us * 10.0).round() / 10.0,
                     since_start_us: (p.since_start_us * 10.0).round() / 10.0,
-                    in_parallel_us: p.in_parallel_us.map(|us| (us * 10.0).round() / 10.0),
                 })
                 .collect(),
             exits: ExitsRecord {
@@ -328,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn test_timeline_rows_read_in_the_order_phases_ended() {
+    fn test_timeline_rows_follow_the_boot_in_order() {
         let start = Instant::now();
         let at = |us: u64| Some(start + Duration::from_micros(us));
         let timeline = Timeline {
@@ -336,73 +306,30 @@ mod tests {
             main_entered: at(500),
             args_parsed: at(600),
             ram_mapped: at(650),
-            kvm_opened: at(700),
-            vm_created: at(850),
-            image_loaded: at(1000),
+            image_loaded: at(800),
+            kvm_opened: at(820),
+            vm_created: at(1000),
             ram_ready: at(1100),
             vcpu_created: at(1300),
             vcpu_ready: at(1350),
             ..Default::default()
         };
-        let rows = phases(&report(timeline));
+        let rows = phases(&report(timeline.clone()));
         let ends: Vec<f64> = rows.iter().map(|p| p.since_start_us).collect();
         assert!(ends.is_sorted(), "{rows:?}");
-        let image = rows.iter().find(|p| p.name == PARALLEL_PHASE).unwrap();
-        assert_eq!(
-            image.in_parallel_us,
-            Some(350.0),
-            "from guest RAM mapped to loaded"
-        );
-        assert_eq!(image.duration_us, 0.0, "the boot did not wait for it");
+        let image = rows
+            .iter()
+            .find(|p| p.name.starts_with("image load"))
+            .unwrap();
+        assert_eq!(image.duration_us, 150.0, "from guest RAM mapped to loaded");
         let ram = rows
             .iter()
             .find(|p| p.name == "register guest RAM")
             .unwrap();
-        assert_eq!(ram.duration_us, 250.0, "measured from the VM's creation");
-        let text = format_text(&report(rows_timeline()), 0);
+        assert_eq!(ram.duration_us, 100.0, "measured from the VM's creation");
+        let text = format_text(&report(timeline), 0);
         let image_line = text.lines().position(|l| l.contains("image load")).unwrap();
         let vm_line = text.lines().position(|l| l.contains("create VM")).unwrap();
-        assert!(image_line > vm_line, "{text}");
-        assert!(text.contains("on the vCPU thread, in parallel"), "{text}");
-    }
-
-    fn rows_timeline() -> Timeline {
-        let start = Instant::now();
-        let at = |us: u64| Some(start + Duration::from_micros(us));
-        Timeline {
-            process_start: at(0),
-            main_entered: at(500),
-            ram_mapped: at(650),
-            vm_created: at(850),
-            image_loaded: at(1000),
-            vcpu_created: at(1300),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn test_timeline_boot_waits_for_a_slow_image_load() {
-        let start = Instant::now();
-        let at = |us: u64| Some(start + Duration::from_micros(us));
-        let timeline = Timeline {
-            process_start: at(0),
-            main_entered: at(500),
-            ram_mapped: at(650),
-            vcpu_created: at(1300),
-            image_loaded: at(2000),
-            vcpu_ready: at(2050),
-            ..Default::default()
-        };
-        let rows = phases(&report(timeline));
-        let image = rows.iter().find(|p| p.name == PARALLEL_PHASE).unwrap();
-        assert_eq!(
-            image.duration_us, 700.0,
-            "the boot waited for it after the vCPU"
-        );
-        let ready = rows
-            .iter()
-            .find(|p| p.name == "boot info, registers")
-            .unwrap();
-        assert_eq!(ready.duration_us, 50.0);
+        assert!(image_line < vm_line, "{text}");
     }
 }

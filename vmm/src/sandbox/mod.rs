@@ -1,13 +1,16 @@
 //! The VMM sandboxes itself: before a guest's first `KVM_RUN`, the thread that runs it (and the
-//! watchdog) may only make the system calls the run loop needs, with the arguments checked
-//! where seccomp can check them (which request for `ioctl`, which fd for `write` and `read`,
-//! which flags for `clone`, `unlinkat` and `renameat2`, the size of `openat2`'s `open_how`).
+//! watchdog) may only make the system calls its role needs ([`calls`] lists them with their
+//! reasons), and of those only the ones its guests' features need ([`Grants`]): a guest
+//! without volumes gets none of their calls, one without a tap no `read` on it. Arguments are
+//! checked where seccomp can check them (which request for `ioctl`, which fd for `write` and
+//! `read`, which flags for `unlinkat` and `renameat2`, no `PROT_EXEC`, the size of `openat2`'s
+//! `open_how`).
 //!
 //! The `ioctl` rule checks the request, not the fd: the filter is then the same for every
-//! guest, so it is built once per process and installed on the runner thread while the main
-//! thread is still creating the VM. Installing a filter is not cheap here (~1 µs per BPF
-//! instruction, ~0.1 ms for this one), so it must stay off the critical path. The three
-//! requests allowed do nothing on a file that is not a vCPU.
+//! guest of a kind, so it is built once per process and installed on the runner thread while
+//! the main thread is still creating the VM. Installing a filter is not cheap here (~1 µs per
+//! BPF instruction), so it must stay off the critical path and short. The requests allowed do
+//! nothing on a file that is not a vCPU.
 //!
 //! The volume calls are not pinned to the volumes' directory fds, for the same reason and for
 //! one more: seccomp cannot read the `open_how` that `openat2` points to, so a pinned `dirfd`
@@ -19,13 +22,20 @@
 //! A blocked call raises SIGSYS; the handler prints `seccomp: blocked syscall NAME (NR)` and
 //! exits with status 125 (a VMM failure, never reported as a guest crash).
 
+mod calls;
 mod syscalls;
 
+pub use calls::{
+    ALLOWED, Allowance, DENIED, FLEET_WORKER_EXTRA, LOGGER, SERVE_WORKER_EXTRA, WATCHDOG, WITH_NET,
+    WITH_RESTORE, WITH_STDIN_FILE, WITH_TIMELINE, WITH_TIMEOUT, WITH_VOLUMES, listing,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
 
 pub use syscalls::SYSCALL_NAMES;
 
@@ -38,13 +48,17 @@ pub enum SandboxError {
     /// The filter could not be installed.
     #[error("cannot install the seccomp filter")]
     Apply(#[source] seccompiler::Error),
-    /// A serve runner's client slot is not an fd number.
-    #[error("invalid client slot {0}")]
-    BadSlot(i32),
+    /// A serve runner's client slot, a stdin stream or a tap is not an fd number.
+    #[error("invalid fd {0} for the sandbox")]
+    BadFd(i32),
 }
 
 const fn ioc_read(nr: u64, size: usize) -> u64 {
     (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+const fn ioc_write(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
 
 /// `KVM_RUN`.
@@ -58,108 +72,168 @@ pub const KVM_GET_XSAVE: u64 = ioc_read(0xa4, 4096);
 /// `KVM_SET_XSAVE` (the legacy 4 KiB area).
 pub const KVM_SET_XSAVE: u64 = ioc_write(0xa5, 4096);
 
-/// Why each system call is allowed, for `vmm seccomp-list`.
-pub const ALLOWED: &[(&str, &str)] = &[
+/// The extra `ioctl` requests of a thread that creates VMs (fleet workers, serve's refill):
+/// creating a VM, its memory and vCPU.
+pub const FLEET_IOCTLS: &[(&str, u64)] = &[
+    ("KVM_CREATE_VM", 0xae01),
+    ("KVM_CHECK_EXTENSION", 0xae03),
+    ("KVM_GET_VCPU_MMAP_SIZE", 0xae04),
+    ("KVM_CREATE_VCPU", 0xae41),
     (
-        "ioctl",
-        "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS (crash reports), KVM_GET_XSAVE (snapshots), KVM_SET_XSAVE (restores) only",
+        "KVM_SET_USER_MEMORY_REGION",
+        ioc_write(0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>()),
     ),
     (
-        "write",
-        "fds 1 and 2 only: guest console, reports; and the tap of --net: frames the guest sends",
+        "KVM_SET_REGS",
+        ioc_write(0x82, size_of::<kvm_bindings::kvm_regs>()),
     ),
     (
-        "read",
-        "fd 0 only: the guest's stdin (a serve runner: also its client slot, where the client's stdin follows its request); and the tap of --net: frames for the guest",
+        "KVM_SET_SREGS",
+        ioc_write(0x84, size_of::<kvm_bindings::kvm_sregs>()),
     ),
-    (
-        "pread64",
-        "volume file reads (straight into guest RAM); a fleet instance's stdin file",
-    ),
-    ("pwrite64", "volume file writes (straight from guest RAM)"),
-    (
-        "openat2",
-        "volume lookups beneath a volume's directory fd (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, set in code: seccomp cannot read the open_how it points to); size argument pinned",
-    ),
-    ("fstat", "the kind, size and times of an opened volume file"),
-    ("getdents64", "listing a volume directory"),
-    (
-        "mkdirat",
-        "creating a directory in a volume (in a parent opened beneath it), mode 0777 only",
-    ),
-    (
-        "unlinkat",
-        "removing a volume file or empty directory (in a parent opened beneath it), flags 0 or AT_REMOVEDIR only",
-    ),
-    (
-        "renameat2",
-        "renaming within a volume (parents opened beneath it), flags 0 only",
-    ),
-    ("futex", "locks (stdout, watchdog)"),
-    ("nanosleep", "the guest's sleep hypercall"),
-    (
-        "ppoll",
-        "the guest's poll hypercall and network device: wait for its input sources (the tap of --net) until a deadline",
-    ),
-    ("clock_nanosleep", "the guest's sleep hypercall"),
-    (
-        "clock_gettime",
-        "timestamps when the vDSO cannot serve them",
-    ),
-    ("tgkill", "the watchdog interrupting KVM_RUN at --timeout"),
-    ("rt_sigreturn", "return from the watchdog's signal"),
-    (
-        "rt_sigprocmask",
-        "thread exit (glibc blocks signals while a thread ends)",
-    ),
-    (
-        "restart_syscall",
-        "resume an interrupted sleep (after SIGSTOP/SIGCONT or a debugger)",
-    ),
-    ("brk", "memory allocation"),
-    (
-        "mmap",
-        "memory allocation and snapshot pages, never with PROT_EXEC",
-    ),
-    (
-        "mprotect",
-        "memory allocation (glibc thread arenas), never with PROT_EXEC",
-    ),
-    ("mremap", "memory allocation (growing a large buffer)"),
-    ("munmap", "memory release"),
-    ("madvise", "memory release"),
-    ("mincore", "--timeline: count guest pages touched"),
-    (
-        "getrandom",
-        "a fresh random seed for each guest a fleet worker creates",
-    ),
-    ("getpid", "teardown helper: who its parent is"),
-    ("clone", "teardown helper, flags CLONE_VM only"),
-    (
-        "close",
-        "closing volume files; teardown helper: close its copies of stdio",
-    ),
-    ("prctl", "teardown helper: PR_SET_PDEATHSIG"),
-    ("getppid", "teardown helper: is the parent gone"),
-    ("pause", "teardown helper: wait for the parent to exit"),
-    ("exit", "thread exit"),
-    ("exit_group", "process exit"),
-];
-
-/// What a `vmm serve` runner ([`Profile::ServeWorker`]) may do beyond a fleet worker, and why.
-pub const SERVE_WORKER_EXTRA: &[(&str, &str)] = &[
-    (
-        "sendto",
-        "serve runners only: the reply, on the runner's own client slot only, MSG_DONTWAIT|MSG_NOSIGNAL only",
-    ),
-    (
-        "poll",
-        "serve runners only: wait, until the request's deadline, for a slow client to take more of its reply",
-    ),
+    ("KVM_SET_CPUID2", ioc_write(0x90, 8)),
+    ("KVM_GET_TSC_KHZ", 0xaea3),
 ];
 
 /// The only flags a serve runner may pass to `sendto`: never block, never raise SIGPIPE.
 pub const SERVE_SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
+/// What the guests a thread runs may use, known before the thread is confined; each feature
+/// adds the calls (or the fds) it needs, and nothing else is allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// The stream the guests' stdin is read from (`vmm run`: fd 0): `read` on it, `ppoll`.
+    pub stdin_stream: Option<RawFd>,
+    /// The guests read a stdin file at an offset of their own (a fleet manifest): `pread64`.
+    pub stdin_file: bool,
+    /// The guests share host directories ([`WITH_VOLUMES`]).
+    pub volumes: bool,
+    /// The taps of `--net`: `read` and `write` on exactly these fds, `ppoll`.
+    pub taps: Vec<RawFd>,
+    /// A watchdog may interrupt the guests (`--timeout`): `rt_sigreturn`.
+    pub timeout: bool,
+    /// The guests are restored from snapshots: `KVM_SET_XSAVE`.
+    pub restore: bool,
+    /// The thread counts the guest pages touched for `--timeline` after the run: `mincore`.
+    pub timeline: bool,
+}
+
+impl Grants {
+    /// Both grants' features.
+    pub fn union(mut self, other: &Grants) -> Grants {
+        self.stdin_stream = self.stdin_stream.or(other.stdin_stream);
+        self.stdin_file |= other.stdin_file;
+        self.volumes |= other.volumes;
+        self.taps.extend(&other.taps);
+        self.taps.sort_unstable();
+        self.taps.dedup();
+        self.timeout |= other.timeout;
+        self.restore |= other.restore;
+        self.timeline |= other.timeline;
+        self
+    }
+}
+
+/// Which threads a filter is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// A thread that runs one guest that already exists ([`ALLOWED`], and what its grants
+    /// add).
+    Runner(Grants),
+    /// A `vmm fleet` worker, which also creates and destroys VMs through an open `/dev/kvm`
+    /// ([`FLEET_WORKER_EXTRA`]); its grants are the union of its guests'.
+    FleetWorker(Grants),
+    /// A `vmm serve` runner: a fleet worker that may also send (never blocking) on the one fd
+    /// where the server puts each of its clients' connections, and wait for it with `poll`
+    /// ([`SERVE_WORKER_EXTRA`]); the slot is its guests' stdin stream.
+    ServeWorker {
+        /// The runner's client slot: an fd number reserved for it for the server's life.
+        client_slot: RawFd,
+        /// What its guests may use besides.
+        grants: Grants,
+    },
+    /// The watchdog's thread ([`WATCHDOG`]).
+    Watchdog,
+    /// The log writer of `vmm serve` ([`LOGGER`]).
+    Logger,
+}
+
+impl Profile {
+    /// The plain runner of `vmm run IMAGE`.
+    pub fn plain_runner() -> Profile {
+        Profile::Runner(Grants {
+            stdin_stream: Some(libc::STDIN_FILENO),
+            ..Grants::default()
+        })
+    }
+
+    /// The grants of a profile that runs guests, with a serve runner's slot as its stdin.
+    fn grants(&self) -> Option<Grants> {
+        match self {
+            Profile::Runner(grants) => Some(grants.clone()),
+            Profile::FleetWorker(grants) => Some(Grants {
+                timeout: true,
+                restore: true,
+                ..grants.clone()
+            }),
+            Profile::ServeWorker {
+                client_slot,
+                grants,
+            } => Some(Grants {
+                stdin_stream: Some(*client_slot),
+                timeout: true,
+                restore: true,
+                ..grants.clone()
+            }),
+            Profile::Watchdog | Profile::Logger => None,
+        }
+    }
+
+    /// The names and reasons of the calls this profile allows, in listing order (a call may
+    /// appear more than once, for more than one reason).
+    pub fn allowances(&self) -> Vec<Allowance> {
+        let Some(grants) = self.grants() else {
+            return match self {
+                Profile::Watchdog => WATCHDOG.to_vec(),
+                _ => LOGGER.to_vec(),
+            };
+        };
+        let input = grants.stdin_stream.is_some() || !grants.taps.is_empty();
+        let mut calls: Vec<Allowance> = ALLOWED
+            .iter()
+            .filter(|(name, _)| input || !calls::INPUT_CALLS.contains(name))
+            .copied()
+            .collect();
+        let features: [(bool, &[Allowance]); 6] = [
+            (grants.restore, WITH_RESTORE),
+            (grants.timeline, WITH_TIMELINE),
+            (grants.timeout, WITH_TIMEOUT),
+            (grants.volumes, WITH_VOLUMES),
+            (grants.stdin_file, WITH_STDIN_FILE),
+            (!grants.taps.is_empty(), WITH_NET),
+        ];
+        for (granted, extra) in features {
+            if granted {
+                calls.extend_from_slice(extra);
+            }
+        }
+        if matches!(self, Profile::FleetWorker(_) | Profile::ServeWorker { .. }) {
+            calls.extend_from_slice(FLEET_WORKER_EXTRA);
+        }
+        if matches!(self, Profile::ServeWorker { .. }) {
+            calls.extend_from_slice(SERVE_WORKER_EXTRA);
+        }
+        calls
+    }
+
+    /// The distinct system calls this profile allows.
+    pub fn call_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.allowances().iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
 
 fn syscall_number(name: &str) -> i64 {
     SYSCALL_NAMES
@@ -178,49 +252,69 @@ fn arg_eq_u64(index: u8, value: u64) -> SeccompCondition {
         .expect("argument index below 6")
 }
 
-/// The filter for a thread that runs guests.
-pub fn run_loop_filter() -> Result<BpfProgram, SandboxError> {
-    filter_for(Profile::Runner)
+fn fd_number(fd: RawFd) -> Result<u64, SandboxError> {
+    u64::try_from(fd).map_err(|_| SandboxError::BadFd(fd))
 }
 
-/// The filter for `profile`.
-pub fn filter_for(profile: Profile) -> Result<BpfProgram, SandboxError> {
-    filter_with_device_fds(profile, &[])
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
+    SeccompRule::new(conditions).map_err(|e| SandboxError::Build(seccompiler::Error::from(e)))
 }
 
-/// The filter for `profile` on a thread whose guests' devices read and write `device_fds`
-/// (the taps of `--net`): `read` and `write` are allowed on exactly those fds (as ranges of
-/// consecutive numbers), `read` on no other.
-pub fn filter_with_device_fds(
-    profile: Profile,
-    device_fds: &[i32],
-) -> Result<BpfProgram, SandboxError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for name in ALLOWED
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(DENIED.iter().copied())
-    {
-        rules.insert(syscall_number(name), Vec::new());
-    }
-    let rule = |conditions| {
-        SeccompRule::new(conditions).map_err(|e| SandboxError::Build(seccompiler::Error::from(e)))
-    };
-    let mut requests = vec![
-        KVM_RUN,
-        KVM_GET_REGS,
-        KVM_GET_SREGS,
-        KVM_GET_XSAVE,
-        KVM_SET_XSAVE,
-    ];
-    if profile != Profile::Runner {
-        requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
-    }
-    let ioctl_rules = requests
+/// Rules allowing a call whose first argument is one of `fds` (as ranges of consecutive
+/// numbers).
+fn on_fds(fds: &[u64]) -> Result<Vec<SeccompRule>, SandboxError> {
+    fd_ranges(fds)
         .into_iter()
-        .map(|r| rule(vec![arg_eq(1, r)]))
-        .collect::<Result<_, _>>()?;
-    rules.insert(syscall_number("ioctl"), ioctl_rules);
+        .map(|(low, high)| rule(fd_in_range(low, high)))
+        .collect()
+}
+
+/// The filter for `profile`: every call of [`Profile::allowances`], with its arguments
+/// checked where seccomp can.
+pub fn filter_for(profile: &Profile) -> Result<BpfProgram, SandboxError> {
+    // The denied calls pass this filter: the second one makes them fail (a trap here would
+    // beat its error).
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = profile
+        .call_names()
+        .into_iter()
+        .chain(DENIED.iter().map(|(name, _)| *name))
+        .map(|name| (syscall_number(name), Vec::new()))
+        .collect();
+    let mut restrict = |name: &str, conditions: Vec<SeccompRule>| {
+        if let Some(rules) = rules.get_mut(&syscall_number(name)) {
+            *rules = conditions;
+        }
+    };
+    let grants = profile.grants();
+    if let Some(grants) = &grants {
+        let mut requests = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE];
+        if grants.restore {
+            requests.push(KVM_SET_XSAVE);
+        }
+        if !matches!(profile, Profile::Runner(_)) {
+            requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
+        }
+        let ioctl_rules = requests
+            .into_iter()
+            .map(|r| rule(vec![arg_eq(1, r)]))
+            .collect::<Result<_, _>>()?;
+        restrict("ioctl", ioctl_rules);
+        let taps = grants
+            .taps
+            .iter()
+            .map(|fd| fd_number(*fd))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut readable = taps.clone();
+        if let Some(stream) = grants.stdin_stream {
+            readable.push(fd_number(stream)?);
+        }
+        restrict("read", on_fds(&readable)?);
+        let mut writable = taps;
+        writable.extend([1, 2]);
+        restrict("write", on_fds(&writable)?);
+    } else {
+        restrict("write", on_fds(&[2])?);
+    }
     let no_exec = SeccompCondition::new(
         2,
         SeccompCmpArgLen::Dword,
@@ -228,64 +322,36 @@ pub fn filter_with_device_fds(
         0,
     )
     .expect("argument index below 6");
-    rules.insert(
-        syscall_number("mprotect"),
-        vec![rule(vec![no_exec.clone()])?],
-    );
-    rules.insert(syscall_number("mmap"), vec![rule(vec![no_exec])?]);
-    let mut write_rules: Vec<SeccompRule> = [1u64, 2]
-        .into_iter()
-        .map(|fd| rule(vec![arg_eq(0, fd)]))
-        .collect::<Result<_, _>>()?;
-    let device_rules = fd_ranges(device_fds)
-        .into_iter()
-        .map(|(low, high)| rule(fd_in_range(low, high)))
-        .collect::<Result<Vec<_>, _>>()?;
-    write_rules.extend(device_rules.iter().cloned());
-    rules.insert(syscall_number("write"), write_rules);
-    let mut readable = vec![0u64];
-    if let Profile::ServeWorker { client_slot } = profile {
-        // The slot is an fd number the server reserved for this runner for its whole life
-        // (see `serve::slots`): nothing else can ever be at that number.
-        let slot = u64::try_from(client_slot).map_err(|_| SandboxError::BadSlot(client_slot))?;
-        let flags = u64::from(SERVE_SEND_FLAGS.unsigned_abs());
-        rules.insert(
-            syscall_number("sendto"),
-            vec![rule(vec![arg_eq(0, slot), arg_eq(3, flags)])?],
-        );
-        rules.insert(syscall_number("poll"), Vec::new());
-        // The client's stdin follows its request on the connection.
-        readable.push(slot);
-    }
-    let mut read_rules: Vec<SeccompRule> = readable
-        .into_iter()
-        .map(|fd| rule(vec![arg_eq(0, fd)]))
-        .collect::<Result<_, _>>()?;
-    read_rules.extend(device_rules);
-    rules.insert(syscall_number("read"), read_rules);
-    rules.insert(
-        syscall_number("openat2"),
+    restrict("mprotect", vec![rule(vec![no_exec.clone()])?]);
+    restrict("mmap", vec![rule(vec![no_exec])?]);
+    restrict(
+        "openat2",
         vec![rule(vec![arg_eq_u64(
             3,
             size_of::<libc::open_how>() as u64,
         )])?],
     );
-    rules.insert(
-        syscall_number("mkdirat"),
-        vec![rule(vec![arg_eq(2, 0o777)])?],
-    );
-    rules.insert(
-        syscall_number("unlinkat"),
+    restrict("mkdirat", vec![rule(vec![arg_eq(2, 0o777)])?]);
+    restrict(
+        "unlinkat",
         vec![
             rule(vec![arg_eq(2, 0)])?,
             rule(vec![arg_eq(2, libc::AT_REMOVEDIR as u64)])?,
         ],
     );
-    rules.insert(syscall_number("renameat2"), vec![rule(vec![arg_eq(4, 0)])?]);
-    rules.insert(
-        syscall_number("clone"),
-        vec![rule(vec![arg_eq(0, libc::CLONE_VM as u64)])?],
-    );
+    restrict("renameat2", vec![rule(vec![arg_eq(4, 0)])?]);
+    if let Profile::ServeWorker { client_slot, .. } = profile {
+        // The slot is an fd number the server reserved for this runner for its whole life
+        // (see `serve::slots`): nothing else can ever be at that number.
+        let flags = u64::from(SERVE_SEND_FLAGS.unsigned_abs());
+        restrict(
+            "sendto",
+            vec![rule(vec![
+                arg_eq(0, fd_number(*client_slot)?),
+                arg_eq(3, flags),
+            ])?],
+        );
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -299,11 +365,8 @@ pub fn filter_with_device_fds(
 }
 
 /// `fds` as sorted ranges of consecutive numbers (`(low, high)`, both included).
-fn fd_ranges(fds: &[i32]) -> Vec<(u64, u64)> {
-    let mut sorted: Vec<u64> = fds
-        .iter()
-        .filter_map(|fd| u64::try_from(*fd).ok())
-        .collect();
+fn fd_ranges(fds: &[u64]) -> Vec<(u64, u64)> {
+    let mut sorted = fds.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -331,90 +394,29 @@ thread_local! {
     static SANDBOXED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Which threads a filter is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    /// A thread that runs one guest that already exists ([`ALLOWED`]).
-    Runner,
-    /// A `vmm serve` runner: a fleet worker that may also send (never blocking) on the one fd
-    /// where the server puts each of its clients' connections, and wait for it with `poll`
-    /// ([`SERVE_WORKER_EXTRA`]).
-    ServeWorker {
-        /// The runner's client slot: an fd number reserved for it for the server's life.
-        client_slot: i32,
-    },
-    /// A `vmm fleet` worker, which also creates and destroys VMs through an open `/dev/kvm`
-    /// ([`ALLOWED`] plus the VM-creation ioctls of [`FLEET_IOCTLS`]).
-    FleetWorker,
-}
-
-/// The extra `ioctl` requests of a fleet worker: creating a VM, its memory and vCPU.
-pub const FLEET_IOCTLS: &[(&str, u64)] = &[
-    ("KVM_CREATE_VM", 0xae01),
-    ("KVM_CHECK_EXTENSION", 0xae03),
-    ("KVM_GET_VCPU_MMAP_SIZE", 0xae04),
-    ("KVM_CREATE_VCPU", 0xae41),
-    (
-        "KVM_SET_USER_MEMORY_REGION",
-        ioc_write(0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>()),
-    ),
-    (
-        "KVM_SET_REGS",
-        ioc_write(0x82, size_of::<kvm_bindings::kvm_regs>()),
-    ),
-    (
-        "KVM_SET_SREGS",
-        ioc_write(0x84, size_of::<kvm_bindings::kvm_sregs>()),
-    ),
-    ("KVM_SET_CPUID2", ioc_write(0x90, 8)),
-    ("KVM_GET_TSC_KHZ", 0xaea3),
-];
-
-const fn ioc_write(nr: u64, size: usize) -> u64 {
-    (1 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
-}
-
-/// Confines the calling thread as a [`Profile::Runner`] (once; later calls do nothing).
-pub fn confine_this_thread() -> Result<(), SandboxError> {
-    confine_this_thread_as(Profile::Runner)
-}
-
-/// Confines the calling thread (once; later calls do nothing).
-pub fn confine_this_thread_as(profile: Profile) -> Result<(), SandboxError> {
-    confine_this_thread_with(profile, &[])
-}
-
-/// Confines the calling thread, whose guests' devices use `device_fds` (see
-/// [`filter_with_device_fds`]); once, later calls do nothing.
-pub fn confine_this_thread_with(profile: Profile, device_fds: &[i32]) -> Result<(), SandboxError> {
+/// Confines the calling thread as `profile` (once; later calls do nothing).
+///
+/// Filters are built once per process and profile (fleet and serve confine many threads
+/// alike).
+pub fn confine_this_thread_as(profile: &Profile) -> Result<(), SandboxError> {
     if SANDBOXED.get() {
         return Ok(());
     }
-    type Cached = std::sync::OnceLock<Result<BpfProgram, String>>;
-    static RUNNER: Cached = Cached::new();
-    static FLEET: Cached = Cached::new();
-    // Filters with device fds differ per guest: only the plain ones are cached.
-    let cache = match profile {
-        _ if !device_fds.is_empty() => None,
-        Profile::Runner => Some(&RUNNER),
-        Profile::FleetWorker => Some(&FLEET),
-        Profile::ServeWorker { .. } => None,
+    type Built = Arc<(BpfProgram, BpfProgram)>;
+    static FILTERS: Mutex<Vec<(Profile, Built)>> = Mutex::new(Vec::new());
+    let known = lock(&FILTERS)
+        .iter()
+        .find(|(p, _)| p == profile)
+        .map(|(_, filters)| Arc::clone(filters));
+    let filters = match known {
+        Some(filters) => filters,
+        None => {
+            let filters = Arc::new((filter_for(profile)?, denial_filter(profile)));
+            lock(&FILTERS).push((profile.clone(), Arc::clone(&filters)));
+            filters
+        }
     };
-    let built;
-    let filter =
-        match cache.map(|c| c.get_or_init(|| filter_for(profile).map_err(|e| format!("{e:#?}")))) {
-            Some(Ok(filter)) => filter,
-            // Building is deterministic: if it failed once, build again for the real error.
-            _ => {
-                built = filter_with_device_fds(profile, device_fds)?;
-                &built
-            }
-        };
-    static DENIALS: std::sync::OnceLock<Result<BpfProgram, String>> = std::sync::OnceLock::new();
-    let denials = match DENIALS.get_or_init(|| denial_filter().map_err(|e| format!("{e:#?}"))) {
-        Ok(filter) => filter,
-        Err(_) => &denial_filter()?,
-    };
+    let (filter, denials) = (&filters.0, &filters.1);
     install_sigsys_reporter();
     // The denials first: once the main filter is in, installing filters is itself forbidden.
     seccompiler::apply_filter(denials).map_err(SandboxError::Apply)?;
@@ -423,17 +425,25 @@ pub fn confine_this_thread_with(profile: Profile, device_fds: &[i32]) -> Result<
     Ok(())
 }
 
-/// System calls that fail with `EACCES` instead of stopping the VMM, because library code
-/// probes with them and copes with the failure: glibc's `free` reads
-/// `/proc/sys/vm/overcommit_memory` once before shrinking a thread's heap.
-///
-/// The main filter lets these through; this second filter turns them into errors (seccomp
-/// takes the most restrictive verdict of all filters, and an error beats "allow").
-pub const DENIED: &[&str] = &["openat"];
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-fn denial_filter() -> Result<BpfProgram, SandboxError> {
-    let rules = DENIED
+/// The calls of [`DENIED`] that `profile` does not allow.
+pub fn denied_calls(profile: &Profile) -> Vec<&'static str> {
+    let allowed = profile.call_names();
+    DENIED
         .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !allowed.contains(name))
+        .collect()
+}
+
+/// The second filter: [`denied_calls`] fail with `EACCES`, everything else is left to the
+/// main filter (which lets the denied calls through, since its trap would beat the error).
+fn denial_filter(profile: &Profile) -> BpfProgram {
+    let rules = denied_calls(profile)
+        .into_iter()
         .map(|name| (syscall_number(name), Vec::new()))
         .collect();
     let filter = SeccompFilter::new(
@@ -442,10 +452,10 @@ fn denial_filter() -> Result<BpfProgram, SandboxError> {
         SeccompAction::Errno(libc::EACCES as u32),
         TargetArch::x86_64,
     )
-    .map_err(|e| SandboxError::Build(e.into()))?;
+    .expect("rules without conditions for known calls");
     filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.into()))
+        .expect("a filter of a few unconditional rules compiles")
 }
 
 fn install_sigsys_reporter() {
@@ -541,44 +551,151 @@ mod tests {
     }
 
     #[test]
-    fn test_filter_builds() {
-        let program = run_loop_filter().unwrap();
-        assert!(program.len() > ALLOWED.len());
+    fn test_plain_runner_allows_at_most_16_calls() {
+        let calls = Profile::plain_runner().call_names();
+        assert!(calls.len() <= 16, "{} calls: {calls:?}", calls.len());
+        assert_eq!(calls.len(), ALLOWED.len());
+        assert!(filter_for(&Profile::plain_runner()).is_ok());
+    }
+
+    #[test]
+    fn test_runner_without_input_has_no_read() {
+        let calls = Profile::Runner(Grants::default()).call_names();
+        assert!(
+            !calls.contains(&"read") && !calls.contains(&"ppoll"),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn test_runner_without_volumes_has_none_of_their_calls() {
+        let plain = Profile::plain_runner().call_names();
+        for (name, _) in WITH_VOLUMES.iter().filter(|(n, _)| *n != "close") {
+            assert!(!plain.contains(name), "{name}");
+        }
+        let with_volumes = Profile::Runner(Grants {
+            volumes: true,
+            ..Grants::default()
+        })
+        .call_names();
+        assert!(with_volumes.contains(&"openat2"), "{with_volumes:?}");
+    }
+
+    #[test]
+    fn test_denied_calls_are_those_a_profile_does_not_allow() {
+        assert!(denied_calls(&Profile::plain_runner()).contains(&"madvise"));
+        let fleet = Profile::FleetWorker(Grants::default());
+        assert!(!denied_calls(&fleet).contains(&"madvise"));
+        assert!(denied_calls(&fleet).contains(&"openat"));
+    }
+
+    #[test]
+    fn test_runner_with_a_timeout_returns_from_signals() {
+        let calls = Profile::Runner(Grants {
+            timeout: true,
+            ..Grants::default()
+        })
+        .call_names();
+        assert!(calls.contains(&"rt_sigreturn"), "{calls:?}");
+        assert!(
+            !Profile::plain_runner()
+                .call_names()
+                .contains(&"rt_sigreturn")
+        );
+    }
+
+    #[test]
+    fn test_runner_never_starts_processes_or_threads() {
+        for profile in [
+            Profile::plain_runner(),
+            Profile::FleetWorker(Grants::default()),
+            Profile::Watchdog,
+            Profile::Logger,
+        ] {
+            let calls = profile.call_names();
+            for call in [
+                "clone", "clone3", "fork", "execve", "socket", "openat", "open",
+            ] {
+                assert!(!calls.contains(&call), "{profile:?} allows {call}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_every_listed_call_is_known() {
+        let tables = [
+            ALLOWED,
+            WITH_RESTORE,
+            WITH_TIMELINE,
+            WITH_TIMEOUT,
+            WITH_VOLUMES,
+            WITH_STDIN_FILE,
+            WITH_NET,
+            FLEET_WORKER_EXTRA,
+            SERVE_WORKER_EXTRA,
+            WATCHDOG,
+            LOGGER,
+            DENIED,
+        ];
+        for (name, why) in tables.concat() {
+            assert!(SYSCALL_NAMES.contains(&name), "{name}");
+            assert!(!why.is_empty(), "{name}");
+        }
     }
 
     #[test]
     fn test_fd_ranges_merge_consecutive_fds() {
         assert_eq!(fd_ranges(&[9, 3, 4, 5, 7, 8, 4]), vec![(3, 5), (7, 9)]);
         assert_eq!(fd_ranges(&[]), vec![]);
-        assert_eq!(fd_ranges(&[-1, 6]), vec![(6, 6)]);
     }
 
     #[test]
-    fn test_filter_with_device_fds_builds() {
-        let plain = filter_for(Profile::Runner).unwrap();
-        let with_tap = filter_with_device_fds(Profile::Runner, &[5]).unwrap();
-        let with_taps = filter_with_device_fds(Profile::FleetWorker, &[5, 6, 7, 20]).unwrap();
-        assert!(with_tap.len() > plain.len());
-        assert!(with_taps.len() > plain.len());
-    }
-
-    #[test]
-    fn test_allowed_list_is_small_and_known() {
-        // 27 for the run loop, 9 for stdin and volumes.
-        assert!(ALLOWED.len() <= 36, "{} syscalls", ALLOWED.len());
-        for (name, _) in ALLOWED.iter().chain(SERVE_WORKER_EXTRA) {
-            assert!(SYSCALL_NAMES.contains(name), "{name}");
-        }
+    fn test_filter_with_taps_builds() {
+        let plain = filter_for(&Profile::plain_runner()).unwrap();
+        let with_tap = filter_for(&Profile::Runner(Grants {
+            taps: vec![5],
+            ..Grants::default()
+        }))
+        .unwrap();
+        let fleet = filter_for(&Profile::FleetWorker(Grants {
+            taps: vec![5, 6, 7, 20],
+            ..Grants::default()
+        }))
+        .unwrap();
+        assert!(with_tap.len() > plain.len() / 2);
+        assert!(fleet.len() > plain.len());
     }
 
     #[test]
     fn test_serve_worker_filter_builds_and_refuses_a_bad_slot() {
-        let runner = run_loop_filter().unwrap();
-        let serve = filter_for(Profile::ServeWorker { client_slot: 7 }).unwrap();
-        assert!(serve.len() > runner.len());
+        let serve = |client_slot| Profile::ServeWorker {
+            client_slot,
+            grants: Grants::default(),
+        };
+        let calls = serve(7).call_names();
+        assert!(
+            calls.contains(&"sendto") && calls.contains(&"read"),
+            "{calls:?}"
+        );
+        assert!(filter_for(&serve(7)).is_ok());
         assert!(matches!(
-            filter_for(Profile::ServeWorker { client_slot: -1 }),
-            Err(SandboxError::BadSlot(-1))
+            filter_for(&serve(-1)),
+            Err(SandboxError::BadFd(-1))
         ));
+    }
+
+    #[test]
+    fn test_listing_names_every_role() {
+        let text = listing();
+        for role in [
+            "# runner",
+            "# fleet worker",
+            "# serve runner",
+            "# watchdog",
+            "# serve log",
+        ] {
+            assert!(text.contains(role), "{role}");
+        }
+        assert!(text.contains(&format!("allows these {}", ALLOWED.len())));
     }
 }

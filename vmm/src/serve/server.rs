@@ -29,7 +29,7 @@ use crate::devices::{DeviceConfig, StdinSource, Volume, VolumeRoots, VolumeSpec}
 use crate::launch::{self, Target, TargetKind};
 use crate::net::{NetSpec, Tap, TapSource};
 use crate::report::Timeline;
-use crate::sandbox::{self, Profile};
+use crate::sandbox::{self, Grants, Profile};
 use crate::vm::{self, Console, DeadlineService, Vm, VmConfig};
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -152,7 +152,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     let confined = |profile| seccomp.then_some(profile);
     let (log, writer) = Log::new(config.quiet);
     if let Some(writer) = writer {
-        spawn("log".into(), confined(Profile::Runner), move || {
+        spawn("log".into(), confined(Profile::Logger), move || {
             writer.run()
         })?;
     }
@@ -165,9 +165,11 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             pooled.clone(),
             log.clone(),
         );
-        spawn("refill".into(), confined(Profile::FleetWorker), move || {
-            pool.refill(&kvm, &pooled, &log)
-        })?;
+        spawn(
+            "refill".into(),
+            confined(Profile::FleetWorker(Grants::default())),
+            move || pool.refill(&kvm, &pooled, &log),
+        )?;
     }
     let (events, events_in) = mpsc::channel::<Event>();
     let mut runners = Vec::new();
@@ -187,15 +189,17 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         };
         let profile = Profile::ServeWorker {
             client_slot: runner.slot,
+            // Requests may share directories only beneath the server's volume roots.
+            // The runner's guests read and write their tap in its tap slot, and nowhere else.
+            grants: Grants {
+                volumes: !config.volume_roots.is_empty(),
+                taps: runner.tap_slot.into_iter().collect(),
+                ..Grants::default()
+            },
         };
-        // The runner's guests read and write their tap in its tap slot, and nowhere else.
-        let device_fds: Vec<RawFd> = runner.tap_slot.into_iter().collect();
-        spawn_with(
-            format!("runner-{index}"),
-            confined(profile),
-            &device_fds,
-            move || runner.run(&jobs_in),
-        )?;
+        spawn(format!("runner-{index}"), confined(profile), move || {
+            runner.run(&jobs_in)
+        })?;
     }
     let queued = Arc::new(AtomicUsize::new(0));
     let dispatcher = Dispatcher {
@@ -368,25 +372,14 @@ fn spawn(
     profile: Option<Profile>,
     body: impl FnOnce() + Send + 'static,
 ) -> Result<(), ServeError> {
-    spawn_with(name, profile, &[], body)
-}
-
-/// [`spawn`], with the thread's guests' devices reading and writing `device_fds`.
-fn spawn_with(
-    name: String,
-    profile: Option<Profile>,
-    device_fds: &[RawFd],
-    body: impl FnOnce() + Send + 'static,
-) -> Result<(), ServeError> {
     let (confined, result) = mpsc::channel();
     let thread = name.clone();
-    let device_fds = device_fds.to_vec();
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            let sandboxed = profile.map_or(Ok(()), |profile| {
-                sandbox::confine_this_thread_with(profile, &device_fds)
-            });
+            let sandboxed = profile
+                .as_ref()
+                .map_or(Ok(()), sandbox::confine_this_thread_as);
             let ok = sandboxed.is_ok();
             let _ = confined.send(sandboxed);
             if ok {

@@ -1,9 +1,14 @@
 //! Snapshots: a guest saved at its kernel's snapshot point, restored in fresh VMs.
 //!
-//! [`format`] describes the file. Restoring copies the saved pages once into a sealed memfd
-//! (checking their checksum on the way) and maps them from there `MAP_PRIVATE` into each VM:
-//! VMs restored in one process share the pages they never write, and nothing done to the
-//! file afterwards (truncated, rewritten in place) reaches a restored guest or the VMM.
+//! [`format`] describes the file. A snapshot restored into many VMs ([`Pages::Shared`]:
+//! `vmm fleet`, `vmm serve`) has its saved pages copied once into a sealed memfd (their
+//! checksum checked on the way) and mapped from there `MAP_PRIVATE` into each VM: VMs
+//! restored in one process share the pages they never write. A snapshot restored into one VM
+//! ([`Pages::Once`]: `vmm run --from`) has its pages read straight into that VM's RAM, their
+//! checksum checked over the bytes read, before the guest runs: no memfd, no second copy, no
+//! copy-on-write faults. Either way the guest runs on a private copy whose checksum matched,
+//! so nothing done to the file afterwards (truncated, rewritten in place) reaches a restored
+//! guest or the VMM.
 //! Writing is atomic: a temporary file in the same folder, renamed over the target.
 //!
 //! A snapshot is untrusted input: every count, offset and page number is checked against the
@@ -209,10 +214,28 @@ pub(crate) fn peek(file: &File, file_len: u64) -> Result<Peeked, SnapshotError> 
     })
 }
 
+/// How a snapshot's saved pages reach guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// Copied once into a sealed memfd, mapped copy-on-write into every VM restored from it.
+    Shared,
+    /// Read from the file into each VM's RAM when it is loaded (one VM: `vmm run --from`),
+    /// the data's checksum checked over the bytes read.
+    Once,
+}
+
+/// Where the saved pages are read from.
+enum PageSource {
+    /// A sealed memfd holding them in index order ([`Pages::Shared`]).
+    Sealed(File),
+    /// The snapshot file itself ([`Pages::Once`]): its data section and checksum.
+    File { file: File, offset: u64, crc: u32 },
+}
+
 /// A validated snapshot, ready to be mapped into guest RAM.
 pub struct Snapshot {
-    /// The saved pages, in index order, in a sealed memfd.
-    pages_file: File,
+    /// The saved pages, in index order.
+    source: PageSource,
     /// Guest RAM size it was taken with.
     pub mem_size: u64,
     /// SHA-256 of the image it was taken of.
@@ -224,17 +247,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Opens and validates `path`.
+    /// Opens and validates `path`, for any number of VMs.
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
         let (file, meta) = open_regular(path)?;
-        Self::from_open_file(path, &file, meta.len())
+        Self::from_open_file(path, &file, meta.len(), Pages::Shared)
     }
 
-    /// Validates a snapshot file [`open_regular`] opened.
+    /// Validates a snapshot file [`open_regular`] opened; its pages reach RAM as `pages` says.
     pub(crate) fn from_open_file(
         path: &Path,
         file: &File,
         file_len: u64,
+        pages: Pages,
     ) -> Result<Self, SnapshotError> {
         let header = read_header(file, file_len)?;
         let ram_pages = header.mem_size / PAGE_SIZE;
@@ -309,9 +333,24 @@ impl Snapshot {
         if !parsed.vcpu.xsave_is_loadable() {
             return Err(corrupted("saved FPU/SSE state is invalid"));
         }
-        let pages_file = copy_to_sealed_memfd(file, header.data_offset, data_len, header.data_crc)?;
+        let source = match pages {
+            Pages::Shared => PageSource::Sealed(copy_to_sealed_memfd(
+                file,
+                header.data_offset,
+                data_len,
+                header.data_crc,
+            )?),
+            Pages::Once => PageSource::File {
+                file: file.try_clone().map_err(|source| SnapshotError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?,
+                offset: header.data_offset,
+                crc: header.data_crc,
+            },
+        };
         Ok(Snapshot {
-            pages_file,
+            source,
             mem_size: header.mem_size,
             image_sha256: header.image_sha256,
             layout: Arc::new(layout),
@@ -341,24 +380,80 @@ impl Snapshot {
         self.pages.len()
     }
 
-    /// Maps the saved pages into `ram` (copy-on-write), then rebuilds the privileged
-    /// structures from the validated layout. With `populate`, every page is copied in now
-    /// (`MAP_POPULATE` on a private writable mapping breaks copy-on-write at once): a VM
-    /// prepared ahead of a request (`vmm serve`) then takes no host page fault while it runs.
+    /// Puts the saved pages into `ram`, then rebuilds the privileged structures from the
+    /// validated layout. Shared pages are mapped copy-on-write; with `populate`, every page is
+    /// copied in now (`MAP_POPULATE` on a private writable mapping breaks copy-on-write at
+    /// once): a VM prepared ahead of a request (`vmm serve`) then takes no host page fault
+    /// while it runs. Pages read once are copied into `ram` and their checksum checked.
     pub fn map_into(&self, ram: &GuestRam, populate: bool) -> Result<(), SnapshotError> {
-        let populate_flag = if populate { libc::MAP_POPULATE } else { 0 };
         if ram.size() != self.mem_size {
             return Err(corrupted("RAM size differs from the snapshot's"));
         }
+        match &self.source {
+            PageSource::Sealed(memfd) => self.map_sealed(memfd, ram, populate)?,
+            PageSource::File { file, offset, crc } => self.read_pages(file, *offset, *crc, ram)?,
+        }
+        arch::load_privileged_structures(ram, &self.layout)
+            .map_err(|e| corrupted(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The saved pages as runs of consecutive guest pages: (guest address, offset in the
+    /// data, length), in index order.
+    fn runs(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         let mut i = 0;
-        while i < self.pages.len() {
+        std::iter::from_fn(move || {
+            if i >= self.pages.len() {
+                return None;
+            }
             let mut run = 1;
             while i + run < self.pages.len() && self.pages[i + run] == self.pages[i] + run as u64 {
                 run += 1;
             }
-            let guest = self.pages[i] * PAGE_SIZE;
-            let offset = i as u64 * PAGE_SIZE;
-            let len = run as u64 * PAGE_SIZE;
+            let item = (
+                self.pages[i] * PAGE_SIZE,
+                i as u64 * PAGE_SIZE,
+                run as u64 * PAGE_SIZE,
+            );
+            i += run;
+            Some(item)
+        })
+    }
+
+    /// Reads the data section of `file` at `offset` into `ram`, run by run, and checks its
+    /// checksum over the bytes read (what the guest will run on).
+    fn read_pages(
+        &self,
+        file: &File,
+        offset: u64,
+        expected_crc: u32,
+        ram: &GuestRam,
+    ) -> Result<(), SnapshotError> {
+        let mut crc = crc32fast::Hasher::new();
+        let mut buf = Vec::new();
+        for (guest, data, len) in self.runs() {
+            buf.resize(len as usize, 0);
+            file.read_exact_at(&mut buf, offset + data)
+                .map_err(|e| corrupted(format!("cannot read the data: {e}")))?;
+            crc.update(&buf);
+            // The page numbers were checked against the RAM size.
+            ram.write(guest, &buf)
+                .map_err(|e| corrupted(format!("page at {guest:#x}: {e}")))?;
+        }
+        if crc.finalize() != expected_crc {
+            return Err(corrupted("data checksum mismatch"));
+        }
+        Ok(())
+    }
+
+    fn map_sealed(
+        &self,
+        memfd: &File,
+        ram: &GuestRam,
+        populate: bool,
+    ) -> Result<(), SnapshotError> {
+        let populate_flag = if populate { libc::MAP_POPULATE } else { 0 };
+        for (guest, offset, len) in self.runs() {
             // SAFETY: [guest, guest+len) lies inside `ram` (page numbers were checked against
             // its size); the VMM holds no references into guest RAM, only copies, so replacing
             // the pages under the mapping (MAP_FIXED) invalidates nothing. The memfd is sealed:
@@ -369,7 +464,7 @@ impl Snapshot {
                     len as usize,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_FIXED | populate_flag,
-                    self.pages_file.as_raw_fd(),
+                    memfd.as_raw_fd(),
                     offset as libc::off_t,
                 )
             };
@@ -379,10 +474,7 @@ impl Snapshot {
                     source: std::io::Error::last_os_error(),
                 });
             }
-            i += run;
         }
-        arch::load_privileged_structures(ram, &self.layout)
-            .map_err(|e| corrupted(e.to_string()))?;
         Ok(())
     }
 }

@@ -118,6 +118,8 @@ pub struct VmConfig {
     pub max_output: u64,
     /// Boot for `vmm snapshot`: the kernel stops at its snapshot point.
     pub stop_at_snapshot_point: bool,
+    /// Ask the kernel for its boot milestones (`--timeline`; one VM exit each).
+    pub milestones: bool,
     /// The guest's devices beyond the standard ones.
     pub devices: DeviceConfig,
 }
@@ -135,6 +137,7 @@ impl Default for VmConfig {
             debug_blocked_syscall: false,
             max_output: 64 << 20,
             stop_at_snapshot_point: false,
+            milestones: false,
             devices: DeviceConfig::default(),
         }
     }
@@ -253,15 +256,21 @@ impl Vm {
             .chain(config.args.iter().map(String::as_str))
             .collect();
         let env: Vec<&str> = config.env.iter().map(String::as_str).collect();
+        let milestones = if config.milestones {
+            abi::boot_flags::MILESTONES
+        } else {
+            0
+        };
         let mut params = arch::RunParams {
             args: &args,
             env: &env,
             clock: host_clock(tsc_khz),
-            flags: if config.stop_at_snapshot_point {
-                abi::boot_flags::SNAPSHOT
-            } else {
-                0
-            },
+            flags: milestones
+                | if config.stop_at_snapshot_point {
+                    abi::boot_flags::SNAPSHOT
+                } else {
+                    0
+                },
             random_seed,
         };
         let mut bus = PortBus::new(&config.devices);
@@ -274,7 +283,7 @@ impl Vm {
                 vcpu: saved,
                 devices,
             } => {
-                params.flags = abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED;
+                params.flags = abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED | milestones;
                 arch::rewrite_boot_info(&ram, &layout, params)?;
                 bus.restore(devices)?;
                 load_fpu_state(&vcpu, saved)?;
@@ -407,10 +416,12 @@ impl Vm {
             (None, None) => None,
         };
         if self.config.seccomp {
-            crate::sandbox::confine_this_thread_with(
-                crate::sandbox::Profile::Runner,
-                &self.config.devices.host_fds(),
-            )?;
+            // A restore's FPU state is loaded already (`assemble`): no KVM_SET_XSAVE here.
+            let grants = crate::sandbox::Grants {
+                timeout: self.config.timeout.is_some(),
+                ..self.config.devices.grants()
+            };
+            crate::sandbox::confine_this_thread_as(&crate::sandbox::Profile::Runner(grants))?;
             if self.config.debug_blocked_syscall {
                 // SAFETY: a harmless call that the filter blocks, to show the report.
                 unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };

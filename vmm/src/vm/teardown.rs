@@ -1,8 +1,8 @@
 //! Taking VM teardown off the path the user waits on.
 //!
 //! Destroying a VM and unmapping its RAM costs 0.3-0.5 ms here, and it happens inside the
-//! exiting process before its parent is told. [`detach`] hands the VM's last references to a
-//! helper process: a `clone(CLONE_VM)` child that shares the address space and holds a copy of
+//! exiting process before its parent is told. [`detach`] (or a [`Helper`] made ahead, before
+//! the thread is sandboxed) hands the VM's last references to a helper process: a `clone(CLONE_VM)` child that shares the address space and holds a copy of
 //! the fd table. The VMM then exits at once (its exit only drops references); the child waits
 //! for the VMM to die (`PR_SET_PDEATHSIG`), then exits itself, and the kernel tears the VM down
 //! as the child's exit releases the last references. Nothing is leaked: the child lives only
@@ -59,6 +59,40 @@ pub fn detach<T>(resources: T) {
 /// [`detach`], with the helper closing its copies of `device_fds` (up to 8; the taps of
 /// `--net`) at once, so that they are released when this process exits, not after the VM.
 pub fn detach_closing<T>(resources: T, device_fds: &[i32]) {
+    Helper::start(device_fds).hand_over(resources);
+}
+
+/// A helper process made ahead of the VM's end: it holds copies of the fds open when it was
+/// made (the VM's among them) and shares this process's memory, so that [`Helper::hand_over`]
+/// needs no system call (`vmm run` makes it before its thread is sandboxed).
+#[must_use = "a helper holds nothing until the VM is handed over"]
+pub struct Helper {
+    made: bool,
+}
+
+impl Helper {
+    /// Makes the helper, which closes its copies of stdio and of `device_fds` (up to 8) at
+    /// once and waits for this process to exit.
+    pub fn start(device_fds: &[i32]) -> Helper {
+        Helper {
+            made: start_helper(device_fds),
+        }
+    }
+
+    /// Leaves `resources` (made before the helper was) to the helper, which releases them
+    /// after this process exits; without a helper, drops them here.
+    pub fn hand_over<T>(self, resources: T) {
+        if self.made {
+            // The helper holds the last references; this process lets go of its own at exit.
+            std::mem::forget(resources);
+        } else {
+            drop(resources);
+        }
+    }
+}
+
+/// Makes the helper process; whether it exists.
+fn start_helper(device_fds: &[i32]) -> bool {
     // SAFETY: an anonymous private mapping for the child's stack; checked below.
     let stack = unsafe {
         libc::mmap(
@@ -71,8 +105,7 @@ pub fn detach_closing<T>(resources: T, device_fds: &[i32]) {
         )
     };
     if stack == libc::MAP_FAILED {
-        drop(resources);
-        return;
+        return false;
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() } as usize;
@@ -97,9 +130,9 @@ pub fn detach_closing<T>(resources: T, device_fds: &[i32]) {
         )
     };
     if child < 0 {
-        drop(resources);
-        return;
+        // SAFETY: the mapping made above, which no child uses.
+        unsafe { libc::munmap(stack, CHILD_STACK_SIZE) };
+        return false;
     }
-    // The child now holds the last references; this process lets go of its own at exit.
-    std::mem::forget(resources);
+    true
 }

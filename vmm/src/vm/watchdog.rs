@@ -91,7 +91,7 @@ impl DeadlineService {
             .stack_size(64 * 1024)
             .spawn(move || {
                 let confined = if seccomp {
-                    crate::sandbox::confine_this_thread()
+                    crate::sandbox::confine_this_thread_as(&crate::sandbox::Profile::Watchdog)
                 } else {
                     Ok(())
                 };
