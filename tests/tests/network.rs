@@ -537,12 +537,27 @@ impl Drop for NetServer {
 
 #[kvm_test]
 fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
+    let snapshot = tests::scratch_dir("net-serve-snapshot").join("httpd.snap");
+    tests::snapshot_image("httpd", &snapshot);
     in_netns(|| {
-        let server = NetServer::start("net-serve", &["--allow-tap", "tap*", "--workers", "1"]);
-        // Two requests in turn on the same tap: the first's tap is detached after its reply.
-        for round in 1..=2 {
+        let server = NetServer::start(
+            "net-serve",
+            &[
+                "--allow-tap",
+                "tap*",
+                "--workers",
+                "1",
+                "--pool",
+                "1",
+                "--snapshot",
+                snapshot.to_str().unwrap(),
+            ],
+        );
+        // Requests in turn on the same tap (each one's tap is detached after its reply): an
+        // image booted cold, then the snapshot from the pool.
+        for (round, target) in [(1, image("httpd")), (2, snapshot.clone())] {
             let guest = Guest::boot(
-                &image("httpd"),
+                &target,
                 &net_spec(""),
                 &["--via", server.socket(), "--timeout", "30s"],
                 &["--requests", "1"],
