@@ -8,8 +8,11 @@
 //! - Time to first response: from spawning the server to the first `GET /` answered 200 by a
 //!   client that retries its connection every 100 µs (1 ms connect timeout). Peers: the static
 //!   native Rust server (`native-httpd`, the same responses), the same under `unshare` with
-//!   every namespace new (`nsenter` joins the peer network namespace first), and ours (`vmm run
-//!   httpd --net`). The host knows both servers' MACs (static neighbour entries), so that no
+//!   every namespace new (`nsenter` joins the peer network namespace first), crun running it
+//!   in a container that joins that namespace, Docker running it in a container (a private
+//!   `dockerd` started in this section's namespace, with its own bridge network: `docker run
+//!   --network NET --ip ADDR`, Docker's veth and bridge as the link), and ours (`vmm run
+//!   httpd --net`). The host knows every server's MAC (static neighbour entries), so that no
 //!   ARP back-off sits in anyone's numbers.
 //! - Throughput: `wrk` (keep-alive, bounded by `-d`) against the native server and against one
 //!   VM, over their links; requests/s and p99, and our VM exits per request (from the VMM's
@@ -52,6 +55,11 @@ const NATIVE: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 2);
 const BRIDGE: &str = "fbbr0";
 const BRIDGE_HOST: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 const FLEET_FIRST: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const DOCKER_SUBNET: &str = "10.95.0.0/24";
+const DOCKER_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 1);
+const DOCKER_BRIDGE: &str = "fbdock0";
+const DOCKER_IP: Ipv4Addr = Ipv4Addr::new(10, 95, 0, 2);
+const DOCKER_MAC: &str = "02:42:0a:5f:00:02";
 
 /// Paths the network section uses.
 pub struct Plan<'a> {
@@ -214,6 +222,7 @@ enum Peer {
     Native,
     Unshare,
     Crun,
+    Docker,
     Ours,
 }
 
@@ -223,12 +232,17 @@ impl Peer {
             Peer::Native => "native process",
             Peer::Unshare => "unshare (all namespaces)",
             Peer::Crun => "crun container",
+            Peer::Docker => "Docker container (runc)",
             Peer::Ours => "flick microVM",
         }
     }
 
     fn address(self) -> Ipv4Addr {
-        if self == Peer::Ours { GUEST } else { NATIVE }
+        match self {
+            Peer::Ours => GUEST,
+            Peer::Docker => DOCKER_IP,
+            _ => NATIVE,
+        }
     }
 }
 
@@ -278,8 +292,8 @@ fn spawn(
                 .arg(&listen);
             cmd
         }
-        Peer::Crun => {
-            return Err(fail("crun runs through its OCI peer (see Crun)"));
+        Peer::Crun | Peer::Docker => {
+            return Err(fail("crun and Docker run through their own set-up"));
         }
         Peer::Ours => {
             let mut cmd = Command::new(plan.vmm);
@@ -343,18 +357,27 @@ fn median(values: &mut [f64]) -> f64 {
 fn measure(links: &Links, plan: &Plan<'_>) -> Result<String> {
     let runs = plan.runs.max(1);
     let crun = Crun::setup(links, plan);
-    let peers: Vec<Peer> = [Peer::Native, Peer::Unshare, Peer::Crun, Peer::Ours]
-        .into_iter()
-        .filter(|p| *p != Peer::Crun || crun.is_ok())
-        .collect();
+    let docker = Docker::setup(plan);
+    let peers: Vec<Peer> = [
+        Peer::Native,
+        Peer::Unshare,
+        Peer::Crun,
+        Peer::Docker,
+        Peer::Ours,
+    ]
+    .into_iter()
+    .filter(|p| *p != Peer::Crun || crun.is_ok())
+    .filter(|p| *p != Peer::Docker || docker.is_ok())
+    .collect();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
     // Interleaved rounds: load on the machine drifts, each peer sees the same drift.
     for run in 0..runs {
         for (i, peer) in peers.iter().enumerate() {
             let started = Instant::now();
             let id = format!("net{run}");
-            let server = match (peer, &crun) {
-                (Peer::Crun, Ok(crun)) => Server(crun.start(&id)?),
+            let server = match (peer, &crun, &docker) {
+                (Peer::Crun, Ok(crun), _) => Server(crun.start(&id)?),
+                (Peer::Docker, _, Ok(docker)) => Server(docker.start(&id)?),
                 _ => Server(spawn(*peer, links, plan, &["--timeout", "30s"], false)?),
             };
             let answered = first_response(peer.address(), Duration::from_secs(10));
@@ -363,8 +386,15 @@ fn measure(links: &Links, plan: &Plan<'_>) -> Result<String> {
             if let (Peer::Crun, Ok(crun)) = (peer, &crun) {
                 crun.remove(&id);
             }
+            let mut what = peer.name().to_owned();
+            if let (Peer::Docker, Ok(docker)) = (peer, &docker) {
+                docker.remove(&id);
+                if answered.is_err() {
+                    what = format!("{what} (docker run said: {})", docker.said());
+                }
+            }
             answered.map_err(|e| Error::Context {
-                what: peer.name().to_owned(),
+                what,
                 source: Box::new(e),
             })?;
             times[i].push(elapsed.as_secs_f64() * 1e3);
@@ -386,6 +416,19 @@ fn measure(links: &Links, plan: &Plan<'_>) -> Result<String> {
     if let Err(why) = &crun {
         report.push_str(&format!("| crun container | not run: {why} | |\n"));
     }
+    if let Err(why) = &docker {
+        report.push_str(&format!("| Docker container (runc) | not run: {why} | |\n"));
+    }
+    let ours = peers.iter().position(|p| *p == Peer::Ours);
+    let docker_at = peers.iter().position(|p| *p == Peer::Docker);
+    if let (Some(ours), Some(docker_at)) = (ours, docker_at) {
+        report.push_str(&format!(
+            "\nflick microVM against the Docker container: {:.1}× faster to its first response.\n",
+            medians[docker_at] / medians[ours]
+        ));
+    }
+    // Docker's daemon and its NAT rules go before the throughput and density runs.
+    drop(docker);
     report.push_str(&throughput(links, plan)?);
     if plan.fleet > 0 {
         report.push_str(&density(plan)?);
@@ -458,6 +501,102 @@ impl Crun {
             ns.enter_before_exec(&mut delete);
         }
         let _ = delete.status();
+    }
+}
+
+/// Docker running the native server in a container on a bridge network of a private daemon
+/// started in this section's namespace; the daemon stops and its files go when dropped.
+struct Docker {
+    daemon: Option<crate::peers::docker::NetworkDaemon>,
+    root: PathBuf,
+}
+
+impl Docker {
+    fn setup(plan: &Plan<'_>) -> std::result::Result<Docker, String> {
+        // The daemon's sockets live under its root: a short path (108-byte limit).
+        let root = std::env::temp_dir().join(format!("flick-bench-net-{}", std::process::id()));
+        let payload = crate::peers::native::Payload {
+            path: plan.native,
+            name: "native-httpd",
+            prints: "",
+        };
+        let mut docker = Docker { daemon: None, root };
+        let daemon = crate::peers::docker::NetworkDaemon::start(
+            &docker.root,
+            payload,
+            DOCKER_SUBNET,
+            &DOCKER_GATEWAY.to_string(),
+            DOCKER_BRIDGE,
+        )
+        .map_err(|e| e.to_string())?;
+        docker.daemon = Some(daemon);
+        ip(&[
+            "neigh",
+            "replace",
+            &DOCKER_IP.to_string(),
+            "lladdr",
+            DOCKER_MAC,
+            "dev",
+            DOCKER_BRIDGE,
+            "nud",
+            "permanent",
+        ])
+        .map_err(|e| e.to_string())?;
+        Ok(docker)
+    }
+
+    fn daemon(&self) -> Result<&crate::peers::docker::NetworkDaemon> {
+        self.daemon
+            .as_ref()
+            .ok_or_else(|| fail("the Docker daemon is gone"))
+    }
+
+    fn start(&self, id: &str) -> Result<Child> {
+        let listen = format!("{DOCKER_IP}:80");
+        self.daemon()?
+            .run(
+                id,
+                &DOCKER_IP.to_string(),
+                DOCKER_MAC,
+                &["/native-httpd", &listen],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log()?)
+            .spawn()
+            .map_err(Error::io("cannot start docker run"))
+    }
+
+    /// Where `docker run`'s messages go (appended; read when a run fails).
+    fn log(&self) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("docker-run.log"))
+            .map_err(Error::io("cannot open docker-run.log"))
+    }
+
+    /// The last line `docker run` wrote.
+    fn said(&self) -> String {
+        let text = std::fs::read_to_string(self.root.join("docker-run.log")).unwrap_or_default();
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("nothing")
+            .to_owned()
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(daemon) = self.daemon() {
+            daemon.remove(id);
+        }
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

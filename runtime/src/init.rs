@@ -13,15 +13,18 @@
 //! The container process in order: wait until `create` has put it in its cgroup; cgroup
 //! namespace; hostname; mounts (root file system bound to itself, a small tmpfs on `/dev`
 //! holding `/dev/kvm`); `createRuntime`/`prestart` hooks (run by `create`, this process
-//! waits); `createContainer` hooks; `pivot_root`; find and check the image; stdio (the
-//! terminal's slave in terminal mode); rlimits, capabilities, user, `no_new_privs`; "ready";
-//! wait for "created" (`create` saved the state; if `create` dies first, so does this
-//! process); block opening the exec fifo for writing until `start` opens it for reading;
-//! `startContainer` hooks; boot.
+//! waits); `createContainer` hooks; `/dev/net/tun` opened (a container with a network
+//! namespace); `pivot_root`; find and check the image; stdio (the terminal's slave in
+//! terminal mode); rlimits; capabilities and user checked; "ready"; wait for "created"
+//! (`create` saved the state; if `create` dies first, so does this process); block opening
+//! the exec fifo for writing until `start` opens it for reading; the guest's network
+//! ([`crate::network`]); capabilities, user, `no_new_privs`; `startContainer` hooks; boot.
 //!
-//! Networking (later): creating a tap in the container's network namespace and mirroring it
-//! to the namespace's interface belongs just before the boot, after `startContainer`: by
-//! then Docker's `prestart` hook or the CNI plugin has configured the interface.
+//! The network is connected after `start` because Docker configures the container's
+//! interface only then (between the runtime's `create` and `start`, in the namespace of the
+//! container process's pid; a CNI plugin has done it before `create`), and it needs
+//! `CAP_NET_ADMIN`: the process keeps its privileges until the network is connected, and no
+//! guest code runs before it drops them.
 
 use crate::console;
 use crate::hooks;
@@ -218,13 +221,16 @@ fn setup(what: impl Into<String>) -> impl FnOnce(nix::Error) -> InitError {
 /// The intermediate process: enters the namespaces, forks the container process, reports its
 /// pid and exits.
 pub fn intermediate(plan: &Plan, chan: Channel, state_dir: OwnedFd, slave: Option<OwnedFd>) -> ! {
+    // The runtime's own network namespace is the host's (Docker's `--network host` names it
+    // by path): the container process must recognise it and leave it alone.
+    let host_netns = crate::network::NetnsId::current();
     if let Err(err) = enter_namespaces(plan) {
         let _ = chan.send(&Msg::Failed(chain(&err)));
         exit_now(1);
     }
     // SAFETY: this process is single-threaded (a fork of the single-threaded `create`).
     match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => container_process(plan, chan, state_dir, slave),
+        Ok(ForkResult::Child) => container_process(plan, chan, state_dir, slave, host_netns),
         Ok(ForkResult::Parent { child }) => {
             let _ = chan.send(&Msg::Pid(child.as_raw()));
             exit_now(0)
@@ -263,14 +269,20 @@ fn enter_namespaces(plan: &Plan) -> Result<(), InitError> {
 }
 
 /// The container process: set-up, wait for `start`, boot, exit with the app's status.
-fn container_process(plan: &Plan, chan: Channel, state_dir: OwnedFd, slave: Option<OwnedFd>) -> ! {
+fn container_process(
+    plan: &Plan,
+    chan: Channel,
+    state_dir: OwnedFd,
+    slave: Option<OwnedFd>,
+    host_netns: Option<crate::network::NetnsId>,
+) -> ! {
     let keep = [
         Some(chan.raw()),
         Some(state_dir.as_raw_fd()),
         slave.as_ref().map(|s| s.as_raw_fd()),
     ];
     close_other_fds(&keep.into_iter().flatten().collect::<Vec<_>>());
-    let config = match prepare(plan, &chan, slave) {
+    let config = match prepare(plan, &chan, slave, host_netns) {
         Ok(config) => config,
         Err(err) => {
             let _ = chan.send(&Msg::Failed(chain(&err)));
@@ -288,6 +300,23 @@ fn container_process(plan: &Plan, chan: Channel, state_dir: OwnedFd, slave: Opti
         exit_now(VMM_ERROR);
     }
     drop(state_dir);
+    let mut run = config.run;
+    if let Some(tun) = config.tun {
+        match crate::network::connect_guest(tun) {
+            Ok(net) => run.vm.devices.net = net,
+            Err(err) => {
+                eprintln!(
+                    "flick-runtime: cannot give the guest the container's network: {}",
+                    chain(&err)
+                );
+                exit_now(VMM_ERROR);
+            }
+        }
+    }
+    if let Err(err) = config.privileges.apply() {
+        eprintln!("flick-runtime: {}", chain(&err));
+        exit_now(VMM_ERROR);
+    }
     let (pid, plan_hooks) = (config.host_pid, &plan.hooks);
     let state = hooks::state(
         &plan.id,
@@ -304,16 +333,26 @@ fn container_process(plan: &Plan, chan: Channel, state_dir: OwnedFd, slave: Opti
         eprintln!("flick-runtime: {}", chain(&err));
         exit_now(VMM_ERROR);
     }
-    exit_now(boot(&config.run))
+    exit_now(boot(&run))
 }
 
 /// What the container process boots.
 struct Prepared {
     run: vmm::RunConfig,
     host_pid: i32,
+    /// `/dev/net/tun` for the guest's tap, when the container has a network namespace of
+    /// its own (an error matters only if the namespace turns out to have an interface).
+    tun: Option<Result<OwnedFd, crate::network::NetworkError>>,
+    /// What the process gives up before the boot.
+    privileges: Privileges,
 }
 
-fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepared, InitError> {
+fn prepare(
+    plan: &Plan,
+    chan: &Channel,
+    slave: Option<OwnedFd>,
+    host_netns: Option<crate::network::NetnsId>,
+) -> Result<Prepared, InitError> {
     crate::signals::install_stop_handlers().map_err(setup("install signal handlers"))?;
     let host_pid = match chan.recv()? {
         Some(Msg::Go { pid }) => pid,
@@ -348,6 +387,14 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
         plan.hooks.create_container().as_deref(),
         &state,
     )?;
+    // Only a network namespace other than the runtime's (the host's) is the container's own.
+    let own_network = plan
+        .namespaces
+        .iter()
+        .any(|n| n.kind == CloneFlags::CLONE_NEWNET)
+        && host_netns.is_some()
+        && crate::network::NetnsId::current() != host_netns;
+    let tun = own_network.then(crate::network::open_tun);
     pivot_into(&plan.rootfs, plan.root_readonly)?;
     let image = find_image(plan)?;
     let checked = vmm::Image::from_file(Path::new(&image)).map_err(|source| InitError::Image {
@@ -364,18 +411,7 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
         console::become_terminal_owner(slave).map_err(setup("take the terminal"))?;
     }
     set_rlimits(plan)?;
-    // runc's order: the bounding set while CAP_SETPCAP is held, the user with the permitted
-    // set kept across setuid, then the sets the process runs with.
-    drop_bounding_set(plan)?;
-    keep_capabilities(true)?;
-    set_user(plan)?;
-    keep_capabilities(false)?;
-    set_capabilities(plan)?;
-    if plan.no_new_privileges {
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-        nix::errno::Errno::result(rc).map_err(setup("set no_new_privs"))?;
-    }
+    let privileges = Privileges::from_plan(plan)?;
     Ok(Prepared {
         run: vmm::RunConfig {
             vm: vmm::VmConfig {
@@ -390,6 +426,8 @@ fn prepare(plan: &Plan, chan: &Channel, slave: Option<OwnedFd>) -> Result<Prepar
             ..vmm::RunConfig::new(PathBuf::from(image))
         },
         host_pid,
+        tun,
+        privileges,
     })
 }
 
@@ -555,20 +593,118 @@ fn caps_failed(what: &'static str) -> impl Fn(caps::errors::CapsError) -> InitEr
     move |source| InitError::Capabilities { what, source }
 }
 
-/// Drops from the bounding set what `process.capabilities.bounding` does not list.
-fn drop_bounding_set(plan: &Plan) -> Result<(), InitError> {
-    let Some(given) = plan
-        .capabilities
-        .as_ref()
-        .filter(|c| c.bounding().is_some())
-    else {
-        return Ok(());
-    };
-    let keep = cap_set(given.bounding())?;
-    for cap in caps::all().difference(&keep) {
-        caps::drop(None, caps::CapSet::Bounding, *cap).map_err(caps_failed("bounding"))?;
+/// The capability sets of `process.capabilities`, read at `create` (an unknown name fails
+/// it) and applied just before the boot.
+struct CapabilitySets {
+    /// `None`: config.json gives no bounding set; keep the runtime's.
+    bounding: Option<caps::CapsHashSet>,
+    effective: caps::CapsHashSet,
+    permitted: caps::CapsHashSet,
+    inheritable: caps::CapsHashSet,
+    ambient: caps::CapsHashSet,
+}
+
+/// What the container process gives up before its guest runs: capabilities, user,
+/// `no_new_privs` (`process` of config.json), checked in `create`, applied after `start`.
+struct Privileges {
+    capabilities: Option<CapabilitySets>,
+    user: (u32, u32, Vec<u32>),
+    no_new_privileges: bool,
+}
+
+impl Privileges {
+    fn from_plan(plan: &Plan) -> Result<Privileges, InitError> {
+        let capabilities = match &plan.capabilities {
+            None => None,
+            Some(given) => Some(CapabilitySets {
+                bounding: given
+                    .bounding()
+                    .is_some()
+                    .then(|| cap_set(given.bounding()))
+                    .transpose()?,
+                effective: cap_set(given.effective())?,
+                permitted: cap_set(given.permitted())?,
+                inheritable: cap_set(given.inheritable())?,
+                ambient: cap_set(given.ambient())?,
+            }),
+        };
+        Ok(Privileges {
+            capabilities,
+            user: plan.user.clone(),
+            no_new_privileges: plan.no_new_privileges,
+        })
     }
-    Ok(())
+
+    /// runc's order: the bounding set while `CAP_SETPCAP` is held, the user with the
+    /// permitted set kept across setuid, then the sets the process runs with.
+    fn apply(&self) -> Result<(), InitError> {
+        self.drop_bounding_set()?;
+        keep_capabilities(true)?;
+        self.set_user()?;
+        keep_capabilities(false)?;
+        self.set_capabilities()?;
+        if self.no_new_privileges {
+            // SAFETY: prctl with integer arguments only.
+            let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            nix::errno::Errno::result(rc).map_err(setup("set no_new_privs"))?;
+        }
+        Ok(())
+    }
+
+    /// Drops from the bounding set what `process.capabilities.bounding` does not list.
+    fn drop_bounding_set(&self) -> Result<(), InitError> {
+        let Some(keep) = self.capabilities.as_ref().and_then(|c| c.bounding.as_ref()) else {
+            return Ok(());
+        };
+        for cap in caps::all().difference(keep) {
+            caps::drop(None, caps::CapSet::Bounding, *cap).map_err(caps_failed("bounding"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the effective, permitted, inheritable and ambient sets, in an order where each
+    /// step is allowed.
+    fn set_capabilities(&self) -> Result<(), InitError> {
+        use caps::CapSet;
+        let Some(sets) = &self.capabilities else {
+            return Ok(());
+        };
+        let both = sets
+            .effective
+            .intersection(&sets.permitted)
+            .copied()
+            .collect();
+        caps::set(None, CapSet::Effective, &both).map_err(caps_failed("effective"))?;
+        caps::set(None, CapSet::Permitted, &sets.permitted).map_err(caps_failed("permitted"))?;
+        caps::set(None, CapSet::Effective, &sets.effective).map_err(caps_failed("effective"))?;
+        caps::set(None, CapSet::Inheritable, &sets.inheritable)
+            .map_err(caps_failed("inheritable"))?;
+        caps::set(None, CapSet::Ambient, &sets.ambient).map_err(caps_failed("ambient"))
+    }
+
+    /// Switches to `process.user` unless it is root; the user also gets `/dev/kvm`'s group
+    /// (it matters where the host's node is bound in).
+    fn set_user(&self) -> Result<(), InitError> {
+        use nix::unistd::{Gid, Uid};
+        use std::os::unix::fs::MetadataExt;
+        let (uid, gid, ref additional) = self.user;
+        if uid == 0 && gid == 0 && additional.is_empty() {
+            return Ok(());
+        }
+        let kvm_gid = std::fs::metadata("/dev/kvm")
+            .map_err(|source| InitError::Io {
+                what: "stat /dev/kvm".into(),
+                source,
+            })?
+            .gid();
+        let mut groups: Vec<Gid> = additional.iter().map(|g| Gid::from_raw(*g)).collect();
+        groups.push(Gid::from_raw(kvm_gid));
+        nix::unistd::setgroups(&groups).map_err(setup("set the additional groups"))?;
+        let gid = Gid::from_raw(gid);
+        nix::unistd::setresgid(gid, gid, gid).map_err(setup("set the group id"))?;
+        let uid = Uid::from_raw(uid);
+        nix::unistd::setresuid(uid, uid, uid).map_err(setup("set the user id"))
+    }
 }
 
 /// `PR_SET_KEEPCAPS`: whether the permitted set survives a switch away from root.
@@ -578,48 +714,6 @@ fn keep_capabilities(keep: bool) -> Result<(), InitError> {
     nix::errno::Errno::result(rc)
         .map(drop)
         .map_err(setup("set PR_SET_KEEPCAPS"))
-}
-
-/// Sets the effective, permitted, inheritable and ambient sets of `process.capabilities`,
-/// in an order where each step is allowed.
-fn set_capabilities(plan: &Plan) -> Result<(), InitError> {
-    use caps::CapSet;
-    let Some(given) = &plan.capabilities else {
-        return Ok(());
-    };
-    let effective = cap_set(given.effective())?;
-    let permitted = cap_set(given.permitted())?;
-    let both = effective.intersection(&permitted).copied().collect();
-    caps::set(None, CapSet::Effective, &both).map_err(caps_failed("effective"))?;
-    caps::set(None, CapSet::Permitted, &permitted).map_err(caps_failed("permitted"))?;
-    caps::set(None, CapSet::Effective, &effective).map_err(caps_failed("effective"))?;
-    let inheritable = cap_set(given.inheritable())?;
-    caps::set(None, CapSet::Inheritable, &inheritable).map_err(caps_failed("inheritable"))?;
-    caps::set(None, CapSet::Ambient, &cap_set(given.ambient())?).map_err(caps_failed("ambient"))
-}
-
-/// Switches to `process.user` unless it is root; the user also gets `/dev/kvm`'s group (it
-/// matters where the host's node is bound in).
-fn set_user(plan: &Plan) -> Result<(), InitError> {
-    use nix::unistd::{Gid, Uid};
-    use std::os::unix::fs::MetadataExt;
-    let (uid, gid, ref additional) = plan.user;
-    if uid == 0 && gid == 0 && additional.is_empty() {
-        return Ok(());
-    }
-    let kvm_gid = std::fs::metadata("/dev/kvm")
-        .map_err(|source| InitError::Io {
-            what: "stat /dev/kvm".into(),
-            source,
-        })?
-        .gid();
-    let mut groups: Vec<Gid> = additional.iter().map(|g| Gid::from_raw(*g)).collect();
-    groups.push(Gid::from_raw(kvm_gid));
-    nix::unistd::setgroups(&groups).map_err(setup("set the additional groups"))?;
-    let gid = Gid::from_raw(gid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(setup("set the group id"))?;
-    let uid = Uid::from_raw(uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(setup("set the user id"))
 }
 
 /// Blocks opening the exec fifo for writing until `start` opens it for reading, then writes

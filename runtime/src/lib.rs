@@ -14,8 +14,9 @@
 //!
 //! With the `runtime` feature (the default): [`spec`] reads `config.json` into a plan,
 //! [`container`] owns the state directory and status, [`create`] forks the container
-//! process, [`init`] is that process, [`cgroup`], [`console`], [`hooks`], [`signals`] and
-//! [`commands`] do the rest, and [`log`] writes the error line runc's callers read.
+//! process, [`init`] is that process, [`network`] gives its guest the container's network
+//! interface, [`cgroup`], [`console`], [`hooks`], [`signals`] and [`commands`] do the rest,
+//! and [`log`] writes the error line runc's callers read.
 
 pub mod layout;
 pub mod marker;
@@ -37,6 +38,8 @@ pub mod hooks;
 pub mod init;
 #[cfg(feature = "runtime")]
 pub mod log;
+#[cfg(feature = "runtime")]
+pub mod network;
 #[cfg(feature = "runtime")]
 pub mod signals;
 #[cfg(feature = "runtime")]

@@ -39,6 +39,10 @@ pub const VMM_HEADROOM: u64 = 4 << 20;
 /// made in its `/dev`.
 pub const KVM_DEVICE: (u64, u64) = (10, 232);
 
+/// `/dev/net/tun`'s device numbers: allowed in the container's device cgroup, for the tap
+/// that joins the guest to the container's network (Docker allows it already).
+pub const TUN_DEVICE: (u64, u64) = (10, 200);
+
 /// Errors of [`Plan::from_bundle`].
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -176,7 +180,7 @@ impl Plan {
             .unwrap_or_default();
         let limit = resources.memory().as_ref().and_then(|m| m.limit());
         let mem_size = guest_ram(limit)?;
-        allow_kvm(&mut resources);
+        allow_devices(&mut resources);
         let namespaces = namespaces(linux.and_then(|l| l.namespaces().as_deref()))?;
         let new_uts = namespaces
             .iter()
@@ -241,18 +245,21 @@ fn valid_env(entry: &str) -> bool {
     matches!(entry.split_once('='), Some((key, _)) if !key.is_empty()) && !entry.contains('\0')
 }
 
-/// Adds `rw` on `/dev/kvm` to the device allowlist (after Docker's deny-all).
-fn allow_kvm(resources: &mut LinuxResources) {
-    let rule: LinuxDeviceCgroup = LinuxDeviceCgroupBuilder::default()
-        .allow(true)
-        .typ(LinuxDeviceType::C)
-        .major(KVM_DEVICE.0 as i64)
-        .minor(KVM_DEVICE.1 as i64)
-        .access("rw")
-        .build()
-        .expect("every field of the rule is set");
+/// Adds `rw` on `/dev/kvm` and `/dev/net/tun` to the device allowlist (after Docker's
+/// deny-all).
+fn allow_devices(resources: &mut LinuxResources) {
     let mut devices = resources.devices().clone().unwrap_or_default();
-    devices.push(rule);
+    for (major, minor) in [KVM_DEVICE, TUN_DEVICE] {
+        let rule: LinuxDeviceCgroup = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(major as i64)
+            .minor(minor as i64)
+            .access("rw")
+            .build()
+            .expect("every field of the rule is set");
+        devices.push(rule);
+    }
     resources.set_devices(Some(devices));
 }
 
@@ -363,17 +370,21 @@ mod tests {
     }
 
     #[test]
-    fn test_plan_allows_dev_kvm_after_the_given_rules() {
+    fn test_plan_allows_dev_kvm_and_tun_after_the_given_rules() {
         let plan = plan(serde_json::json!({
             "linux": { "resources": { "devices": [{ "allow": false, "access": "rwm" }] } }
         }))
         .unwrap();
         let devices = plan.resources.devices().clone().unwrap();
-        assert_eq!(devices.len(), 2);
-        assert!(devices[1].allow());
+        assert_eq!(devices.len(), 3);
+        assert!(devices[1].allow() && devices[2].allow());
         assert_eq!(
             (devices[1].major(), devices[1].minor()),
             (Some(10), Some(232))
+        );
+        assert_eq!(
+            (devices[2].major(), devices[2].minor()),
+            (Some(10), Some(200))
         );
     }
 

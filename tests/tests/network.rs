@@ -481,3 +481,190 @@ fn test_net_httpd_restored_from_a_snapshot_serves() {
         assert!(String::from_utf8_lossy(&body).contains("\"count\":1"));
     });
 }
+
+/// A `vmm serve` inside the test's namespace, killed when dropped.
+struct NetServer {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl NetServer {
+    /// Starts `vmm serve` with `flags` and waits (at most 30 s) until it listens.
+    fn start(test: &str, flags: &[&str]) -> NetServer {
+        use std::io::BufRead;
+        let socket = tests::scratch_dir(test).join("flick.sock");
+        let mut child = std::process::Command::new(tests::vmm_bin())
+            .args(["serve", "--socket", socket.to_str().unwrap()])
+            .args(flags)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start vmm serve");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let server = NetServer { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("listening on") => break,
+                Ok(_) => {}
+                Err(_) => panic!("vmm serve did not say it was listening"),
+            }
+        }
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        server
+    }
+
+    fn socket(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
+
+impl Drop for NetServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[kvm_test]
+fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
+    let snapshot = tests::scratch_dir("net-serve-snapshot").join("httpd.snap");
+    tests::snapshot_image("httpd", &snapshot);
+    in_netns(|| {
+        let server = NetServer::start(
+            "net-serve",
+            &[
+                "--allow-tap",
+                "tap*",
+                "--workers",
+                "1",
+                "--pool",
+                "1",
+                "--snapshot",
+                snapshot.to_str().unwrap(),
+            ],
+        );
+        // Requests in turn on the same tap (each one's tap is detached after its reply): an
+        // image booted cold, then the snapshot from the pool.
+        for (round, target) in [(1, image("httpd")), (2, snapshot.clone())] {
+            let guest = Guest::boot(
+                &target,
+                &net_spec(""),
+                &["--via", server.socket(), "--timeout", "30s"],
+                &["--requests", "1"],
+                "listening",
+            );
+            let mut stream = connect(80);
+            let (status, body) = get(&mut stream, &format!("/api/round{round}"));
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            assert!(
+                String::from_utf8_lossy(&body).contains(&format!("/api/round{round}")),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+            let (code, text) = guest.wait(Duration::from_secs(20));
+            assert_eq!(code, Some(0), "round {round}: {text}");
+        }
+    });
+}
+
+#[kvm_test]
+fn test_net_serve_request_for_a_tap_outside_allow_tap_is_refused() {
+    in_netns(|| {
+        let server = NetServer::start("net-serve-refused", &["--allow-tap", "fl*"]);
+        let out = tests::vmm(&[
+            "run",
+            "--via",
+            server.socket(),
+            image("httpd").to_str().unwrap(),
+            "--net",
+            &net_spec(""),
+        ]);
+        assert_eq!(status(&out), 125);
+        assert!(
+            stderr(&out).contains("tap 'tap0' is not one this server may attach"),
+            "{}",
+            stderr(&out)
+        );
+        // Nothing holds the tap: a local run attaches it at once.
+        let guest = httpd_guest(&["--requests", "1"]);
+        let mut stream = connect(80);
+        assert_eq!(get(&mut stream, "/").0, "HTTP/1.1 200 OK");
+        assert_eq!(guest.wait(Duration::from_secs(20)).0, Some(0));
+    });
+}
+
+/// `GET path` from the guest at `ip`, retrying the connection (the guest may still be
+/// booting) for up to 20 s.
+fn get_from(ip: std::net::Ipv4Addr, path: &str) -> (String, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(1)) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                return get(&mut stream, path);
+            }
+            Err(err) if Instant::now() > deadline => panic!("{ip} never answered: {err}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[kvm_test]
+fn test_net_fleet_manifest_gives_each_entry_its_own_network() {
+    let dir = tests::scratch_dir("net-fleet-manifest");
+    let httpd = image("httpd");
+    let manifest = dir.join("fleet.toml");
+    let entry = |name: &str, net: &str| {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nimage = \"{}\"\nargs = [\"--requests\", \"1\"]\n\
+             timeout = \"30s\"\nnet = \"{net}\"\n",
+            httpd.display()
+        )
+    };
+    let text = entry("a", &format!("tap=tap{{i}},ip={GUEST_IP}/24,gw={HOST_IP}"))
+        + &entry("b", "tap=grpb{i},ip=10.99.1.2/24");
+    std::fs::write(&manifest, text).unwrap();
+    in_netns(|| {
+        for args in [
+            &["tuntap", "add", "dev", "grpb0", "mode", "tap"][..],
+            &["addr", "add", "10.99.1.1/24", "dev", "grpb0"],
+            &["link", "set", "grpb0", "up"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}");
+        }
+        let fleet = std::process::Command::new(tests::vmm_bin())
+            .args(["fleet", "--manifest", manifest.to_str().unwrap(), "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (status_a, body_a) = get_from(GUEST_IP, "/api/a");
+        let (status_b, body_b) = get_from(std::net::Ipv4Addr::new(10, 99, 1, 2), "/api/b");
+        let out = fleet.wait_with_output().unwrap();
+        assert_eq!(status_a, "HTTP/1.1 200 OK");
+        assert_eq!(status_b, "HTTP/1.1 200 OK");
+        assert!(String::from_utf8_lossy(&body_a).contains("/api/a"));
+        assert!(String::from_utf8_lossy(&body_b).contains("/api/b"));
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+        let report = tests::stdout(&out);
+        assert_eq!(
+            report.matches("\"status\": 0").count() + report.matches("\"status\":0").count(),
+            2,
+            "{report}"
+        );
+    });
+}

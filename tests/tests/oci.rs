@@ -1,6 +1,8 @@
 //! flick-runtime under the real daemons: a private `dockerd` (and the `containerd` it
 //! manages) started by this test binary with private paths (its own data root, exec root and
-//! socket, no bridge, no iptables), the runtime registered through
+//! socket) inside a network namespace the test made (`lo` up), so that its bridge, NAT rules
+//! and published ports exist there alone and clients reach them only from there (`nsenter`),
+//! the runtime registered through
 //! `cargo xtask install-runtime`, our images loaded from `cargo xtask oci` tarballs. The
 //! daemons are stopped at the end, so this file has its own harness (libtest-mimic): one
 //! set-up, every case named as usual, one tear-down.
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The images the cases run, loaded into both daemons.
-const IMAGES: [&str; 4] = ["hello", "exitcode", "fault", "sysinfo"];
+const IMAGES: [&str; 5] = ["hello", "exitcode", "fault", "sysinfo", "httpd"];
 /// The containerd namespace of the `ctr` cases.
 const CTR_NAMESPACE: &str = "flick-tests";
 /// The longest one daemon command may take.
@@ -27,6 +29,8 @@ const DAEMON_PATIENCE: Duration = Duration::from_secs(60);
 struct Env {
     /// `unix://…` of our dockerd.
     docker_host: String,
+    /// The network namespace our dockerd runs in (its bridge, NAT and published ports).
+    docker_netns: PathBuf,
     /// containerd's socket (managed by our dockerd).
     containerd: PathBuf,
     /// The installed runtime.
@@ -148,7 +152,23 @@ fn cases() -> Vec<(&'static str, Case)> {
             "test_docker_run_non_flick_image_fails_with_one_line",
             docker_non_flick,
         ),
+        (
+            "test_docker_run_published_port_reaches_the_guest",
+            docker_published_port,
+        ),
+        (
+            "test_docker_run_network_none_boots_without_a_nic",
+            docker_network_none,
+        ),
+        (
+            "test_docker_run_network_host_leaves_the_host_interfaces_alone",
+            docker_network_host,
+        ),
         ("test_ctr_run_hello_through_the_runc_shim", ctr_run_hello),
+        (
+            "test_ctr_run_in_a_namespace_without_cni_serves_the_page",
+            ctr_network_namespace,
+        ),
         ("test_ctr_run_exitcode_returns_its_code", ctr_run_exitcode),
         (
             "test_runtime_lifecycle_create_start_state_delete",
@@ -195,6 +215,7 @@ impl Clone for Env {
     fn clone(&self) -> Self {
         Env {
             docker_host: self.docker_host.clone(),
+            docker_netns: self.docker_netns.clone(),
             containerd: self.containerd.clone(),
             runtime: self.runtime.clone(),
             scratch: self.scratch.clone(),
@@ -267,22 +288,27 @@ impl Daemons {
             .arg(&exec_root)
             .arg("--pidfile")
             .arg(exec_root.join("dockerd.pid"))
-            .args(["-H", &docker_host, "--bridge=none", "--iptables=false"])
             .args([
+                "-H",
+                &docker_host,
                 "--ip6tables=false",
-                "--ip-masq=false",
                 "--userland-proxy=false",
             ])
             .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
-        // SAFETY: prctl in the child before exec: the daemon dies with this test binary even
-        // if it is killed before its tear-down (the main thread lives until the end).
+        // SAFETY: prctl, unshare, socket, ioctl and close in the child before exec (no
+        // allocation): the daemon dies with this test binary even if it is killed before its
+        // tear-down (the main thread lives until the end), and it runs in a network namespace
+        // of its own with `lo` up.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                loopback_up()
             });
         }
         let dockerd = cmd
@@ -290,6 +316,7 @@ impl Daemons {
             .map_err(|e| format!("cannot start dockerd: {e}"))?;
         let env = Env {
             docker_host,
+            docker_netns: PathBuf::from(format!("/proc/{}/ns/net", dockerd.id())),
             containerd: exec_root.join("containerd/containerd.sock"),
             runtime: bin.join("flick-runtime"),
             scratch: scratch.clone(),
@@ -363,6 +390,26 @@ impl Drop for Daemons {
         }
         let _ = std::fs::remove_dir_all(&self.exec_root);
         let _ = std::fs::remove_dir_all(&self.env.scratch);
+    }
+}
+
+/// Brings `lo` up in this process's network namespace (between fork and exec: no allocation).
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a zeroed ifreq is valid; the socket and ioctls use only our stack.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+        let up = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut request) == 0 && {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &request) == 0
+        };
+        let err = std::io::Error::last_os_error();
+        libc::close(sock);
+        if up { Ok(()) } else { Err(err) }
     }
 }
 
@@ -961,6 +1008,247 @@ fn ctr_run(env: &Env, args: &[&str]) -> Output {
     ];
     all.extend(args);
     ctr(env, &all)
+}
+
+// ---------------------------------------------------------------------------------------
+// Networking: the guest takes over the container's interface.
+
+/// Runs `program args` in the network namespace at `netns`.
+fn in_netns(netns: &Path, program: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(program)
+        .args(args);
+    bounded(cmd)
+}
+
+/// `curl URL` from inside `netns`, retried for up to 10 s: the body of the first 200.
+fn curl_from(netns: &Path, url: &str) -> Result<String, Failed> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        let out = in_netns(netns, "curl", &["-sS", "--fail", "--max-time", "2", url]);
+        if out.status.success() {
+            return Ok(stdout(&out));
+        }
+        last = stderr(&out);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("curl {url} never got a page: {last}").into())
+}
+
+/// The IPv4 addresses (`ip -4 -o addr`) of `interface` in `netns`.
+fn ipv4_addresses(netns: &Path, interface: &str) -> String {
+    stdout(&in_netns(
+        netns,
+        "ip",
+        &["-4", "-o", "addr", "show", "dev", interface],
+    ))
+}
+
+fn docker_published_port(env: &Env) -> Result<(), Failed> {
+    let name = unique("port");
+    let out = docker(
+        env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--runtime=flick",
+            "-p",
+            "8080:80",
+            "flick/httpd",
+        ],
+    );
+    check(&out, 0)?;
+    let result = (|| {
+        wait_for_log(env, &name, "listening on")?;
+        let address = inspect(env, &name, "{{.NetworkSettings.IPAddress}}");
+        let logs = stdout(&docker(env, &["logs", &name]));
+        ensure(logs.contains(&format!("listening on {address}:80")), || {
+            format!("the guest does not hold the container's address {address}: {logs}")
+        })?;
+        let page = curl_from(&env.docker_netns, "http://127.0.0.1:8080/")?;
+        ensure(page.contains("Hello from a flick microVM"), || {
+            format!("unexpected page through the published port: {page}")
+        })?;
+        let page = curl_from(&env.docker_netns, &format!("http://{address}/"))?;
+        ensure(page.contains("Hello from a flick microVM"), || {
+            format!("unexpected page from the container's address: {page}")
+        })?;
+        let pid = inspect(env, &name, "{{.State.Pid}}");
+        let container_netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let left = ipv4_addresses(&container_netns, "eth0");
+        ensure(left.trim().is_empty(), || {
+            format!("the container's eth0 still holds an address: {left}")
+        })
+    })();
+    let _ = docker(env, &["rm", "-f", &name]);
+    result
+}
+
+fn docker_network_none(env: &Env) -> Result<(), Failed> {
+    let name = unique("nonet");
+    let out = docker(
+        env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "--runtime=flick",
+            "--network",
+            "none",
+            "flick/httpd",
+        ],
+    );
+    let logs = docker(env, &["logs", &name]);
+    let _ = docker(env, &["rm", "-f", &name]);
+    check(&out, 1)?;
+    let text = stdout(&logs) + &stderr(&logs);
+    ensure(text.contains("httpd: no network device"), || {
+        format!("the guest should have booted without a network device: {text}")
+    })
+}
+
+fn docker_network_host(env: &Env) -> Result<(), Failed> {
+    let before = ipv4_addresses(&env.docker_netns, "docker0");
+    ensure(!before.trim().is_empty(), || {
+        "the daemon's bridge has no address to begin with".into()
+    })?;
+    let name = unique("hostnet");
+    let out = docker(
+        env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "--runtime=flick",
+            "--network",
+            "host",
+            "flick/httpd",
+        ],
+    );
+    let logs = docker(env, &["logs", &name]);
+    let _ = docker(env, &["rm", "-f", &name]);
+    let after = ipv4_addresses(&env.docker_netns, "docker0");
+    ensure(before == after, || {
+        format!("the host's bridge changed: {before} became {after}")
+    })?;
+    check(&out, 1)?;
+    let text = stdout(&logs) + &stderr(&logs);
+    ensure(text.contains("httpd: no network device"), || {
+        format!("a guest in the host's namespace should get no network device: {text}")
+    })
+}
+
+/// A process holding a network namespace of its own, killed when dropped.
+struct Netns(Child);
+
+impl Netns {
+    fn new() -> Result<Netns, Failed> {
+        let child = Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start unshare: {e}"))?;
+        let netns = Netns(child);
+        // Wait until `sleep` runs in the new namespace.
+        let start = Instant::now();
+        while std::fs::read_link(netns.path()).ok() == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            if start.elapsed() > Duration::from_secs(5) {
+                return Err("unshare --net did not make a namespace".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(netns)
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.0.id()))
+    }
+
+    /// Runs `ip ARGS` inside.
+    fn ip(&self, args: &[&str]) -> Result<(), Failed> {
+        check(&in_netns(&self.path(), "ip", args), 0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ctr run` with our runtime in a network namespace made here, with no CNI: a veth pair
+/// between it and a client namespace, addresses set by hand. The guest takes the container
+/// side's address; the client fetches the page from it.
+fn ctr_network_namespace(env: &Env) -> Result<(), Failed> {
+    let client = Netns::new()?;
+    let container = Netns::new()?;
+    client.ip(&["link", "set", "lo", "up"])?;
+    client.ip(&[
+        "link",
+        "add",
+        "veth-client",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &container.pid(),
+    ])?;
+    client.ip(&["addr", "add", "10.99.3.1/24", "dev", "veth-client"])?;
+    client.ip(&["link", "set", "veth-client", "up"])?;
+    container.ip(&["link", "set", "lo", "up"])?;
+    container.ip(&["addr", "add", "10.99.3.2/24", "dev", "eth0"])?;
+    container.ip(&["link", "set", "eth0", "up"])?;
+    container.ip(&["route", "add", "default", "via", "10.99.3.1"])?;
+    let id = unique("ctr-net");
+    let with_ns = format!("network:{}", container.path().display());
+    let out = ctr(
+        env,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.runc.v2",
+            "--runc-binary",
+            path_str(&env.runtime),
+            "--with-ns",
+            &with_ns,
+            "docker.io/flick/httpd:latest",
+            &id,
+            "/httpd",
+        ],
+    );
+    let result = check(&out, 0).and_then(|()| {
+        let page = curl_from(&client.path(), "http://10.99.3.2/api/ctr")?;
+        ensure(page.contains("\"path\":\"/api/ctr\""), || {
+            format!("unexpected answer from the guest: {page}")
+        })?;
+        let left = ipv4_addresses(&container.path(), "eth0");
+        ensure(left.trim().is_empty(), || {
+            format!("the container's eth0 still holds an address: {left}")
+        })
+    });
+    let _ = ctr(env, &["task", "kill", "--signal", "SIGKILL", &id]);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10)
+        && !ctr(env, &["task", "delete", &id]).status.success()
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = ctr(env, &["container", "delete", &id]);
+    result
 }
 
 fn ctr_run_hello(env: &Env) -> Result<(), Failed> {

@@ -887,7 +887,7 @@ fn test_serve_says_when_it_is_ready_and_logs_each_request() {
 }
 
 #[kvm_test]
-fn test_serve_request_with_net_is_refused_with_a_reason() {
+fn test_serve_request_with_net_without_allow_tap_is_refused_with_a_reason() {
     let dir = tests::scratch_dir("serve-net");
     let server = start_server(&dir, &[]);
     let request = || {
@@ -910,5 +910,5 @@ fn test_serve_request_with_net_is_refused_with_a_reason() {
         out = request();
     }
     assert_eq!(status(&out), 125);
-    assert!(stderr(&out).contains("network device"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--allow-tap"), "{}", stderr(&out));
 }

@@ -96,6 +96,11 @@ enum Command {
         /// volumes are refused.
         #[arg(long = "volume-root", value_name = "DIR")]
         volume_roots: Vec<PathBuf>,
+        /// A tap requests may give their guests (`vmm run --via S --net tap=NAME,...`): an
+        /// interface name, `*` standing for any characters (e.g. fltap*); repeatable.
+        /// Without one, requests with --net are refused.
+        #[arg(long = "allow-tap", value_name = "PATTERN")]
+        allow_taps: Vec<String>,
     },
     /// Boot an image until its kernel's snapshot point and save the VM to a file.
     #[command(after_help = "Restore with: vmm run --from FILE [-- ARGS...]")]
@@ -162,7 +167,7 @@ enum Command {
         #[arg(long)]
         resident: bool,
         /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name,
-        /// volumes, stdin).
+        /// volumes, stdin, net: an entry's own --net, numbered within the entry).
         #[arg(long)]
         manifest: Option<PathBuf>,
         /// Print the report as JSON, with every instance's status and output.
@@ -175,7 +180,8 @@ enum Command {
         /// GROUP.INDEX.core.
         #[arg(long, value_name = "DIR")]
         cores: Option<PathBuf>,
-        /// A network device for every instance, as for `vmm run --net`: in the tap name,
+        /// A network device for every instance (of entries without a net of their own), as
+        /// for `vmm run --net`: in the tap name,
         /// `{i}` becomes the instance's number (0, 1, ...), and the address grows by it
         /// (tap=fl{i},ip=10.77.0.10/16: fl0 at 10.77.0.10, fl1 at 10.77.0.11, ...).
         #[arg(long, value_name = "SPEC", value_parser = vmm::net::NetSpec::parse)]
@@ -409,6 +415,7 @@ fn vmm_main() -> i32 {
             quiet,
             no_seccomp,
             volume_roots,
+            allow_taps,
         } => serve(vmm::serve::ServeConfig {
             socket_mode,
             allow,
@@ -421,6 +428,7 @@ fn vmm_main() -> i32 {
             cache_bytes: cache_size,
             quiet,
             volume_roots,
+            allow_taps,
             ..vmm::serve::ServeConfig::new(socket)
         }),
         Command::Snapshot {
@@ -729,6 +737,7 @@ fn fleet(
             image,
             count,
             vm: defaults.clone(),
+            net: None,
         }],
         (None, None) => return usage("vmm fleet needs IMAGE or --manifest FILE"),
     };

@@ -184,8 +184,9 @@ struct BenchArgs {
     #[arg(long, value_name = "N", num_args = 0..=1, conflicts_with_all = ["runs", "image"])]
     fleet: Option<Option<usize>>,
     /// Instead of cold starts: networking, inside network namespaces it makes (time to first
-    /// response against a native server and unshare, wrk throughput with exits per request,
-    /// a fleet's density on one bridge); report in network.md. Needs root, ip and wrk.
+    /// response against a native server, unshare, crun and Docker, wrk throughput with exits
+    /// per request, a fleet's density on one bridge); report in network.md. Needs root, ip
+    /// and wrk.
     #[arg(long, conflicts_with_all = ["fleet", "image", "only"])]
     network: bool,
     /// Where the report goes [default: target/bench].

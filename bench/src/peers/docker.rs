@@ -2,6 +2,11 @@
 //! root and socket under `OUT/docker`, no host network changes, stopped by its PID at the end),
 //! and imports the hello rootfs as an image. A run waits for the CLI only: the container's
 //! teardown happens in the daemon, outside the CLI's process group.
+//!
+//! [`NetworkDaemon`] is the network section's: always a private daemon, started in the
+//! section's own network namespace (the caller's) with Docker's networking on (its NAT rules
+//! and bridges exist in that namespace alone), a user-defined bridge network with a fixed
+//! address for the container, and the native server imported as an image.
 
 use super::native::Payload;
 use super::oci;
@@ -100,8 +105,13 @@ fn daemon_answers(cli: &Path, host: Option<&str>) -> bool {
 
 /// Starts `dockerd` with private paths and waits until it answers.
 fn start_daemon(dir: &Path, cli: &Path, dockerd: &Path) -> Result<Prepared> {
-    let root = dir.join("docker");
-    std::fs::create_dir_all(&root)
+    start_daemon_in(&dir.join("docker"), cli, dockerd, false)
+}
+
+/// Starts `dockerd` with its files under `root`; with `networking`, Docker's iptables rules
+/// and bridges too (only ever in a network namespace the bench made).
+fn start_daemon_in(root: &Path, cli: &Path, dockerd: &Path, networking: bool) -> Result<Prepared> {
+    std::fs::create_dir_all(root)
         .map_err(Error::io(format!("cannot create {}", root.display())))?;
     let socket = root.join("docker.sock");
     let host = format!("unix://{}", socket.display());
@@ -112,14 +122,13 @@ fn start_daemon(dir: &Path, cli: &Path, dockerd: &Path) -> Result<Prepared> {
     cmd.args(path_arg("--data-root", root.join("data")))
         .args(path_arg("--exec-root", root.join("exec")))
         .args(path_arg("--pidfile", root.join("dockerd.pid")))
-        .args([
-            "-H",
-            &host,
-            "--bridge=none",
-            "--iptables=false",
-            "--ip6tables=false",
-        ])
-        .args(["--ip-masq=false", "--userland-proxy=false"])
+        .args(["-H", &host, "--bridge=none", "--ip6tables=false"])
+        .args(["--userland-proxy=false"])
+        .args(if networking {
+            &[][..]
+        } else {
+            &["--iptables=false", "--ip-masq=false"][..]
+        })
         .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
         .stdin(Stdio::null())
         .stdout(
@@ -162,6 +171,16 @@ fn wait_until_up(prepared: &mut Prepared, cli: &Path, log: &Path) -> Result<()> 
 
 /// `tar -C rootfs -c . | docker import -c 'CMD ["/NAME"]' - IMAGE`.
 fn import_image(cli: &Path, host_args: &[String], rootfs: &Path, name: &str) -> Result<()> {
+    import_image_as(cli, host_args, rootfs, name, IMAGE)
+}
+
+fn import_image_as(
+    cli: &Path,
+    host_args: &[String],
+    rootfs: &Path,
+    name: &str,
+    image: &str,
+) -> Result<()> {
     let mut tar = Command::new("tar")
         .arg("-C")
         .arg(rootfs)
@@ -176,7 +195,7 @@ fn import_image(cli: &Path, host_args: &[String], rootfs: &Path, name: &str) -> 
     let cmd = format!(r#"CMD ["/{name}"]"#);
     let import = Command::new(cli)
         .args(host_args)
-        .args(["import", "-c", &cmd, "-", IMAGE])
+        .args(["import", "-c", &cmd, "-", image])
         .stdin(tar_out)
         .stdout(Stdio::null())
         .output()
@@ -214,5 +233,135 @@ impl Drop for Prepared {
         }
         let _ = daemon.kill();
         let _ = daemon.wait();
+    }
+}
+
+/// The network section's image (the native HTTP server).
+pub(crate) const NETWORK_IMAGE: &str = "flick-bench-net-httpd";
+/// Its user-defined bridge network.
+const NETWORK: &str = "flick-bench-net";
+
+/// A private daemon in the caller's network namespace, with a bridge network (`subnet`,
+/// bridge interface `bridge`) and `payload` imported as [`NETWORK_IMAGE`]; stopped when
+/// dropped.
+pub(crate) struct NetworkDaemon {
+    prepared: Prepared,
+    /// Whether the daemon takes `--mac-address` with `--network` (API 1.44, Docker 25);
+    /// older ones make the MAC from the address (`02:42:` and its four bytes).
+    mac_per_network: bool,
+}
+
+impl NetworkDaemon {
+    /// Starts it under `root` (which must be short: the daemon's sockets live there).
+    pub(crate) fn start(
+        root: &Path,
+        payload: Payload<'_>,
+        subnet: &str,
+        gateway: &str,
+        bridge: &str,
+    ) -> Result<NetworkDaemon> {
+        let (Some(cli), Some(dockerd)) = (which("docker"), which("dockerd")) else {
+            return Err(Error::Check(
+                "not installed (apt-get install docker.io)".to_owned(),
+            ));
+        };
+        let prepared = start_daemon_in(&root.join("daemon"), &cli, &dockerd, true)?;
+        let mut daemon = NetworkDaemon {
+            prepared,
+            mac_per_network: false,
+        };
+        let version = daemon
+            .docker()
+            .args(["version", "--format", "{{.Server.APIVersion}}"])
+            .output()
+            .map_err(Error::io("cannot run docker version"))?;
+        let api = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+        daemon.mac_per_network = api_at_least(&api, (1, 44));
+        let rootfs = oci::write_bundle(root, payload)?.join("rootfs");
+        import_image_as(
+            &cli,
+            &daemon.prepared.host_args(),
+            &rootfs,
+            payload.name,
+            NETWORK_IMAGE,
+        )?;
+        let bridge_option = format!("com.docker.network.bridge.name={bridge}");
+        let out = daemon
+            .docker()
+            .args(["network", "create", "--driver", "bridge"])
+            .args([
+                "--subnet",
+                subnet,
+                "--gateway",
+                gateway,
+                "-o",
+                &bridge_option,
+            ])
+            .arg(NETWORK)
+            .stdout(Stdio::null())
+            .output()
+            .map_err(Error::io("cannot run docker network create"))?;
+        if !out.status.success() {
+            return Err(Error::tool(
+                "docker network create",
+                out.status,
+                &out.stderr,
+            ));
+        }
+        Ok(daemon)
+    }
+
+    /// `docker` talking to this daemon.
+    pub(crate) fn docker(&self) -> Command {
+        let mut cmd = Command::new(&self.prepared.cli);
+        cmd.args(self.prepared.host_args());
+        cmd
+    }
+
+    /// `docker run` of `args` of the image as container `name` on the bridge network at `ip`
+    /// with `mac` (which must be `02:42:` and the address's bytes, what a daemon too old to
+    /// be told gives it), in the foreground, removed when it ends.
+    pub(crate) fn run(&self, name: &str, ip: &str, mac: &str, args: &[&str]) -> Command {
+        let mut cmd = self.docker();
+        cmd.args(["run", "--rm", "--name", name, "--network", NETWORK])
+            .args(["--ip", ip]);
+        if self.mac_per_network {
+            cmd.args(["--mac-address", mac]);
+        }
+        cmd.arg(NETWORK_IMAGE).args(args);
+        cmd
+    }
+
+    /// Removes container `name` (killing `docker run` leaves it running), waiting until done.
+    pub(crate) fn remove(&self, name: &str) {
+        let _ = self
+            .docker()
+            .args(["rm", "-f", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether API version `text` (`1.41`) is at least `want`.
+fn api_at_least(text: &str, want: (u32, u32)) -> bool {
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_api_at_least_compares_numerically() {
+        assert!(api_at_least("1.44", (1, 44)));
+        assert!(api_at_least("1.51", (1, 44)));
+        assert!(!api_at_least("1.41", (1, 44)));
+        assert!(!api_at_least("1.9", (1, 44)));
+        assert!(!api_at_least("", (1, 44)));
     }
 }

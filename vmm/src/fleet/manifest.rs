@@ -1,5 +1,6 @@
 //! `vmm fleet --manifest FILE`: a TOML file of `[[vm]]` tables (`image`, `count`, `args`,
-//! `env`, `mem`, `timeout`, `max_output`, `name`, `volumes`, `stdin`), read into [`Group`]s.
+//! `env`, `mem`, `timeout`, `max_output`, `name`, `volumes`, `stdin`, `net`), read into
+//! [`Group`]s.
 //! Relative image, volume and stdin paths are relative to the manifest's folder. The file is
 //! untrusted: its size, every count and their sum are bounded, arguments and environment are
 //! checked like the command line's (when the launcher checks each group), volumes and stdin
@@ -7,11 +8,15 @@
 //!
 //! Every instance of an entry gets the entry's volumes (one open directory, shared) and its
 //! `stdin` file from the start (each instance at an offset of its own); without `stdin`, an
-//! empty standard input.
+//! empty standard input. An entry's `net` (`vmm run --net`'s text) gives each of its
+//! instances a network device: instance `k` of the entry gets the tap named with `{i}`
+//! replaced by `k` and the address plus `k`; it is checked here for every instance (names,
+//! addresses inside the network), and the taps are attached when the fleet starts.
 
 use super::{Group, MAX_INSTANCES};
 use crate::devices::{StdinSource, Volume, VolumeSpec};
 use crate::files::{ReadError, read_regular};
+use crate::net::NetSpec;
 use crate::size::{parse_size, parse_timeout};
 use crate::vm::VmConfig;
 use std::path::{Path, PathBuf};
@@ -77,6 +82,7 @@ struct ManifestEntry {
     name: Option<String>,
     volumes: Option<Vec<String>>,
     stdin: Option<PathBuf>,
+    net: Option<String>,
 }
 
 fn one() -> u64 {
@@ -141,6 +147,19 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
             Some(path) => StdinSource::file(&relative_to_manifest(path))
                 .map_err(|e| field("stdin", crate::error_chain(&e)))?,
         };
+        let net = match &entry.net {
+            None => None,
+            Some(text) => {
+                let spec =
+                    NetSpec::parse(text).map_err(|e| field("net", crate::error_chain(&e)))?;
+                // The last instance's tap name and address are the ones that can go wrong.
+                if let Some(last) = entry.count.checked_sub(1) {
+                    spec.for_instance(last as usize)
+                        .map_err(|e| field("net", crate::error_chain(&e)))?;
+                }
+                Some(spec)
+            }
+        };
         let name = entry
             .name
             .clone()
@@ -172,6 +191,7 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
             image,
             count: entry.count as usize,
             vm,
+            net,
         });
     }
     if groups.is_empty() {
@@ -290,6 +310,47 @@ mod tests {
         ] {
             let err = read(&scratch(name, text), &defaults()).unwrap_err();
             assert!(matches!(err, ManifestError::Field { .. }), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn test_manifest_net_is_read_per_entry() {
+        let path = scratch(
+            "net.toml",
+            "[[vm]]\nimage = \"a\"\ncount = 3\nnet = \"tap=fa{i},ip=10.1.0.2/24,gw=10.1.0.1\"\n[[vm]]\nimage = \"b\"\n",
+        );
+        let groups = read(&path, &defaults()).unwrap();
+        let net = groups[0].net.as_ref().unwrap();
+        assert_eq!(net.tap, crate::net::TapSource::Name("fa{i}".into()));
+        assert_eq!(net.gateway, Some(std::net::Ipv4Addr::new(10, 1, 0, 1)));
+        assert!(groups[1].net.is_none());
+    }
+
+    #[test]
+    fn test_manifest_bad_net_is_refused_before_any_tap_is_touched() {
+        for (name, text) in [
+            (
+                "net-syntax.toml",
+                "[[vm]]\nimage = \"a\"\nnet = \"tap=t0\"\n",
+            ),
+            (
+                "net-overflow.toml",
+                "[[vm]]\nimage = \"a\"\ncount = 10\nnet = \"tap=t{i},ip=10.1.0.250/24\"\n",
+            ),
+            (
+                "net-mac.toml",
+                "[[vm]]\nimage = \"a\"\ncount = 2\nnet = \"tap=t{i},ip=10.1.0.2/24,mac=02:00:00:00:00:01\"\n",
+            ),
+            (
+                "net-fd.toml",
+                "[[vm]]\nimage = \"a\"\ncount = 2\nnet = \"fd=5,ip=10.1.0.2/24\"\n",
+            ),
+        ] {
+            let err = read(&scratch(name, text), &defaults()).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::Field { field: "net", .. }),
+                "{name}: {err}"
+            );
         }
     }
 

@@ -88,6 +88,10 @@ pub struct Group {
     pub count: usize,
     /// Each instance's settings.
     pub vm: VmConfig,
+    /// The group's own network device (a manifest's `net`): its instance `k` (counted within
+    /// the group) gets the tap named with `{i}` replaced by `k` and the address plus `k`.
+    /// Without it, the fleet-wide [`FleetSpec::net`], if any.
+    pub net: Option<crate::net::NetSpec>,
 }
 
 /// A whole fleet.
@@ -103,10 +107,11 @@ pub struct FleetSpec {
     pub seccomp: bool,
     /// Write the cores of the first crashed instances (at most `MAX_CORES`) to this folder.
     pub cores: Option<PathBuf>,
-    /// A network device for every instance (`--net`): instance `n` (counted across the
-    /// whole fleet, in boot order) gets the tap named with `{i}` replaced by `n` and the
-    /// address plus `n` (see [`crate::net::NetSpec::for_instance`]). Every tap is attached
-    /// before the first instance boots.
+    /// A network device for every instance of a group without a `net` of its own (`--net`):
+    /// instance `n` (counted across the whole fleet, in boot order) gets the tap named with
+    /// `{i}` replaced by `n` and the address plus `n` (see
+    /// [`crate::net::NetSpec::for_instance`]). Every tap is attached before the first
+    /// instance boots.
     pub net: Option<crate::net::NetSpec>,
 }
 

@@ -171,7 +171,7 @@ pub(super) fn run(
             }
         }
     }
-    let taps = attach_taps(spec, &mut jobs)?;
+    let taps = attach_taps(spec, prepared, &mut jobs)?;
     // What the workers' sandbox allows: what any group's guests use, and the taps.
     let grants = prepared.iter().fold(
         Grants {
@@ -442,16 +442,22 @@ fn write_cores(
     }
 }
 
-/// Gives every job its network device (`--net`), in job order; the taps' fds, which the
+/// Gives every job its network device, in job order: its group's `net` (numbered within the
+/// group) or else the fleet's `--net` (numbered across the fleet); the taps' fds, which the
 /// workers' sandbox lets them read and write.
-fn attach_taps(spec: &FleetSpec, jobs: &mut [Job]) -> Result<Vec<i32>, FleetError> {
-    let Some(template) = &spec.net else {
-        return Ok(Vec::new());
-    };
-    let mut fds = Vec::with_capacity(jobs.len());
+fn attach_taps(
+    spec: &FleetSpec,
+    prepared: &[Prepared],
+    jobs: &mut [Job],
+) -> Result<Vec<i32>, FleetError> {
+    let mut fds = Vec::new();
     for (n, job) in jobs.iter_mut().enumerate() {
-        let net = template
-            .for_instance(n)
+        let instance = match (&prepared[job.group].group.net, &spec.net) {
+            (Some(own), _) => own.for_instance(job.index),
+            (None, Some(fleet_wide)) => fleet_wide.for_instance(n),
+            (None, None) => continue,
+        };
+        let net = instance
             .and_then(|spec| spec.open())
             .map_err(|source| FleetError::Net { index: n, source })?;
         fds.push(net.tap.raw_fd());

@@ -6,6 +6,7 @@
 //! - `socket`: claiming the socket path (owner-only, never over a live server or a file);
 //! - `acceptor`: accepting connections and reading requests without ever blocking on a client;
 //! - `targets`: opening a client's target (within `--allow`) and the bounded target cache;
+//! - `taps`: which taps requests may give their guests (`--allow-tap`), and attaching them;
 //! - `slots`: how a connection reaches its runner (reserved fds) and the runner's
 //!   deadline-bounded reply;
 //! - `pool`: the ready VMs and their refill; `log`: the request log, never in anyone's way;
@@ -30,6 +31,7 @@ mod pool;
 mod server;
 mod slots;
 mod socket;
+mod taps;
 mod targets;
 pub mod wire;
 
@@ -148,6 +150,9 @@ pub struct ServeConfig {
     /// The directories requests may share with their guests as volumes (none: requests with
     /// volumes are refused).
     pub volume_roots: Vec<PathBuf>,
+    /// The taps requests may give their guests (`--net tap=NAME,...`): interface names in
+    /// which `*` stands for any run of characters (none: requests with `net` are refused).
+    pub allow_taps: Vec<String>,
 }
 
 impl ServeConfig {
@@ -166,6 +171,7 @@ impl ServeConfig {
             cache_bytes: 256 << 20,
             quiet: false,
             volume_roots: Vec::new(),
+            allow_taps: Vec::new(),
         }
     }
 }

@@ -21,11 +21,13 @@ use super::acceptor::{Acceptor, MAX_PENDING, MAX_QUEUED, Received};
 use super::log::Log;
 use super::pool::{self, Pool};
 use super::slots::{self, REPLY_GRACE, Reply, Slots};
+use super::taps::TapPolicy;
 use super::targets::{FileId, MAX_CACHED_TARGETS, Targets};
 use super::wire::{Request, frame};
 use super::{ServeConfig, ServeError};
 use crate::devices::{DeviceConfig, StdinSource, Volume, VolumeRoots, VolumeSpec};
 use crate::launch::{self, Target, TargetKind};
+use crate::net::{NetSpec, Tap, TapSource};
 use crate::report::Timeline;
 use crate::sandbox::{self, Grants, Profile};
 use crate::vm::{self, Console, DeadlineService, Vm, VmConfig};
@@ -65,14 +67,27 @@ struct Job {
     timeout: Duration,
     /// The request's volumes, opened beneath the server's `--volume-root`s.
     volumes: Vec<Volume>,
+    /// The request's network device: its settings, and the tap the dispatcher attached
+    /// (moved into the runner's tap slot before the job is handed on).
+    net: Option<(NetSpec, Option<Tap>)>,
 }
 
 impl Job {
-    /// The VM settings of the runner on `slot`: what `vmm run`'s command line would have given,
-    /// with the client's stdin (which follows its request on the connection, now at `slot`)
-    /// and the request's volumes.
-    fn runner_config(&self, seccomp: bool, slot: RawFd) -> VmConfig {
+    /// The VM settings of the runner on `slot` (and `tap_slot`): what `vmm run`'s command line
+    /// would have given, with the client's stdin (which follows its request on the
+    /// connection, now at `slot`), the request's volumes and its tap (now at `tap_slot`).
+    fn runner_config(&self, seccomp: bool, slot: RawFd, tap_slot: Option<RawFd>) -> VmConfig {
         let mut config = self.vm_config(seccomp);
+        let net = match (&self.net, tap_slot) {
+            (Some((spec, _)), Some(tap_slot)) => {
+                let name = match &spec.tap {
+                    TapSource::Name(name) => name.as_str(),
+                    TapSource::Fd(_) => "",
+                };
+                Some(spec.with_tap(Tap::in_slot(tap_slot, name)))
+            }
+            _ => None,
+        };
         config.devices = DeviceConfig {
             stdin: if self.request.stdin {
                 StdinSource::Stream(slot)
@@ -80,7 +95,7 @@ impl Job {
                 StdinSource::Empty
             },
             volumes: self.volumes.clone(),
-            net: None,
+            net,
         };
         config
     }
@@ -102,6 +117,7 @@ impl Job {
 /// Runs the server until the process is killed.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     check_config(config)?;
+    let taps = TapPolicy::new(&config.allow_taps).map_err(ServeError::BadConfig)?;
     let (needed, why) = fds_needed(config);
     ensure_fd_limit(needed, why)?;
     let kvm = vm::open_kvm()?;
@@ -122,7 +138,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             pooled.push((id, target));
         }
     }
-    let slots = Slots::reserve(config.workers).map_err(ServeError::Slots)?;
+    let slots = Slots::reserve(config.workers, taps.any()).map_err(ServeError::Slots)?;
     let listener = super::socket::claim(&config.socket, config.socket_mode)?;
     let _claimed = ClaimedPath::new(&config.socket);
     listener
@@ -163,6 +179,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         let runner = Runner {
             index,
             slot: slots.fd(index),
+            tap_slot: slots.tap_fd(index),
             pool: Arc::clone(&pool),
             kvm: Arc::clone(&kvm),
             deadlines: Arc::clone(&deadlines),
@@ -173,8 +190,10 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         let profile = Profile::ServeWorker {
             client_slot: runner.slot,
             // Requests may share directories only beneath the server's volume roots.
+            // The runner's guests read and write their tap in its tap slot, and nowhere else.
             grants: Grants {
                 volumes: !config.volume_roots.is_empty(),
+                taps: runner.tap_slot.into_iter().collect(),
                 ..Grants::default()
             },
         };
@@ -188,6 +207,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         runners,
         targets,
         volume_roots,
+        taps,
         queued: Arc::clone(&queued),
         log: log.clone(),
         max_timeout: config.max_timeout,
@@ -264,7 +284,9 @@ fn fds_needed(config: &ServeConfig) -> (u64, String) {
     } else {
         count(crate::devices::volumes::MAX_VOLUMES) + u64::from(abi::fs::MAX_OPEN_FILES) + 1
     };
-    let per_runner = 3 + input;
+    // With taps: the runner's tap slot.
+    let tap = u64::from(!config.allow_taps.is_empty());
+    let per_runner = 3 + input + tap;
     let running = workers.saturating_mul(per_runner);
     let needed = [pooled, snapshots, running, connections, cached, OTHER_FDS]
         .into_iter()
@@ -423,6 +445,7 @@ struct Dispatcher {
     runners: Vec<mpsc::Sender<Job>>,
     targets: Targets,
     volume_roots: VolumeRoots,
+    taps: TapPolicy,
     queued: Arc<AtomicUsize>,
     log: Log,
     max_timeout: Duration,
@@ -469,7 +492,7 @@ impl Dispatcher {
             ));
             return false;
         }
-        let job = match self.prepare(request) {
+        let mut job = match self.prepare(request) {
             Ok(job) => job,
             Err((target, why)) => {
                 slots::refuse(connection.as_fd(), &why);
@@ -478,11 +501,19 @@ impl Dispatcher {
                 return false;
             }
         };
-        if let Err(err) = self.slots.hand(runner, connection.as_fd()) {
+        let handed = self.slots.hand(runner, connection.as_fd()).and_then(|()| {
+            // The tap moves into the runner's tap slot; the dispatcher's descriptor closes.
+            match job.net.as_mut().and_then(|(_, tap)| tap.take()) {
+                Some(tap) => self.slots.hand_tap(runner, tap.as_fd()),
+                None => Ok(()),
+            }
+        });
+        if let Err(err) = handed {
             let why = format!("the server cannot hand the connection on: {err}");
             slots::refuse(connection.as_fd(), &why);
             self.log
                 .line(format!("{}: {why}", job.target.path().display()));
+            self.slots.release(runner);
             return false;
         }
         drop(connection);
@@ -496,12 +527,6 @@ impl Dispatcher {
     /// Opens and checks the request's target; on failure, the target and why.
     fn prepare(&mut self, request: Request) -> Result<Job, (PathBuf, String)> {
         let fail = |why: String| (request.target.clone(), why);
-        if request.net.is_some() {
-            // A runner's sandbox allows its slot alone; a tap would need a slot of its own.
-            return Err(fail(
-                "this server does not run guests with a network device (--net): use vmm run".into(),
-            ));
-        }
         let resolved = self
             .targets
             .resolve(&request.target)
@@ -510,12 +535,22 @@ impl Dispatcher {
             Duration::from_millis(ms).min(self.max_timeout)
         });
         let volumes = open_volumes(&self.volume_roots, &request).map_err(fail)?;
+        // Last: the tap stays attached (and busy for anyone else) only for a request that
+        // passed every other check.
+        let net = match &request.net {
+            Some(text) => {
+                let (spec, tap) = self.taps.attach(text).map_err(fail)?;
+                Some((spec, Some(tap)))
+            }
+            None => None,
+        };
         let job = Job {
             target: resolved.target,
             pooled: resolved.pooled,
             request,
             timeout,
             volumes,
+            net,
         };
         // A request comes from any local process: check it as `vmm run`'s command line would.
         launch::check(&job.target, &job.vm_config(false))
@@ -561,6 +596,8 @@ enum Served {
 struct Runner {
     index: usize,
     slot: RawFd,
+    /// Where the dispatcher puts the tap of a request with a network device.
+    tap_slot: Option<RawFd>,
     pool: Arc<Pool>,
     kvm: Arc<kvm_ioctls::Kvm>,
     deadlines: Arc<DeadlineService>,
@@ -593,7 +630,7 @@ impl Runner {
 
     /// Runs one request; returns the VM so that its teardown happens after the reply.
     fn serve_one(&self, job: &Job, reply: &Reply) -> (Option<Vm>, Served) {
-        let config = job.runner_config(self.seccomp, self.slot);
+        let config = job.runner_config(self.seccomp, self.slot, self.tap_slot);
         let mut pooled = false;
         let built = match job.target.kind() {
             TargetKind::Snapshot(_) => {

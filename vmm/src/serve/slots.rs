@@ -16,6 +16,12 @@
 //! The runner only sends, polls and (a request with `stdin`: the client's input follows its
 //! request) reads on its slot, between receiving its job and reporting done.
 //!
+//! A server that gives guests network devices (`vmm serve --allow-tap`) reserves a second
+//! number per runner the same way: its tap slot. The dispatcher attaches the tap a request
+//! names, puts it in the runner's tap slot with `dup3` (its own descriptor then closes), and
+//! [`Slots::release`] puts `/dev/null` back after the request, which detaches the tap. Runner
+//! `i`'s filter allows `read` and `write` on tap slot `i` (and `ppoll`, as for any tap).
+//!
 //! [`Reply`] sends frames without ever blocking (`MSG_DONTWAIT`), and while the client's
 //! buffer is full it waits with `poll` until the request's deadline; past it, or once the
 //! client is gone, the rest of the reply is dropped (the guest still ends at its timeout).
@@ -38,20 +44,27 @@ pub(crate) const REPLY_GRACE: Duration = Duration::from_secs(1);
 pub(crate) struct Slots {
     null: OwnedFd,
     slots: Vec<RawFd>,
+    /// One tap slot per runner, or none (the server gives guests no network devices).
+    taps: Vec<RawFd>,
 }
 
 impl Slots {
-    /// Reserves `count` slots, each holding `/dev/null`.
-    pub(crate) fn reserve(count: usize) -> std::io::Result<Self> {
+    /// Reserves `count` client slots, and as many tap slots if `with_taps`, each holding
+    /// `/dev/null`.
+    pub(crate) fn reserve(count: usize, with_taps: bool) -> std::io::Result<Self> {
         let null: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/null")?
             .into();
-        let slots = (0..count)
-            .map(|_| null.try_clone().map(IntoRawFd::into_raw_fd))
-            .collect::<std::io::Result<_>>()?;
-        Ok(Self { null, slots })
+        let reserve = |n: usize| {
+            (0..n)
+                .map(|_| null.try_clone().map(IntoRawFd::into_raw_fd))
+                .collect::<std::io::Result<Vec<_>>>()
+        };
+        let slots = reserve(count)?;
+        let taps = reserve(if with_taps { count } else { 0 })?;
+        Ok(Self { null, slots, taps })
     }
 
     /// Runner `runner`'s slot number.
@@ -59,26 +72,44 @@ impl Slots {
         self.slots[runner]
     }
 
+    /// Runner `runner`'s tap slot number, if the server has tap slots.
+    pub(crate) fn tap_fd(&self, runner: usize) -> Option<RawFd> {
+        self.taps.get(runner).copied()
+    }
+
     /// Puts `connection` in `runner`'s slot (the slot keeps its own reference to it).
     pub(crate) fn hand(&self, runner: usize, connection: BorrowedFd<'_>) -> std::io::Result<()> {
-        self.put(runner, connection)
+        put(self.fd(runner), connection)
     }
 
-    /// Puts `/dev/null` back in `runner`'s slot, closing the connection it held.
+    /// Puts an attached `tap` in `runner`'s tap slot (the slot keeps its own reference).
+    pub(crate) fn hand_tap(&self, runner: usize, tap: BorrowedFd<'_>) -> std::io::Result<()> {
+        let slot = self
+            .tap_fd(runner)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::Unsupported))?;
+        put(slot, tap)
+    }
+
+    /// Puts `/dev/null` back in `runner`'s slots, closing the connection and detaching the
+    /// tap they held.
     pub(crate) fn release(&self, runner: usize) {
         // dup3 onto an open descriptor below the limit cannot fail for want of a number.
-        let _ = self.put(runner, self.null.as_fd());
-    }
-
-    fn put(&self, runner: usize, what: BorrowedFd<'_>) -> std::io::Result<()> {
-        // SAFETY: dup3 replaces the file at a number that `self.slots[runner]` reserves and
-        // that nothing ever closes (it then refers to `what`'s file).
-        let done = unsafe { libc::dup3(what.as_raw_fd(), self.fd(runner), libc::O_CLOEXEC) };
-        if done < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
+        let _ = put(self.fd(runner), self.null.as_fd());
+        if let Some(tap) = self.tap_fd(runner) {
+            let _ = put(tap, self.null.as_fd());
         }
+    }
+}
+
+/// Makes reserved number `slot` refer to `what`'s file.
+fn put(slot: RawFd, what: BorrowedFd<'_>) -> std::io::Result<()> {
+    // SAFETY: dup3 replaces the file at a number that `Slots` reserves and that nothing ever
+    // closes (it then refers to `what`'s file).
+    let done = unsafe { libc::dup3(what.as_raw_fd(), slot, libc::O_CLOEXEC) };
+    if done < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -217,7 +248,7 @@ mod tests {
 
     #[test]
     fn test_slot_numbers_stay_taken_across_hand_and_release() {
-        let slots = Slots::reserve(2).unwrap();
+        let slots = Slots::reserve(2, false).unwrap();
         let (a, mut b) = UnixStream::pair().unwrap();
         let before = slots.fd(0);
         slots.hand(0, a.as_fd()).unwrap();
@@ -232,6 +263,32 @@ mod tests {
         // The number is still open (on /dev/null): a new descriptor never lands on it.
         let fresh = std::fs::File::open("/dev/null").unwrap();
         assert!(fresh.as_raw_fd() != slots.fd(0) && fresh.as_raw_fd() != slots.fd(1));
+    }
+
+    #[test]
+    fn test_tap_slot_holds_what_is_handed_until_release() {
+        let slots = Slots::reserve(1, true).unwrap();
+        let tap_slot = slots.tap_fd(0).unwrap();
+        assert_ne!(tap_slot, slots.fd(0));
+        let (a, mut b) = UnixStream::pair().unwrap();
+        slots.hand_tap(0, a.as_fd()).unwrap();
+        drop(a);
+        // SAFETY: writes our own bytes to the slot, which holds `a`'s socket now.
+        let sent = unsafe { libc::write(tap_slot, b"frame".as_ptr().cast(), 5) };
+        assert_eq!(sent, 5);
+        slots.release(0);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"frame", "release closed the slot's copy: end of file");
+        assert_eq!(slots.tap_fd(0), Some(tap_slot), "the number stays reserved");
+    }
+
+    #[test]
+    fn test_tap_slots_are_absent_unless_asked_for() {
+        let slots = Slots::reserve(2, false).unwrap();
+        assert_eq!(slots.tap_fd(0), None);
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(slots.hand_tap(0, a.as_fd()).is_err());
     }
 
     #[test]

@@ -7,22 +7,42 @@
 
 use super::NetError;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// An attached tap.
 #[derive(Debug)]
 pub struct Tap {
-    fd: OwnedFd,
+    fd: TapFd,
     name: String,
+}
+
+/// Where a tap's descriptor lives.
+#[derive(Debug)]
+enum TapFd {
+    /// The tap's own descriptor, closed with it.
+    Owned(OwnedFd),
+    /// A number its owner keeps open for its whole life and refills between guests (a `vmm
+    /// serve` runner's tap slot, see `serve::slots`): never closed here.
+    Slot(RawFd),
 }
 
 impl PartialEq for Tap {
     fn eq(&self, other: &Self) -> bool {
-        self.fd.as_raw_fd() == other.fd.as_raw_fd()
+        self.raw_fd() == other.raw_fd()
     }
 }
 
 impl Eq for Tap {}
+
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.fd {
+            TapFd::Owned(fd) => fd.as_fd(),
+            // SAFETY: a slot is a number its owner keeps open for longer than this value lives.
+            TapFd::Slot(slot) => unsafe { BorrowedFd::borrow_raw(*slot) },
+        }
+    }
+}
 
 impl Tap {
     /// Attaches to the existing tap interface `name`.
@@ -57,7 +77,7 @@ impl Tap {
             });
         }
         Ok(Self {
-            fd,
+            fd: TapFd::Owned(fd),
             name: name.to_owned(),
         })
     }
@@ -92,7 +112,7 @@ impl Tap {
             return Err(NetError::NotATap(std::io::Error::last_os_error()));
         }
         Ok(Self {
-            fd,
+            fd: TapFd::Owned(fd),
             name: String::from_utf8_lossy(&name_bytes).into_owned(),
         })
     }
@@ -114,8 +134,17 @@ impl Tap {
     #[cfg(test)]
     pub(crate) fn fake(fd: OwnedFd) -> Self {
         Self {
-            fd,
+            fd: TapFd::Owned(fd),
             name: "fake".into(),
+        }
+    }
+
+    /// The tap `name` that its owner has put at descriptor `slot` (a reserved number that
+    /// outlives this value, which never closes it).
+    pub(crate) fn in_slot(slot: RawFd, name: &str) -> Self {
+        Self {
+            fd: TapFd::Slot(slot),
+            name: name.to_owned(),
         }
     }
 
@@ -126,7 +155,10 @@ impl Tap {
 
     /// The fd (for the sandbox, which allows read and write on it alone).
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        match &self.fd {
+            TapFd::Owned(fd) => fd.as_raw_fd(),
+            TapFd::Slot(slot) => *slot,
+        }
     }
 }
 
