@@ -152,7 +152,7 @@ pub(crate) struct VmmFleet {
     pub(crate) launch_rate: f64,
     /// Instances per second of the VMM's CPU time (user and system), 0 if not reported.
     pub(crate) launches_per_cpu_s: f64,
-    /// Most alive at once.
+    /// Most running at once (parked ones included).
     pub(crate) peak_concurrent: usize,
     /// A worker taking a VM created ahead → exit (or parked), µs.
     pub(crate) latency_us: Latency,

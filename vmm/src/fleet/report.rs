@@ -70,7 +70,9 @@ pub struct FleetReport {
     /// fleet cost the machine, whatever else ran on it (the kernel's own threads excluded).
     #[serde(default)]
     pub cpu_s: f64,
-    /// Most instances that existed at once.
+    /// Most instances running at once (started by a worker and not yet ended; a parked one
+    /// counts): at most the workers, or all of them with `--resident`. VMs created ahead and
+    /// finished VMs waiting for their teardown are not counted.
     pub peak_concurrent: usize,
     /// Host memory.
     pub memory: MemoryFigures,
@@ -193,7 +195,11 @@ pub fn format_table(report: &FleetReport) -> String {
         .map(|(k, n)| format!("{n} × {k}"))
         .collect();
     let _ = writeln!(out, "  outcomes       {}", outcomes.join(", "));
-    let _ = writeln!(out, "  peak VMs       {} at once", report.peak_concurrent);
+    let _ = writeln!(
+        out,
+        "  peak VMs       {} running at once",
+        report.peak_concurrent
+    );
     let m = &report.memory;
     let mib = |kib: u64| kib as f64 / 1024.0;
     let _ = writeln!(

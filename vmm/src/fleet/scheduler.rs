@@ -282,6 +282,9 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
             let (ready_rx, reap) = (Arc::clone(&ready_rx), reap.clone());
             let spawned = spawn_confined(scope, format!("fleet-{i}"), false, shared, move || {
                 while let Some(built) = receive(&ready_rx) {
+                    // Running from here until the guest ends (a parked one stays counted).
+                    let count = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.peak.fetch_max(count, Ordering::SeqCst);
                     let (result, vm) = match start(shared, built) {
                         Boot::Parked(running) => {
                             lock(&shared.parked).push(*running);
@@ -289,11 +292,11 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                         }
                         Boot::Done(result, vm) => (result, vm),
                     };
+                    shared.live.fetch_sub(1, Ordering::SeqCst);
                     lock(&shared.results).push(result);
                     if let Some(vm) = vm {
                         reap_later(&reap, *vm);
                     }
-                    shared.live.fetch_sub(1, Ordering::SeqCst);
                 }
             });
             match spawned {
@@ -311,8 +314,6 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                     spawn_confined(scope, format!("create-{i}"), true, shared, move || {
                         // The queue's lock is taken for `next` alone.
                         while let Some(job) = next(queue) {
-                            let count = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
-                            shared.peak.fetch_max(count, Ordering::SeqCst);
                             if ready_tx.send(create(shared, job)).is_err() {
                                 break;
                             }
