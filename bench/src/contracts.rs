@@ -150,10 +150,14 @@ pub(crate) struct VmmFleet {
     pub(crate) wall_s: f64,
     /// Instances per second.
     pub(crate) launch_rate: f64,
-    /// Most alive at once.
+    /// Instances per second of the VMM's CPU time (user and system), 0 if not reported.
+    pub(crate) launches_per_cpu_s: f64,
+    /// Most running at once (parked ones included).
     pub(crate) peak_concurrent: usize,
-    /// Creation to exit (or parked), µs.
+    /// A worker taking a VM created ahead → exit (or parked), µs.
     pub(crate) latency_us: Latency,
+    /// Creating a VM ahead, µs: `p50`, `p99`.
+    pub(crate) create_us: BTreeMap<String, f64>,
     /// Instances by outcome (`exit 0`, ...).
     pub(crate) outcomes: BTreeMap<String, usize>,
     /// Host memory.
@@ -176,8 +180,10 @@ impl From<vmm::fleet::FleetSummary> for VmmFleet {
             resident: report.resident,
             wall_s: report.wall_s,
             launch_rate: report.launch_rate,
+            launches_per_cpu_s: report.launches_per_cpu_s(),
             peak_concurrent: report.peak_concurrent,
             latency_us: Latency::from_map(&summary.latency_us),
+            create_us: summary.create_us,
             outcomes: summary.outcomes,
             memory: report.memory,
             mem_available_per_vm_kib: summary.mem_available_per_vm_kib,
@@ -242,7 +248,7 @@ pub(crate) fn parse_timeline(stderr: &str) -> Result<TimelineLine> {
 /// A `vmm fleet --json` report of two instances that exited 0, for tests.
 #[cfg(test)]
 pub(crate) const FLEET_JSON_EXAMPLE: &str = r#"{"count":2,"concurrency":2,"resident":false,"wall_s":0.01,
-    "launch_rate":200.0,"peak_concurrent":2,
+    "launch_rate":200.0,"cpu_s":0.004,"peak_concurrent":2,
     "memory":{"mem_available_before_kib":1000,"mem_available_at_peak_kib":900,
       "mem_available_after_kib":990,"rss_before_kib":2000,"rss_at_peak_kib":2100,
       "rss_high_water_kib":2200,"pss_at_peak_kib":2050},
@@ -251,6 +257,7 @@ pub(crate) const FLEET_JSON_EXAMPLE: &str = r#"{"count":2,"concurrency":2,"resid
       {"group":"hello","index":1,"status":0,"kind":"exited","latency_us":2.0,
       "stdout":"Hello from a unikernel!\n","stderr":""}],
     "latency_us":{"max":2.0,"p50":1.0,"p90":2.0,"p99":2.0},
+    "create_us":{"p50":300.0,"p99":900.0},
     "outcomes":{"exit 0":2},"mem_available_per_vm_kib":50.0,"rss_per_vm_kib":50.0}"#;
 
 #[cfg(test)]
@@ -314,6 +321,8 @@ mod tests {
         let fleet: VmmFleet = serde_json::from_str(FLEET_JSON_EXAMPLE).unwrap();
         assert_eq!(fleet.latency_us.p50, 1.0);
         assert_eq!(fleet.memory.pss_at_peak_kib, 2050);
+        assert_eq!(fleet.launches_per_cpu_s, 500.0);
+        assert_eq!(fleet.create_us["p99"], 900.0);
         assert!(fleet.all_exit_0());
     }
 

@@ -199,6 +199,10 @@ pub(crate) struct FleetBench {
     pub(crate) rows: Vec<Row>,
     /// Ours' resident VMs (the density run), or why it is missing.
     pub(crate) density: Option<Part<Resident>>,
+    /// The platform's part: as many minimal VMs held at once by the floor program (`floor
+    /// --hold N`: the host kernel's and the hypervisor's memory per VM, and the floor guest's
+    /// few pages), in the same rounds.
+    pub(crate) platform: Option<Part<Resident>>,
 }
 
 /// What the fleet bench runs: the VMM, the `hello` and `idle` images, `count` instances per
@@ -249,7 +253,11 @@ pub(crate) fn run(plan: &Plan<'_>, selected: &dyn Fn(&str) -> bool) -> FleetBenc
     }
     let mut rows = median_rounds(rounds);
     drop(setups);
-    let density = selected("density").then(|| memory_runs(plan, &mut rows, selected));
+    let (density, platform) =
+        match selected("density").then(|| memory_runs(plan, &mut rows, selected)) {
+            Some((ours, platform)) => (Some(ours), Some(platform)),
+            None => (None, None),
+        };
     FleetBench {
         machine: Machine::detect(),
         loadavg_at_start,
@@ -258,6 +266,7 @@ pub(crate) fn run(plan: &Plan<'_>, selected: &dyn Fn(&str) -> bool) -> FleetBenc
         resident: plan.resident,
         rows,
         density,
+        platform,
     }
 }
 
@@ -390,14 +399,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Rounds of the memory runs, interleaved across peers; each peer's median round is reported.
 pub(crate) const MEMORY_ROUNDS: usize = 3;
 
-/// The memory runs: [`MEMORY_ROUNDS`] rounds of ours (`vmm fleet idle --resident`) and of every
-/// process row that ran (N `idle` processes), each round once the host's memory is steady.
-/// Returns ours; the process rows get theirs.
+/// The memory runs: [`MEMORY_ROUNDS`] rounds of ours (`vmm fleet idle --resident`), of the
+/// floor's minimal VMs (`floor --hold N`) and of every process row that ran (N `idle`
+/// processes), each round once the host's memory is steady. Returns ours and the floor's; the
+/// process rows get theirs.
 fn memory_runs(
     plan: &Plan<'_>,
     rows: &mut [Row],
     selected: &dyn Fn(&str) -> bool,
-) -> Part<Resident> {
+) -> (Part<Resident>, Part<Resident>) {
+    let floor = crate::peers::floor::build(plan.dir);
     let idle = native::build_idle(plan.dir);
     let idle = idle.as_deref().map(|path| Payload {
         path,
@@ -408,8 +419,13 @@ fn memory_runs(
     let setups = peers::prepare_processes(plan.dir, idle, &|n| selected(n) && ran(n));
     let mut ours = Vec::new();
     let mut theirs: Vec<Vec<Result<ResidentRound>>> = setups.iter().map(|_| Vec::new()).collect();
+    let mut platform = Vec::new();
     for _ in 0..MEMORY_ROUNDS {
         ours.push(density_round(plan));
+        platform.push(match &floor {
+            Ok(program) => floor_round(program, plan.resident),
+            Err(err) => Err(Error::Check(chain(err))),
+        });
         for (setup, rounds) in setups.iter().zip(&mut theirs) {
             rounds.push(match setup {
                 Setup::Ready(peer) => resident_round(plan.dir, peer, plan.resident),
@@ -425,7 +441,26 @@ fn memory_runs(
             row.resident = Some(Part::from_result(Resident::of(plan.resident, rounds)));
         }
     }
-    Part::from_result(Resident::of(plan.resident, ours))
+    (
+        Part::from_result(Resident::of(plan.resident, ours)),
+        Part::from_result(Resident::of(plan.resident, platform)),
+    )
+}
+
+/// One round of the floor holding `count` minimal VMs, once the host's memory is steady.
+fn floor_round(program: &Path, count: usize) -> Result<ResidentRound> {
+    let settled = hostmem::settle();
+    let sampler = hostmem::Sampler::start();
+    let held = crate::peers::floor::hold(program, count);
+    let meminfo_per_instance_kib = sampler.per_vm(count);
+    let held = held?;
+    Ok(ResidentRound {
+        held: held.held == count,
+        settled,
+        mem_available_kib: held.mem_available_per_vm_kib,
+        meminfo_per_instance_kib,
+        fleet: None,
+    })
 }
 
 /// One round of ours' resident VMs: `vmm fleet idle --resident`, once the host's memory is

@@ -39,6 +39,26 @@ fn test_fleet_boots_every_instance() {
 }
 
 #[kvm_test]
+fn test_fleet_creates_vms_ahead_and_reports_their_cost() {
+    let hello = image("hello");
+    let report = fleet_json(&[
+        hello.to_str().unwrap(),
+        "--count",
+        "8",
+        "--concurrency",
+        "2",
+    ]);
+    assert_eq!(report["outcomes"]["exit 0"], 8);
+    for i in report["instances"].as_array().unwrap() {
+        // Creating a VM makes several KVM calls: never free, and not counted in its launch.
+        assert!(i["create_us"].as_f64().unwrap() > 0.0, "{i}");
+        assert!(i["latency_us"].as_f64().unwrap() > 0.0, "{i}");
+    }
+    assert!(report["create_us"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(report["cpu_s"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[kvm_test]
 fn test_fleet_instances_share_nothing() {
     let dir = tests::scratch_dir("fleet-mix");
     let spin = write_scratch("fleet-mix", "spin", &ElfBuilder::guest(&asm::SPIN).build());

@@ -297,6 +297,34 @@ fn test_serve_bad_target_is_a_clear_error() {
 }
 
 #[test]
+fn test_via_with_timeline_is_refused_whatever_the_order() {
+    for args in [
+        [
+            "run",
+            "--timeline",
+            "--via",
+            "/nonexistent.sock",
+            "/nonexistent",
+        ],
+        [
+            "run",
+            "--via",
+            "/nonexistent.sock",
+            "--timeline",
+            "/nonexistent",
+        ],
+    ] {
+        let out = vmm(&args);
+        assert_eq!(status(&out), 125, "{args:?}");
+        assert!(
+            stderr(&out).contains("--timeline cannot be used with --via"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn test_via_without_server_is_a_clear_error() {
     let out = vmm(&[
         "run",

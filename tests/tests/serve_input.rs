@@ -112,3 +112,53 @@ fn test_serve_refuses_volumes_outside_its_roots() {
         stderr(&out)
     );
 }
+
+/// `vmm run --via SOCKET fsprobe -- stdin-lines` in one of the forms below, stdin from
+/// /dev/null or piped with `input`.
+fn stdin_lines(server: &Server, form: &str, input: Option<&[u8]>) -> Output {
+    let socket = server.socket.to_str().unwrap().to_owned();
+    let probe = image("fsprobe").to_str().unwrap().to_owned();
+    let args: Vec<&str> = match form {
+        // The fast path's form: parsed without clap.
+        "plain" => vec!["run", "--via", &socket, &probe, "--", "stdin-lines"],
+        // Flags in another order: clap's path.
+        _ => vec!["run", &probe, "--via", &socket, "--", "stdin-lines"],
+    };
+    let mut child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = input {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[kvm_test]
+fn test_serve_via_stdin_from_dev_null_is_an_empty_input_in_either_parser() {
+    let dir = shared_tree("null");
+    let server = start_server(&dir, &[]);
+    for form in ["plain", "parsed"] {
+        let out = stdin_lines(&server, form, None);
+        assert_eq!(status(&out), 0, "{form}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "ok lines=0 last=\n", "{form}");
+    }
+}
+
+#[kvm_test]
+fn test_serve_via_plain_form_forwards_stdin_as_the_parsed_form_does() {
+    let dir = shared_tree("plain");
+    let server = start_server(&dir, &[]);
+    for form in ["plain", "parsed"] {
+        let out = stdin_lines(&server, form, Some(b"one\ntwo\nthree\n"));
+        assert_eq!(status(&out), 0, "{form}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "ok lines=3 last=three\n", "{form}");
+    }
+}

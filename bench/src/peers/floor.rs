@@ -8,7 +8,9 @@
 //!
 //! `floor --timeline` also prints its phases as one JSON line on stderr, in the format of
 //! `vmm run --timeline=json` and with the same names where the work is the same, so that the
-//! report can set the two boots side by side.
+//! report can set the two boots side by side. `floor --hold N` boots N such VMs in one process
+//! and keeps them all alive at once: what the host kernel and the hypervisor hold for a minimal
+//! VM, the platform's part of our memory per resident VM.
 
 use super::native::compile;
 use super::peer::{Peer, Setup};
@@ -30,6 +32,7 @@ const FLOOR_C: &str = r#"#define _GNU_SOURCE
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,18 +108,15 @@ static struct kvm_segment segment(uint16_t selector, uint8_t type, int code_segm
     return s;
 }
 
-int main(int argc, char **argv) {
-    timing = argc > 1 && strcmp(argv[1], "--timeline") == 0;
-    start_ns = now_ns();
-    const char *spawn = getenv("FLICK_SPAWN_NS");
-    if (timing && spawn != NULL)
-        start_ns = strtoull(spawn, NULL, 10);
-    mark("process start → main");
+/* A booted VM: its fds and mappings. */
+struct booted {
+    int vm, vcpu, run_size;
+    uint8_t *ram;
+    struct kvm_run *run;
+};
 
-    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm < 0)
-        return fail("open /dev/kvm");
-    mark("open /dev/kvm");
+/* Creates a VM through `kvm` and runs its guest to its one exit (the `out`). */
+static int boot(int kvm, struct booted *b) {
     int vm = ioctl(kvm, KVM_CREATE_VM, 0);
     if (vm < 0)
         return fail("KVM_CREATE_VM");
@@ -191,6 +191,75 @@ int main(int argc, char **argv) {
                 run->io.port);
         return 1;
     }
+    *b = (struct booted){.vm = vm, .vcpu = vcpu, .run_size = run_size, .ram = ram, .run = run};
+    return 0;
+}
+
+static long mem_available_kib(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[128];
+    long kib = -1;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "MemAvailable: %ld kB", &kib) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kib;
+}
+
+/* `floor --hold N`: N VMs booted and alive at once in this process; prints the drop of
+   MemAvailable per VM (what the host kernel and the hypervisor hold for a minimal VM: its
+   structures, the guest's few touched pages, the kvm_run page) as one JSON line. */
+static int hold(int kvm, long count) {
+    if (count < 1 || count > 100000) {
+        fprintf(stderr, "floor: --hold takes 1 to 100000\n");
+        return 1;
+    }
+    struct rlimit files; /* two fds per VM */
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+        files.rlim_cur = files.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &files);
+    }
+    struct booted *all = calloc((size_t)count, sizeof *all);
+    if (all == NULL)
+        return fail("calloc");
+    long before = mem_available_kib();
+    for (long i = 0; i < count; i++)
+        if (boot(kvm, &all[i]) != 0)
+            return 1;
+    long at_peak = mem_available_kib();
+    printf("{\"held\":%ld,\"mem_available_before_kib\":%ld,\"mem_available_at_peak_kib\":%ld,"
+           "\"mem_available_per_vm_kib\":%.1f}\n",
+           count, before, at_peak, (double)(before - at_peak) / (double)count);
+    for (long i = 0; i < count; i++) {
+        munmap(all[i].run, (size_t)all[i].run_size);
+        close(all[i].vcpu);
+        close(all[i].vm);
+        munmap(all[i].ram, RAM_SIZE);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    timing = argc > 1 && strcmp(argv[1], "--timeline") == 0;
+    start_ns = now_ns();
+    const char *spawn = getenv("FLICK_SPAWN_NS");
+    if (timing && spawn != NULL)
+        start_ns = strtoull(spawn, NULL, 10);
+    mark("process start → main");
+
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0)
+        return fail("open /dev/kvm");
+    mark("open /dev/kvm");
+    if (argc > 2 && strcmp(argv[1], "--hold") == 0)
+        return hold(kvm, strtol(argv[2], NULL, 10));
+    struct booted b;
+    if (boot(kvm, &b) != 0)
+        return 1;
+    int vm = b.vm, vcpu = b.vcpu, run_size = b.run_size;
+    uint8_t *ram = b.ram;
+    struct kvm_run *run = b.run;
     uint32_t address;
     memcpy(&address, (uint8_t *)run + run->io.data_offset, sizeof address);
     const char *text = (const char *)ram + address;
@@ -228,6 +297,33 @@ pub(crate) fn setup(dir: &Path) -> Setup {
         }
         Err(err) => Setup::failed("floor", &err),
     }
+}
+
+/// What `floor --hold N` prints.
+#[derive(serde::Deserialize)]
+pub(crate) struct Held {
+    /// VMs alive at once.
+    pub(crate) held: usize,
+    /// The drop of `MemAvailable` from before the first VM to all N alive, per VM, KiB.
+    pub(crate) mem_available_per_vm_kib: f64,
+}
+
+/// Runs `floor --hold count` and reads its line.
+pub(crate) fn hold(program: &Path, count: usize) -> Result<Held> {
+    let output = Command::new(program)
+        .args(["--hold", &count.to_string()])
+        .output()
+        .map_err(crate::error::Error::io("cannot run the floor"))?;
+    if !output.status.success() {
+        return Err(crate::error::Error::tool(
+            "floor --hold",
+            output.status,
+            &output.stderr,
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim())
+        .map_err(|err| crate::error::Error::Check(format!("floor --hold printed {text:?}: {err}")))
 }
 
 /// A `floor --timeline` command (phases on stderr).

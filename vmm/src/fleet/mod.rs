@@ -3,12 +3,14 @@
 //! once to measure density.
 //!
 //! - [`manifest`]: the `--manifest` file; [`report`]: what a fleet reports, as a table or JSON;
-//! - `scheduler`: the worker pool that boots, parks and releases instances;
+//! - `scheduler`: the threads that create VMs ahead, boot, park and release instances, and
+//!   destroy the finished VMs;
 //! - `hostmem`: host memory readings for the density figures.
 //!
 //! Instances share nothing but the read-only targets and the open `/dev/kvm`: each has its
-//! own guest RAM, vCPU, console buffers and exit status. Worker threads are sandboxed with the
-//! `FleetWorker` seccomp filter (the run loop's, plus the ioctls that create a VM). Every
+//! own guest RAM, vCPU, console buffers and exit status. Every thread that touches a VM
+//! (creator, worker, reaper) is sandboxed with the `FleetWorker` seccomp filter (the run loop's,
+//! plus the ioctls that create a VM). Every
 //! input is bounded: instances in all, worker threads, timeouts.
 
 mod hostmem;

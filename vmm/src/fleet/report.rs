@@ -19,8 +19,13 @@ pub struct InstanceResult {
     pub status: i32,
     /// `exited`, `crashed`, `timed out` or `vmm error`.
     pub kind: String,
-    /// Start (creation) to exit, or to parking with `--resident`, in µs.
+    /// Launch latency: from a worker taking the instance's VM, created ahead, to the guest's
+    /// exit (or to its parking with `--resident`), in µs.
     pub latency_us: f64,
+    /// Creating its VM ahead (RAM, image, VM, vCPU, registers), in µs: off the launch path,
+    /// but paid by the fleet's CPUs all the same (the launch rate counts it).
+    #[serde(default)]
+    pub create_us: f64,
     /// Its stdout (up to [`KEPT_OUTPUT`] bytes, lossy UTF-8).
     pub stdout: String,
     /// Its stderr, then the VMM's report about it.
@@ -56,11 +61,18 @@ pub struct FleetReport {
     pub concurrency: usize,
     /// Whether all were held resident.
     pub resident: bool,
-    /// From the first creation to the last start (resident) or exit.
+    /// From the first creation to the last VM parked (resident), or to the last VM exited and
+    /// destroyed.
     pub wall_s: f64,
     /// Instances per second over `wall_s`.
     pub launch_rate: f64,
-    /// Most instances that existed at once.
+    /// CPU time (user and system) the VMM process spent over `wall_s`, in seconds: what the
+    /// fleet cost the machine, whatever else ran on it (the kernel's own threads excluded).
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// Most instances running at once (started by a worker and not yet ended; a parked one
+    /// counts): at most the workers, or all of them with `--resident`. VMs created ahead and
+    /// finished VMs waiting for their teardown are not counted.
     pub peak_concurrent: usize,
     /// Host memory.
     pub memory: MemoryFigures,
@@ -78,6 +90,23 @@ impl FleetReport {
         let mut all: Vec<f64> = self.instances.iter().map(|i| i.latency_us).collect();
         all.sort_by(f64::total_cmp);
         percentile(&all, p)
+    }
+
+    /// Percentile `p` (0..=100) of the time to create a VM ahead, in µs.
+    pub fn create_percentile(&self, p: f64) -> f64 {
+        let mut all: Vec<f64> = self.instances.iter().map(|i| i.create_us).collect();
+        all.sort_by(f64::total_cmp);
+        percentile(&all, p)
+    }
+
+    /// Instances per second of the VMM's CPU time: the launch rate one fully used core would
+    /// give, measured even on a busy machine (0 when not measured).
+    pub fn launches_per_cpu_s(&self) -> f64 {
+        if self.cpu_s > 0.0 {
+            self.count as f64 / self.cpu_s
+        } else {
+            0.0
+        }
     }
 
     /// Instance counts by outcome (`exit 0`, `crashed`, ...).
@@ -135,6 +164,12 @@ pub fn format_table(report: &FleetReport) -> String {
         report.launch_rate / cores as f64,
         report.wall_s
     );
+    let _ = writeln!(
+        out,
+        "  CPU            {:.3} s of the VMM's ({:.0} VMs per CPU-second)",
+        report.cpu_s,
+        report.launches_per_cpu_s()
+    );
     let what = if report.resident {
         "start→parked"
     } else {
@@ -148,13 +183,23 @@ pub fn format_table(report: &FleetReport) -> String {
         report.latency_percentile(99.0),
         report.latency_percentile(100.0)
     );
+    let _ = writeln!(
+        out,
+        "  created ahead  p50 {:.0} µs  p99 {:.0} µs (RAM, image, VM, vCPU: before the launch)",
+        report.create_percentile(50.0),
+        report.create_percentile(99.0),
+    );
     let outcomes: Vec<String> = report
         .outcomes()
         .iter()
         .map(|(k, n)| format!("{n} × {k}"))
         .collect();
     let _ = writeln!(out, "  outcomes       {}", outcomes.join(", "));
-    let _ = writeln!(out, "  peak VMs       {} at once", report.peak_concurrent);
+    let _ = writeln!(
+        out,
+        "  peak VMs       {} running at once",
+        report.peak_concurrent
+    );
     let m = &report.memory;
     let mib = |kib: u64| kib as f64 / 1024.0;
     let _ = writeln!(
@@ -196,6 +241,9 @@ pub struct FleetSummary {
     pub report: FleetReport,
     /// Launch latency percentiles in µs: `p50`, `p90`, `p99`, `max`.
     pub latency_us: BTreeMap<String, f64>,
+    /// Percentiles of creating a VM ahead in µs: `p50`, `p99`.
+    #[serde(default)]
+    pub create_us: BTreeMap<String, f64>,
     /// Instance counts by outcome.
     pub outcomes: BTreeMap<String, usize>,
     /// Host memory per VM from `MemAvailable`, KiB.
@@ -211,8 +259,13 @@ impl FleetSummary {
             .into_iter()
             .map(|(name, p)| (name.to_owned(), report.latency_percentile(p)))
             .collect();
+        let create_us = [("p50", 50.0), ("p99", 99.0)]
+            .into_iter()
+            .map(|(name, p)| (name.to_owned(), report.create_percentile(p)))
+            .collect();
         Self {
             latency_us,
+            create_us,
             outcomes: report.outcomes(),
             mem_available_per_vm_kib: report.mem_available_per_instance_kib(),
             rss_per_vm_kib: report.rss_per_instance_kib(),
@@ -233,6 +286,7 @@ mod tests {
             resident: false,
             wall_s: 0.5,
             launch_rate: 2.0,
+            cpu_s: 0.25,
             peak_concurrent: 1,
             memory: MemoryFigures::default(),
             instances: vec![InstanceResult {
@@ -241,6 +295,7 @@ mod tests {
                 status: 0,
                 kind: "exited".into(),
                 latency_us: 1500.0,
+                create_us: 400.0,
                 stdout: "hi\n".into(),
                 stderr: String::new(),
             }],
@@ -251,6 +306,8 @@ mod tests {
         assert_eq!(back.report.instances[0].stdout, "hi\n");
         assert_eq!(back.latency_us["p50"], 1500.0);
         assert_eq!(back.outcomes["exit 0"], 1);
+        assert_eq!(back.create_us["p50"], 400.0);
+        assert_eq!(back.report.launches_per_cpu_s(), 4.0);
     }
 
     #[test]
@@ -261,6 +318,7 @@ mod tests {
             resident: true,
             wall_s: 1.0,
             launch_rate: 2.0,
+            cpu_s: 0.25,
             peak_concurrent: 2,
             memory: MemoryFigures {
                 pss_at_peak_kib: 200,

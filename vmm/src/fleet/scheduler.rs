@@ -1,6 +1,7 @@
-//! The fleet's worker pool: `concurrency` sandboxed threads take instances off one queue,
-//! boot each through the launcher, and either collect its result or (with `--resident`) keep
-//! it parked; a second round of workers then releases every parked instance to its end.
+//! The fleet's threads, all sandboxed: creators make each instance's VM ahead through the
+//! launcher, `concurrency` workers take the ready VMs and run them, collecting each result or
+//! (with `--resident`) keeping the VM parked, and reapers destroy the finished VMs; a second
+//! round of workers and reapers then releases every parked instance to its end.
 //!
 //! Every instance runs under its group's timeout, also after its release (timed anew from the
 //! release; without a timeout, [`RELEASE_TIMEOUT`]), so that no guest can hang the fleet.
@@ -103,13 +104,44 @@ struct Running {
     vm: Vm,
     job: Job,
     latency: Duration,
+    create: Duration,
     stdout: Captured,
     stderr: Captured,
 }
 
 enum Boot {
     Parked(Box<Running>),
-    Done(InstanceResult),
+    /// The result, and the VM to destroy.
+    Done(InstanceResult, Option<Box<Vm>>),
+}
+
+/// Threads that destroy finished VMs. Closing a VM waits for SRCU grace periods in the host
+/// kernel (0.3-2.5 ms here, asleep nearly all of it); on reaper threads those waits overlap
+/// one another and the workers' boots instead of holding a worker.
+const REAPERS: usize = 2;
+/// Workers per creator thread. Creating a VM here takes about as long as running a small
+/// guest, but creators share the cores with the workers: one creator for two workers measured
+/// the same launch rate as one each, with half the launch latency's tail.
+const WORKERS_PER_CREATOR: usize = 2;
+/// The niceness of creators and reapers: a worker about to launch a guest preempts them, so
+/// that preparing the next VMs and destroying the last ones do not hold up a launch.
+const BACKGROUND_NICE: i32 = 5;
+/// Finished VMs waiting for a reaper, at most: a worker that finds the queue full waits, so
+/// that a slow teardown bounds memory instead of letting dead VMs pile up.
+const REAP_QUEUE: usize = 64;
+
+/// The shared state of one round of workers.
+struct Shared<'a> {
+    spec: &'a FleetSpec,
+    prepared: &'a [Prepared],
+    kvm: &'a Arc<kvm_ioctls::Kvm>,
+    deadlines: &'a DeadlineService,
+    cores: &'a CoreKeeper,
+    grants: &'a Grants,
+    live: AtomicUsize,
+    peak: AtomicUsize,
+    results: Mutex<Vec<InstanceResult>>,
+    parked: Mutex<Vec<Running>>,
 }
 
 /// Runs the prepared fleet of `total` instances.
@@ -148,49 +180,45 @@ pub(super) fn run(
         },
         |grants, p| grants.union(&p.group.vm.devices.grants()),
     );
-    let queue = Mutex::new(jobs.into_iter());
-    let live = AtomicUsize::new(0);
-    let peak = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::with_capacity(total));
-    let parked = Mutex::new(Vec::new());
     let deadlines = DeadlineService::start(spec.seccomp).map_err(VmError::from)?;
     let cores = CoreKeeper {
         wanted: spec.cores.is_some(),
         pending: Mutex::new(Vec::new()),
     };
+    let shared = Shared {
+        spec,
+        prepared,
+        kvm: &kvm,
+        deadlines: &deadlines,
+        cores: &cores,
+        grants: &grants,
+        live: AtomicUsize::new(0),
+        peak: AtomicUsize::new(0),
+        results: Mutex::new(Vec::with_capacity(total)),
+        parked: Mutex::new(Vec::new()),
+    };
+    let keeper = KeyKeeper::hold(&kvm);
     let started = Instant::now();
-    let workers = spec.concurrency.min(total);
-    in_workers(workers, spec.seccomp, &grants, || {
-        // The queue's lock is taken for `next` alone (a `while let` would hold it for the
-        // whole body, one boot at a time).
-        while let Some(job) = next(&queue) {
-            let count = live.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(count, Ordering::SeqCst);
-            match boot(&kvm, prepared, job, &deadlines, spec.resident, &cores) {
-                Boot::Parked(running) => lock(&parked).push(*running),
-                Boot::Done(result) => {
-                    live.fetch_sub(1, Ordering::SeqCst);
-                    lock(&results).push(result);
-                }
-            }
-        }
-    })?;
+    let cpu_before = hostmem::own_cpu_s();
+    launch_all(&shared, jobs)?;
     let wall = started.elapsed();
+    let cpu_s = hostmem::own_cpu_s() - cpu_before;
     memory.mem_available_at_peak_kib = hostmem::mem_available_kib();
     memory.rss_at_peak_kib = hostmem::own_kib("VmRSS");
     memory.pss_at_peak_kib = hostmem::own_pss_kib();
-    let parked = parked.into_inner().unwrap_or_else(|e| e.into_inner());
+    let parked = std::mem::take(&mut *lock(&shared.parked));
     let never_parked = if spec.resident {
         never_parked(prepared, &parked)
     } else {
         Vec::new()
     };
-    release(
-        parked, spec, prepared, &deadlines, &results, &grants, &cores,
-    )?;
+    release(parked, &shared)?;
+    drop(keeper);
     memory.mem_available_after_kib = hostmem::mem_available_kib();
     memory.rss_high_water_kib = hostmem::own_kib("VmHWM");
-    let mut instances = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut instances = std::mem::take(&mut *lock(&shared.results));
+    let peak_concurrent = shared.peak.load(Ordering::SeqCst);
+    drop(shared);
     instances.sort_by_key(|i| (group_order(prepared, &i.group), i.index));
     if let Some(dir) = &spec.cores {
         write_cores(dir, prepared, cores, &mut instances);
@@ -201,11 +229,174 @@ pub(super) fn run(
         resident: spec.resident,
         wall_s: wall.as_secs_f64(),
         launch_rate: total as f64 / wall.as_secs_f64().max(1e-9),
-        peak_concurrent: peak.load(Ordering::SeqCst),
+        cpu_s,
+        peak_concurrent,
         memory,
         instances,
         never_parked,
     })
+}
+
+/// One VM and vCPU kept alive for the fleet's whole run, never run. Creating the first VM or
+/// vCPU (and destroying the last) flips static keys in the host kernel, which patches kernel
+/// text and interrupts every CPU; with this one alive the count never returns to zero between
+/// instances. Without it (it could not be created) the fleet runs all the same.
+struct KeyKeeper {
+    _vcpu: kvm_ioctls::VcpuFd,
+    _vm: kvm_ioctls::VmFd,
+}
+
+impl KeyKeeper {
+    fn hold(kvm: &kvm_ioctls::Kvm) -> Option<KeyKeeper> {
+        let vm = kvm.create_vm().ok()?;
+        let vcpu = vm.create_vcpu(0).ok()?;
+        Some(KeyKeeper {
+            _vcpu: vcpu,
+            _vm: vm,
+        })
+    }
+}
+
+/// A VM created ahead for its job, and how long creating it took.
+struct Built {
+    job: Job,
+    vm: Result<Vm, crate::launch::LaunchError>,
+    create: Duration,
+}
+
+/// Boots every job in three stages on sandboxed threads: creators make each job's VM ahead
+/// (RAM, image, VM, vCPU, registers: `launch::build`) into a queue as deep as the workers are
+/// many; workers take a ready VM, run it to its end (or until it parks, with `--resident`) and
+/// keep its result; reapers destroy the finished VMs. Returns when every VM has been run and
+/// every finished one destroyed.
+fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
+    let workers = shared.spec.concurrency.min(jobs.len()).max(1);
+    let queue = Mutex::new(jobs.into_iter());
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Built>(workers);
+    let ready_rx = Arc::new(Mutex::new(ready_rx));
+    std::thread::scope(|scope| {
+        let reap = start_reapers(scope, shared);
+        let mut started_workers = 0;
+        let mut last_error = None;
+        for i in 0..workers {
+            let (ready_rx, reap) = (Arc::clone(&ready_rx), reap.clone());
+            let spawned = spawn_confined(scope, format!("fleet-{i}"), false, shared, move || {
+                while let Some(built) = receive(&ready_rx) {
+                    // Running from here until the guest ends (a parked one stays counted).
+                    let count = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.peak.fetch_max(count, Ordering::SeqCst);
+                    let (result, vm) = match start(shared, built) {
+                        Boot::Parked(running) => {
+                            lock(&shared.parked).push(*running);
+                            continue;
+                        }
+                        Boot::Done(result, vm) => (result, vm),
+                    };
+                    shared.live.fetch_sub(1, Ordering::SeqCst);
+                    lock(&shared.results).push(result);
+                    if let Some(vm) = vm {
+                        reap_later(&reap, *vm);
+                    }
+                }
+            });
+            match spawned {
+                Ok(()) => started_workers += 1,
+                Err(err) => last_error = Some(err),
+            }
+        }
+        drop((ready_rx, reap));
+        let mut started_creators = 0;
+        if started_workers > 0 {
+            for i in 0..workers.div_ceil(WORKERS_PER_CREATOR) {
+                let ready_tx = ready_tx.clone();
+                let queue = &queue;
+                let spawned =
+                    spawn_confined(scope, format!("create-{i}"), true, shared, move || {
+                        // The queue's lock is taken for `next` alone.
+                        while let Some(job) = next(queue) {
+                            if ready_tx.send(create(shared, job)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(()) => started_creators += 1,
+                    Err(err) => last_error = Some(err),
+                }
+            }
+        }
+        drop(ready_tx);
+        match (started_workers.min(started_creators), last_error) {
+            (0, Some(err)) => Err(FleetError::Spawn(err)),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// The next VM from the creators, or `None` once they are all done.
+fn receive<T>(queue: &Mutex<std::sync::mpsc::Receiver<T>>) -> Option<T> {
+    lock(queue).recv().ok()
+}
+
+/// Starts up to [`REAPERS`] threads that destroy the VMs sent to the returned queue, until
+/// every sender is gone. Without any (none could be started), whoever holds a VM destroys it.
+fn start_reapers<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    shared: &'scope Shared<'_>,
+) -> Option<std::sync::mpsc::SyncSender<Vm>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vm>(REAP_QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut started = 0;
+    for i in 0..REAPERS {
+        let rx = Arc::clone(&rx);
+        let spawned = spawn_confined(scope, format!("reap-{i}"), true, shared, move || {
+            while let Some(vm) = receive(&rx) {
+                drop(vm);
+            }
+        });
+        started += usize::from(spawned.is_ok());
+    }
+    (started > 0).then_some(tx)
+}
+
+/// Hands `vm` to a reaper (destroys it here if there is none).
+fn reap_later(reap: &Option<std::sync::mpsc::SyncSender<Vm>>, vm: Vm) {
+    match reap {
+        Some(reap) => {
+            // A failed send hands the VM back, which is then dropped here.
+            let _ = reap.send(vm);
+        }
+        None => drop(vm),
+    }
+}
+
+/// Spawns `work` on a thread of `scope` named `name`, sandboxed with the fleet workers'
+/// filter (it creates, runs and destroys VMs) when the fleet is; a `background` thread (a
+/// creator or a reaper) runs at [`BACKGROUND_NICE`].
+fn spawn_confined<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: String,
+    background: bool,
+    shared: &'scope Shared<'_>,
+    work: impl FnOnce() + Send + 'scope,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn_scoped(scope, move || {
+            if background {
+                // SAFETY: setpriority on the calling thread (who = 0) takes no pointers. A
+                // failure leaves the thread at normal priority, which only costs latency.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
+            }
+            if shared.spec.seccomp
+                && sandbox::confine_this_thread_as(&Profile::FleetWorker(shared.grants.clone()))
+                    .is_err()
+            {
+                return;
+            }
+            work();
+        })
+        .map(drop)
 }
 
 /// The groups none of whose instances parked (with `--resident`: their image does not park,
@@ -276,41 +467,6 @@ fn attach_taps(
     Ok(fds)
 }
 
-/// Runs `work` on `count` worker threads sandboxed with `grants` and waits for them. Threads that cannot be started are fewer workers, not a crash; not
-/// even one is an error.
-fn in_workers(
-    count: usize,
-    seccomp: bool,
-    grants: &Grants,
-    work: impl Fn() + Sync,
-) -> Result<(), FleetError> {
-    std::thread::scope(|scope| {
-        let mut started = 0;
-        let mut last_error = None;
-        for i in 0..count {
-            let spawned = std::thread::Builder::new()
-                .name(format!("fleet-{i}"))
-                .spawn_scoped(scope, || {
-                    if seccomp
-                        && sandbox::confine_this_thread_as(&Profile::FleetWorker(grants.clone()))
-                            .is_err()
-                    {
-                        return;
-                    }
-                    work();
-                });
-            match spawned {
-                Ok(_) => started += 1,
-                Err(err) => last_error = Some(err),
-            }
-        }
-        match (started, last_error) {
-            (0, Some(err)) => Err(FleetError::Spawn(err)),
-            _ => Ok(()),
-        }
-    })
-}
-
 fn group_order(prepared: &[Prepared], name: &str) -> usize {
     prepared
         .iter()
@@ -318,34 +474,45 @@ fn group_order(prepared: &[Prepared], name: &str) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Resumes every parked instance to its end, on the same number of workers.
-fn release(
-    parked: Vec<Running>,
-    spec: &FleetSpec,
-    prepared: &[Prepared],
-    deadlines: &DeadlineService,
-    results: &Mutex<Vec<InstanceResult>>,
-    grants: &Grants,
-    cores: &CoreKeeper,
-) -> Result<(), FleetError> {
+/// Resumes every parked instance to its end, on the same number of workers, with reapers
+/// destroying the finished ones.
+fn release(parked: Vec<Running>, shared: &Shared<'_>) -> Result<(), FleetError> {
     if parked.is_empty() {
         return Ok(());
     }
-    let workers = spec.concurrency.min(parked.len());
+    let workers = shared.spec.concurrency.min(parked.len());
     let queue = Mutex::new(parked.into_iter());
-    in_workers(workers, spec.seccomp, grants, || {
-        while let Some(mut running) = next(&queue) {
-            let timeout = prepared[running.job.group]
-                .group
-                .vm
-                .timeout
-                .unwrap_or(RELEASE_TIMEOUT);
-            // SAFETY: pthread_self has no preconditions.
-            let me = unsafe { libc::pthread_self() };
-            running.vm.arm_watchdog(deadlines.watch(timeout, me));
-            let progress = finish(&mut running.vm);
-            let result = result_of(prepared, &running, progress, cores);
-            lock(results).push(result);
+    std::thread::scope(|scope| {
+        let reap = start_reapers(scope, shared);
+        let mut started = 0;
+        let mut last_error = None;
+        for i in 0..workers {
+            let (queue, reap) = (&queue, reap.clone());
+            let spawned = spawn_confined(scope, format!("fleet-{i}"), false, shared, move || {
+                while let Some(mut running) = next(queue) {
+                    let timeout = shared.prepared[running.job.group]
+                        .group
+                        .vm
+                        .timeout
+                        .unwrap_or(RELEASE_TIMEOUT);
+                    // SAFETY: pthread_self has no preconditions.
+                    let me = unsafe { libc::pthread_self() };
+                    running.vm.arm_watchdog(shared.deadlines.watch(timeout, me));
+                    let progress = finish(&mut running.vm);
+                    let result = result_of(shared.prepared, &running, progress, shared.cores);
+                    lock(&shared.results).push(result);
+                    reap_later(&reap, running.vm);
+                }
+            });
+            match spawned {
+                Ok(()) => started += 1,
+                Err(err) => last_error = Some(err),
+            }
+        }
+        drop(reap);
+        match (started, last_error) {
+            (0, Some(err)) => Err(FleetError::Spawn(err)),
+            _ => Ok(()),
         }
     })
 }
@@ -362,17 +529,10 @@ fn finish(vm: &mut Vm) -> Result<Progress, VmError> {
     Ok(Progress::Parked)
 }
 
-fn boot(
-    kvm: &Arc<kvm_ioctls::Kvm>,
-    prepared: &[Prepared],
-    job: Job,
-    deadlines: &DeadlineService,
-    resident: bool,
-    cores: &CoreKeeper,
-) -> Boot {
-    let p = &prepared[job.group];
+/// Creates `job`'s VM (RAM with the image or snapshot in it, VM, vCPU, registers).
+fn create(shared: &Shared<'_>, job: Job) -> Built {
+    let p = &shared.prepared[job.group];
     let started = Instant::now();
-    let (stdout, stderr) = (Captured::default(), Captured::default());
     let config = match &job.net {
         Some(net) => {
             let mut config = p.group.vm.clone();
@@ -381,29 +541,48 @@ fn boot(
         }
         None => std::borrow::Cow::Borrowed(&p.group.vm),
     };
-    let mut vm = match crate::launch::build(kvm, &p.target, &config, Timeline::default()) {
+    let vm = crate::launch::build(shared.kvm, &p.target, &config, Timeline::default());
+    Built {
+        job,
+        vm,
+        create: started.elapsed(),
+    }
+}
+
+/// Runs a created VM until it ends, or until it parks with `--resident`.
+fn start(shared: &Shared<'_>, built: Built) -> Boot {
+    let Built { job, vm, create } = built;
+    let p = &shared.prepared[job.group];
+    let started = Instant::now();
+    let mut vm = match vm {
         Ok(vm) => vm,
         Err(err) => {
-            return Boot::Done(InstanceResult {
-                group: p.group.name.clone(),
-                index: job.index,
-                status: abi::exit_status::VMM_ERROR,
-                kind: "vmm error".into(),
-                latency_us: started.elapsed().as_secs_f64() * 1e6,
-                stdout: String::new(),
-                stderr: format!("error: {}", crate::error_chain(&err)),
-            });
+            return Boot::Done(
+                InstanceResult {
+                    group: p.group.name.clone(),
+                    index: job.index,
+                    status: abi::exit_status::VMM_ERROR,
+                    kind: "vmm error".into(),
+                    latency_us: 0.0,
+                    create_us: create.as_secs_f64() * 1e6,
+                    stdout: String::new(),
+                    stderr: format!("error: {}", crate::error_chain(&err)),
+                },
+                None,
+            );
         }
     };
+    let (stdout, stderr) = (Captured::default(), Captured::default());
     let console = Console {
         stdout: Box::new(stdout.clone()),
         stderr: Box::new(stderr.clone()),
     };
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
-    let watchdog = p.group.vm.timeout.map(|t| deadlines.watch(t, me));
+    let watchdog = p.group.vm.timeout.map(|t| shared.deadlines.watch(t, me));
     let mut progress = vm.start(console, watchdog);
     let parked = matches!(progress, Ok(Progress::Parked));
+    let resident = shared.spec.resident;
     if parked && resident {
         // The guest may be resumed on another thread: its timeout is armed anew there.
         vm.disarm_watchdog();
@@ -414,13 +593,15 @@ fn boot(
         vm,
         job,
         latency: started.elapsed(),
+        create,
         stdout,
         stderr,
     };
     if parked && resident {
         Boot::Parked(Box::new(running))
     } else {
-        Boot::Done(result_of(prepared, &running, progress, cores))
+        let result = result_of(shared.prepared, &running, progress, shared.cores);
+        Boot::Done(result, Some(Box::new(running.vm)))
     }
 }
 
@@ -464,6 +645,7 @@ fn result_of(
         status,
         kind: kind.to_owned(),
         latency_us: running.latency.as_secs_f64() * 1e6,
+        create_us: running.create.as_secs_f64() * 1e6,
         stdout: running.stdout.text(),
         stderr,
     }

@@ -8,7 +8,8 @@
 pub mod image;
 
 use crate::size::Size;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::FromRangesError;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 /// Why a guest-given range cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,9 +54,28 @@ pub struct GuestRam {
 
 impl GuestRam {
     /// Maps `size` bytes of RAM (lazily: nothing is touched).
+    ///
+    /// The mapping is shared anonymous memory (shmem), not private: a guest that reads a page
+    /// before writing it then gets a page of its own at once, where private memory would map
+    /// the shared zero page and replace it on the first write, a copy-on-write that makes the
+    /// kernel call every MMU notifier of the process, one per VM. With thousands of VMs in one
+    /// process (`vmm fleet --resident`) that made each boot cost time in proportion to the VMs
+    /// already there (measured: 2.1 ms of CPU per VM at 3000 resident, 1.3 ms with shmem). The
+    /// memory is shared with no other process: nothing forks once guest RAM exists (a child
+    /// would share it, not copy it), and the teardown helper shares the whole address space.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
-            .map_err(|err| MemoryError::Map(Size(size), err))?;
+        let map_err = |err: FromRangesError| MemoryError::Map(Size(size), err);
+        let region = MmapRegion::build(
+            None,
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+        .map_err(|err| map_err(err.into()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or(FromRangesError::InvalidGuestRegion)
+            .map_err(map_err)?;
+        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|err| map_err(err.into()))?;
         Ok(Self { mem, size })
     }
 
