@@ -310,6 +310,7 @@ fn run_here(
         crate::sandbox::confine_this_thread_as(&crate::sandbox::Profile::Runner(grants))
             .map_err(VmError::from)?;
     }
+    vm.timeline_mut().confined = Some(Instant::now());
     let report = drive(&mut vm, console, watchdog)?;
     Ok((vm, report))
 }

@@ -33,6 +33,9 @@ pub struct Timeline {
     pub vcpu_created: Option<Instant>,
     /// Boot info was written and the vCPU's registers set.
     pub vcpu_ready: Option<Instant>,
+    /// The guest's thread was confined (`vmm run`: its teardown helper made, its watchdog
+    /// started, its seccomp filter installed).
+    pub confined: Option<Instant>,
     /// The first `KVM_RUN` returned.
     pub first_exit: Option<Instant>,
     /// The guest stopped.
@@ -107,6 +110,7 @@ pub fn phases(report: &RunReport) -> Vec<Phase> {
         ("register guest RAM", t.ram_ready),
         ("create vCPU, set CPUID", t.vcpu_created),
         ("boot info, registers", t.vcpu_ready),
+        ("teardown helper, watchdog, sandbox", t.confined),
         ("first KVM_RUN → first exit", t.first_exit),
         ("guest entered main", entered_main),
         ("first console output", report.first_output),

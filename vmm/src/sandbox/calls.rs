@@ -181,8 +181,8 @@ pub const LOGGER: &[Allowance] = &[
 /// System calls that fail with `EACCES` on confined threads that do not allow them, instead of
 /// stopping the VMM, because library code tries them and copes with the failure.
 ///
-/// The main filter lets these through; a second filter turns them into errors (seccomp takes
-/// the most restrictive verdict of all filters: its trap would beat the error).
+/// A prefix of the thread's one filter answers them with the error before the main filter's
+/// rules, which would trap them.
 pub const DENIED: &[Allowance] = &[
     (
         "openat",

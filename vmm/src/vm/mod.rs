@@ -232,6 +232,11 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// The instants of this VM's phases so far, for the launch path to add its own.
+    pub(crate) fn timeline_mut(&mut self) -> &mut Timeline {
+        &mut self.timeline
+    }
+
     /// Gives `shell` (whose RAM already holds the image, or a snapshot's pages, with the
     /// privileged structures for `layout`) its boot info and registers; the guest's arguments
     /// are `name` and then `config.args`.
