@@ -152,6 +152,15 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
             Some(text) => {
                 let spec =
                     NetSpec::parse(text).map_err(|e| field("net", crate::error_chain(&e)))?;
+                // A manifest is untrusted: `fd=N` would name one of the fleet's own
+                // descriptors (another instance's tap, a snapshot, /dev/kvm).
+                if let crate::net::TapSource::Fd(_) = spec.tap {
+                    return Err(field(
+                        "net",
+                        "fd=N names one of the fleet's own descriptors: name a tap (tap=NAME)"
+                            .into(),
+                    ));
+                }
                 // The last instance's tap name and address are the ones that can go wrong.
                 if let Some(last) = entry.count.checked_sub(1) {
                     spec.for_instance(last as usize)
@@ -344,6 +353,10 @@ mod tests {
             (
                 "net-fd.toml",
                 "[[vm]]\nimage = \"a\"\ncount = 2\nnet = \"fd=5,ip=10.1.0.2/24\"\n",
+            ),
+            (
+                "net-fd-once.toml",
+                "[[vm]]\nimage = \"a\"\nnet = \"fd=5,ip=10.1.0.2/24\"\n",
             ),
         ] {
             let err = read(&scratch(name, text), &defaults()).unwrap_err();
