@@ -282,3 +282,31 @@ fn test_guest_vector_registers_hold_nothing_of_the_host_or_other_guests() {
         assert_eq!(instance["status"], 0, "{instance}");
     }
 }
+
+/// A guest that makes the poll hypercall with nothing to wait for (interest 0, 1 ms), then
+/// exits 0.
+fn poll_nothing_then_exit() -> Vec<u8> {
+    [
+        vec![0x48, 0x83, 0xec, 0x10], // sub rsp, 16: an abi::hypercall::Poll on the stack
+        vec![0x48, 0xc7, 0x04, 0x24, 0x40, 0x42, 0x0f, 0x00], // timeout_ns = 1,000,000
+        vec![0x48, 0xc7, 0x44, 0x24, 0x08, 0, 0, 0, 0], // interest = 0, ready = 0
+        vec![0x48, 0x89, 0xe0],       // mov rax, rsp
+        asm::mov_dx(port::POLL),
+        vec![asm::OUT_DX_EAX],
+        asm::exit(0),
+    ]
+    .concat()
+}
+
+#[kvm_test]
+fn test_guest_poll_on_nothing_in_a_fleet_is_a_timed_wait_not_a_vmm_failure() {
+    // Fleet workers have no stdin stream: their sandbox once left out ppoll, and one guest's
+    // poll hypercall stopped the whole fleet with status 125.
+    let path = write_scratch(
+        "asm-guests",
+        "poll-nothing",
+        &ElfBuilder::guest(&poll_nothing_then_exit()).build(),
+    );
+    let out = tests::vmm(&["fleet", path.to_str().unwrap(), "--count", "2"]);
+    assert_eq!(status(&out), 0, "{}{}", stdout(&out), stderr(&out));
+}
