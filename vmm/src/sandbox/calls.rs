@@ -161,6 +161,7 @@ pub const WATCHDOG: &[Allowance] = &[
     ("madvise", "memory release (a thread's stack when it ends)"),
     ("restart_syscall", "resume an interrupted wait"),
     ("exit", "thread exit"),
+    ("write", "fd 2 only: the report of a blocked call"),
     ("exit_group", "process exit (the report of a blocked call)"),
 ];
 

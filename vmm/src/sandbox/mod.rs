@@ -769,6 +769,21 @@ mod tests {
     }
 
     #[test]
+    fn test_every_role_may_write_the_report_of_a_blocked_call() {
+        // The SIGSYS handler writes one line to fd 2; a role without `write` would die of a
+        // second SIGSYS inside the handler (status 159, no line) instead of exiting 125.
+        for profile in [
+            Profile::plain_runner(),
+            Profile::Runner(Grants::default()),
+            Profile::FleetWorker(Grants::default()),
+            Profile::Watchdog,
+            Profile::Logger,
+        ] {
+            assert!(profile.call_names().contains(&"write"), "{profile:?}");
+        }
+    }
+
+    #[test]
     fn test_listing_names_every_role() {
         let text = listing();
         for role in [
