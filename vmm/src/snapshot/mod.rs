@@ -430,15 +430,20 @@ impl Snapshot {
         ram: &GuestRam,
     ) -> Result<(), SnapshotError> {
         let mut crc = crc32fast::Hasher::new();
-        let mut buf = Vec::new();
         for (guest, data, len) in self.runs() {
-            buf.resize(len as usize, 0);
-            file.read_exact_at(&mut buf, offset + data)
-                .map_err(|e| corrupted(format!("cannot read the data: {e}")))?;
-            crc.update(&buf);
-            // The page numbers were checked against the RAM size.
-            ram.write(guest, &buf)
-                .map_err(|e| corrupted(format!("page at {guest:#x}: {e}")))?;
+            // The page numbers were checked against the RAM size; `with_host_range` checks the
+            // run again.
+            ram.with_host_range(guest, len, |host, len| {
+                // SAFETY: `host..host+len` is guest RAM that `with_host_range` checked; the
+                // guest has not run yet and nothing else refers to these bytes while the
+                // slice lives (this one call).
+                let pages = unsafe { std::slice::from_raw_parts_mut(host, len) };
+                file.read_exact_at(pages, offset + data)?;
+                crc.update(pages);
+                Ok::<(), std::io::Error>(())
+            })
+            .map_err(|e| corrupted(format!("page at {guest:#x}: {e}")))?
+            .map_err(|e| corrupted(format!("cannot read the data: {e}")))?;
         }
         if crc.finalize() != expected_crc {
             return Err(corrupted("data checksum mismatch"));
