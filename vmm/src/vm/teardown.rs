@@ -2,8 +2,10 @@
 //!
 //! Destroying a VM and unmapping its RAM costs 0.3-0.5 ms here, and it happens inside the
 //! exiting process before its parent is told. [`detach`] (or a [`Helper`] made ahead, before
-//! the thread is sandboxed) hands the VM's last references to a helper process: a `clone(CLONE_VM)` child that shares the address space and holds a copy of
-//! the fd table. The VMM then exits at once (its exit only drops references); the child waits
+//! the thread is sandboxed) hands the VM's last references to a helper process: a
+//! `clone(CLONE_VM)` child that shares the address space and holds a copy of the fd table. It
+//! is made before the guest runs and lives alongside it, so it makes only raw system calls
+//! (never touching `errno` or anything else of the parent's). The VMM then exits at once (its exit only drops references); the child waits
 //! for the VMM to die (`PR_SET_PDEATHSIG`), then exits itself, and the kernel tears the VM down
 //! as the child's exit releases the last references. Nothing is leaked: the child lives only
 //! until its parent has gone.
@@ -22,28 +24,56 @@ struct HelperArgs {
     close: [i32; MAX_CLOSED_FDS],
 }
 
+/// A system call made with the `syscall` instruction itself: unlike libc's wrappers it never
+/// writes `errno`, which in the helper (a `CLONE_VM` child without a TLS of its own) would be
+/// the parent's main thread's `errno`, changed under it while it runs the guest.
+///
+/// # Safety
+/// As the call `nr` with these arguments.
+unsafe fn raw_syscall(nr: libc::c_long, a1: usize, a2: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the caller's; the kernel clobbers rcx and r11, and reads nothing else here.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a1,
+            in("rsi") a2,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
 extern "C" fn wait_for_parent_then_exit(args: *mut c_void) -> libc::c_int {
-    // Only raw syscalls here: this runs on a small private stack in a shared address space.
+    // Only raw system calls here: this runs on a small private stack in a shared address
+    // space, with the parent's TLS.
     // SAFETY: `args` points at the `HelperArgs` the parent wrote before clone, in a mapping
-    // that lives as long as this child; plain syscalls on values we own. Closing our copies of
-    // stdio lets readers of the VMM's output see end-of-file as soon as the VMM exits, and
-    // closing the devices' fds frees them (a tap can be attached again at once).
+    // that lives as long as this child; plain system calls on values we own. Closing our
+    // copies of stdio lets readers of the VMM's output see end-of-file as soon as the VMM
+    // exits, and closing the devices' fds frees them (a tap can be attached again at once).
     unsafe {
         let args = &*args.cast::<HelperArgs>();
         let parent = args.parent;
         for &fd in &args.close[..args.close_count.min(MAX_CLOSED_FDS)] {
-            libc::close(fd);
+            raw_syscall(libc::SYS_close, fd as usize, 0);
         }
-        libc::close(0);
-        libc::close(1);
-        libc::close(2);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() as usize == parent {
+        for fd in 0..=2 {
+            raw_syscall(libc::SYS_close, fd, 0);
+        }
+        raw_syscall(
+            libc::SYS_prctl,
+            libc::PR_SET_PDEATHSIG as usize,
+            libc::SIGKILL as usize,
+        );
+        if raw_syscall(libc::SYS_getppid, 0, 0) as usize == parent {
             loop {
-                libc::pause();
+                raw_syscall(libc::SYS_pause, 0, 0);
             }
         }
-        libc::syscall(libc::SYS_exit, 0);
+        raw_syscall(libc::SYS_exit, 0, 0);
     }
     0
 }
