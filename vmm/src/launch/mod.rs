@@ -253,9 +253,9 @@ pub(crate) fn run_with(
     let helper = config
         .detach_teardown
         .then(|| vm::teardown::Helper::start(&config.vm.devices.host_fds()));
+    // A restore's FPU state is loaded already (`finish`): no KVM_SET_XSAVE for the runner.
     let grants = crate::sandbox::Grants {
         timeout: vm_config.timeout.is_some(),
-        restore: matches!(target.kind(), TargetKind::Snapshot(_)),
         timeline: config.measure_ram && config.core.is_none(),
         ..vm_config.devices.grants()
     };

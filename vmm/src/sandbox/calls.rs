@@ -60,7 +60,8 @@ pub const ALLOWED: &[Allowance] = &[
 /// then waits in `ppoll` on no fds.
 pub(super) const INPUT_CALLS: [&str; 1] = ["read"];
 
-/// What a runner restoring a snapshot adds (`vmm run --from`, fleet and serve workers).
+/// What a thread that finishes restored VMs after its confinement adds (fleet and serve
+/// workers; `vmm run --from` loads the FPU state before its runner is confined).
 pub const WITH_RESTORE: &[Allowance] =
     &[("ioctl", "also KVM_SET_XSAVE: the snapshot's FPU/SSE state")];
 
