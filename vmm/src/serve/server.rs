@@ -535,26 +535,26 @@ impl Dispatcher {
             Duration::from_millis(ms).min(self.max_timeout)
         });
         let volumes = open_volumes(&self.volume_roots, &request).map_err(fail)?;
-        // Last: the tap stays attached (and busy for anyone else) only for a request that
-        // passed every other check.
-        let net = match &request.net {
-            Some(text) => {
-                let (spec, tap) = self.taps.attach(text).map_err(fail)?;
-                Some((spec, Some(tap)))
-            }
-            None => None,
-        };
-        let job = Job {
+        let mut job = Job {
             target: resolved.target,
             pooled: resolved.pooled,
             request,
             timeout,
             volumes,
-            net,
+            net: None,
         };
         // A request comes from any local process: check it as `vmm run`'s command line would.
         launch::check(&job.target, &job.vm_config(false))
             .map_err(|e| (job.request.target.clone(), crate::error_chain(&e)))?;
+        // Last: the tap stays attached (and busy for anyone else) only for a request that
+        // passed every other check.
+        if let Some(text) = &job.request.net {
+            let (spec, tap) = self
+                .taps
+                .attach(text)
+                .map_err(|why| (job.request.target.clone(), why))?;
+            job.net = Some((spec, Some(tap)));
+        }
         Ok(job)
     }
 }
