@@ -140,8 +140,8 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Which hypervisor backs `/dev/kvm` (looked up once, on the unsandboxed main thread that
-/// prints reports).
+/// Which hypervisor backs `/dev/kvm` (looked up once per process, before the thread that
+/// prints the report is confined: `launch::run_with` asks for it early).
 pub fn hypervisor() -> (&'static str, &'static str) {
     static FLAVOUR: std::sync::OnceLock<(&'static str, &'static str)> = std::sync::OnceLock::new();
     *FLAVOUR.get_or_init(detect_hypervisor)
