@@ -387,12 +387,16 @@ fn prepare(
         plan.hooks.create_container().as_deref(),
         &state,
     )?;
-    // Only a network namespace other than the runtime's (the host's) is the container's own.
-    let own_network = plan
-        .namespaces
-        .iter()
-        .any(|n| n.kind == CloneFlags::CLONE_NEWNET)
-        && host_netns.is_some()
+    // Only a network namespace other than the runtime's (the host's) is the container's own,
+    // and not one joined through another process (`/proc/PID/ns/net`: Docker's
+    // `--network container:X`), whose interface is that process's.
+    let own_network = plan.namespaces.iter().any(|n| {
+        n.kind == CloneFlags::CLONE_NEWNET
+            && !n
+                .path
+                .as_deref()
+                .is_some_and(crate::network::is_another_process_namespace)
+    }) && host_netns.is_some()
         && crate::network::NetnsId::current() != host_netns;
     let tun = own_network.then(crate::network::open_tun);
     pivot_into(&plan.rootfs, plan.root_readonly)?;

@@ -258,11 +258,13 @@ pub fn connect_guest(
     let tap = make_tap(tun?)?;
     let tap_index = netlink.index_of(TAP_NAME)?;
     netlink.set_up(tap_index, interface.mtu)?;
+    // The redirects first: if one fails (an ingress qdisc already there), the interface keeps
+    // its addresses and the namespace is as it was, but for the tap.
+    netlink.redirect(interface.index, tap_index, &interface.name)?;
+    netlink.redirect(tap_index, interface.index, TAP_NAME)?;
     for address in &interface.addresses {
         netlink.delete_address(address, &interface.name)?;
     }
-    netlink.redirect(interface.index, tap_index, &interface.name)?;
-    netlink.redirect(tap_index, interface.index, TAP_NAME)?;
     let spec = vmm::net::NetSpec {
         tap: vmm::net::TapSource::Name(TAP_NAME.to_owned()),
         mac: Some(interface.mac),
@@ -272,6 +274,12 @@ pub fn connect_guest(
         tx_rate: vmm::net::DEFAULT_TX_RATE,
     };
     Ok(Some(spec.with_tap(tap)))
+}
+
+/// Whether `path` names a namespace through a process (`/proc/PID/ns/net`, or `/proc/self`,
+/// `/proc/thread-self`): a namespace that process lives in, not one made for this container.
+pub fn is_another_process_namespace(path: &std::path::Path) -> bool {
+    path.starts_with("/proc")
 }
 
 /// Opens `/dev/net/tun` (before the pivot: the container's `/dev` holds only `/dev/kvm`).
@@ -590,6 +598,19 @@ fn mirror_to(to: u32) -> TcMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_namespace_of_another_process_is_left_alone() {
+        assert!(is_another_process_namespace(std::path::Path::new(
+            "/proc/4242/ns/net"
+        )));
+        assert!(!is_another_process_namespace(std::path::Path::new(
+            "/var/run/netns/cni-1234"
+        )));
+        assert!(!is_another_process_namespace(std::path::Path::new(
+            "/run/docker/netns/0123abcd"
+        )));
+    }
 
     fn link(index: u32, name: &str, loopback: bool) -> LinkMessage {
         let mut link = LinkMessage::default();

@@ -157,6 +157,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             docker_published_port,
         ),
         (
+            "test_docker_run_network_of_another_container_leaves_it_alone",
+            docker_network_of_another_container,
+        ),
+        (
             "test_docker_run_network_none_boots_without_a_nic",
             docker_network_none,
         ),
@@ -1086,6 +1090,91 @@ fn docker_published_port(env: &Env) -> Result<(), Failed> {
         })
     })();
     let _ = docker(env, &["rm", "-f", &name]);
+    result
+}
+
+/// An image of one static native program that waits for a signal (a plain container for
+/// runc, built here with `cc -static`).
+fn waiting_native_image(env: &Env) -> Result<String, Failed> {
+    let dir = env.scratch.join("waiting-rootfs");
+    std::fs::create_dir_all(dir.join("dev"))?;
+    let source = env.scratch.join("waiting.c");
+    std::fs::write(
+        &source,
+        "#include <unistd.h>\nint main(void) { pause(); return 0; }\n",
+    )?;
+    let status = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("wait"))
+        .arg(&source)
+        .status()?;
+    ensure(status.success(), || "cc -static failed".to_owned())?;
+    let tar = env.scratch.join("waiting.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .args(["-cf", path_str(&tar), "."])
+        .status()?;
+    ensure(status.success(), || "tar failed".to_owned())?;
+    let image = unique("waiting");
+    check(
+        &docker(
+            env,
+            &[
+                "import",
+                "-c",
+                r#"ENTRYPOINT ["/wait"]"#,
+                path_str(&tar),
+                &image,
+            ],
+        ),
+        0,
+    )?;
+    Ok(image)
+}
+
+/// `--network container:X` joins X's namespace through X's process: a flick guest there boots
+/// without a network device, and X (a plain runc container) keeps its interface's address.
+fn docker_network_of_another_container(env: &Env) -> Result<(), Failed> {
+    let image = waiting_native_image(env)?;
+    let owner = unique("owner");
+    let out = docker(env, &["run", "-d", "--name", &owner, &image]);
+    check(&out, 0)?;
+    let joiner = unique("joiner");
+    let result = (|| {
+        let pid = inspect(env, &owner, "{{.State.Pid}}");
+        let owner_netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let before = ipv4_addresses(&owner_netns, "eth0");
+        ensure(!before.trim().is_empty(), || {
+            "the runc container has no address on eth0 to begin with".to_owned()
+        })?;
+        let network = format!("container:{owner}");
+        let out = docker(
+            env,
+            &[
+                "run",
+                "--name",
+                &joiner,
+                "--runtime=flick",
+                "--network",
+                &network,
+                "flick/httpd",
+            ],
+        );
+        let logs = docker(env, &["logs", &joiner]);
+        check(&out, 1)?;
+        let text = stdout(&logs) + &stderr(&logs);
+        ensure(text.contains("httpd: no network device"), || {
+            format!("a guest in another container's namespace should get no network device: {text}")
+        })?;
+        let after = ipv4_addresses(&owner_netns, "eth0");
+        ensure(after == before, || {
+            format!("the runc container's eth0 changed: {before} -> {after}")
+        })
+    })();
+    let _ = docker(env, &["rm", "-f", &joiner]);
+    let _ = docker(env, &["rm", "-f", &owner]);
+    let _ = docker(env, &["rmi", &image]);
     result
 }
 
