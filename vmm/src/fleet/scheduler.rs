@@ -142,6 +142,8 @@ struct Shared<'a> {
     peak: AtomicUsize,
     results: Mutex<Vec<InstanceResult>>,
     parked: Mutex<Vec<Running>>,
+    /// The first thread that could not confine itself: the fleet fails with it.
+    confine_failure: Mutex<Option<sandbox::SandboxError>>,
 }
 
 /// Runs the prepared fleet of `total` instances.
@@ -196,11 +198,16 @@ pub(super) fn run(
         peak: AtomicUsize::new(0),
         results: Mutex::new(Vec::with_capacity(total)),
         parked: Mutex::new(Vec::new()),
+        confine_failure: Mutex::new(None),
     };
     let keeper = KeyKeeper::hold(&kvm);
     let started = Instant::now();
     let cpu_before = hostmem::own_cpu_s();
     launch_all(&shared, jobs)?;
+    if let Some(failure) = lock(&shared.confine_failure).take() {
+        // Its share of the instances never ran: no report would be whole.
+        return Err(VmError::from(failure).into());
+    }
     let wall = started.elapsed();
     let cpu_s = hostmem::own_cpu_s() - cpu_before;
     memory.mem_available_at_peak_kib = hostmem::mem_available_kib();
@@ -389,9 +396,10 @@ fn spawn_confined<'scope>(
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
             }
             if shared.spec.seccomp
-                && sandbox::confine_this_thread_as(&Profile::FleetWorker(shared.grants.clone()))
-                    .is_err()
+                && let Err(failure) =
+                    sandbox::confine_this_thread_as(&Profile::FleetWorker(shared.grants.clone()))
             {
+                lock(&shared.confine_failure).get_or_insert(failure);
                 return;
             }
             work();
