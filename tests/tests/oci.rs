@@ -1276,6 +1276,30 @@ impl Drop for Netns {
     }
 }
 
+/// A namespace pinned to a file by a bind mount, as `ip netns add` and CNI runtimes pin a
+/// pod's (`/var/run/netns/NAME`); unmounted when dropped.
+struct PinnedNetns(PathBuf);
+
+impl Netns {
+    fn pin(&self, at: &Path) -> Result<PinnedNetns, Failed> {
+        std::fs::write(at, "")?;
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(self.path())
+            .arg(at)
+            .output()?;
+        check(&out, 0)?;
+        Ok(PinnedNetns(at.to_owned()))
+    }
+}
+
+impl Drop for PinnedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// `ctr run` with our runtime in a network namespace made here, with no CNI: a veth pair
 /// between it and a client namespace, addresses set by hand. The guest takes the container
 /// side's address; the client fetches the page from it.
@@ -1302,7 +1326,10 @@ fn ctr_network_namespace(env: &Env) -> Result<(), Failed> {
     container.ip(&["link", "set", "eth0", "up"])?;
     container.ip(&["route", "add", "default", "via", "10.99.3.1"])?;
     let id = unique("ctr-net");
-    let with_ns = format!("network:{}", container.path().display());
+    // Pinned to a file, as a CNI runtime pins a pod's namespace: a `/proc/PID/ns/net` path
+    // would name the namespace of another process, which the runtime leaves alone.
+    let pinned = container.pin(&env.scratch.join(format!("{id}.netns")))?;
+    let with_ns = format!("network:{}", pinned.0.display());
     let out = ctr(
         env,
         &[
