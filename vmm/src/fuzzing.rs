@@ -91,6 +91,28 @@ pub fn snapshot(bytes: &[u8]) -> Result<(), SnapshotError> {
     // Whatever was accepted must satisfy the promises restores rely on.
     assert!(snapshot.page_count() as u64 <= snapshot.mem_size / 4096);
     assert!(snapshot.vcpu().is_flick_guest());
+    // `vmm run --from`'s path reads the same file straight into a VM's RAM, checking the
+    // data there: a file accepted whole must load whole that way too.
+    let once = Snapshot::from_open_file(
+        "<fuzz>".as_ref(),
+        &file,
+        bytes.len() as u64,
+        crate::snapshot::Pages::Once,
+    )
+    .expect("a snapshot accepted for many VMs is accepted for one");
+    // One RAM per size for the whole run (mapping 16 MiB per accepted file would dominate it);
+    // what an earlier file left in it does not matter to loading.
+    thread_local! {
+        static RAM: std::cell::RefCell<Option<GuestRam>> = const { std::cell::RefCell::new(None) };
+    }
+    RAM.with_borrow_mut(|ram| {
+        if ram.as_ref().is_none_or(|r| r.size() != once.mem_size) {
+            *ram = Some(GuestRam::new(once.mem_size).expect("guest RAM of a validated size"));
+        }
+        let ram = ram.as_ref().expect("set above");
+        once.map_into(ram, false)
+            .expect("the pages of an accepted snapshot load into RAM");
+    });
     Ok(())
 }
 
