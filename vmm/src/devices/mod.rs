@@ -133,6 +133,22 @@ pub enum DeviceStateError {
     },
 }
 
+/// [`PortDevice::restore`] of a device that saves nothing (stdin, volumes, net): only the
+/// empty state is its own.
+pub(crate) fn restore_stateless(
+    device: &'static str,
+    bytes: &[u8],
+) -> Result<(), DeviceStateError> {
+    if bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(DeviceStateError::Invalid {
+            device,
+            why: "it saves no state",
+        })
+    }
+}
+
 /// A device on the port bus.
 pub(crate) trait PortDevice: Send {
     /// A guest `in` at `offset` within the device's range; fill `data`.

@@ -230,13 +230,7 @@ impl PortDevice for StdinDevice {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), DeviceStateError> {
-        if !bytes.is_empty() {
-            return Err(DeviceStateError::Invalid {
-                device: NAME,
-                why: "the stdin device saves no state",
-            });
-        }
-        Ok(())
+        super::restore_stateless(NAME, bytes)
     }
 
     fn poll_source(&self) -> Option<PollSource> {

@@ -425,14 +425,7 @@ impl PortDevice for NetDevice {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), DeviceStateError> {
-        if bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(DeviceStateError::Invalid {
-                device: "network device",
-                why: "it saves no state",
-            })
-        }
+        super::restore_stateless("network device", bytes)
     }
 
     fn poll_source(&self) -> Option<PollSource> {

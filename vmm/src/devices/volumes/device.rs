@@ -569,13 +569,7 @@ impl PortDevice for FsDevice {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), DeviceStateError> {
-        if !bytes.is_empty() {
-            return Err(DeviceStateError::Invalid {
-                device: NAME,
-                why: "the volume device saves no state",
-            });
-        }
-        Ok(())
+        crate::devices::restore_stateless(NAME, bytes)
     }
 
     fn snapshot_refusal(&self) -> Option<String> {
