@@ -351,6 +351,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn test_stateless_device_refuses_a_state_a_file_claims_for_it() {
+        assert_eq!(restore_stateless("stdin", &[]), Ok(()));
+        assert!(restore_stateless("stdin", &[0]).is_err());
+    }
+
+    #[test]
     fn test_bus_routes_com1_and_ignores_other_ports() {
         let mut bus = PortBus::standard();
         let mut out = Collected::default();
