@@ -286,10 +286,22 @@ fn build_native_sha256() -> Result<PathBuf> {
 /// Builds the native peer of the network section (`bench/native/httpd`) static and non-PIE,
 /// as the VMM is built, and returns the binary.
 fn build_native_httpd() -> Result<PathBuf> {
-    let target_dir = project_root().join("target/bench-native");
+    let manifest = project_root().join("bench/native/httpd/Cargo.toml");
+    build_static(
+        &["--manifest-path", &manifest.to_string_lossy()],
+        "bench-native",
+        "native-httpd",
+    )
+    .context("building the native HTTP server failed")
+}
+
+/// `cargo build --release ARGS` as a static, non-PIE executable in `target/DIR`; the binary
+/// `NAME` built.
+fn build_static(args: &[&str], dir: &str, name: &str) -> Result<PathBuf> {
+    let target_dir = project_root().join("target").join(dir);
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--manifest-path"])
-        .arg(project_root().join("bench/native/httpd/Cargo.toml"))
+    cmd.args(["build", "--release"])
+        .args(args)
         .args(["--target", guest::GUEST_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -301,15 +313,14 @@ fn build_native_httpd() -> Result<PathBuf> {
     if quiet() {
         cmd.arg("--quiet");
     }
-    let status = cmd
-        .status()
-        .context("cannot run cargo for the native HTTP server")?;
+    let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
-        bail!("building the native HTTP server failed");
+        bail!("cargo build {} failed", args.join(" "));
     }
     Ok(target_dir
         .join(guest::GUEST_TARGET)
-        .join("release/native-httpd"))
+        .join("release")
+        .join(name))
 }
 
 /// The workspace root.
@@ -337,25 +348,8 @@ pub fn vmm_path() -> PathBuf {
 /// Measured here: a dynamically linked VMM spends about 0.6 ms in the loader and in lazy
 /// binding before and during argument parsing; static non-PIE needs no relocations at start.
 pub fn build_vmm() -> Result<()> {
-    let target_dir = project_root().join("target/vmm-static");
-    let mut cmd = cargo();
-    cmd.args(["build", "--release", "--package", "vmm"])
-        .args(["--target", guest::GUEST_TARGET])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Ctarget-feature=+crt-static\x1f-Crelocation-model=static",
-        );
-    if quiet() {
-        cmd.arg("--quiet");
-    }
-    let status = cmd.status().context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building the VMM failed");
-    }
-    let built = target_dir.join(guest::GUEST_TARGET).join("release/vmm");
+    let built = build_static(&["--package", "vmm"], "vmm-static", "vmm")
+        .context("building the VMM failed")?;
     let dest = vmm_path();
     std::fs::create_dir_all(dest.parent().expect("target/release"))?;
     // Replace rather than overwrite: a running copy may hold the old file open.
