@@ -170,6 +170,18 @@ fn set_subreaper(on: bool) -> Result<()> {
     Ok(())
 }
 
+/// `output_file` created, twice: a command's stdout and stderr, interleaved in one file.
+fn output_pair(output_file: &Path) -> Result<(File, File)> {
+    let out = File::create(output_file).map_err(Error::io(format!(
+        "cannot create {}",
+        output_file.display()
+    )))?;
+    let err = out
+        .try_clone()
+        .map_err(Error::io("cannot duplicate the output file"))?;
+    Ok((out, err))
+}
+
 /// Runs `cmd` once (stdin from /dev/null, stdout and stderr into `output_file`) in its own
 /// process group, and measures it; with [`Reap::Group`], until its whole group is reaped.
 pub(crate) fn run_once(
@@ -178,13 +190,7 @@ pub(crate) fn run_once(
     watchdog: &Watchdog,
     reap: Reap,
 ) -> Result<Sample> {
-    let out = File::create(output_file).map_err(Error::io(format!(
-        "cannot create {}",
-        output_file.display()
-    )))?;
-    let err = out
-        .try_clone()
-        .map_err(Error::io("cannot duplicate the output file"))?;
+    let (out, err) = output_pair(output_file)?;
     cmd.stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -294,13 +300,7 @@ pub(crate) fn probe_rss(
     cmd: &Command,
     output_file: &Path,
 ) -> Result<u64> {
-    let out = File::create(output_file).map_err(Error::io(format!(
-        "cannot create {}",
-        output_file.display()
-    )))?;
-    let err = out
-        .try_clone()
-        .map_err(Error::io("cannot duplicate the output file"))?;
+    let (out, err) = output_pair(output_file)?;
     let rss_file = output_file.with_extension("rss");
     let mut probe_cmd = Command::new(probe);
     if let Some(ns) = mount_ns {
