@@ -155,10 +155,17 @@ impl Image {
                 size: Size(meta.len()),
             });
         }
-        // One read of exactly the size stat reported; a file that shrank meanwhile fails here,
+        // Exactly the size stat reported, into uninitialised capacity (zeroing it first would
+        // touch every page twice on the boot path); a file that shrank meanwhile fails here,
         // and bytes appended meanwhile are not read.
-        let mut bytes = vec![0u8; meta.len() as usize];
-        (&*file).read_exact(&mut bytes).map_err(io)?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(meta.len()).read_to_end(&mut bytes).map_err(io)?;
+        if bytes.len() as u64 != meta.len() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file shrank to {} bytes while it was read", bytes.len()),
+            )));
+        }
         Self::parse(bytes)
     }
 
