@@ -221,3 +221,37 @@ fn test_readme_states_the_sandbox_as_it_is() {
         format!("`vmm seccomp-list`; {calls} calls, `ioctl` limited to {ioctls} KVM requests");
     assert!(readme.contains(&claim), "README should say: {claim}");
 }
+
+/// Runs `vmm ARGS` with stdout or stderr on /dev/full (every write fails with ENOSPC).
+fn vmm_with_full(args: &[&str], full_stdout: bool) -> std::process::Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut cmd = std::process::Command::new(tests::vmm_bin());
+    cmd.args(args);
+    if full_stdout {
+        cmd.stdout(full);
+    } else {
+        cmd.stderr(full);
+    }
+    cmd.output().expect("cannot start vmm")
+}
+
+#[test]
+fn test_cli_output_that_cannot_be_written_is_one_line_not_an_abort() {
+    let out = vmm_with_full(&["seccomp-list"], true);
+    assert_eq!(tests::status(&out), 125, "{}", tests::stderr(&out));
+    let text = tests::stderr(&out);
+    assert!(
+        text.contains("cannot write the output") && !text.contains("panic"),
+        "{text}"
+    );
+}
+
+#[tests::kvm_test]
+fn test_cli_crash_report_on_a_full_stderr_still_exits_134() {
+    let fault = tests::image("fault");
+    let out = vmm_with_full(&["run", fault.to_str().unwrap(), "--", "null"], false);
+    assert_eq!(tests::status(&out), 134);
+}

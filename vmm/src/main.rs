@@ -10,6 +10,35 @@
 
 #![no_main]
 
+// std's print macros panic when the write fails (a full disk, a closed pipe), and a panic here
+// aborts: these, declared before any use, take their place in this file. Output that cannot
+// be written to stdout ends the VMM as a shell pipeline would (141 on a closed pipe) or with
+// one line on stderr; what cannot be written to stderr has nowhere else to go.
+macro_rules! print {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    ($($arg:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => {{ let _ = write!(std::io::stderr(), $($arg)*); }};
+}
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{ let _ = writeln!(std::io::stderr(), $($arg)*); }};
+}
+
+/// Writes the VMM's own output (a report, a listing) to stdout, or ends the process.
+fn write_stdout(text: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = out.write_fmt(text).and_then(|()| out.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {err}");
+        std::process::exit(abi::exit_status::VMM_ERROR);
+    }
+}
+
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;

@@ -224,11 +224,13 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     };
     spawn("acceptor".into(), None, move || acceptor.run())?;
     let ready = pool.wait_until_full(POOL_FILL_WAIT);
-    eprintln!(
-        "listening on {} ({})",
+    // Not eprintln!: a stderr that cannot be written (a full disk) must not stop the server.
+    let ready_line = format!(
+        "listening on {} ({})\n",
         config.socket.display(),
         describe_pool(config, &pooled, ready)
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), ready_line.as_bytes());
     // The other threads serve until the process is killed (or one of them stops it).
     loop {
         std::thread::park();
