@@ -255,3 +255,45 @@ fn test_cli_crash_report_on_a_full_stderr_still_exits_134() {
     let out = vmm_with_full(&["run", fault.to_str().unwrap(), "--", "null"], false);
     assert_eq!(tests::status(&out), 134);
 }
+
+#[test]
+fn test_cli_snapshot_over_its_own_image_is_refused_and_the_image_kept() {
+    let image_bytes = std::fs::read(image("hello")).unwrap();
+    let path = write_scratch("cli-same-file", "hello", &image_bytes);
+    let link = path.with_file_name("hello-link");
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(&path, &link).unwrap();
+    for out_path in [&path, &link] {
+        let out = vmm(&[
+            "snapshot",
+            "-o",
+            out_path.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(status(&out), 125, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is the file this command reads"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        image_bytes,
+        "the image was replaced"
+    );
+}
+
+#[test]
+fn test_cli_core_over_its_own_image_is_refused() {
+    let image_bytes = std::fs::read(image("fault")).unwrap();
+    let path = write_scratch("cli-same-file", "fault", &image_bytes);
+    let p = path.to_str().unwrap();
+    let out = vmm(&["run", "--core", p, p, "--", "null"]);
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        image_bytes,
+        "the image was replaced"
+    );
+}

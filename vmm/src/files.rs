@@ -125,6 +125,9 @@ pub enum WriteError {
     /// link) is in the way.
     #[error("{0} exists and is not a regular file")]
     NotRegularFile(PathBuf),
+    /// The output would replace the file the command reads (its image or snapshot).
+    #[error("{0} is the file this command reads: write the output elsewhere")]
+    SameAsInput(PathBuf),
     /// The file could not be written.
     #[error("cannot write {path}")]
     Io {
@@ -148,6 +151,19 @@ pub(crate) fn check_replaceable(path: &Path) -> Result<(), WriteError> {
             source,
         }),
     }
+}
+
+/// [`check_replaceable`], and `path` is not the file `input` names (by device and inode: a
+/// hard link or another spelling of the same path counts), which the write would replace.
+pub(crate) fn check_replaceable_by_output_of(path: &Path, input: &Path) -> Result<(), WriteError> {
+    use std::os::unix::fs::MetadataExt;
+    check_replaceable(path)?;
+    if let (Ok(out), Ok(read)) = (std::fs::symlink_metadata(path), std::fs::metadata(input))
+        && (out.dev(), out.ino()) == (read.dev(), read.ino())
+    {
+        return Err(WriteError::SameAsInput(path.to_owned()));
+    }
+    Ok(())
 }
 
 /// Writes `path` whole or not at all: `fill` writes a new file beside it, which is synced and

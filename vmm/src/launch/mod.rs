@@ -229,7 +229,8 @@ pub(crate) fn run_with(
     drive: Driver,
 ) -> Result<RunReport, LaunchError> {
     if let Some(core) = &config.core {
-        crate::files::check_replaceable(core).map_err(LaunchError::Core)?;
+        crate::files::check_replaceable_by_output_of(core, &config.target)
+            .map_err(LaunchError::Core)?;
     }
     let file = if config.snapshot_only {
         TargetFile::open_snapshot(&config.target)?
@@ -342,7 +343,8 @@ pub fn snapshot(
     console: Console,
     out: &Path,
 ) -> Result<snapshot::Summary, LaunchError> {
-    crate::files::check_replaceable(out).map_err(SnapshotError::from)?;
+    crate::files::check_replaceable_by_output_of(out, &config.target)
+        .map_err(SnapshotError::from)?;
     let target = Target::open(&config.target)?;
     let TargetKind::Image(image) = target.kind().clone() else {
         return Err(SnapshotError::Foreign(format!(
