@@ -912,3 +912,36 @@ fn test_serve_request_with_net_without_allow_tap_is_refused_with_a_reason() {
     assert_eq!(status(&out), 125);
     assert!(stderr(&out).contains("--allow-tap"), "{}", stderr(&out));
 }
+
+#[kvm_test]
+fn test_serve_error_frame_is_one_line_whatever_the_path_and_zero_timeout_is_refused() {
+    let dir = tests::scratch_dir("serve-one-line");
+    let server = start_server(&dir, &[]);
+    // A path with a newline and a forged log line after it: the reply is one escaped line.
+    let forged = Path::new("/nonexistent\n/tmp/x: pooled VM, exit status 0");
+    let mut stream = send_request(&server.socket, forged, &[]);
+    let frames = read_reply(&mut stream, Duration::from_secs(10));
+    let (kind, text) = frames.last().expect("a reply");
+    assert_eq!(*kind, frame::ERROR);
+    assert!(!text.contains(&b'\n'), "{}", String::from_utf8_lossy(text));
+    // A zero timeout is refused, as on the command line, instead of stopping the guest at once.
+    let request = vmm::serve::Request {
+        target: tests::image("hello"),
+        args: Vec::new(),
+        env: Vec::new(),
+        timeout_ms: Some(0),
+        max_output: 1 << 20,
+        mem_size: 16 << 20,
+        volumes: Vec::new(),
+        stdin: false,
+        net: None,
+    };
+    let mut stream = UnixStream::connect(&server.socket).unwrap();
+    stream
+        .write_all(&vmm::serve::wire::encode_request(&request).unwrap())
+        .unwrap();
+    let frames = read_reply(&mut stream, Duration::from_secs(10));
+    let (kind, text) = frames.last().expect("a reply");
+    assert_eq!(*kind, frame::ERROR, "{}", String::from_utf8_lossy(text));
+    assert!(String::from_utf8_lossy(text).contains("timeout"));
+}

@@ -78,8 +78,27 @@ fn write_lines(queue: &mpsc::Receiver<String>, dropped: &AtomicU64) {
         if lost > 0 {
             let _ = writeln!(out, "serve: {lost} log lines dropped (stderr was not read)");
         }
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", one_line(&line));
     }
+}
+
+/// `text` as one line: control characters (a client's path may hold newlines or terminal
+/// escapes) shown escaped, so that no client can forge a log line or an error frame's second
+/// line.
+pub(crate) fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary, marked with `...`).
@@ -97,6 +116,13 @@ pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_one_line_escapes_newlines_and_terminal_escapes() {
+        assert_eq!(one_line("/a b/c"), "/a b/c");
+        assert_eq!(one_line("/x\n/y: pooled VM"), "/x\\n/y: pooled VM");
+        assert!(!one_line("/\u{1b}[2J").contains('\u{1b}'));
+    }
 
     #[test]
     fn test_clip_cuts_long_text_on_a_character_boundary() {

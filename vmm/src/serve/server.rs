@@ -533,6 +533,10 @@ impl Dispatcher {
             .targets
             .resolve(&request.target)
             .map_err(|e| fail(crate::error_chain(&e)))?;
+        if request.timeout_ms == Some(0) {
+            // As on the command line: a zero timeout is a mistake, not a request.
+            return Err(fail("--timeout must be more than 0".into()));
+        }
         let timeout = request.timeout_ms.map_or(self.max_timeout, |ms| {
             Duration::from_millis(ms).min(self.max_timeout)
         });

@@ -139,6 +139,13 @@ impl Reply {
 
     /// Sends one frame (or drops it, and every later one, if the client is gone or too slow).
     pub(crate) fn send(&self, kind: u8, payload: &[u8]) {
+        if kind == frame::ERROR {
+            // An error frame is one line, whatever text (a client's path) it quotes.
+            let text = String::from_utf8_lossy(payload);
+            let line = super::log::one_line(&text);
+            let _ = send_frame(&mut &*self.state, kind, line.as_bytes());
+            return;
+        }
         let _ = send_frame(&mut &*self.state, kind, payload);
     }
 
