@@ -1,5 +1,5 @@
 //! `vmm serve` and `vmm run --via`: a request behaves like a local `vmm run`, and every request
-//! gets a fresh VM.
+//! gets a VM as fresh as a new one (a reused VM included).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -32,9 +32,14 @@ impl Server {
 
     /// Waits (bounded) until a stderr line contains `text`.
     fn wait_for_line(&self, text: &str, limit: Duration) -> bool {
+        self.wait_for_lines(text, 1, limit)
+    }
+
+    /// Waits (bounded) until `count` stderr lines contain `text`.
+    fn wait_for_lines(&self, text: &str, count: usize, limit: Duration) -> bool {
         let started = Instant::now();
         while started.elapsed() < limit {
-            if self.lines().iter().any(|l| l.contains(text)) {
+            if self.lines().iter().filter(|l| l.contains(text)).count() >= count {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -278,6 +283,105 @@ fn test_serve_gives_every_request_a_fresh_vm() {
     seeds.sort();
     seeds.dedup();
     assert_eq!(seeds.len(), 6, "each request must get its own VM and seed");
+}
+
+/// A 16-byte secret of this test run, and its coded form (each byte plus one) for `seek`.
+fn secret_pair() -> (String, String) {
+    let secret = format!("flick-s{:09}", std::process::id() % 1_000_000_000);
+    let coded = secret.bytes().map(|b| char::from(b + 1)).collect();
+    (secret, coded)
+}
+
+#[kvm_test]
+fn test_serve_reused_vm_keeps_nothing_of_the_request_before() {
+    let dir = tests::scratch_dir("serve-reuse");
+    let snap = snapshot(&dir, "secret.snap", "secret");
+    let from = ["--from", snap.to_str().unwrap()];
+    let server = start_server_with(&dir, &[&snap], &["--pool", "1", "--workers", "1"]);
+    let (secret, coded) = secret_pair();
+
+    // The seeker finds what a planter leaves in its own run: memory and XMM registers.
+    let out = via(&server, &from, &["both", &secret]);
+    assert_eq!(status(&out), 1, "{}", stdout(&out));
+    for place in ["xmm", "static", "stack", "heap", "boot info"] {
+        assert!(
+            stdout(&out).contains(&format!("found in {place}")),
+            "{}",
+            stdout(&out)
+        );
+    }
+
+    // One request plants the secret; the next runs in the same VM, reused, and finds nothing.
+    for round in 1..=3 {
+        let out = via(&server, &from, &["plant", &secret]);
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+        let out = via(&server, &from, &["seek", &coded]);
+        assert_eq!(
+            (status(&out), stdout(&out)),
+            (0, "clean\n".to_owned()),
+            "round {round}: {}",
+            stderr(&out)
+        );
+        assert!(
+            server.wait_for_lines(
+                "(reused after 1), exit status 0",
+                round,
+                Duration::from_secs(5)
+            ),
+            "round {round}: the seek did not run in the planter's VM: {:?}",
+            server.lines()
+        );
+    }
+}
+
+#[kvm_test]
+fn test_serve_never_reuses_the_vm_of_a_crashed_guest() {
+    let dir = tests::scratch_dir("serve-reuse-crash");
+    let snap = snapshot(&dir, "secret.snap", "secret");
+    let from = ["--from", snap.to_str().unwrap()];
+    let server = start_server_with(&dir, &[&snap], &["--pool", "1", "--workers", "1"]);
+    let (secret, _) = secret_pair();
+    let out = via(&server, &from, &["plant", &secret]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let out = via(&server, &from, &["crash"]);
+    assert_eq!(status(&out), 134, "{}", stderr(&out));
+    assert!(
+        server.wait_for_line("(reused after 1), exit status 134", Duration::from_secs(5)),
+        "{:?}",
+        server.lines()
+    );
+    let out = via(&server, &from, &["plant", &secret]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(server.wait_for_lines("exit status 0", 2, Duration::from_secs(5)));
+    let last = server
+        .lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains(".snap: "))
+        .unwrap();
+    assert!(
+        !last.contains("reused"),
+        "a crashed guest's VM was reused: {last}"
+    );
+}
+
+#[kvm_test]
+fn test_serve_no_reuse_gives_every_request_a_new_vm() {
+    let dir = tests::scratch_dir("serve-no-reuse");
+    let snap = snapshot(&dir, "secret.snap", "secret");
+    let from = ["--from", snap.to_str().unwrap()];
+    let server = start_server_with(
+        &dir,
+        &[&snap],
+        &["--pool", "1", "--workers", "1", "--no-reuse"],
+    );
+    let (secret, _) = secret_pair();
+    for _ in 0..3 {
+        let out = via(&server, &from, &["plant", &secret]);
+        assert_eq!(status(&out), 0, "{}", stderr(&out));
+    }
+    let lines = server.lines();
+    assert!(!lines.iter().any(|l| l.contains("reused")), "{lines:?}");
 }
 
 #[kvm_test]

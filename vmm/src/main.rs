@@ -117,6 +117,10 @@ enum Command {
         /// No log line per request.
         #[arg(long)]
         quiet: bool,
+        /// Destroy every VM after its request, instead of returning a cleanly exited one to
+        /// a fresh VM's state and keeping it in the pool.
+        #[arg(long)]
+        no_reuse: bool,
         /// Run without the seccomp sandbox.
         #[arg(long)]
         no_seccomp: bool,
@@ -442,10 +446,12 @@ fn vmm_main() -> i32 {
             request_timeout,
             cache_size,
             quiet,
+            no_reuse,
             no_seccomp,
             volume_roots,
             allow_taps,
         } => serve(vmm::serve::ServeConfig {
+            reuse: !no_reuse,
             socket_mode,
             allow,
             pool,

@@ -26,7 +26,7 @@ pub(crate) const COLD: [&str; 10] = [
     "ours", "restore", "floor", "native", "true", "unshare", "crun", "runc", "docker", "qemu",
 ];
 /// The warm peers in report order: a request to something started ahead.
-pub(crate) const WARM: [&str; 3] = ["serve", "serve-process", "native-pool"];
+pub(crate) const WARM: [&str; 4] = ["serve", "serve-fresh", "serve-process", "native-pool"];
 /// The peers that run the static hello.
 pub(crate) const NEED_HELLO: [&str; 6] =
     ["native", "unshare", "crun", "runc", "docker", "native-pool"];
@@ -56,7 +56,7 @@ pub(crate) fn prepare(
     for name in COLD.into_iter().chain(WARM).filter(|n| selected(n)) {
         let setup = match name {
             "ours" => ours::cold(dir, ours),
-            "restore" | "serve" | "serve-process" => match snapshot_rows.next() {
+            "restore" | "serve" | "serve-fresh" | "serve-process" => match snapshot_rows.next() {
                 Some(setup) => setup,
                 None => unreachable!("snapshot_rows sets up every selected snapshot row"),
             },

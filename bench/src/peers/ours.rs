@@ -1,6 +1,7 @@
 //! Our VMM as the bench runs it: the cold-boot row `ours` (`vmm run IMAGE`), the snapshot rows
 //! (`restore`: `vmm run --from` in a fresh process; `serve`: a warm request to `vmm serve`
-//! from the bench's in-process client; `serve-process`: the same from a fresh `vmm run --via`),
+//! from the bench's in-process client; `serve-fresh`: the same to a server that destroys every
+//! VM after its request (`--no-reuse`); `serve-process`: `serve` from a fresh `vmm run --via`),
 //! `vmm run --timeline=json` for the phase breakdown, and `vmm fleet` for the fleet bench.
 
 use super::client::Client;
@@ -17,7 +18,7 @@ pub(crate) const HELLO: &str = "Hello from a unikernel!";
 /// Its whole stdout.
 pub(crate) const HELLO_LINE: &str = "Hello from a unikernel!\n";
 /// The rows of ours restored from a snapshot, in report order.
-pub(crate) const SNAPSHOT_PEERS: [&str; 3] = ["restore", "serve", "serve-process"];
+pub(crate) const SNAPSHOT_PEERS: [&str; 4] = ["restore", "serve", "serve-fresh", "serve-process"];
 
 /// What ours boots.
 pub(crate) struct Ours<'a> {
@@ -66,7 +67,8 @@ pub(crate) fn cold(dir: &Path, ours: &Ours<'_>) -> Setup {
 }
 
 /// Snapshots ours into `dir/<image>.snap` and sets up the selected snapshot rows (starting
-/// one `vmm serve` for both serve rows).
+/// one `vmm serve` for `serve` and `serve-process`, and one with `--no-reuse` for
+/// `serve-fresh`).
 pub(crate) fn snapshot_rows(
     dir: &Path,
     ours: &Ours<'_>,
@@ -81,17 +83,28 @@ pub(crate) fn snapshot_rows(
     if let Err(err) = serve::make_snapshot(ours.vmm, ours.image, ours.args, &snapshot) {
         return wanted.into_iter().map(|n| Setup::failed(n, &err)).collect();
     }
-    let server = wanted
-        .iter()
-        .any(|n| n.starts_with("serve"))
-        .then(|| Server::start_vmm(ours.vmm, dir, &snapshot).map(Arc::new));
+    let start = |reuse: bool, rows: &[&str]| {
+        wanted
+            .iter()
+            .any(|n| rows.contains(n))
+            .then(|| Server::start_vmm(ours.vmm, dir, &snapshot, reuse).map(Arc::new))
+    };
+    let reusing = start(true, &["serve", "serve-process"]);
+    let fresh = start(false, &["serve-fresh"]);
     wanted
         .into_iter()
-        .map(|name| match (name, &server) {
-            ("restore", _) => restore(dir, ours, &snapshot),
-            (_, Some(Ok(server))) => serve_row(dir, name, ours, &snapshot, server),
-            (_, Some(Err(err))) => Setup::failed(name, err),
-            (_, None) => unreachable!("a serve row starts the server"),
+        .map(|name| {
+            let server = if name == "serve-fresh" {
+                &fresh
+            } else {
+                &reusing
+            };
+            match (name, server) {
+                ("restore", _) => restore(dir, ours, &snapshot),
+                (_, Some(Ok(server))) => serve_row(dir, name, ours, &snapshot, server),
+                (_, Some(Err(err))) => Setup::failed(name, err),
+                (_, None) => unreachable!("a serve row starts its server"),
+            }
         })
         .collect()
 }
@@ -110,11 +123,16 @@ fn serve_row(
     server: &Arc<Server>,
 ) -> Setup {
     let (snap, socket) = (snapshot.display(), server.socket.display().to_string());
-    let mut peer = if name == "serve" {
+    let mut peer = if name == "serve" || name == "serve-fresh" {
+        let vms = if name == "serve" {
+            "a VM that exited cleanly is returned to a fresh VM's state after the reply and \
+             reused"
+        } else {
+            "--no-reuse: a fresh VM per request, refilled after the reply"
+        };
         let what = format!(
-            "warm request to vmm serve (pool of {POOL} VMs of {snap}, one fresh VM per \
-             request, refilled after the reply) from the bench itself: connect and send → \
-             exit-status frame"
+            "warm request to vmm serve (pool of {POOL} VMs of {snap}; {vms}) from the bench \
+             itself: connect and send → exit-status frame"
         );
         let mut peer = ours.peer(dir, name, what, &[]);
         let stdout = ours.is_hello.then_some(HELLO_LINE);

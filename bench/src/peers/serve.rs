@@ -48,16 +48,26 @@ pub(crate) struct Server {
 
 impl Server {
     /// Starts `vmm serve --pool POOL --snapshot SNAPSHOT` on `dir/serve.sock` (log in
-    /// `dir/serve.log`) and waits for its socket.
-    pub(crate) fn start_vmm(vmm: &Path, dir: &Path, snapshot: &Path) -> Result<Server> {
-        let socket = dir.join("serve.sock");
+    /// `dir/serve.log`), or with `--no-reuse` on `dir/serve-fresh.sock` (`serve-fresh.log`)
+    /// unless `reuse`, and waits for its socket.
+    pub(crate) fn start_vmm(
+        vmm: &Path,
+        dir: &Path,
+        snapshot: &Path,
+        reuse: bool,
+    ) -> Result<Server> {
+        let name = if reuse { "serve" } else { "serve-fresh" };
+        let socket = dir.join(format!("{name}.sock"));
         let mut cmd = Command::new(vmm);
         cmd.arg("serve")
             .arg("--socket")
             .arg(&socket)
             .args(["--pool", &POOL.to_string(), "--snapshot"])
             .arg(snapshot);
-        Server::start(cmd, socket, &dir.join("serve.log"))
+        if !reuse {
+            cmd.arg("--no-reuse");
+        }
+        Server::start(cmd, socket, &dir.join(format!("{name}.log")))
     }
 
     /// Starts `cmd`, which must create `socket`, logging into `log_path`, and waits for the

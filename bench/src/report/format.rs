@@ -7,6 +7,7 @@ use crate::peers::pool::NAME as NATIVE_POOL;
 pub(crate) fn short_label(name: &str) -> &str {
     match name {
         "serve-process" => "serve (process)",
+        "serve-fresh" => "serve (fresh VMs)",
         NATIVE_POOL => "native pool",
         other => other,
     }
@@ -25,6 +26,9 @@ pub(crate) fn readme_label(name: &str) -> &str {
         "docker" => "Docker",
         "qemu" => "QEMU microvm + qboot",
         "serve" => "**serve** (warm request to `vmm serve`, client in-process)",
+        "serve-fresh" => {
+            "serve (fresh VMs) (the same, `vmm serve --no-reuse`: a new VM per request)"
+        }
         "serve-process" => "**serve (process)** (`vmm run --via`)",
         NATIVE_POOL => "native pool (warm request to a pre-started process, client in-process)",
         other => other,

@@ -94,12 +94,15 @@ impl Report {
         }
         let mut md = String::from(
             "\n## Warm: a request to something started ahead\n\n\
-             Each warm row gets a fresh instance per request (a VM of the snapshot, or a \
-             process) started ahead, and the pool refills after the reply. serve and the native \
-             pool are timed from the bench's own in-process client, connect and send → \
-             exit-status frame (stdout and status checked), and compared with each other: warm \
-             with warm. serve (process) is a fresh `vmm run --via` client process, compared with \
-             the fresh native process.\n\n",
+             Each warm row gets an instance in the state of a fresh one per request, started \
+             ahead: serve reuses a VM whose guest exited cleanly, returned to a fresh VM's state \
+             after the reply (memory, registers, FPU, devices, boot info, seed); serve (fresh \
+             VMs) destroys it and creates another, as the native pool does with its processes; \
+             pools refill after the reply. serve, serve (fresh VMs) and the native pool are \
+             timed from the bench's own in-process client, connect and send → exit-status frame \
+             (stdout and status checked), and compared with each other: warm with warm. serve \
+             (process) is a fresh `vmm run --via` client process, compared with the fresh \
+             native process.\n\n",
         );
         md.push_str("| peer | min | median | p90 | p99 | peak RSS | × its like | like |");
         md.push_str(if what { " what |\n" } else { "\n" });

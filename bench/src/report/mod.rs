@@ -103,7 +103,7 @@ impl PeerReport {
 /// The peer `name` is compared with.
 fn like(name: &str) -> &'static str {
     match name {
-        "serve" | NATIVE_POOL => NATIVE_POOL,
+        "serve" | "serve-fresh" | NATIVE_POOL => NATIVE_POOL,
         _ => NATIVE,
     }
 }

@@ -6,6 +6,7 @@
 //! range against the RAM size with overflow checks.
 
 pub mod image;
+pub mod reset;
 
 use crate::size::Size;
 use vm_memory::mmap::FromRangesError;
@@ -91,8 +92,16 @@ impl GuestRam {
         region.as_ptr() as u64
     }
 
-    /// The numbers of the 4 KiB pages the host has populated, ascending.
+    /// The numbers of the 4 KiB pages the host has populated, ascending (all of them if the
+    /// host cannot tell).
     pub fn resident_page_list(&self) -> Vec<u64> {
+        self.populated_pages()
+            .unwrap_or_else(|| (0..self.size.div_ceil(4096)).collect())
+    }
+
+    /// The numbers of the 4 KiB pages the host has populated, ascending; `None` if the host
+    /// cannot tell (`mincore` failed).
+    pub fn populated_pages(&self) -> Option<Vec<u64>> {
         let pages = self.size.div_ceil(4096) as usize;
         let mut residency = vec![0u8; pages];
         // SAFETY: the range is our own live mapping; mincore writes one byte per page into a
@@ -105,14 +114,16 @@ impl GuestRam {
             )
         };
         if rc != 0 {
-            return (0..pages as u64).collect();
+            return None;
         }
-        residency
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b & 1 != 0)
-            .map(|(i, _)| i as u64)
-            .collect()
+        Some(
+            residency
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b & 1 != 0)
+                .map(|(i, _)| i as u64)
+                .collect(),
+        )
     }
 
     /// Number of 4 KiB pages of RAM the host has populated (touched by VMM or guest).

@@ -138,6 +138,14 @@ pub const SERVE_WORKER_EXTRA: &[Allowance] = &[
         "poll",
         "wait, until the request's deadline, for a slow client to take more of its reply",
     ),
+    (
+        "ioctl",
+        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_GET_MSRS, KVM_SET_MSRS: reusing a VM (its vCPU compared with a fresh one's, its TSC set back to zero)",
+    ),
+    (
+        "mincore",
+        "reusing a VM: finding the guest pages its request populated",
+    ),
 ];
 
 /// The watchdog of `--timeout` (and the deadline thread of fleet and serve).

@@ -61,6 +61,10 @@ const fn ioc_write(nr: u64, size: usize) -> u64 {
     (1 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
 
+const fn ioc_read_write(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
 /// `KVM_RUN`.
 pub const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS`.
@@ -93,6 +97,31 @@ pub const FLEET_IOCTLS: &[(&str, u64)] = &[
     ),
     ("KVM_SET_CPUID2", ioc_write(0x90, 8)),
     ("KVM_GET_TSC_KHZ", 0xaea3),
+];
+
+/// The extra `ioctl` requests of a serve runner, which reuses VMs (`vm::recycle`): reading the
+/// vCPU state it compares with a fresh vCPU's, and setting the TSC back to zero.
+pub const RECYCLE_IOCTLS: &[(&str, u64)] = &[
+    (
+        "KVM_GET_VCPU_EVENTS",
+        ioc_read(0x9f, size_of::<kvm_bindings::kvm_vcpu_events>()),
+    ),
+    (
+        "KVM_GET_DEBUGREGS",
+        ioc_read(0xa1, size_of::<kvm_bindings::kvm_debugregs>()),
+    ),
+    (
+        "KVM_GET_XCRS",
+        ioc_read(0xa6, size_of::<kvm_bindings::kvm_xcrs>()),
+    ),
+    (
+        "KVM_GET_MSRS",
+        ioc_read_write(0x88, size_of::<kvm_bindings::kvm_msrs>()),
+    ),
+    (
+        "KVM_SET_MSRS",
+        ioc_write(0x89, size_of::<kvm_bindings::kvm_msrs>()),
+    ),
 ];
 
 /// The only flags a serve runner may pass to `sendto`: never block, never raise SIGPIPE.
@@ -291,6 +320,9 @@ pub fn filter_for(profile: &Profile) -> Result<BpfProgram, SandboxError> {
         }
         if !matches!(profile, Profile::Runner(_)) {
             requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
+        }
+        if matches!(profile, Profile::ServeWorker { .. }) {
+            requests.extend(RECYCLE_IOCTLS.iter().map(|(_, request)| *request));
         }
         let ioctl_rules = requests
             .into_iter()
@@ -559,6 +591,16 @@ mod tests {
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_GET_XSAVE, 0x9000_aea4);
         assert_eq!(KVM_SET_XSAVE, 0x5000_aea5);
+    }
+
+    #[test]
+    fn test_recycle_ioctl_numbers_match_the_kernel() {
+        let number = |name| RECYCLE_IOCTLS.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(number("KVM_GET_VCPU_EVENTS"), 0x8040_ae9f);
+        assert_eq!(number("KVM_GET_DEBUGREGS"), 0x8080_aea1);
+        assert_eq!(number("KVM_GET_XCRS"), 0x8188_aea6);
+        assert_eq!(number("KVM_GET_MSRS"), 0xc008_ae88);
+        assert_eq!(number("KVM_SET_MSRS"), 0x4008_ae89);
     }
 
     #[test]

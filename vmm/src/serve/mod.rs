@@ -147,6 +147,8 @@ pub struct ServeConfig {
     pub cache_bytes: u64,
     /// No log line per request.
     pub quiet: bool,
+    /// Reuse the VMs of pooled snapshots whose guests exited cleanly (`vm::recycle`).
+    pub reuse: bool,
     /// The directories requests may share with their guests as volumes (none: requests with
     /// volumes are refused).
     pub volume_roots: Vec<PathBuf>,
@@ -170,6 +172,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(5),
             cache_bytes: 256 << 20,
             quiet: false,
+            reuse: true,
             volume_roots: Vec::new(),
             allow_taps: Vec::new(),
         }

@@ -1,6 +1,8 @@
 //! The pool of ready VMs: for every snapshot named at start, `wanted` shells (VM, memory slot,
 //! vCPU) whose RAM already holds the snapshot's pages, copied in (no page fault while a
-//! request runs). A refill thread replaces what requests took, after their replies.
+//! request runs). A VM whose guest exited cleanly goes back into the pool after its reply,
+//! returned to a fresh VM's state by `vm::recycle` (its vCPU and the host's mappings stay warm);
+//! a refill thread replaces what was not given back.
 //!
 //! Snapshots are keyed by file identity ([`FileId`]): a request reaches a pooled VM only if
 //! the file it names is the very file the pool was made from.
@@ -8,16 +10,32 @@
 use super::log::Log;
 use super::targets::FileId;
 use crate::launch::{self, LaunchError, Target};
+use crate::memory::reset::Reference;
 use crate::report::Timeline;
-use crate::vm::VmShell;
+use crate::vm::recycle::{FreshVcpu, RecycleRefused, Recycler};
+use crate::vm::{Vm, VmShell};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Pages a request may leave populated beyond its snapshot's and still have its VM reused
+/// (4 MiB): a VM in the pool holds them.
+pub(crate) const MAX_EXTRA_PAGES: usize = 1024;
+
+/// A VM ready for a request.
+pub(crate) struct ReadyVm {
+    /// The VM.
+    pub(crate) shell: VmShell,
+    /// The requests it served before (0: a fresh VM).
+    pub(crate) served: u32,
+}
+
 /// Ready VMs, per pooled snapshot.
 pub(crate) struct Pool {
-    ready: Mutex<BTreeMap<FileId, VecDeque<VmShell>>>,
+    ready: Mutex<BTreeMap<FileId, VecDeque<ReadyVm>>>,
+    /// What reusing the VMs of a snapshot needs (none: its VMs are not reused).
+    recyclers: BTreeMap<FileId, Recycler>,
     wanted: usize,
     /// Wakes the refill thread (a request is done).
     refill: Condvar,
@@ -32,10 +50,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
-    /// An empty pool for these snapshots, `wanted` VMs each.
-    pub(crate) fn new(keys: impl Iterator<Item = FileId>, wanted: usize) -> Self {
+    /// An empty pool for these snapshots, `wanted` VMs each, reusing the VMs of the snapshots
+    /// `recyclers` has.
+    pub(crate) fn new(
+        keys: impl Iterator<Item = FileId>,
+        wanted: usize,
+        recyclers: BTreeMap<FileId, Recycler>,
+    ) -> Self {
         Self {
             ready: Mutex::new(keys.map(|k| (k, VecDeque::new())).collect()),
+            recyclers,
             wanted,
             refill: Condvar::new(),
             filled: Condvar::new(),
@@ -50,8 +74,44 @@ impl Pool {
 
     /// A ready VM for `key`, if one is there. The refill waits for [`Pool::request_done`]:
     /// building a VM now would compete with the request for the CPU.
-    pub(crate) fn take(&self, key: &FileId) -> Option<VmShell> {
+    pub(crate) fn take(&self, key: &FileId) -> Option<ReadyVm> {
         lock(&self.ready).get_mut(key)?.pop_front()
+    }
+
+    /// Puts a ready VM of `key` first in line (a reused one is the warmest: its vCPU and the
+    /// host's mappings are in use already); if that makes the pool of `key` hold more than
+    /// wanted, the last in line goes (and is destroyed). `false` if `key` is not pooled.
+    pub(crate) fn put(&self, key: &FileId, vm: ReadyVm) -> bool {
+        let surplus = {
+            let mut ready = lock(&self.ready);
+            let Some(queue) = ready.get_mut(key) else {
+                return false;
+            };
+            queue.push_front(vm);
+            let surplus = (queue.len() > self.wanted).then(|| queue.pop_back());
+            self.filled.notify_all();
+            surplus
+        };
+        // Destroyed outside the lock.
+        drop(surplus);
+        true
+    }
+
+    /// Returns `vm`, which served its `served`-th request of snapshot `key` and whose guest
+    /// exited cleanly, to a fresh VM's state and puts it first in the pool. `Ok(false)`: not
+    /// kept (its snapshot's VMs are not reused); `Err`: why it could not be reused. Whatever
+    /// is not kept is destroyed.
+    pub(crate) fn recycle(
+        &self,
+        key: &FileId,
+        vm: Vm,
+        served: u32,
+    ) -> Result<bool, RecycleRefused> {
+        let Some(recycler) = self.recyclers.get(key) else {
+            return Ok(false);
+        };
+        let (shell, _) = vm.recycle(recycler)?;
+        Ok(self.put(key, ReadyVm { shell, served }))
     }
 
     /// Waits until every snapshot has its VMs ready (or creating one failed), at most `limit`;
@@ -103,7 +163,7 @@ impl Pool {
             if let Ok(shell) = made {
                 ready = lock(&self.ready);
                 if let Some(queue) = ready.get_mut(key) {
-                    queue.push_back(shell);
+                    queue.push_back(ReadyVm { shell, served: 0 });
                 }
                 self.filled.notify_all();
             } else {
@@ -126,4 +186,25 @@ pub(crate) fn prepare_shell(
         ram,
         &mut Timeline::default(),
     )?)
+}
+
+/// What reusing the VMs of `target` needs, and the fresh VM its vCPU state was read from (to
+/// be pooled): a fresh VM's RAM, loaded as a pooled VM's is, and its vCPU's state.
+pub(crate) fn prepare_recycler(
+    kvm: &Arc<kvm_ioctls::Kvm>,
+    target: &Target,
+) -> Result<(Recycler, VmShell), String> {
+    let describe = |err: &dyn std::error::Error| crate::error_chain(err);
+    let ram = launch::load_ram(target, target.mem_size(0), false).map_err(|e| describe(&e))?;
+    let reference = Reference::new(ram).map_err(|e| describe(&e))?;
+    let shell = prepare_shell(kvm, target).map_err(|e| describe(&e))?;
+    let fresh = FreshVcpu::capture(kvm, &shell).map_err(|e| describe(&e))?;
+    Ok((
+        Recycler {
+            reference,
+            fresh,
+            max_extra_pages: MAX_EXTRA_PAGES,
+        },
+        shell,
+    ))
 }

@@ -28,10 +28,10 @@ use super::{ServeConfig, ServeError};
 use crate::devices::{DeviceConfig, StdinSource, Volume, VolumeRoots, VolumeSpec};
 use crate::launch::{self, Target, TargetKind};
 use crate::net::{NetSpec, Tap, TapSource};
-use crate::report::Timeline;
+use crate::report::{Outcome, Timeline};
 use crate::sandbox::{self, Grants, Profile};
 use crate::vm::{self, Console, DeadlineService, Vm, VmConfig};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
@@ -156,7 +156,31 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             writer.run()
         })?;
     }
-    let pool = Arc::new(Pool::new(pooled.iter().map(|(id, _)| *id), config.pool));
+    let mut recyclers = BTreeMap::new();
+    let mut first_vms = Vec::new();
+    if config.reuse && config.pool > 0 {
+        // Made here, before any thread is confined: reading the MSR list takes /dev/kvm.
+        for (id, target) in &pooled {
+            match pool::prepare_recycler(&kvm, target) {
+                Ok((recycler, shell)) => {
+                    recyclers.insert(*id, recycler);
+                    first_vms.push((*id, shell));
+                }
+                Err(why) => log.line(format!(
+                    "serve: VMs of {} will not be reused: {why}",
+                    target.path().display()
+                )),
+            }
+        }
+    }
+    let pool = Arc::new(Pool::new(
+        pooled.iter().map(|(id, _)| *id),
+        config.pool,
+        recyclers,
+    ));
+    for (id, shell) in first_vms {
+        pool.put(&id, pool::ReadyVm { shell, served: 0 });
+    }
     let deadlines = Arc::new(DeadlineService::start(seccomp).map_err(crate::vm::VmError::from)?);
     {
         let (pool, kvm, pooled, log) = (
@@ -590,10 +614,24 @@ fn hung_up(connection: &UnixStream) -> bool {
     ready > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Where the VM of a request came from.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// Created for it.
+    Cold,
+    /// From the pool: a fresh VM (0), or one reused after that many requests.
+    Pooled { served: u32 },
+}
+
 /// How one request ended, for the log.
 enum Served {
-    /// The guest ran; its exit status, and whether its VM came from the pool.
-    Ran { status: i32, pooled: bool },
+    /// The guest ran: its exit status, where its VM came from, and whether the guest ended
+    /// with its exit hypercall (only such VMs may be reused).
+    Ran {
+        status: i32,
+        origin: Origin,
+        exited: bool,
+    },
     /// It never ran, or the VMM failed it.
     Failed(String),
 }
@@ -628,8 +666,29 @@ impl Runner {
             {
                 break;
             }
-            // The VM's teardown and the pool's refill happen after the client has its answer.
-            drop(vm);
+            // The VM's reuse or teardown, and the pool's refill, happen after the client has
+            // its answer.
+            if let (
+                Some(vm),
+                Some(key),
+                Served::Ran {
+                    origin,
+                    exited: true,
+                    ..
+                },
+            ) = (vm, job.pooled, &served)
+            {
+                let served = match origin {
+                    Origin::Cold => 1,
+                    Origin::Pooled { served } => served.saturating_add(1),
+                };
+                if let Err(why) = self.pool.recycle(&key, vm, served) {
+                    self.log.line(format!(
+                        "{}: VM not reused: {why}",
+                        job.target.path().display()
+                    ));
+                }
+            }
             self.pool.request_done();
         }
     }
@@ -637,13 +696,15 @@ impl Runner {
     /// Runs one request; returns the VM so that its teardown happens after the reply.
     fn serve_one(&self, job: &Job, reply: &Reply) -> (Option<Vm>, Served) {
         let config = job.runner_config(self.seccomp, self.slot, self.tap_slot);
-        let mut pooled = false;
+        let mut origin = Origin::Cold;
         let built = match job.target.kind() {
             TargetKind::Snapshot(_) => {
                 let shell = match job.pooled.and_then(|id| self.pool.take(&id)) {
-                    Some(shell) => {
-                        pooled = true;
-                        Ok(shell)
+                    Some(ready) => {
+                        origin = Origin::Pooled {
+                            served: ready.served,
+                        };
+                        Ok(ready.shell)
                     }
                     None => pool::prepare_shell(&self.kvm, &job.target),
                 };
@@ -677,7 +738,15 @@ impl Runner {
                 }
                 let status = report.outcome.exit_status();
                 reply.send(frame::EXIT, &status.to_le_bytes());
-                (Some(vm), Served::Ran { status, pooled })
+                let exited = matches!(report.outcome, Outcome::Exited(_));
+                (
+                    Some(vm),
+                    Served::Ran {
+                        status,
+                        origin,
+                        exited,
+                    },
+                )
             }
             Err(err) => {
                 let why = crate::error_chain(&err);
@@ -705,9 +774,13 @@ fn log_line(job: &Job, served: &Served, took: Duration, dropped: bool) -> String
         ""
     };
     match served {
-        Served::Ran { status, pooled } => {
-            let vm = if *pooled { "pooled" } else { "cold" };
-            format!("{target}: {vm} VM, exit status {status}, {took:.1?}{dropped}")
+        Served::Ran { status, origin, .. } => {
+            let vm = match origin {
+                Origin::Cold => "cold VM".to_owned(),
+                Origin::Pooled { served: 0 } => "pooled VM".to_owned(),
+                Origin::Pooled { served } => format!("pooled VM (reused after {served})"),
+            };
+            format!("{target}: {vm}, exit status {status}, {took:.1?}{dropped}")
         }
         Served::Failed(why) => format!("{target}: failed: {why}{dropped}"),
     }

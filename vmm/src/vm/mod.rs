@@ -15,6 +15,7 @@ pub(crate) mod console;
 pub(crate) mod debug;
 pub(crate) mod exits;
 pub(crate) mod hypercall;
+pub mod recycle;
 pub(crate) mod shell;
 pub mod teardown;
 pub(crate) mod vcpu_state;
@@ -229,6 +230,9 @@ pub struct Vm {
     bus: Option<PortBus>,
     handler: Option<ExitHandler>,
     watchdog: Option<Watchdog>,
+    /// Kept for [`Vm::recycle`], which turns the VM back into a shell.
+    tsc_khz: u64,
+    sync_regs: bool,
 }
 
 impl Vm {
@@ -321,6 +325,8 @@ impl Vm {
             bus: Some(bus),
             handler: None,
             watchdog: None,
+            tsc_khz,
+            sync_regs,
         })
     }
 

@@ -84,7 +84,7 @@ impl VmShell {
 }
 
 /// 64 fresh random bits from the kernel (zero if it cannot give them).
-fn random_seed() -> u64 {
+pub(super) fn random_seed() -> u64 {
     let mut seed = [0u8; 8];
     // SAFETY: getrandom writes at most 8 bytes into our buffer.
     unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
