@@ -154,6 +154,8 @@ pub(crate) struct VmmFleet {
     pub(crate) launches_per_cpu_s: f64,
     /// Most running at once (parked ones included).
     pub(crate) peak_concurrent: usize,
+    /// Instances that ran in a reused VM.
+    pub(crate) reused_vms: usize,
     /// A worker taking a VM created ahead → exit (or parked), µs.
     pub(crate) latency_us: Latency,
     /// Creating a VM ahead, µs: `p50`, `p99`.
@@ -182,6 +184,7 @@ impl From<vmm::fleet::FleetSummary> for VmmFleet {
             launch_rate: report.launch_rate,
             launches_per_cpu_s: report.launches_per_cpu_s(),
             peak_concurrent: report.peak_concurrent,
+            reused_vms: report.reused_vms,
             latency_us: Latency::from_map(&summary.latency_us),
             create_us: summary.create_us,
             outcomes: summary.outcomes,

@@ -37,7 +37,7 @@ pub(crate) const QUICK_RESIDENT_COUNT: usize = 100;
 /// Instances in flight at once, for every peer.
 pub(crate) const CONCURRENCY: usize = 2;
 /// What `--only` accepts with `--fleet` (`density`: the resident-memory runs).
-pub(crate) const NAMES: [&str; 5] = ["ours", "native", "unshare", "crun", "density"];
+pub(crate) const NAMES: [&str; 6] = ["ours", "ours-fresh", "native", "unshare", "crun", "density"];
 /// Rounds of every peer's fleet, interleaved; each peer's median round is reported.
 pub(crate) const ROUNDS: usize = 3;
 /// Untimed instances of each peer before its timed fleet.
@@ -237,7 +237,11 @@ pub(crate) fn run(plan: &Plan<'_>, selected: &dyn Fn(&str) -> bool) -> FleetBenc
     for _ in 0..ROUNDS {
         let mut round = Vec::new();
         if selected("ours") {
-            round.push(ours_row(plan));
+            round.push(ours_row(plan, true));
+        }
+        if selected("ours-fresh") {
+            std::thread::sleep(SETTLE);
+            round.push(ours_row(plan, false));
         }
         for setup in &setups {
             std::thread::sleep(SETTLE);
@@ -274,11 +278,18 @@ pub(crate) fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
-/// Ours: `vmm fleet hello` after a small untimed warm-up fleet.
-fn ours_row(plan: &Plan<'_>) -> Row {
+/// Ours: `vmm fleet hello` after a small untimed warm-up fleet; `reuse`: as it runs by
+/// default (a worker reuses the VM of an instance that exited cleanly), else `--no-reuse`
+/// (row `ours-fresh`: a new VM per instance).
+fn ours_row(plan: &Plan<'_>, reuse: bool) -> Row {
     let (vmm, hello, count) = (plan.vmm, plan.hello, plan.count);
-    let measured = ours::vmm_fleet(vmm, hello, WARMUP, CONCURRENCY, &[])
-        .and_then(|_| ours::vmm_fleet(vmm, hello, count, CONCURRENCY, &[]))
+    let (name, extra): (&'static str, &[&str]) = if reuse {
+        ("ours", &[])
+    } else {
+        ("ours-fresh", &["--no-reuse"])
+    };
+    let measured = ours::vmm_fleet(vmm, hello, WARMUP, CONCURRENCY, extra)
+        .and_then(|_| ours::vmm_fleet(vmm, hello, count, CONCURRENCY, extra))
         .and_then(|fleet| {
             let bad = fleet
                 .instances
@@ -297,13 +308,17 @@ fn ours_row(plan: &Plan<'_>) -> Row {
         });
     let fleet = match measured {
         Ok(fleet) => fleet,
-        Err(err) => return Row::missing("ours", "failed", chain(&err)),
+        Err(err) => return Row::missing(name, "failed", chain(&err)),
     };
+    let flags = extra.iter().map(|f| format!(" {f}")).collect::<String>();
     Row {
-        name: "ours",
-        what: format!("vmm fleet: {count} hello VMs in one VMM process"),
+        name,
+        what: format!(
+            "vmm fleet: {count} hello instances in one VMM process, {} of them in a reused VM",
+            fleet.reused_vms
+        ),
         command: format!(
-            "{} fleet {} --count {count} --concurrency {CONCURRENCY} --json",
+            "{} fleet {} --count {count} --concurrency {CONCURRENCY} --json{flags}",
             vmm.display(),
             hello.display()
         ),

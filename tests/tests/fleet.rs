@@ -39,6 +39,45 @@ fn test_fleet_boots_every_instance() {
 }
 
 #[kvm_test]
+fn test_fleet_reused_vms_keep_nothing_of_the_instance_before() {
+    let secret = format!("flick-f{:09}", std::process::id() % 1_000_000_000);
+    let coded: String = secret.bytes().map(|b| char::from(b + 1)).collect();
+    // Each instance looks for the secret everywhere it can read (4 MiB of RAM: its whole heap
+    // stays within what a reused VM may have populated), then leaves it for the next.
+    let image = image("secret");
+    let args = [
+        image.to_str().unwrap(),
+        "--count",
+        "12",
+        "--concurrency",
+        "1",
+        "--mem",
+        "4M",
+    ];
+    let report = fleet_json(&[&args[..], &["--", "relay", &coded]].concat());
+    for i in report["instances"].as_array().unwrap() {
+        assert_eq!(
+            (&i["status"], &i["stdout"]),
+            (&0.into(), &"clean\n".into()),
+            "{i}"
+        );
+    }
+    let reused = report["reused_vms"].as_u64().unwrap();
+    assert!(
+        reused >= 6,
+        "only {reused} of 12 instances ran in a reused VM"
+    );
+
+    // The relay sees a secret left in its own VM: with reuse broken it would not be clean.
+    let out = vmm(&["run", image.to_str().unwrap(), "--", "both", &secret]);
+    assert_eq!(status(&out), 1, "{}", stdout(&out));
+
+    let report = fleet_json(&[&args[..], &["--no-reuse", "--", "relay", &coded]].concat());
+    assert_eq!(report["reused_vms"], 0);
+    assert_eq!(report["outcomes"]["exit 0"], 12);
+}
+
+#[kvm_test]
 fn test_fleet_creates_vms_ahead_and_reports_their_cost() {
     let hello = image("hello");
     let report = fleet_json(&[
@@ -47,6 +86,7 @@ fn test_fleet_creates_vms_ahead_and_reports_their_cost() {
         "8",
         "--concurrency",
         "2",
+        "--no-reuse",
     ]);
     assert_eq!(report["outcomes"]["exit 0"], 8);
     for i in report["instances"].as_array().unwrap() {

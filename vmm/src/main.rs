@@ -199,6 +199,10 @@ enum Command {
         /// them all: measures density.
         #[arg(long)]
         resident: bool,
+        /// A new VM for every instance: without it, a worker runs its next instance of a group
+        /// in the VM of one that exited cleanly, returned to a fresh VM's state.
+        #[arg(long)]
+        no_reuse: bool,
         /// A TOML file of [[vm]] entries (image, count, args, env, mem, timeout, max_output, name,
         /// volumes, stdin, net: an entry's own --net, numbered within the entry).
         #[arg(long)]
@@ -500,6 +504,7 @@ fn vmm_main() -> i32 {
             env,
             volumes,
             resident,
+            no_reuse,
             manifest,
             json,
             no_seccomp,
@@ -515,6 +520,7 @@ fn vmm_main() -> i32 {
             let options = FleetOptions {
                 concurrency,
                 resident,
+                reuse: !no_reuse,
                 json,
                 cores,
                 net,
@@ -746,6 +752,7 @@ fn serve(config: vmm::serve::ServeConfig) -> i32 {
 struct FleetOptions {
     concurrency: usize,
     resident: bool,
+    reuse: bool,
     json: bool,
     cores: Option<PathBuf>,
     net: Option<vmm::net::NetSpec>,
@@ -780,6 +787,7 @@ fn fleet(
         groups,
         concurrency: options.concurrency,
         resident: options.resident,
+        reuse: options.reuse,
         seccomp: defaults.seccomp,
         cores: options.cores,
         net: options.net,

@@ -10,6 +10,8 @@
 //!   found the secret (exit 1);
 //! - `secret both SECRET`: plants, then seeks in the same run: it must find it (the check that
 //!   the seeker can see what a planter leaves);
+//! - `secret relay CODED`: seeks, then plants the secret for whoever runs next (every instance
+//!   of a `vmm fleet` can run it: each must find nothing of the one before);
 //! - `secret crash`: a null-pointer read (the VM of a crashed guest is never reused).
 
 #![no_std]
@@ -54,6 +56,14 @@ fn main(mut args: kernel::Args) -> i32 {
             };
             seek(&coded, &xmm)
         }
+        "relay" => {
+            let Some(coded) = secret_of(word.as_bytes()) else {
+                return usage();
+            };
+            let status = seek(&coded, &xmm);
+            plant(&coded.map(|b| b.wrapping_sub(1)));
+            status
+        }
         "both" => {
             let Some(secret) = secret_of(word.as_bytes()) else {
                 return usage();
@@ -73,7 +83,9 @@ fn main(mut args: kernel::Args) -> i32 {
 }
 
 fn usage() -> i32 {
-    println!("usage: secret plant SECRET | seek CODED | both SECRET | crash (SECRET: 16 bytes)");
+    println!(
+        "usage: secret plant SECRET | seek CODED | relay CODED | both SECRET | crash (SECRET: 16 bytes)"
+    );
     2
 }
 

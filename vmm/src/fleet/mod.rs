@@ -103,6 +103,9 @@ pub struct FleetSpec {
     pub concurrency: usize,
     /// Keep every instance alive at once (the guests park in [`abi::port::WAIT`]).
     pub resident: bool,
+    /// Run the next instance of a group in the VM of one that exited cleanly, returned to a
+    /// fresh VM's state (`vm::recycle`), instead of destroying it and taking a new one.
+    pub reuse: bool,
     /// Sandbox the workers.
     pub seccomp: bool,
     /// Write the cores of the first crashed instances (at most `MAX_CORES`) to this folder.

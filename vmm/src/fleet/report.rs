@@ -74,6 +74,10 @@ pub struct FleetReport {
     /// counts): at most the workers, or all of them with `--resident`. VMs created ahead and
     /// finished VMs waiting for their teardown are not counted.
     pub peak_concurrent: usize,
+    /// Instances that ran in a reused VM (one whose last instance exited cleanly, returned to
+    /// a fresh VM's state); the others each had a new VM.
+    #[serde(default)]
+    pub reused_vms: usize,
     /// Host memory.
     pub memory: MemoryFigures,
     /// Every instance, in group order.
@@ -200,6 +204,12 @@ pub fn format_table(report: &FleetReport) -> String {
         "  peak VMs       {} running at once",
         report.peak_concurrent
     );
+    let _ = writeln!(
+        out,
+        "  VMs            {} new, {} instances in a reused VM (returned to a fresh VM's state)",
+        report.count.saturating_sub(report.reused_vms),
+        report.reused_vms
+    );
     let m = &report.memory;
     let mib = |kib: u64| kib as f64 / 1024.0;
     let _ = writeln!(
@@ -288,6 +298,7 @@ mod tests {
             launch_rate: 2.0,
             cpu_s: 0.25,
             peak_concurrent: 1,
+            reused_vms: 0,
             memory: MemoryFigures::default(),
             instances: vec![InstanceResult {
                 group: "hello".into(),
@@ -320,6 +331,7 @@ mod tests {
             launch_rate: 2.0,
             cpu_s: 0.25,
             peak_concurrent: 2,
+            reused_vms: 0,
             memory: MemoryFigures {
                 pss_at_peak_kib: 200,
                 ..Default::default()

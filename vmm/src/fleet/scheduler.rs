@@ -10,10 +10,12 @@ use super::hostmem;
 use super::report::{FleetReport, InstanceResult, KEPT_OUTPUT, MemoryFigures};
 use super::{FleetError, FleetSpec, Prepared};
 use crate::memory::GuestRam;
+use crate::memory::reset::Reference;
 use crate::report::crash::CrashState;
 use crate::report::{Outcome, Timeline};
 use crate::sandbox::{self, Grants, Profile};
-use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmError};
+use crate::vm::recycle::{FreshVcpu, Recycler};
+use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmConfig, VmError, VmShell};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,6 +144,10 @@ struct Shared<'a> {
     peak: AtomicUsize,
     results: Mutex<Vec<InstanceResult>>,
     parked: Mutex<Vec<Running>>,
+    /// Per group: what reusing its VMs needs (`None`: every instance gets a new VM).
+    recyclers: Vec<Option<Recycler>>,
+    /// Instances that ran in a reused VM.
+    reused: AtomicUsize,
     /// The first thread that could not confine itself: the fleet fails with it.
     confine_failure: Mutex<Option<sandbox::SandboxError>>,
 }
@@ -183,6 +189,14 @@ pub(super) fn run(
         |grants, p| grants.union(&p.group.vm.devices.grants()),
     );
     let deadlines = DeadlineService::start(spec.seccomp).map_err(VmError::from)?;
+    let recyclers = prepared
+        .iter()
+        .map(|p| {
+            (spec.reuse && !spec.resident)
+                .then(|| recycler_for(&kvm, p))
+                .flatten()
+        })
+        .collect();
     let cores = CoreKeeper {
         wanted: spec.cores.is_some(),
         pending: Mutex::new(Vec::new()),
@@ -198,6 +212,8 @@ pub(super) fn run(
         peak: AtomicUsize::new(0),
         results: Mutex::new(Vec::with_capacity(total)),
         parked: Mutex::new(Vec::new()),
+        recyclers,
+        reused: AtomicUsize::new(0),
         confine_failure: Mutex::new(None),
     };
     let keeper = KeyKeeper::hold(&kvm);
@@ -225,6 +241,7 @@ pub(super) fn run(
     memory.rss_high_water_kib = hostmem::own_kib("VmHWM");
     let mut instances = std::mem::take(&mut *lock(&shared.results));
     let peak_concurrent = shared.peak.load(Ordering::SeqCst);
+    let reused_vms = shared.reused.load(Ordering::SeqCst);
     drop(shared);
     instances.sort_by_key(|i| (group_order(prepared, &i.group), i.index));
     if let Some(dir) = &spec.cores {
@@ -238,11 +255,33 @@ pub(super) fn run(
         launch_rate: total as f64 / wall.as_secs_f64().max(1e-9),
         cpu_s,
         peak_concurrent,
+        reused_vms,
         memory,
         instances,
         never_parked,
     })
 }
+
+/// What reusing the VMs of group `p` needs: a fresh VM's RAM (its image or snapshot loaded as
+/// every instance's is) and a fresh vCPU's state; `None` if either cannot be had (its
+/// instances then get new VMs, as with `--no-reuse`).
+fn recycler_for(kvm: &Arc<kvm_ioctls::Kvm>, p: &Prepared) -> Option<Recycler> {
+    let mem_size = p.target.mem_size(p.group.vm.mem_size);
+    crate::launch::check(&p.target, &p.group.vm).ok()?;
+    let load = || crate::launch::load_ram(&p.target, mem_size, false).ok();
+    let reference = Reference::new(load()?).ok()?;
+    let shell = VmShell::create_with(Arc::clone(kvm), load()?, &mut Timeline::default()).ok()?;
+    let fresh = FreshVcpu::capture(kvm, &shell).ok()?;
+    Some(Recycler {
+        reference,
+        fresh,
+        max_extra_pages: MAX_KEPT_EXTRA_PAGES,
+    })
+}
+
+/// Pages an instance may leave populated beyond a fresh VM's and still have its VM reused
+/// (4 MiB): a worker holds that VM until its next instance.
+const MAX_KEPT_EXTRA_PAGES: usize = 1024;
 
 /// One VM and vCPU kept alive for the fleet's whole run, never run. Creating the first VM or
 /// vCPU (and destroying the last) flips static keys in the host kernel, which patches kernel
@@ -287,11 +326,26 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
         let mut last_error = None;
         for i in 0..workers {
             let (ready_rx, reap) = (Arc::clone(&ready_rx), reap.clone());
+            let queue = &queue;
             let spawned = spawn_confined(scope, format!("fleet-{i}"), false, shared, move || {
-                while let Some(built) = receive(&ready_rx) {
+                // The VM of this worker's last instance, returned to a fresh VM's state: its
+                // next instance of the same group runs there (see `vm::recycle`).
+                let mut warm: Option<(usize, VmShell)> = None;
+                loop {
+                    let built = match warm.take() {
+                        Some((group, shell)) => match next(queue) {
+                            Some(job) => reuse(shared, job, group, shell),
+                            None => continue, // the shell is destroyed; creators' VMs remain
+                        },
+                        None => match receive(&ready_rx) {
+                            Some(built) => built,
+                            None => break,
+                        },
+                    };
                     // Running from here until the guest ends (a parked one stays counted).
                     let count = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
                     shared.peak.fetch_max(count, Ordering::SeqCst);
+                    let group = built.job.group;
                     let (result, vm) = match start(shared, built) {
                         Boot::Parked(running) => {
                             lock(&shared.parked).push(*running);
@@ -300,9 +354,15 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                         Boot::Done(result, vm) => (result, vm),
                     };
                     shared.live.fetch_sub(1, Ordering::SeqCst);
+                    let exited = result.kind == "exited";
                     lock(&shared.results).push(result);
-                    if let Some(vm) = vm {
-                        reap_later(&reap, *vm);
+                    let Some(vm) = vm else { continue };
+                    match (&shared.recyclers[group], exited) {
+                        (Some(recycler), true) => match vm.recycle(recycler) {
+                            Ok((shell, _)) => warm = Some((group, shell)),
+                            Err(refusal) => reap_later(&reap, refusal.vm),
+                        },
+                        _ => reap_later(&reap, *vm),
                     }
                 }
             });
@@ -541,19 +601,44 @@ fn finish(vm: &mut Vm) -> Result<Progress, VmError> {
 fn create(shared: &Shared<'_>, job: Job) -> Built {
     let p = &shared.prepared[job.group];
     let started = Instant::now();
-    let config = match &job.net {
+    let config = job_config(p, &job);
+    let vm = crate::launch::build(shared.kvm, &p.target, &config, Timeline::default());
+    Built {
+        job,
+        vm,
+        create: started.elapsed(),
+    }
+}
+
+/// `job`'s VM made from `shell`, the VM of an instance of `group` returned to a fresh VM's
+/// state: given `job`'s boot info and registers if it is of the same group, else destroyed
+/// and replaced by a new one.
+fn reuse(shared: &Shared<'_>, job: Job, group: usize, shell: VmShell) -> Built {
+    if job.group != group {
+        drop(shell);
+        return create(shared, job);
+    }
+    let p = &shared.prepared[job.group];
+    let started = Instant::now();
+    let config = job_config(p, &job);
+    let vm = crate::launch::finish(shell, &p.target, &config, Timeline::default());
+    shared.reused.fetch_add(1, Ordering::SeqCst);
+    Built {
+        job,
+        vm,
+        create: started.elapsed(),
+    }
+}
+
+/// The VM settings of `job`: its group's, with its own network device.
+fn job_config<'a>(p: &'a Prepared, job: &Job) -> std::borrow::Cow<'a, VmConfig> {
+    match &job.net {
         Some(net) => {
             let mut config = p.group.vm.clone();
             config.devices.net = Some(net.clone());
             std::borrow::Cow::Owned(config)
         }
         None => std::borrow::Cow::Borrowed(&p.group.vm),
-    };
-    let vm = crate::launch::build(shared.kvm, &p.target, &config, Timeline::default());
-    Built {
-        job,
-        vm,
-        create: started.elapsed(),
     }
 }
 

@@ -120,7 +120,18 @@ pub const FLEET_WORKER_EXTRA: &[Allowance] = &[
         "ioctl",
         "also KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_CPUID2, KVM_GET_TSC_KHZ: creating VMs through the open /dev/kvm",
     ),
-    ("getrandom", "a fresh random seed for each guest it creates"),
+    (
+        "ioctl",
+        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_GET_MSRS, KVM_SET_MSRS: reusing a VM (its vCPU compared with a fresh one's, its TSC set back to zero)",
+    ),
+    (
+        "mincore",
+        "reusing a VM: finding the guest pages its last guest populated",
+    ),
+    (
+        "getrandom",
+        "a fresh random seed for each guest it creates (or reuses)",
+    ),
     ("close", "destroying a VM: its vCPU and VM fds"),
     (
         "madvise",
@@ -137,14 +148,6 @@ pub const SERVE_WORKER_EXTRA: &[Allowance] = &[
     (
         "poll",
         "wait, until the request's deadline, for a slow client to take more of its reply",
-    ),
-    (
-        "ioctl",
-        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_GET_MSRS, KVM_SET_MSRS: reusing a VM (its vCPU compared with a fresh one's, its TSC set back to zero)",
-    ),
-    (
-        "mincore",
-        "reusing a VM: finding the guest pages its request populated",
     ),
 ];
 

@@ -99,8 +99,9 @@ pub const FLEET_IOCTLS: &[(&str, u64)] = &[
     ("KVM_GET_TSC_KHZ", 0xaea3),
 ];
 
-/// The extra `ioctl` requests of a serve runner, which reuses VMs (`vm::recycle`): reading the
-/// vCPU state it compares with a fresh vCPU's, and setting the TSC back to zero.
+/// The extra `ioctl` requests of fleet workers and serve runners, which reuse VMs
+/// (`vm::recycle`): reading the vCPU state compared with a fresh vCPU's, and setting the TSC
+/// back to zero.
 pub const RECYCLE_IOCTLS: &[(&str, u64)] = &[
     (
         "KVM_GET_VCPU_EVENTS",
@@ -321,7 +322,10 @@ pub fn filter_for(profile: &Profile) -> Result<BpfProgram, SandboxError> {
         if !matches!(profile, Profile::Runner(_)) {
             requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
         }
-        if matches!(profile, Profile::ServeWorker { .. }) {
+        if matches!(
+            profile,
+            Profile::FleetWorker(_) | Profile::ServeWorker { .. }
+        ) {
             requests.extend(RECYCLE_IOCTLS.iter().map(|(_, request)| *request));
         }
         let ioctl_rules = requests

@@ -110,7 +110,7 @@ impl Pool {
         let Some(recycler) = self.recyclers.get(key) else {
             return Ok(false);
         };
-        let (shell, _) = vm.recycle(recycler)?;
+        let (shell, _) = vm.recycle(recycler).map_err(|refusal| refusal.why)?;
         Ok(self.put(key, ReadyVm { shell, served }))
     }
 

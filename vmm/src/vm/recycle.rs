@@ -5,9 +5,9 @@
 //! What a guest can see, and how each part comes back:
 //! - RAM: every page the host populated is compared with a fresh VM's and rewritten where it
 //!   differs (`memory::reset`); pages of the VMM's own structures must be unchanged;
-//! - general registers, special registers (segments, descriptor tables, control registers,
-//!   EFER, FS/GS base) and the FPU/SSE state: set from the snapshot by `Vm::assemble`, as for
-//!   a fresh VM;
+//! - general registers and special registers (segments, descriptor tables, control registers,
+//!   EFER, FS/GS base): set by `Vm::assemble`, as for a fresh VM;
+//! - the FPU/SSE state: set back to a fresh vCPU's here (`assemble` then loads a snapshot's);
 //! - boot info (arguments, environment, clock) and the random seed: rewritten by `assemble`;
 //!   the seed is drawn afresh here;
 //! - devices (console, stdin, files, network): the port bus is built anew by `assemble`;
@@ -23,7 +23,7 @@
 
 use super::{Vm, VmShell, shell};
 use crate::memory::reset::{Reference, ResetRefused, ResetStats};
-use kvm_bindings::{Msrs, kvm_debugregs, kvm_msr_entry, kvm_vcpu_events, kvm_xcrs};
+use kvm_bindings::{Msrs, kvm_debugregs, kvm_msr_entry, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
 use kvm_ioctls::{Kvm, VcpuFd};
 use zerocopy::IntoBytes;
 
@@ -46,6 +46,8 @@ pub enum RecycleRefused {
 
 /// The vCPU state a fresh VM has beyond what `Vm::assemble` sets.
 pub struct FreshVcpu {
+    /// Loaded back (`assemble` loads only a snapshot's).
+    xsave: kvm_xsave,
     events: kvm_vcpu_events,
     debug_regs: kvm_debugregs,
     xcrs: kvm_xcrs,
@@ -74,6 +76,7 @@ impl FreshVcpu {
             .collect();
         let msrs = read_msrs(&shell.vcpu, &entries)?;
         Ok(Self {
+            xsave: shell.vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
             events: shell
                 .vcpu
                 .get_vcpu_events()
@@ -140,9 +143,17 @@ pub struct Recycler {
 
 impl Vm {
     /// Returns this VM, whose guest ended with its exit hypercall, to the state of a fresh VM
-    /// of `recycler`'s snapshot (see the module documentation), as a shell ready for
-    /// [`Vm::assemble`]; or says why it is not reused (the VM is then dropped, and destroyed).
-    pub fn recycle(mut self, recycler: &Recycler) -> Result<(VmShell, ResetStats), RecycleRefused> {
+    /// of `recycler`'s image or snapshot (see the module documentation), as a shell ready for
+    /// [`Vm::assemble`]; or gives it back with why it is not reused (to be destroyed).
+    pub fn recycle(self, recycler: &Recycler) -> Result<(VmShell, ResetStats), Box<Refusal>> {
+        let mut vm = self;
+        match vm.reset(recycler) {
+            Ok(stats) => Ok((vm.into_shell(), stats)),
+            Err(why) => Err(Box::new(Refusal { vm, why })),
+        }
+    }
+
+    fn reset(&mut self, recycler: &Recycler) -> Result<ResetStats, RecycleRefused> {
         // Complete what the last exit left pending, without entering the guest.
         self.vcpu.set_kvm_immediate_exit(1);
         let flushed = self.vcpu.run().map(|_| ());
@@ -163,9 +174,16 @@ impl Vm {
         if self.vcpu.set_msrs(&tsc).map_err(kvm("KVM_SET_MSRS"))? != 1 {
             return Err(RecycleRefused::VcpuState("TSC"));
         }
-        let stats = recycler
+        let xsave = &recycler.fresh.xsave;
+        // SAFETY: a 4096-byte area a fresh vCPU of this process gave (KVM_GET_XSAVE); KVM reads
+        // no more (no dynamically enabled features: see `load_fpu_state`).
+        unsafe { self.vcpu.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        Ok(recycler
             .reference
-            .restore(&self.ram, recycler.max_extra_pages)?;
+            .restore(&self.ram, recycler.max_extra_pages)?)
+    }
+
+    fn into_shell(self) -> VmShell {
         let Vm {
             vcpu,
             _vm: vm,
@@ -175,17 +193,22 @@ impl Vm {
             sync_regs,
             ..
         } = self;
-        Ok((
-            VmShell {
-                vcpu,
-                vm,
-                ram,
-                kvm,
-                tsc_khz,
-                sync_regs,
-                random_seed: shell::random_seed(),
-            },
-            stats,
-        ))
+        VmShell {
+            vcpu,
+            vm,
+            ram,
+            kvm,
+            tsc_khz,
+            sync_regs,
+            random_seed: shell::random_seed(),
+        }
     }
+}
+
+/// A VM that is not reused, and why.
+pub struct Refusal {
+    /// The VM, to be destroyed.
+    pub vm: Vm,
+    /// Why.
+    pub why: RecycleRefused,
 }
