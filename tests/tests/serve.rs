@@ -303,7 +303,15 @@ fn test_serve_reused_vm_keeps_nothing_of_the_request_before() {
     // The seeker finds what a planter leaves in its own run: memory and XMM registers.
     let out = via(&server, &from, &["both", &secret]);
     assert_eq!(status(&out), 1, "{}", stdout(&out));
-    for place in ["xmm", "static", "stack", "heap", "boot info"] {
+    for place in [
+        "xmm",
+        "mxcsr",
+        "the x87 control word",
+        "static",
+        "stack",
+        "heap",
+        "boot info",
+    ] {
         assert!(
             stdout(&out).contains(&format!("found in {place}")),
             "{}",

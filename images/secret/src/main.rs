@@ -2,7 +2,8 @@
 //! leaves a secret everywhere it can, the next looks for it everywhere it can read.
 //!
 //! - `secret plant SECRET`: SECRET (16 bytes) into a static buffer, 64 copies on the heap
-//!   (never freed), a stack buffer, and every XMM register, then exits 0;
+//!   (never freed), a stack buffer, and every XMM register, and unusual MXCSR and x87 control
+//!   word values, then exits 0;
 //! - `secret seek CODED`: CODED is each byte of SECRET plus one, so that the secret is in
 //!   neither this request's arguments nor anything it computes (bytes are compared as
 //!   `byte + 1 == coded`); reads the XMM registers first, then scans the static buffer, the
@@ -33,12 +34,20 @@ const BOOT_INFO_AREA: usize = 0x3_0000;
 /// Its size.
 const BOOT_INFO_SIZE: usize = 0x1_0000;
 
+/// MXCSR as `plant` leaves it: flush-to-zero, denormals-are-zero, round toward zero, all
+/// exceptions masked (a fresh vCPU has 0x1f80).
+const PLANTED_MXCSR: u32 = 0xffc0;
+/// The x87 control word as `plant` leaves it: round toward zero, single precision, all
+/// exceptions masked (a fresh vCPU has 0x037f).
+const PLANTED_FPU_CW: u16 = 0x0c7f;
+
 /// A buffer among the image's statics.
 static STATIC_BUFFER: [AtomicU8; LEN] = [const { AtomicU8::new(0) }; LEN];
 
 fn main(mut args: kernel::Args) -> i32 {
     // Before anything here uses them.
     let xmm = read_xmm();
+    let control = read_control();
     let mode = args.nth(1).unwrap_or("");
     let word = args.next().unwrap_or("");
     match mode {
@@ -54,13 +63,13 @@ fn main(mut args: kernel::Args) -> i32 {
             let Some(coded) = secret_of(word.as_bytes()) else {
                 return usage();
             };
-            seek(&coded, &xmm)
+            seek(&coded, &xmm, control)
         }
         "relay" => {
             let Some(coded) = secret_of(word.as_bytes()) else {
                 return usage();
             };
-            let status = seek(&coded, &xmm);
+            let status = seek(&coded, &xmm, control);
             plant(&coded.map(|b| b.wrapping_sub(1)));
             status
         }
@@ -70,7 +79,7 @@ fn main(mut args: kernel::Args) -> i32 {
             };
             plant(&secret);
             let xmm = read_xmm();
-            seek(&secret.map(|b| b.wrapping_add(1)), &xmm)
+            seek(&secret.map(|b| b.wrapping_add(1)), &xmm, read_control())
         }
         "crash" => {
             let pointer: *const u64 = black_box(core::ptr::null());
@@ -105,6 +114,39 @@ fn plant(secret: &[u8; LEN]) {
     let stack = black_box(*secret);
     black_box(&stack);
     load_xmm(secret);
+    load_control(PLANTED_MXCSR, PLANTED_FPU_CW);
+}
+
+/// Sets MXCSR and the x87 control word.
+fn load_control(mxcsr: u32, fpu_cw: u16) {
+    // SAFETY: loads two control registers from valid locals: both values have no reserved
+    // bit set and mask every exception.
+    unsafe {
+        core::arch::asm!(
+            "ldmxcsr [{m}]",
+            "fldcw [{c}]",
+            m = in(reg) &mxcsr,
+            c = in(reg) &fpu_cw,
+            options(nostack, readonly),
+        );
+    }
+}
+
+/// MXCSR and the x87 control word as they are now.
+fn read_control() -> (u32, u16) {
+    let mut mxcsr = 0u32;
+    let mut fpu_cw = 0u16;
+    // SAFETY: stores the two control registers into valid locals.
+    unsafe {
+        core::arch::asm!(
+            "stmxcsr [{m}]",
+            "fnstcw [{c}]",
+            m = in(reg) &mut mxcsr,
+            c = in(reg) &mut fpu_cw,
+            options(nostack),
+        );
+    }
+    (mxcsr, fpu_cw)
 }
 
 /// Loads `secret` into every XMM register.
@@ -156,9 +198,18 @@ fn is_secret(bytes: &[u8], coded: &[u8; LEN]) -> bool {
 }
 
 /// Looks for the secret coded as `coded` in `xmm` (the registers as the run found them) and
-/// everywhere this guest can read; 0 if it is nowhere, else 1.
-fn seek(coded: &[u8; LEN], xmm: &[[u8; LEN]; 16]) -> i32 {
+/// everywhere this guest can read, and for the planted `control` registers; 0 if it finds
+/// nothing, else 1.
+fn seek(coded: &[u8; LEN], xmm: &[[u8; LEN]; 16], control: (u32, u16)) -> i32 {
     let mut found = 0;
+    if control.0 == PLANTED_MXCSR {
+        println!("found in mxcsr");
+        found += 1;
+    }
+    if control.1 == PLANTED_FPU_CW {
+        println!("found in the x87 control word");
+        found += 1;
+    }
     for (index, register) in xmm.iter().enumerate() {
         if is_secret(register, coded) {
             println!("found in xmm{index}");

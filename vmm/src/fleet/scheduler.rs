@@ -10,11 +10,10 @@ use super::hostmem;
 use super::report::{FleetReport, InstanceResult, KEPT_OUTPUT, MemoryFigures};
 use super::{FleetError, FleetSpec, Prepared};
 use crate::memory::GuestRam;
-use crate::memory::reset::Reference;
 use crate::report::crash::CrashState;
 use crate::report::{Outcome, Timeline};
 use crate::sandbox::{self, Grants, Profile};
-use crate::vm::recycle::{FreshVcpu, Recycler};
+use crate::vm::recycle::Recycler;
 use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmConfig, VmError, VmShell};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -180,16 +179,7 @@ pub(super) fn run(
         }
     }
     let taps = attach_taps(spec, prepared, &mut jobs)?;
-    // What the workers' sandbox allows: what any group's guests use, and the taps.
-    let grants = prepared.iter().fold(
-        Grants {
-            taps,
-            ..Grants::default()
-        },
-        |grants, p| grants.union(&p.group.vm.devices.grants()),
-    );
-    let deadlines = DeadlineService::start(spec.seccomp).map_err(VmError::from)?;
-    let recyclers = prepared
+    let recyclers: Vec<Option<Recycler>> = prepared
         .iter()
         .map(|p| {
             (spec.reuse && !spec.resident)
@@ -197,6 +187,16 @@ pub(super) fn run(
                 .flatten()
         })
         .collect();
+    // What the workers' sandbox allows: what any group's guests use, the taps, and reuse.
+    let grants = prepared.iter().fold(
+        Grants {
+            taps,
+            reuse: recyclers.iter().any(Option::is_some),
+            ..Grants::default()
+        },
+        |grants, p| grants.union(&p.group.vm.devices.grants()),
+    );
+    let deadlines = DeadlineService::start(spec.seccomp).map_err(VmError::from)?;
     let cores = CoreKeeper {
         wanted: spec.cores.is_some(),
         pending: Mutex::new(Vec::new()),
@@ -262,26 +262,16 @@ pub(super) fn run(
     })
 }
 
-/// What reusing the VMs of group `p` needs: a fresh VM's RAM (its image or snapshot loaded as
-/// every instance's is) and a fresh vCPU's state; `None` if either cannot be had (its
-/// instances then get new VMs, as with `--no-reuse`).
+/// What reusing the VMs of group `p` needs (`None`, and a new VM per instance, if it cannot be
+/// had, or if the group has one instance).
 fn recycler_for(kvm: &Arc<kvm_ioctls::Kvm>, p: &Prepared) -> Option<Recycler> {
-    let mem_size = p.target.mem_size(p.group.vm.mem_size);
-    crate::launch::check(&p.target, &p.group.vm).ok()?;
-    let load = || crate::launch::load_ram(&p.target, mem_size, false).ok();
-    let reference = Reference::new(load()?).ok()?;
-    let shell = VmShell::create_with(Arc::clone(kvm), load()?, &mut Timeline::default()).ok()?;
-    let fresh = FreshVcpu::capture(kvm, &shell).ok()?;
-    Some(Recycler {
-        reference,
-        fresh,
-        max_extra_pages: MAX_KEPT_EXTRA_PAGES,
-    })
+    if p.group.count < 2 {
+        return None;
+    }
+    crate::launch::recycler(kvm, &p.target, &p.group.vm, false)
+        .ok()
+        .map(|(recycler, _)| recycler)
 }
-
-/// Pages an instance may leave populated beyond a fresh VM's and still have its VM reused
-/// (4 MiB): a worker holds that VM until its next instance.
-const MAX_KEPT_EXTRA_PAGES: usize = 1024;
 
 /// One VM and vCPU kept alive for the fleet's whole run, never run. Creating the first VM or
 /// vCPU (and destroying the last) flips static keys in the host kernel, which patches kernel
@@ -354,15 +344,14 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                         Boot::Done(result, vm) => (result, vm),
                     };
                     shared.live.fetch_sub(1, Ordering::SeqCst);
-                    let exited = result.kind == "exited";
                     lock(&shared.results).push(result);
                     let Some(vm) = vm else { continue };
-                    match (&shared.recyclers[group], exited) {
-                        (Some(recycler), true) => match vm.recycle(recycler) {
+                    match &shared.recyclers[group] {
+                        Some(recycler) => match vm.recycle(recycler) {
                             Ok((shell, _)) => warm = Some((group, shell)),
                             Err(refusal) => reap_later(&reap, refusal.vm),
                         },
-                        _ => reap_later(&reap, *vm),
+                        None => reap_later(&reap, *vm),
                     }
                 }
             });
@@ -602,7 +591,14 @@ fn create(shared: &Shared<'_>, job: Job) -> Built {
     let p = &shared.prepared[job.group];
     let started = Instant::now();
     let config = job_config(p, &job);
-    let vm = crate::launch::build(shared.kvm, &p.target, &config, Timeline::default());
+    let reusable = shared.recyclers[job.group].is_some();
+    let vm = crate::launch::build_with(
+        shared.kvm,
+        &p.target,
+        &config,
+        Timeline::default(),
+        reusable,
+    );
     Built {
         job,
         vm,

@@ -15,10 +15,12 @@ pub use target::{Target, TargetError, TargetFile, TargetKind, guest_name};
 use crate::arch;
 use crate::arch::layout::{LARGE_PAGE_SIZE, MAX_MEM_SIZE, MIN_MEM_SIZE};
 use crate::memory::image::ImageError;
+use crate::memory::reset::{Reference, ResetRefused};
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{Outcome, RunReport, Timeline};
 use crate::size::Size;
 use crate::snapshot::{self, SnapshotError};
+use crate::vm::recycle::{FreshVcpu, RecycleRefused, Recycler};
 use crate::vm::{self, Console, Progress, Start, Vm, VmConfig, VmError, VmShell};
 use kvm_ioctls::Kvm;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,9 @@ pub enum LaunchError {
     /// The core file cannot be written where asked (`--core`).
     #[error("--core")]
     Core(#[source] crate::files::WriteError),
+    /// A fresh vCPU's state could not be read (for reusing VMs).
+    #[error(transparent)]
+    Reuse(#[from] crate::vm::recycle::RecycleRefused),
 }
 
 /// Checks a guest RAM size against the documented bounds.
@@ -147,14 +152,87 @@ pub fn build(
     kvm: &Arc<Kvm>,
     target: &Target,
     config: &VmConfig,
+    timeline: Timeline,
+) -> Result<Vm, LaunchError> {
+    build_with(kvm, target, config, timeline, false)
+}
+
+/// [`build`], with RAM locked as it is populated (`GuestRam::lock_on_fault`) when `reusable`:
+/// a VM that may be reused after its guest (`vm::recycle`).
+pub fn build_with(
+    kvm: &Arc<Kvm>,
+    target: &Target,
+    config: &VmConfig,
     mut timeline: Timeline,
+    reusable: bool,
 ) -> Result<Vm, LaunchError> {
     check(target, config)?;
-    let ram = load_ram(target, target.mem_size(config.mem_size), false)?;
+    let mut ram = load_ram(target, target.mem_size(config.mem_size), false)?;
+    if reusable {
+        ram.lock_on_fault();
+    }
     timeline.image_loaded = Some(Instant::now());
     let shell = VmShell::create_with(Arc::clone(kvm), ram, &mut timeline)?;
     finish(shell, target, config, timeline)
 }
+
+/// A shell whose RAM holds `target` (`populate`: snapshot pages copied in now), locked as it
+/// is populated, so that the VM may be reused after its guest (`vm::recycle`).
+pub fn reusable_shell(
+    kvm: &Arc<Kvm>,
+    target: &Target,
+    mem_size: u64,
+    populate: bool,
+) -> Result<VmShell, LaunchError> {
+    let mut ram = load_ram(target, mem_size, populate)?;
+    ram.lock_on_fault();
+    Ok(VmShell::create_with(
+        Arc::clone(kvm),
+        ram,
+        &mut Timeline::default(),
+    )?)
+}
+
+/// What reusing the VMs of `target` (with `config`) needs: a fresh VM's RAM, loaded as every
+/// VM's is, with the pages the image or snapshot says may not be zero, and a fresh vCPU's
+/// state, read from a VM made for the purpose and returned too (`populate` as for
+/// [`reusable_shell`]), never run.
+pub fn recycler(
+    kvm: &Arc<Kvm>,
+    target: &Target,
+    config: &VmConfig,
+    populate: bool,
+) -> Result<(Recycler, VmShell), LaunchError> {
+    const PAGE: u64 = arch::layout::PAGE_SIZE;
+    check(target, config)?;
+    let mem_size = target.mem_size(config.mem_size);
+    let pages: Vec<u64> = match target.kind() {
+        TargetKind::Image(image) => image
+            .segments()
+            .iter()
+            .flat_map(|s| s.first_page() / PAGE..s.page_end() / PAGE)
+            .collect(),
+        TargetKind::Snapshot(snapshot) => snapshot.page_numbers().to_vec(),
+    };
+    let reference = Reference::new(load_ram(target, mem_size, false)?, pages);
+    let shell = reusable_shell(kvm, target, mem_size, populate)?;
+    if !shell.ram().is_locked() {
+        return Err(RecycleRefused::from(ResetRefused::NotLocked).into());
+    }
+    let fresh = FreshVcpu::capture(kvm, &shell)?;
+    Ok((
+        Recycler {
+            reference,
+            fresh,
+            max_extra_pages: MAX_KEPT_EXTRA_PAGES,
+        },
+        shell,
+    ))
+}
+
+/// Pages a guest may leave populated beyond a fresh VM's and still have its VM reused (4 MiB):
+/// a reused VM holds them until its next guest.
+pub const MAX_KEPT_EXTRA_PAGES: usize = 1024;
 
 /// What `vmm run` boots. `RunConfig::new(target)` gives the command line's defaults (a
 /// detached teardown, no timeline, no core file), so that new fields do not break callers.

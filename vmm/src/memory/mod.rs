@@ -51,6 +51,8 @@ pub enum MemoryError {
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
+    /// Its pages stay in memory once populated ([`GuestRam::lock_on_fault`]).
+    locked: bool,
 }
 
 impl GuestRam {
@@ -77,7 +79,36 @@ impl GuestRam {
             .ok_or(FromRangesError::InvalidGuestRegion)
             .map_err(map_err)?;
         let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|err| map_err(err.into()))?;
-        Ok(Self { mem, size })
+        Ok(Self {
+            mem,
+            size,
+            locked: false,
+        })
+    }
+
+    /// Keeps every page of this RAM in memory from the moment it is populated (the ones
+    /// populated already included): `mlock2(MLOCK_ONFAULT)`, which allocates nothing ahead.
+    /// A VM that may be reused needs it (`memory::reset` finds the pages a guest populated
+    /// with `mincore`, which does not see a page gone to swap). Call it after the RAM is
+    /// loaded (a snapshot's pages are mapped over parts of it). `false` if the host refuses
+    /// (`RLIMIT_MEMLOCK` too low): the RAM is then not reused.
+    pub fn lock_on_fault(&mut self) -> bool {
+        const MLOCK_ONFAULT: libc::c_uint = 1;
+        // SAFETY: the range is exactly this RAM's own live mapping; mlock2 changes no memory.
+        let rc = unsafe {
+            libc::mlock2(
+                self.host_address() as *const libc::c_void,
+                self.size as usize,
+                MLOCK_ONFAULT,
+            )
+        };
+        self.locked = rc == 0;
+        self.locked
+    }
+
+    /// Whether [`GuestRam::lock_on_fault`] holds.
+    pub fn is_locked(&self) -> bool {
+        self.locked
     }
 
     /// Size in bytes.

@@ -1,12 +1,15 @@
 //! Returning used guest RAM to the contents of a fresh VM's, page by page, so that a VM can
 //! serve another request (`vmm serve` reuses its pooled VMs; see `vm::recycle`).
 //!
-//! The contents a fresh VM starts with are held once per snapshot in a [`Reference`]: RAM
-//! loaded exactly as a pooled VM's is (the snapshot's pages, the VMM's privileged structures),
-//! and the list of its pages that are not zero. [`Reference::restore`] then looks at every
-//! page the used RAM holds (`mincore`: a page the host never populated is still zero, or still
-//! the snapshot's, unread), and makes it equal to the reference's page, or to zeros: a page that
-//! already is equal is not written (no copy-on-write, no new host page), so a request that
+//! The contents a fresh VM starts with are held once per image or snapshot in a [`Reference`]:
+//! RAM loaded exactly as a fresh VM's is (the image's segments or the snapshot's pages, the
+//! VMM's privileged structures), and the list of the pages that may not be zero there, taken
+//! from the image's or snapshot's own description (never from what the host says is resident,
+//! which a page gone to swap would escape). [`Reference::restore`] then looks at every page
+//! the used RAM holds (`mincore`; the used RAM must be locked in memory, so that no page the
+//! guest populated can be elsewhere; a page the host never populated is still zero, or still
+//! the snapshot's, unread), and makes it equal to the reference's page, or to zeros: a page
+//! that already is equal is not written (no copy-on-write, no new host page), so a guest that
 //! touched a few pages costs a few page comparisons and copies. Two things make a VM not worth
 //! keeping, and are refused rather than repaired: a change to a page below
 //! [`VMM_OWNED_END`](crate::arch::layout::BOOT_INFO_ADDR) (the VMM's page tables, descriptor
@@ -45,9 +48,15 @@ pub enum ResetRefused {
     /// The host could not say which pages are populated.
     #[error("mincore failed")]
     Residency,
+    /// The used RAM is not locked in memory: a page gone to swap would escape the comparison.
+    #[error("its RAM is not locked in memory (mlock2 refused: RLIMIT_MEMLOCK too low?)")]
+    NotLocked,
     /// A page could not be reached (a bug: pages come from the RAM's own size).
     #[error(transparent)]
     Range(#[from] RangeError),
+    /// A page could not be rewritten.
+    #[error("cannot rewrite the page at {0:#x}: {1}")]
+    Write(u64, String),
 }
 
 /// What a reset did.
@@ -65,16 +74,21 @@ pub struct ResetStats {
 #[derive(Debug)]
 pub struct Reference {
     ram: GuestRam,
-    /// Page numbers the reference holds (populated when it was loaded), ascending; every other
-    /// page of a fresh VM is zero.
+    /// Page numbers that may not be zero in a fresh VM, ascending; every other page is zero.
     pages: Vec<u64>,
 }
 
 impl Reference {
-    /// `ram`, loaded as a fresh VM's is and never given to a guest.
-    pub fn new(ram: GuestRam) -> Result<Self, ResetRefused> {
-        let pages = ram.populated_pages().ok_or(ResetRefused::Residency)?;
-        Ok(Self { ram, pages })
+    /// `ram`, loaded as a fresh VM's is and never given to a guest; `pages` holds every page
+    /// that may not be zero in it (the VMM's pages, below [`VMM_OWNED_END`], are added).
+    pub fn new(ram: GuestRam, pages: impl IntoIterator<Item = u64>) -> Self {
+        let mut pages: Vec<u64> = (0..VMM_OWNED_END / PAGE_SIZE)
+            .chain(pages)
+            .filter(|page| page * PAGE_SIZE < ram.size())
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        Self { ram, pages }
     }
 
     /// Makes every page of `used` equal to this reference's (see the module documentation).
@@ -89,6 +103,9 @@ impl Reference {
                 used: used.size(),
                 reference: self.ram.size(),
             });
+        }
+        if !used.is_locked() {
+            return Err(ResetRefused::NotLocked);
         }
         let populated = used.populated_pages().ok_or(ResetRefused::Residency)?;
         let extra = populated
@@ -127,11 +144,7 @@ impl Reference {
                 return Err(ResetRefused::VmmPageChanged(addr));
             }
             used.write(addr, expected)
-                .map_err(|_| RangeError::OutOfRam {
-                    addr,
-                    len: PAGE_SIZE,
-                    size: crate::size::Size(used.size()),
-                })?;
+                .map_err(|err| ResetRefused::Write(addr, err.to_string()))?;
             if in_reference {
                 stats.restored += 1;
             } else {
@@ -147,12 +160,17 @@ mod tests {
     use super::*;
 
     fn ram_with(pages: &[(u64, u8)]) -> GuestRam {
-        let ram = GuestRam::new(8 << 20).unwrap();
+        let mut ram = GuestRam::new(8 << 20).unwrap();
         for (page, byte) in pages {
             ram.write(page * PAGE_SIZE, &[*byte; PAGE_SIZE as usize])
                 .unwrap();
         }
+        assert!(ram.lock_on_fault(), "mlock2 (RLIMIT_MEMLOCK too low?)");
         ram
+    }
+
+    fn reference_of(pages: &[(u64, u8)]) -> Reference {
+        Reference::new(ram_with(pages), pages.iter().map(|(page, _)| *page))
     }
 
     fn page_of(ram: &GuestRam, page: u64) -> Vec<u8> {
@@ -163,10 +181,10 @@ mod tests {
 
     #[test]
     fn test_restore_returns_written_pages_and_clears_new_ones() {
-        let reference = Reference::new(ram_with(&[(0x40, 7), (0x300, 9)])).unwrap();
+        let reference = reference_of(&[(0x40, 7), (0x300, 9)]);
         let used = ram_with(&[(0x40, 7), (0x300, 9)]);
-        // What a request leaves: a snapshot page changed, pages of its own written, a secret
-        // in the middle of a page.
+        // What a guest leaves: a snapshot page changed, pages of its own written, a secret in
+        // the middle of a page.
         used.write(0x300 * PAGE_SIZE + 100, b"secret").unwrap();
         used.write(0x500 * PAGE_SIZE, b"heap secret").unwrap();
         used.write(0x3ff * PAGE_SIZE + 4000, b"stack").unwrap();
@@ -183,7 +201,7 @@ mod tests {
 
     #[test]
     fn test_restore_refuses_a_changed_vmm_page() {
-        let reference = Reference::new(ram_with(&[(0x8, 1)])).unwrap();
+        let reference = reference_of(&[(0x8, 1)]);
         let used = ram_with(&[(0x8, 1)]);
         used.write(0x8 * PAGE_SIZE + 8, &[2]).unwrap();
         assert_eq!(
@@ -193,8 +211,8 @@ mod tests {
     }
 
     #[test]
-    fn test_restore_refuses_a_request_that_populated_too_much() {
-        let reference = Reference::new(ram_with(&[])).unwrap();
+    fn test_restore_refuses_a_guest_that_populated_too_much() {
+        let reference = reference_of(&[]);
         let used = ram_with(&[(0x400, 1), (0x401, 0), (0x402, 3)]);
         assert!(matches!(
             reference.restore(&used, 2),
@@ -207,12 +225,34 @@ mod tests {
     }
 
     #[test]
-    fn test_restore_refuses_another_size() {
-        let reference = Reference::new(GuestRam::new(4 << 20).unwrap()).unwrap();
-        let used = GuestRam::new(6 << 20).unwrap();
+    fn test_restore_refuses_another_size_and_unlocked_ram() {
+        let reference = reference_of(&[]);
+        let mut other = GuestRam::new(6 << 20).unwrap();
+        assert!(other.lock_on_fault());
         assert!(matches!(
-            reference.restore(&used, 0),
+            reference.restore(&other, 0),
             Err(ResetRefused::SizeMismatch { .. })
         ));
+        let unlocked = GuestRam::new(8 << 20).unwrap();
+        assert_eq!(
+            reference.restore(&unlocked, 0),
+            Err(ResetRefused::NotLocked)
+        );
+    }
+
+    #[test]
+    fn test_reference_pages_come_from_the_description_not_residency() {
+        // A page the description names but the host does not hold (as if swapped out) is
+        // still compared, and a page the host holds but the description does not name is
+        // cleared.
+        let ram = GuestRam::new(8 << 20).unwrap();
+        ram.write(0x600 * PAGE_SIZE, &[5; PAGE_SIZE as usize])
+            .unwrap();
+        let reference = Reference::new(ram, [0x700]);
+        let used = ram_with(&[(0x600, 5), (0x700, 6)]);
+        let stats = reference.restore(&used, 16).unwrap();
+        assert_eq!(page_of(&used, 0x600), vec![0u8; PAGE_SIZE as usize]);
+        assert_eq!(page_of(&used, 0x700), vec![0u8; PAGE_SIZE as usize]);
+        assert_eq!((stats.restored, stats.zeroed), (1, 1), "{stats:?}");
     }
 }

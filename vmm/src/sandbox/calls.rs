@@ -121,14 +121,6 @@ pub const FLEET_WORKER_EXTRA: &[Allowance] = &[
         "also KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_CPUID2, KVM_GET_TSC_KHZ: creating VMs through the open /dev/kvm",
     ),
     (
-        "ioctl",
-        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_GET_MSRS, KVM_SET_MSRS: reusing a VM (its vCPU compared with a fresh one's, its TSC set back to zero)",
-    ),
-    (
-        "mincore",
-        "reusing a VM: finding the guest pages its last guest populated",
-    ),
-    (
         "getrandom",
         "a fresh random seed for each guest it creates (or reuses)",
     ),
@@ -136,6 +128,23 @@ pub const FLEET_WORKER_EXTRA: &[Allowance] = &[
     (
         "madvise",
         "memory release (long-lived: heap pages go back as they are freed)",
+    ),
+];
+
+/// What a thread adds that makes VMs which may be reused, or reuses them (`vmm fleet` and
+/// `vmm serve` without `--no-reuse`: fleet threads, serve's refill and runners).
+pub const WITH_REUSE: &[Allowance] = &[
+    (
+        "ioctl",
+        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_GET_MSRS, KVM_SET_DEVICE_ATTR: reusing a VM (its vCPU compared with a fresh one's, its TSC offset set back to zero)",
+    ),
+    (
+        "mincore",
+        "reusing a VM: finding the guest pages its last guest populated",
+    ),
+    (
+        "mlock2",
+        "a reusable VM's RAM kept in memory as it is populated (MLOCK_ONFAULT), so that no page the guest wrote can go to swap unseen",
     ),
 ];
 
@@ -216,7 +225,7 @@ pub const DENIED: &[Allowance] = &[
 /// `vmm seccomp-list`: every role's calls with their reasons, one call per line (a section's
 /// heading starts with `#`).
 pub fn listing() -> String {
-    let sections: [(String, &[Allowance]); 14] = [
+    let sections: [(String, &[Allowance]); 15] = [
         (
             format!(
                 "# runner: the thread that runs a guest; `vmm run IMAGE` allows these {}",
@@ -230,6 +239,11 @@ pub fn listing() -> String {
         ("# runner, with --volume".into(), WITH_VOLUMES),
         ("# runner, with a stdin file (fleet manifests)".into(), WITH_STDIN_FILE),
         ("# runner, with --net".into(), WITH_NET),
+        (
+            "# fleet and serve threads that make or reuse VMs to be reused (not with --no-reuse)"
+                .into(),
+            WITH_REUSE,
+        ),
         (
             "# fleet worker: a runner (restoring, with --timeout, and the features of the fleet's guests), plus".into(),
             FLEET_WORKER_EXTRA,

@@ -27,7 +27,7 @@ mod syscalls;
 
 pub use calls::{
     ALLOWED, Allowance, DENIED, FLEET_WORKER_EXTRA, LOGGER, SERVE_WORKER_EXTRA, WATCHDOG, WITH_NET,
-    WITH_RESTORE, WITH_STDIN_FILE, WITH_TIMELINE, WITH_TIMEOUT, WITH_VOLUMES, listing,
+    WITH_RESTORE, WITH_REUSE, WITH_STDIN_FILE, WITH_TIMELINE, WITH_TIMEOUT, WITH_VOLUMES, listing,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -101,7 +101,7 @@ pub const FLEET_IOCTLS: &[(&str, u64)] = &[
 
 /// The extra `ioctl` requests of fleet workers and serve runners, which reuse VMs
 /// (`vm::recycle`): reading the vCPU state compared with a fresh vCPU's, and setting the TSC
-/// back to zero.
+/// back to zero (through its offset).
 pub const RECYCLE_IOCTLS: &[(&str, u64)] = &[
     (
         "KVM_GET_VCPU_EVENTS",
@@ -119,11 +119,11 @@ pub const RECYCLE_IOCTLS: &[(&str, u64)] = &[
         "KVM_GET_MSRS",
         ioc_read_write(0x88, size_of::<kvm_bindings::kvm_msrs>()),
     ),
-    (
-        "KVM_SET_MSRS",
-        ioc_write(0x89, size_of::<kvm_bindings::kvm_msrs>()),
-    ),
+    ("KVM_SET_DEVICE_ATTR", KVM_SET_DEVICE_ATTR),
 ];
+
+/// `KVM_SET_DEVICE_ATTR` (on a vCPU: its TSC offset).
+pub const KVM_SET_DEVICE_ATTR: u64 = ioc_write(0xe1, size_of::<kvm_bindings::kvm_device_attr>());
 
 /// The only flags a serve runner may pass to `sendto`: never block, never raise SIGPIPE.
 pub const SERVE_SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
@@ -146,6 +146,8 @@ pub struct Grants {
     pub restore: bool,
     /// The thread counts the guest pages touched for `--timeline` after the run: `mincore`.
     pub timeline: bool,
+    /// The thread makes or reuses VMs that may be reused ([`WITH_REUSE`]).
+    pub reuse: bool,
 }
 
 impl Grants {
@@ -160,6 +162,7 @@ impl Grants {
         self.timeout |= other.timeout;
         self.restore |= other.restore;
         self.timeline |= other.timeline;
+        self.reuse |= other.reuse;
         self
     }
 }
@@ -234,13 +237,14 @@ impl Profile {
             .filter(|(name, _)| input || !calls::INPUT_CALLS.contains(name))
             .copied()
             .collect();
-        let features: [(bool, &[Allowance]); 6] = [
+        let features: [(bool, &[Allowance]); 7] = [
             (grants.restore, WITH_RESTORE),
             (grants.timeline, WITH_TIMELINE),
             (grants.timeout, WITH_TIMEOUT),
             (grants.volumes, WITH_VOLUMES),
             (grants.stdin_file, WITH_STDIN_FILE),
             (!grants.taps.is_empty(), WITH_NET),
+            (grants.reuse, WITH_REUSE),
         ];
         for (granted, extra) in features {
             if granted {
@@ -322,10 +326,7 @@ pub fn filter_for(profile: &Profile) -> Result<BpfProgram, SandboxError> {
         if !matches!(profile, Profile::Runner(_)) {
             requests.extend(FLEET_IOCTLS.iter().map(|(_, request)| *request));
         }
-        if matches!(
-            profile,
-            Profile::FleetWorker(_) | Profile::ServeWorker { .. }
-        ) {
+        if grants.reuse {
             requests.extend(RECYCLE_IOCTLS.iter().map(|(_, request)| *request));
         }
         let ioctl_rules = requests
@@ -604,7 +605,7 @@ mod tests {
         assert_eq!(number("KVM_GET_DEBUGREGS"), 0x8080_aea1);
         assert_eq!(number("KVM_GET_XCRS"), 0x8188_aea6);
         assert_eq!(number("KVM_GET_MSRS"), 0xc008_ae88);
-        assert_eq!(number("KVM_SET_MSRS"), 0x4008_ae89);
+        assert_eq!(number("KVM_SET_DEVICE_ATTR"), 0x4018_aee1);
     }
 
     #[test]

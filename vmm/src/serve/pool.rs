@@ -10,18 +10,13 @@
 use super::log::Log;
 use super::targets::FileId;
 use crate::launch::{self, LaunchError, Target};
-use crate::memory::reset::Reference;
 use crate::report::Timeline;
-use crate::vm::recycle::{FreshVcpu, RecycleRefused, Recycler};
+use crate::vm::recycle::{RecycleRefused, Recycler};
 use crate::vm::{Vm, VmShell};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-/// Pages a request may leave populated beyond its snapshot's and still have its VM reused
-/// (4 MiB): a VM in the pool holds them.
-pub(crate) const MAX_EXTRA_PAGES: usize = 1024;
 
 /// A VM ready for a request.
 pub(crate) struct ReadyVm {
@@ -76,6 +71,11 @@ impl Pool {
     /// building a VM now would compete with the request for the CPU.
     pub(crate) fn take(&self, key: &FileId) -> Option<ReadyVm> {
         lock(&self.ready).get_mut(key)?.pop_front()
+    }
+
+    /// Whether the VMs of `key` are reused (their RAM must then be locked as it is populated).
+    pub(crate) fn reuses(&self, key: &FileId) -> bool {
+        self.recyclers.contains_key(key)
     }
 
     /// Puts a ready VM of `key` first in line (a reused one is the warmest: its vCPU and the
@@ -151,7 +151,7 @@ impl Pool {
                 continue;
             };
             drop(ready);
-            let made = prepare_shell(kvm, target);
+            let made = prepare_shell(kvm, target, self.reuses(key));
             let was_failing = self.failing.swap(made.is_err(), Ordering::SeqCst);
             if let (Err(err), false) = (&made, was_failing) {
                 log.line(format!(
@@ -175,36 +175,20 @@ impl Pool {
     }
 }
 
-/// A shell whose RAM holds `target`'s pages, populated (a snapshot's, copied in now).
+/// A shell whose RAM holds `target`'s pages, populated (a snapshot's, copied in now); its RAM
+/// locked as it is populated when `reusable` (see `launch::reusable_shell`).
 pub(crate) fn prepare_shell(
     kvm: &Arc<kvm_ioctls::Kvm>,
     target: &Target,
+    reusable: bool,
 ) -> Result<VmShell, LaunchError> {
+    if reusable {
+        return launch::reusable_shell(kvm, target, target.mem_size(0), true);
+    }
     let ram = launch::load_ram(target, target.mem_size(0), true)?;
     Ok(VmShell::create_with(
         Arc::clone(kvm),
         ram,
         &mut Timeline::default(),
     )?)
-}
-
-/// What reusing the VMs of `target` needs, and the fresh VM its vCPU state was read from (to
-/// be pooled): a fresh VM's RAM, loaded as a pooled VM's is, and its vCPU's state.
-pub(crate) fn prepare_recycler(
-    kvm: &Arc<kvm_ioctls::Kvm>,
-    target: &Target,
-) -> Result<(Recycler, VmShell), String> {
-    let describe = |err: &dyn std::error::Error| crate::error_chain(err);
-    let ram = launch::load_ram(target, target.mem_size(0), false).map_err(|e| describe(&e))?;
-    let reference = Reference::new(ram).map_err(|e| describe(&e))?;
-    let shell = prepare_shell(kvm, target).map_err(|e| describe(&e))?;
-    let fresh = FreshVcpu::capture(kvm, &shell).map_err(|e| describe(&e))?;
-    Ok((
-        Recycler {
-            reference,
-            fresh,
-            max_extra_pages: MAX_EXTRA_PAGES,
-        },
-        shell,
-    ))
 }

@@ -161,18 +161,24 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     if config.reuse && config.pool > 0 {
         // Made here, before any thread is confined: reading the MSR list takes /dev/kvm.
         for (id, target) in &pooled {
-            match pool::prepare_recycler(&kvm, target) {
+            let config = VmConfig {
+                mem_size: target.mem_size(0),
+                ..VmConfig::default()
+            };
+            match launch::recycler(&kvm, target, &config, true) {
                 Ok((recycler, shell)) => {
                     recyclers.insert(*id, recycler);
                     first_vms.push((*id, shell));
                 }
-                Err(why) => log.line(format!(
-                    "serve: VMs of {} will not be reused: {why}",
-                    target.path().display()
+                Err(err) => log.line(format!(
+                    "serve: VMs of {} will not be reused: {}",
+                    target.path().display(),
+                    crate::error_chain(&err)
                 )),
             }
         }
     }
+    let reuse = !recyclers.is_empty();
     let pool = Arc::new(Pool::new(
         pooled.iter().map(|(id, _)| *id),
         config.pool,
@@ -191,7 +197,10 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         );
         spawn(
             "refill".into(),
-            confined(Profile::FleetWorker(Grants::default())),
+            confined(Profile::FleetWorker(Grants {
+                reuse,
+                ..Grants::default()
+            })),
             move || pool.refill(&kvm, &pooled, &log),
         )?;
     }
@@ -218,6 +227,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             grants: Grants {
                 volumes: !config.volume_roots.is_empty(),
                 taps: runner.tap_slot.into_iter().collect(),
+                reuse,
                 ..Grants::default()
             },
         };
@@ -706,7 +716,11 @@ impl Runner {
                         };
                         Ok(ready.shell)
                     }
-                    None => pool::prepare_shell(&self.kvm, &job.target),
+                    None => pool::prepare_shell(
+                        &self.kvm,
+                        &job.target,
+                        job.pooled.is_some_and(|id| self.pool.reuses(&id)),
+                    ),
                 };
                 shell.and_then(|shell| {
                     launch::finish(shell, &job.target, &config, Timeline::default())

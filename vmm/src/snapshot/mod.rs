@@ -375,6 +375,11 @@ impl Snapshot {
         &self.layout
     }
 
+    /// The numbers of the guest pages it saves (every other page of its RAM is zero).
+    pub fn page_numbers(&self) -> &[u64] {
+        &self.pages
+    }
+
     /// Pages saved.
     pub fn page_count(&self) -> usize {
         self.pages.len()

@@ -233,6 +233,8 @@ pub struct Vm {
     /// Kept for [`Vm::recycle`], which turns the VM back into a shell.
     tsc_khz: u64,
     sync_regs: bool,
+    /// The guest ended with its exit hypercall (only such a VM may be reused).
+    exited: bool,
 }
 
 impl Vm {
@@ -327,6 +329,7 @@ impl Vm {
             watchdog: None,
             tsc_khz,
             sync_regs,
+            exited: false,
         })
     }
 
@@ -485,7 +488,10 @@ impl Vm {
             None | Some(Stop::TimedOut) => {
                 Outcome::TimedOut(self.config.timeout.unwrap_or_default())
             }
-            Some(Stop::Exited(code)) => Outcome::Exited(code),
+            Some(Stop::Exited(code)) => {
+                self.exited = true;
+                Outcome::Exited(code)
+            }
             Some(Stop::BrokenPipe) => Outcome::BrokenPipe,
             Some(stop) => {
                 let (text, state) = described.unwrap_or_else(|| self.crash_report(&stop));
