@@ -162,10 +162,17 @@ impl Pool {
             }
             if let Ok(shell) = made {
                 ready = lock(&self.ready);
-                if let Some(queue) = ready.get_mut(key) {
-                    queue.push_back(ReadyVm { shell, served: 0 });
-                }
+                // A reused VM may have filled the place meanwhile: the new one then goes.
+                let surplus = match ready.get_mut(key) {
+                    Some(queue) if queue.len() < self.wanted => {
+                        queue.push_back(ReadyVm { shell, served: 0 });
+                        None
+                    }
+                    _ => Some(shell),
+                };
                 self.filled.notify_all();
+                drop(ready);
+                drop(surplus);
             } else {
                 self.filled.notify_all();
                 // Creating VMs fails (out of memory or fds): try again later, never spin.
