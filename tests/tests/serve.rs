@@ -343,6 +343,39 @@ fn test_serve_reused_vm_keeps_nothing_of_the_request_before() {
 }
 
 #[kvm_test]
+fn test_serve_never_reuses_the_vm_of_a_timed_out_guest() {
+    // A guest stopped by its timeout made no exception (nothing of the VMM's changed) and no
+    // exit hypercall: only the rule that a reused VM's guest exited keeps its VM out.
+    let dir = tests::scratch_dir("serve-reuse-timeout");
+    let snap = snapshot(&dir, "secret.snap", "secret");
+    let server = start_server_with(&dir, &[&snap], &["--pool", "1", "--workers", "1"]);
+    let (secret, _) = secret_pair();
+    let snap = snap.to_str().unwrap();
+    let out = via(&server, &["--from", snap], &["plant", &secret]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let out = via(&server, &["--from", snap, "--timeout", "200ms"], &["spin"]);
+    assert_eq!(status(&out), 124, "{}", stderr(&out));
+    assert!(
+        server.wait_for_line("(reused after 1), exit status 124", Duration::from_secs(5)),
+        "{:?}",
+        server.lines()
+    );
+    let out = via(&server, &["--from", snap], &["plant", &secret]);
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert!(server.wait_for_lines("exit status 0", 2, Duration::from_secs(5)));
+    let last = server
+        .lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains(".snap: "))
+        .unwrap();
+    assert!(
+        !last.contains("reused"),
+        "a timed-out guest's VM was reused: {last}"
+    );
+}
+
+#[kvm_test]
 fn test_serve_never_reuses_the_vm_of_a_crashed_guest() {
     let dir = tests::scratch_dir("serve-reuse-crash");
     let snap = snapshot(&dir, "secret.snap", "secret");

@@ -13,7 +13,8 @@
 //!   the seeker can see what a planter leaves);
 //! - `secret relay CODED`: seeks, then plants the secret for whoever runs next (every instance
 //!   of a `vmm fleet` can run it: each must find nothing of the one before);
-//! - `secret crash`: a null-pointer read (the VM of a crashed guest is never reused).
+//! - `secret crash`: a null-pointer read (the VM of a crashed guest is never reused);
+//! - `secret spin`: spins at ring 3 until it is stopped (nor is a timed-out guest's).
 
 #![no_std]
 #![no_main]
@@ -81,6 +82,9 @@ fn main(mut args: kernel::Args) -> i32 {
             let xmm = read_xmm();
             seek(&secret.map(|b| b.wrapping_add(1)), &xmm, read_control())
         }
+        "spin" => loop {
+            core::hint::spin_loop();
+        },
         "crash" => {
             let pointer: *const u64 = black_box(core::ptr::null());
             // SAFETY: not safe at all: the point is the page fault.
@@ -93,7 +97,7 @@ fn main(mut args: kernel::Args) -> i32 {
 
 fn usage() -> i32 {
     println!(
-        "usage: secret plant SECRET | seek CODED | relay CODED | both SECRET | crash (SECRET: 16 bytes)"
+        "usage: secret plant SECRET | seek CODED | relay CODED | both SECRET | crash | spin (SECRET: 16 bytes)"
     );
     2
 }
