@@ -250,6 +250,24 @@ fn test_cli_output_that_cannot_be_written_is_one_line_not_an_abort() {
 }
 
 #[tests::kvm_test]
+fn test_cli_guest_output_that_cannot_be_written_fails_the_run() {
+    // As `echo hi > /dev/full` fails: a run whose output was lost must not look whole.
+    let hello = tests::image("hello");
+    let out = vmm_with_full(&["run", hello.to_str().unwrap()], true);
+    assert_eq!(tests::status(&out), 125, "{}", tests::stderr(&out));
+    let text = tests::stderr(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("cannot write the guest's stdout: No space left on device"),
+        "{text}"
+    );
+    // A stderr that cannot be written costs the guest's diagnostics only.
+    let out = vmm_with_full(&["run", hello.to_str().unwrap()], false);
+    assert_eq!(tests::status(&out), 0);
+    assert_eq!(tests::stdout(&out), "Hello from a unikernel!\n");
+}
+
+#[tests::kvm_test]
 fn test_cli_crash_report_on_a_full_stderr_still_exits_134() {
     let fault = tests::image("fault");
     let out = vmm_with_full(&["run", fault.to_str().unwrap(), "--", "null"], false);

@@ -51,6 +51,8 @@ pub(crate) enum DeviceStop {
     OutputLimit,
     /// Nobody reads the guest's stdout any more (a closed pipe, as in `| head -1`).
     BrokenPipe,
+    /// The guest's stdout cannot be written (a full disk, `/dev/full`): what failed.
+    OutputFailed(String),
     /// The guest's `--timeout` passed while the device waited for input.
     TimedOut,
     /// The guest made a request the device refuses (a bad address, length or value): the

@@ -113,8 +113,13 @@ impl ConsoleSink for ConsoleOutput {
                 Err(err) if err.kind() == ErrorKind::BrokenPipe && stream == Stream::Stdout => {
                     return Err(DeviceStop::BrokenPipe);
                 }
-                // Any other failure (a closed stderr, a client gone) drops this output; the
-                // guest goes on.
+                // Output lost without a word would make a run look whole: the VMM stops, as
+                // a program whose `write` fails does (past the deadline, an interrupted write
+                // gives up instead, and the timeout ends the run).
+                Err(err) if stream == Stream::Stdout && err.kind() != ErrorKind::Interrupted => {
+                    return Err(DeviceStop::OutputFailed(format!("stdout: {err}")));
+                }
+                // A stderr that cannot be written drops this output; the guest goes on.
                 Err(_) => break,
             }
         }
@@ -168,5 +173,14 @@ mod tests {
     fn test_emit_interrupted_past_the_deadline_gives_up() {
         let mut out = output(ErrorKind::Interrupted, Some(Instant::now()));
         assert_eq!(out.emit(Stream::Stdout, b"held up"), Ok(()));
+    }
+
+    #[test]
+    fn test_emit_to_a_stdout_that_fails_stops_the_guest() {
+        let mut out = output(ErrorKind::StorageFull, None);
+        assert!(matches!(
+            out.emit(Stream::Stdout, b"lost"),
+            Err(DeviceStop::OutputFailed(why)) if why.starts_with("stdout: ")
+        ));
     }
 }

@@ -87,6 +87,8 @@ pub(crate) enum Stop {
     OutputLimit(u64),
     /// Nobody reads the guest's stdout any more.
     BrokenPipe,
+    /// The guest's stdout cannot be written: what failed (the VMM stops with an error).
+    OutputFailed(String),
     /// An exit the VMM does not expect.
     Unexpected(&'static str),
 }
@@ -310,6 +312,7 @@ impl ExitHandler {
         Action::Stop(match stop {
             DeviceStop::OutputLimit => Stop::OutputLimit(self.console.max_output()),
             DeviceStop::BrokenPipe => Stop::BrokenPipe,
+            DeviceStop::OutputFailed(why) => Stop::OutputFailed(why),
             DeviceStop::TimedOut => Stop::TimedOut,
             DeviceStop::BadRequest { device, why } => {
                 Stop::BadHypercall(HypercallError::Device { device, why })

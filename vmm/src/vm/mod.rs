@@ -84,6 +84,9 @@ pub enum VmError {
     /// A device holds host state that a snapshot cannot keep (open files).
     #[error("cannot snapshot the guest: {0}")]
     SnapshotRefused(String),
+    /// The guest's output cannot be written where it goes.
+    #[error("cannot write the guest's {0}")]
+    Output(String),
 }
 
 fn kvm_open_hint(errno: i32) -> &'static str {
@@ -462,6 +465,12 @@ impl Vm {
                 self.handler = Some(handler);
                 return Ok(Progress::AtSnapshotPoint);
             }
+            Ok(Some(Stop::OutputFailed(why))) => {
+                if let Some(watchdog) = self.watchdog.take() {
+                    watchdog.finish();
+                }
+                return Err(VmError::Output(why));
+            }
             _ => {}
         }
         let report = self.finish(handler, stop?, None);
@@ -644,7 +653,8 @@ impl Vm {
             | Stop::TimedOut
             | Stop::Parked
             | Stop::SnapshotPoint
-            | Stop::BrokenPipe => String::new(),
+            | Stop::BrokenPipe
+            | Stop::OutputFailed(_) => String::new(),
         };
         if !genuine_exception {
             let location = symbolize(regs.rip)
