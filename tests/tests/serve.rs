@@ -426,6 +426,28 @@ fn test_serve_no_reuse_gives_every_request_a_new_vm() {
 }
 
 #[kvm_test]
+fn test_via_into_a_closed_pipe_ends_at_once_with_141() {
+    let dir = tests::scratch_dir("serve-via-pipe");
+    let chatty = chatty_guest("serve-via-pipe");
+    let server = start_server(&dir, &[]);
+    let mut child = Command::new(vmm_bin())
+        .args(["run", "--via", server.socket.to_str().unwrap()])
+        .arg(&chatty)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little of the guest's output, then close the pipe, as `| head -c 4096` does.
+    let mut first = [0u8; 4096];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = finish_within(child, Duration::from_secs(10))
+        .expect("vmm run --via went on writing into a closed pipe");
+    assert_eq!(status(&out), 141, "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[kvm_test]
 fn test_serve_bad_target_is_a_clear_error() {
     let dir = tests::scratch_dir("serve-bad");
     let server = start_server(&dir, &[]);

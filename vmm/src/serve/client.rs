@@ -34,6 +34,9 @@ pub enum ClientError {
     /// The server could not run the request.
     #[error("{0}")]
     Refused(String),
+    /// The guest's stdout cannot be written here (a full disk), as for a local run.
+    #[error("cannot write the guest's stdout")]
+    Output(#[source] std::io::Error),
 }
 
 /// Copies this process's stdin to the connection on a thread of its own, then shuts down the
@@ -102,9 +105,15 @@ pub fn run_via(socket: &Path, request: &Request) -> Result<i32, ClientError> {
     loop {
         let (kind, payload) = wire::read_frame(&mut stream).map_err(ClientError::Reply)?;
         match kind {
-            frame::STDOUT => {
-                let _ = stdout.write_all(&payload).and_then(|()| stdout.flush());
-            }
+            frame::STDOUT => match stdout.write_all(&payload).and_then(|()| stdout.flush()) {
+                Ok(()) => {}
+                // Nobody reads our stdout any more (`| head -1`): end at once, as a local run
+                // does; the server finds its client gone and drops the rest.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(abi::exit_status::BROKEN_PIPE);
+                }
+                Err(err) => return Err(ClientError::Output(err)),
+            },
             frame::STDERR => {
                 let _ = stderr.write_all(&payload);
             }
