@@ -1,6 +1,8 @@
 //! The fleet's threads, all sandboxed: creators make each instance's VM ahead through the
-//! launcher, `concurrency` workers take the ready VMs and run them, collecting each result or
-//! (with `--resident`) keeping the VM parked, and reapers destroy the finished VMs; a second
+//! launcher (or from a warm VM of its group: one whose instance exited cleanly, returned to a
+//! fresh VM's state by its worker), `concurrency` workers take the ready VMs and run them,
+//! collecting each result or (with `--resident`) keeping the VM parked, and reapers destroy
+//! the finished VMs that are not reused; a second
 //! round of workers and reapers then releases every parked instance to its end.
 //!
 //! Every instance runs under its group's timeout, also after its release (timed anew from the
@@ -147,8 +149,40 @@ struct Shared<'a> {
     recyclers: Vec<Option<Recycler>>,
     /// Instances that ran in a reused VM.
     reused: AtomicUsize,
+    /// Per group: VMs returned to a fresh VM's state, waiting for a creator to give them the
+    /// group's next job (at most [`Shared::warm_limit`] each; the last ones are destroyed with
+    /// the fleet).
+    warm: Mutex<Vec<Vec<VmShell>>>,
     /// The first thread that could not confine itself: the fleet fails with it.
     confine_failure: Mutex<Option<sandbox::SandboxError>>,
+}
+
+impl Shared<'_> {
+    /// VMs kept warm per group: as many as can be in flight (running, and ready or being made
+    /// ahead).
+    fn warm_limit(&self) -> usize {
+        self.spec.concurrency.saturating_mul(2).saturating_add(1)
+    }
+
+    /// Whether `group` has room for another warm VM (checked before a VM is reset for it).
+    fn wants_warm(&self, group: usize) -> bool {
+        lock(&self.warm)[group].len() < self.warm_limit()
+    }
+
+    /// Keeps `shell`, a VM of `group` returned to a fresh VM's state, for the group's next job
+    /// (destroys it if enough are kept meanwhile).
+    fn keep_warm(&self, group: usize, shell: VmShell) {
+        let surplus = {
+            let mut warm = lock(&self.warm);
+            if warm[group].len() < self.warm_limit() {
+                warm[group].push(shell);
+                None
+            } else {
+                Some(shell)
+            }
+        };
+        drop(surplus);
+    }
 }
 
 /// Runs the prepared fleet of `total` instances.
@@ -179,14 +213,15 @@ pub(super) fn run(
         }
     }
     let taps = attach_taps(spec, prepared, &mut jobs)?;
-    let recyclers: Vec<Option<Recycler>> = prepared
+    let (recyclers, warm): (Vec<Option<Recycler>>, Vec<Vec<VmShell>>) = prepared
         .iter()
-        .map(|p| {
-            (spec.reuse && !spec.resident)
-                .then(|| recycler_for(&kvm, p))
-                .flatten()
-        })
-        .collect();
+        .map(
+            |p| match (spec.reuse && !spec.resident).then(|| recycler_for(&kvm, p)) {
+                Some(Some((recycler, shell))) => (Some(recycler), vec![shell]),
+                _ => (None, Vec::new()),
+            },
+        )
+        .unzip();
     // What the workers' sandbox allows: what any group's guests use, the taps, and reuse.
     let grants = prepared.iter().fold(
         Grants {
@@ -214,6 +249,7 @@ pub(super) fn run(
         parked: Mutex::new(Vec::new()),
         recyclers,
         reused: AtomicUsize::new(0),
+        warm: Mutex::new(warm),
         confine_failure: Mutex::new(None),
     };
     let keeper = KeyKeeper::hold(&kvm);
@@ -262,15 +298,14 @@ pub(super) fn run(
     })
 }
 
-/// What reusing the VMs of group `p` needs (`None`, and a new VM per instance, if it cannot be
-/// had, or if the group has one instance).
-fn recycler_for(kvm: &Arc<kvm_ioctls::Kvm>, p: &Prepared) -> Option<Recycler> {
+/// What reusing the VMs of group `p` needs, and the fresh VM it was read from (the group's
+/// first warm VM); `None`, and a new VM per instance, if it cannot be had, or if the group has
+/// one instance.
+fn recycler_for(kvm: &Arc<kvm_ioctls::Kvm>, p: &Prepared) -> Option<(Recycler, VmShell)> {
     if p.group.count < 2 {
         return None;
     }
-    crate::launch::recycler(kvm, &p.target, &p.group.vm, false)
-        .ok()
-        .map(|(recycler, _)| recycler)
+    crate::launch::recycler(kvm, &p.target, &p.group.vm, false).ok()
 }
 
 /// One VM and vCPU kept alive for the fleet's whole run, never run. Creating the first VM or
@@ -301,9 +336,11 @@ struct Built {
 }
 
 /// Boots every job in three stages on sandboxed threads: creators make each job's VM ahead
-/// (RAM, image, VM, vCPU, registers: `launch::build`) into a queue as deep as the workers are
-/// many; workers take a ready VM, run it to its end (or until it parks, with `--resident`) and
-/// keep its result; reapers destroy the finished VMs. Returns when every VM has been run and
+/// (a warm VM of its group given the job's boot info and registers, or a new one: RAM, image,
+/// VM, vCPU, registers, `launch::build_with`) into a queue as deep as the workers are many;
+/// workers take a ready VM, run it to its end (or until it parks, with `--resident`), keep
+/// its result, and return its VM to a fresh VM's state for the warm VMs of its group (or, when
+/// that is refused or not wanted, hand it to the reapers, which destroy it). Returns when every VM has been run and
 /// every finished one destroyed.
 fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
     let workers = shared.spec.concurrency.min(jobs.len()).max(1);
@@ -316,22 +353,8 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
         let mut last_error = None;
         for i in 0..workers {
             let (ready_rx, reap) = (Arc::clone(&ready_rx), reap.clone());
-            let queue = &queue;
             let spawned = spawn_confined(scope, format!("fleet-{i}"), false, shared, move || {
-                // The VM of this worker's last instance, returned to a fresh VM's state: its
-                // next instance of the same group runs there (see `vm::recycle`).
-                let mut warm: Option<(usize, VmShell)> = None;
-                loop {
-                    let built = match warm.take() {
-                        Some((group, shell)) => match next(queue) {
-                            Some(job) => reuse(shared, job, group, shell),
-                            None => continue, // the shell is destroyed; creators' VMs remain
-                        },
-                        None => match receive(&ready_rx) {
-                            Some(built) => built,
-                            None => break,
-                        },
-                    };
+                while let Some(built) = receive(&ready_rx) {
                     // Running from here until the guest ends (a parked one stays counted).
                     let count = shared.live.fetch_add(1, Ordering::SeqCst) + 1;
                     shared.peak.fetch_max(count, Ordering::SeqCst);
@@ -346,12 +369,13 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                     shared.live.fetch_sub(1, Ordering::SeqCst);
                     lock(&shared.results).push(result);
                     let Some(vm) = vm else { continue };
+                    // Returned to a fresh VM's state, for a creator to give its group's next job.
                     match &shared.recyclers[group] {
-                        Some(recycler) => match vm.recycle(recycler) {
-                            Ok((shell, _)) => warm = Some((group, shell)),
+                        Some(recycler) if shared.wants_warm(group) => match vm.recycle(recycler) {
+                            Ok((shell, _)) => shared.keep_warm(group, shell),
                             Err(refusal) => reap_later(&reap, refusal.vm),
                         },
-                        None => reap_later(&reap, *vm),
+                        _ => reap_later(&reap, *vm),
                     }
                 }
             });
@@ -586,11 +610,25 @@ fn finish(vm: &mut Vm) -> Result<Progress, VmError> {
     Ok(Progress::Parked)
 }
 
-/// Creates `job`'s VM (RAM with the image or snapshot in it, VM, vCPU, registers).
+/// Makes `job`'s VM: a VM of its group that an earlier instance left, returned to a fresh VM's
+/// state, given the job's boot info and registers; else a new one (RAM with the image or
+/// snapshot in it, VM, vCPU, registers).
 fn create(shared: &Shared<'_>, job: Job) -> Built {
     let p = &shared.prepared[job.group];
     let started = Instant::now();
     let config = job_config(p, &job);
+    let warm = lock(&shared.warm)[job.group].pop();
+    if let Some(shell) = warm {
+        let vm = crate::launch::finish(shell, &p.target, &config, Timeline::default());
+        if vm.is_ok() {
+            shared.reused.fetch_add(1, Ordering::SeqCst);
+        }
+        return Built {
+            job,
+            vm,
+            create: started.elapsed(),
+        };
+    }
     let reusable = shared.recyclers[job.group].is_some();
     let vm = crate::launch::build_with(
         shared.kvm,
@@ -599,26 +637,6 @@ fn create(shared: &Shared<'_>, job: Job) -> Built {
         Timeline::default(),
         reusable,
     );
-    Built {
-        job,
-        vm,
-        create: started.elapsed(),
-    }
-}
-
-/// `job`'s VM made from `shell`, the VM of an instance of `group` returned to a fresh VM's
-/// state: given `job`'s boot info and registers if it is of the same group, else destroyed
-/// and replaced by a new one.
-fn reuse(shared: &Shared<'_>, job: Job, group: usize, shell: VmShell) -> Built {
-    if job.group != group {
-        drop(shell);
-        return create(shared, job);
-    }
-    let p = &shared.prepared[job.group];
-    let started = Instant::now();
-    let config = job_config(p, &job);
-    let vm = crate::launch::finish(shell, &p.target, &config, Timeline::default());
-    shared.reused.fetch_add(1, Ordering::SeqCst);
     Built {
         job,
         vm,
