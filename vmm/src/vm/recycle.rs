@@ -271,6 +271,9 @@ impl Vm {
         if !self.exited {
             return Err(RecycleRefused::NotExited);
         }
+        if !self.ram.is_locked() {
+            return Err(ResetRefused::NotLocked.into());
+        }
         // Complete what the last exit left pending, without entering the guest.
         self.vcpu.set_kvm_immediate_exit(1);
         let flushed = self.vcpu.run().map(|_| ());
