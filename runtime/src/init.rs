@@ -389,15 +389,18 @@ fn prepare(
     )?;
     // Only a network namespace other than the runtime's (the host's) is the container's own,
     // and not one joined through another process (`/proc/PID/ns/net`: Docker's
-    // `--network container:X`), whose interface is that process's.
+    // `--network container:X`), whose interface is that process's. Both must be known to
+    // differ: a namespace that cannot be told apart from the host's is left alone.
     let own_network = plan.namespaces.iter().any(|n| {
         n.kind == CloneFlags::CLONE_NEWNET
             && !n
                 .path
                 .as_deref()
                 .is_some_and(crate::network::is_another_process_namespace)
-    }) && host_netns.is_some()
-        && crate::network::NetnsId::current() != host_netns;
+    }) && matches!(
+        (crate::network::NetnsId::current(), host_netns),
+        (Some(now), Some(host)) if now != host
+    );
     let tun = own_network.then(crate::network::open_tun);
     pivot_into(&plan.rootfs, plan.root_readonly)?;
     let image = find_image(plan)?;
