@@ -342,25 +342,26 @@ fn test_serve_reused_vm_keeps_nothing_of_the_request_before() {
     }
 }
 
-#[kvm_test]
-fn test_serve_never_reuses_the_vm_of_a_timed_out_guest() {
-    // A guest stopped by its timeout made no exception (nothing of the VMM's changed) and no
-    // exit hypercall: only the rule that a reused VM's guest exited keeps its VM out.
-    let dir = tests::scratch_dir("serve-reuse-timeout");
+/// Plants a secret in a pool of one VM, then runs `secret MODE` in that VM (reused) with the
+/// client flags `flags`, which must end with `status`; the request after it must get a VM that
+/// is not the reused one.
+fn assert_vm_not_reused_after(test: &str, flags: &[&str], mode: &str, status_after: i32) {
+    let dir = tests::scratch_dir(test);
     let snap = snapshot(&dir, "secret.snap", "secret");
     let server = start_server_with(&dir, &[&snap], &["--pool", "1", "--workers", "1"]);
     let (secret, _) = secret_pair();
-    let snap = snap.to_str().unwrap();
-    let out = via(&server, &["--from", snap], &["plant", &secret]);
+    let from = ["--from", snap.to_str().unwrap()];
+    let out = via(&server, &from, &["plant", &secret]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
-    let out = via(&server, &["--from", snap, "--timeout", "200ms"], &["spin"]);
-    assert_eq!(status(&out), 124, "{}", stderr(&out));
+    let out = via(&server, &[&from[..], flags].concat(), &[mode]);
+    assert_eq!(status(&out), status_after, "{}", stderr(&out));
+    let reused = format!("(reused after 1), exit status {status_after}");
     assert!(
-        server.wait_for_line("(reused after 1), exit status 124", Duration::from_secs(5)),
+        server.wait_for_line(&reused, Duration::from_secs(5)),
         "{:?}",
         server.lines()
     );
-    let out = via(&server, &["--from", snap], &["plant", &secret]);
+    let out = via(&server, &from, &["plant", &secret]);
     assert_eq!(status(&out), 0, "{}", stderr(&out));
     assert!(server.wait_for_lines("exit status 0", 2, Duration::from_secs(5)));
     let last = server
@@ -371,39 +372,20 @@ fn test_serve_never_reuses_the_vm_of_a_timed_out_guest() {
         .unwrap();
     assert!(
         !last.contains("reused"),
-        "a timed-out guest's VM was reused: {last}"
+        "the VM of `secret {mode}` was reused: {last}"
     );
 }
 
 #[kvm_test]
+fn test_serve_never_reuses_the_vm_of_a_timed_out_guest() {
+    // A guest stopped by its timeout made no exception (nothing of the VMM's changed) and no
+    // exit hypercall: only the rule that a reused VM's guest exited keeps its VM out.
+    assert_vm_not_reused_after("serve-reuse-timeout", &["--timeout", "200ms"], "spin", 124);
+}
+
+#[kvm_test]
 fn test_serve_never_reuses_the_vm_of_a_crashed_guest() {
-    let dir = tests::scratch_dir("serve-reuse-crash");
-    let snap = snapshot(&dir, "secret.snap", "secret");
-    let from = ["--from", snap.to_str().unwrap()];
-    let server = start_server_with(&dir, &[&snap], &["--pool", "1", "--workers", "1"]);
-    let (secret, _) = secret_pair();
-    let out = via(&server, &from, &["plant", &secret]);
-    assert_eq!(status(&out), 0, "{}", stderr(&out));
-    let out = via(&server, &from, &["crash"]);
-    assert_eq!(status(&out), 134, "{}", stderr(&out));
-    assert!(
-        server.wait_for_line("(reused after 1), exit status 134", Duration::from_secs(5)),
-        "{:?}",
-        server.lines()
-    );
-    let out = via(&server, &from, &["plant", &secret]);
-    assert_eq!(status(&out), 0, "{}", stderr(&out));
-    assert!(server.wait_for_lines("exit status 0", 2, Duration::from_secs(5)));
-    let last = server
-        .lines()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains(".snap: "))
-        .unwrap();
-    assert!(
-        !last.contains("reused"),
-        "a crashed guest's VM was reused: {last}"
-    );
+    assert_vm_not_reused_after("serve-reuse-crash", &[], "crash", 134);
 }
 
 #[kvm_test]
