@@ -6,10 +6,12 @@
 //! must match one of the patterns the server was started with (an interface name in which
 //! `*` stands for any run of characters, such as `fltap*`), and it must be a tap by name
 //! (`fd=N` would name one of the server's own descriptors). Without `--allow-tap`, requests
-//! with `net` are refused. The dispatcher attaches the tap (`Tap::open`: it fails if the
+//! with `net` are refused. Nor may a client lift its guest's send limit: `tx-rate` may lower
+//! the default (`DEFAULT_TX_RATE`), never raise it. The dispatcher attaches the tap (`Tap::open`: it fails if the
 //! interface is missing, not a tap, or attached to someone else) before handing the request
 //! to a runner, which gets it in its tap slot (see `slots`).
 
+use crate::devices::net::spec::DEFAULT_TX_RATE;
 use crate::net::{NetError, NetSpec, Tap, TapSource};
 
 /// The taps requests may name.
@@ -61,6 +63,13 @@ impl TapPolicy {
                 "--net: tap '{name}' is not one this server may attach (--allow-tap)"
             ));
         }
+        if spec.tx_rate > DEFAULT_TX_RATE {
+            return Err(format!(
+                "--net tx-rate={} is above this server's limit of {}",
+                crate::size::Size(spec.tx_rate),
+                crate::size::Size(DEFAULT_TX_RATE)
+            ));
+        }
         let tap = Tap::open(name).map_err(|e: NetError| crate::error_chain(&e))?;
         Ok((spec, tap))
     }
@@ -110,6 +119,23 @@ mod tests {
         for bad in ["", "a/b*", "has space", "a-name-far-too-long*"] {
             assert!(TapPolicy::new(&[bad.into()]).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn test_policy_refuses_a_send_rate_above_the_default() {
+        let policy = TapPolicy::new(&["fltap*".into()]).unwrap();
+        // Refused before any tap is opened (none named so exists here).
+        let err = policy
+            .attach("tap=fltap-none,ip=10.0.0.2/24,tx-rate=1G")
+            .unwrap_err();
+        assert!(err.contains("above this server's limit"), "{err}");
+        let err = policy
+            .attach("tap=fltap-none,ip=10.0.0.2/24,tx-rate=1M")
+            .unwrap_err();
+        assert!(
+            !err.contains("limit"),
+            "a lower rate is the client's to ask: {err}"
+        );
     }
 
     #[test]
