@@ -78,6 +78,38 @@ fn test_fleet_reused_vms_keep_nothing_of_the_instance_before() {
 }
 
 #[kvm_test]
+fn test_fleet_under_a_low_memlock_limit_runs_every_instance_in_a_new_vm() {
+    // Without CAP_IPC_LOCK and with a 64 KiB RLIMIT_MEMLOCK, guest RAM cannot be locked, so
+    // no VM may be reused (a swapped-out page would escape the reset): said once, all run.
+    let hello = image("hello");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "prlimit",
+        ])
+        .args(["--memlock=65536:65536"])
+        .arg(tests::vmm_bin())
+        .args(["fleet", "--json", hello.to_str().unwrap(), "--count", "6"])
+        .args(["--concurrency", "1"])
+        .output()
+        .expect("setpriv and prlimit (util-linux)");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let warnings: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap().lines().collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("not locked in memory"), "{warnings:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["reused_vms"], 0, "{report}");
+    assert_eq!(report["outcomes"]["exit 0"], 6, "{report}");
+    assert!(
+        report["not_reused"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("hello: ")
+    );
+}
+
+#[kvm_test]
 fn test_fleet_creates_vms_ahead_and_reports_their_cost() {
     let hello = image("hello");
     let report = fleet_json(&[

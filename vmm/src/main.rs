@@ -796,6 +796,9 @@ fn fleet(
         Ok(report) => report,
         Err(err) => return fail(&err),
     };
+    for why in &report.not_reused {
+        eprintln!("warning: VMs not reused, a new VM for each instance of {why}");
+    }
     for group in &report.never_parked {
         eprintln!(
             "warning: --resident: no instance of {group} parked, so they ran one after another \

@@ -86,6 +86,10 @@ pub struct FleetReport {
     /// parks, so they were not held at once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub never_parked: Vec<String>,
+    /// The groups whose VMs could not be reused, and why (`GROUP: reason`): each of their
+    /// instances had a new VM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_reused: Vec<String>,
 }
 
 impl FleetReport {
@@ -311,6 +315,7 @@ mod tests {
                 stderr: String::new(),
             }],
             never_parked: Vec::new(),
+            not_reused: Vec::new(),
         };
         let text = format_json(&report);
         let back: FleetSummary = serde_json::from_str(&text).unwrap();
@@ -338,6 +343,7 @@ mod tests {
             },
             instances: Vec::new(),
             never_parked: Vec::new(),
+            not_reused: Vec::new(),
         };
         assert!(format_table(&report).contains("100 KiB per VM, shared pages"));
     }

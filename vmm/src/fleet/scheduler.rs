@@ -213,11 +213,16 @@ pub(super) fn run(
         }
     }
     let taps = attach_taps(spec, prepared, &mut jobs)?;
+    let mut not_reused = Vec::new();
     let (recyclers, warm): (Vec<Option<Recycler>>, Vec<Vec<VmShell>>) = prepared
         .iter()
         .map(
             |p| match (spec.reuse && !spec.resident).then(|| recycler_for(&kvm, p)) {
-                Some(Some((recycler, shell))) => (Some(recycler), vec![shell]),
+                Some(Ok(Some((recycler, shell)))) => (Some(recycler), vec![shell]),
+                Some(Err(err)) => {
+                    not_reused.push(format!("{}: {}", p.group.name, crate::error_chain(&err)));
+                    (None, Vec::new())
+                }
                 _ => (None, Vec::new()),
             },
         )
@@ -295,17 +300,21 @@ pub(super) fn run(
         memory,
         instances,
         never_parked,
+        not_reused,
     })
 }
 
 /// What reusing the VMs of group `p` needs, and the fresh VM it was read from (the group's
-/// first warm VM); `None`, and a new VM per instance, if it cannot be had, or if the group has
-/// one instance.
-fn recycler_for(kvm: &Arc<kvm_ioctls::Kvm>, p: &Prepared) -> Option<(Recycler, VmShell)> {
+/// first warm VM); `None` if the group has one instance (nothing to reuse for); an error if it
+/// cannot be had (its instances then get a new VM each).
+fn recycler_for(
+    kvm: &Arc<kvm_ioctls::Kvm>,
+    p: &Prepared,
+) -> Result<Option<(Recycler, VmShell)>, crate::launch::LaunchError> {
     if p.group.count < 2 {
-        return None;
+        return Ok(None);
     }
-    crate::launch::recycler(kvm, &p.target, &p.group.vm, false).ok()
+    crate::launch::recycler(kvm, &p.target, &p.group.vm, false).map(Some)
 }
 
 /// One VM and vCPU kept alive for the fleet's whole run, never run. Creating the first VM or
