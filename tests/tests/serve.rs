@@ -666,6 +666,36 @@ fn test_serve_flood_of_idle_connections_delays_others_only_boundedly() {
     drop(flood);
 }
 
+// Idle connections that never time out during the test (a minute each) and keep coming: the
+// server still reads a client that sends its request at once, because a new connection takes
+// the place of the one that has been sending longest (before, the 128 read at once held the
+// listener shut for their whole request timeout), and the displaced one is told why.
+#[kvm_test]
+fn test_serve_idle_connections_cannot_shut_out_a_prompt_client() {
+    let dir = tests::scratch_dir("serve-idle-flood");
+    let server = start_server_with(&dir, &[], &["--request-timeout", "60s", "--quiet"]);
+    let mut flood: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    let out = via_within(
+        &server,
+        &[image("hello").to_str().unwrap()],
+        &["past the idle"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Hello from a unikernel!\npast the idle\n");
+    let first = &mut flood[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (kind, why) =
+        vmm::serve::wire::read_frame(first).expect("the oldest idle connection was not told");
+    assert_eq!(kind, frame::ERROR);
+    let why = String::from_utf8_lossy(&why);
+    assert!(why.contains("newer connections came"), "{why}");
+}
+
 // Issue 9, item 4: a request has a bounded time in all, not per read.
 #[kvm_test]
 fn test_serve_refuses_a_request_not_sent_within_the_request_timeout() {

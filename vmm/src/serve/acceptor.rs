@@ -5,10 +5,13 @@
 //! still sending. Each connection has [`ServeConfig::request_timeout`](super::ServeConfig) in
 //! all to send its whole request, counted from its acceptance (not per read: a client dripping
 //! a byte at a time gets no more); then it is refused. At most [`MAX_PENDING`] connections are
-//! read at once (more wait in the listener's backlog), and at most [`MAX_QUEUED`] complete
-//! requests wait for a runner (more are refused as busy), so memory (a request is at most
-//! [`wire::MAX_REQUEST`] bytes) and descriptors stay bounded whatever clients do. A complete request goes to the dispatcher, which opens its
-//! target: no file is touched on this thread.
+//! read at once: a new one takes the place of the one that has been sending longest (refused),
+//! so that idle connections, however many, cannot keep a client that sends its request at once
+//! from being read. A request that came with its connection is read as it is accepted. At most
+//! [`MAX_QUEUED`] complete requests wait for a runner (more are refused as busy), so memory (a
+//! request is at most [`wire::MAX_REQUEST`] bytes) and descriptors stay bounded whatever
+//! clients do. A complete request goes to the dispatcher, which opens its target: no file is
+//! touched on this thread.
 
 use super::log::Log;
 use super::server::Event;
@@ -74,9 +77,9 @@ impl Acceptor {
             if paused_until.is_some_and(|until| now >= until) {
                 paused_until = None;
             }
-            let listening = pending.len() < MAX_PENDING && paused_until.is_none();
+            let listening = paused_until.is_none();
             let mut fds = Vec::with_capacity(pending.len() + 1);
-            // A negative fd is skipped by poll: the listener is not watched while full.
+            // A negative fd is skipped by poll: the listener is not watched while paused.
             let listener = if listening {
                 self.listener.as_raw_fd()
             } else {
@@ -101,19 +104,7 @@ impl Acceptor {
                 } else {
                     Progress::More(connection)
                 };
-                match progress {
-                    Progress::More(connection) if now >= connection.deadline => self.refuse(
-                        &connection.connection,
-                        format!(
-                            "bad request: not sent in full within {:?}",
-                            self.request_timeout
-                        ),
-                    ),
-                    Progress::More(connection) => still.push(connection),
-                    Progress::Complete(received) => self.forward(received),
-                    Progress::Gone => {}
-                    Progress::Bad(connection, why) => self.refuse(&connection, why),
-                }
+                self.settle(progress, now, &mut still);
             }
             pending = still;
             if fds[0].revents != 0 {
@@ -122,19 +113,32 @@ impl Acceptor {
         }
     }
 
-    /// Accepts what is waiting, up to [`MAX_PENDING`] connections in all; returns until when
-    /// to stop accepting if `accept` failed.
+    /// Accepts what is waiting (at most [`MAX_PENDING`] connections per call, so that a flood
+    /// of connections cannot keep this thread from the others) and reads what each has sent;
+    /// returns until when to stop accepting if `accept` failed.
     fn accept(&self, pending: &mut Vec<Pending>, now: Instant) -> Option<Instant> {
-        while pending.len() < MAX_PENDING {
+        for _ in 0..MAX_PENDING {
             match self.listener.accept() {
                 Ok((connection, _)) => {
-                    if connection.set_nonblocking(true).is_ok() {
-                        pending.push(Pending {
-                            connection,
-                            bytes: Vec::new(),
-                            deadline: now + self.request_timeout,
-                        });
+                    if connection.set_nonblocking(true).is_err() {
+                        continue;
                     }
+                    if pending.len() >= MAX_PENDING {
+                        // `pending` is in order of acceptance: the first has sent for longest.
+                        let oldest = pending.remove(0);
+                        self.refuse(
+                            &oldest.connection,
+                            format!(
+                                "bad request: not sent in full before {MAX_PENDING} newer connections came"
+                            ),
+                        );
+                    }
+                    let fresh = Pending {
+                        connection,
+                        bytes: Vec::new(),
+                        deadline: now + self.request_timeout,
+                    };
+                    self.settle(fresh.read_some(), now, pending);
                 }
                 Err(err) => match err.kind() {
                     std::io::ErrorKind::WouldBlock => break,
@@ -149,6 +153,24 @@ impl Acceptor {
             }
         }
         None
+    }
+
+    /// Acts on what reading a connection gave at `now`: keeps it in `still` while its request
+    /// is incomplete and its time not up, forwards a complete request, refuses a bad one.
+    fn settle(&self, progress: Progress, now: Instant, still: &mut Vec<Pending>) {
+        match progress {
+            Progress::More(connection) if now >= connection.deadline => self.refuse(
+                &connection.connection,
+                format!(
+                    "bad request: not sent in full within {:?}",
+                    self.request_timeout
+                ),
+            ),
+            Progress::More(connection) => still.push(connection),
+            Progress::Complete(received) => self.forward(received),
+            Progress::Gone => {}
+            Progress::Bad(connection, why) => self.refuse(&connection, why),
+        }
     }
 
     /// Hands a request to the dispatcher, or refuses it when too many wait already.
