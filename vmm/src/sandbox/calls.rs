@@ -118,7 +118,7 @@ pub const WITH_NET: &[Allowance] = &[
 pub const FLEET_WORKER_EXTRA: &[Allowance] = &[
     (
         "ioctl",
-        "also KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_CPUID2, KVM_GET_TSC_KHZ: creating VMs through the open /dev/kvm",
+        "also KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_CPUID2, KVM_GET_TSC_KHZ, KVM_GET_MSRS: creating VMs through the open /dev/kvm (and reading a vCPU's TSC for its boot info)",
     ),
     (
         "getrandom",
@@ -136,7 +136,7 @@ pub const FLEET_WORKER_EXTRA: &[Allowance] = &[
 pub const WITH_REUSE: &[Allowance] = &[
     (
         "ioctl",
-        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_GET_MSRS, KVM_SET_DEVICE_ATTR: reusing a VM (its vCPU compared with a fresh one's, its TSC offset set back to zero)",
+        "also KVM_GET_VCPU_EVENTS, KVM_GET_DEBUGREGS, KVM_GET_XCRS, KVM_SET_DEVICE_ATTR (and KVM_GET_MSRS, which creating VMs allows already): reusing a VM (its vCPU compared with a fresh one's, its TSC offset set back to zero)",
     ),
     (
         "mincore",

@@ -77,7 +77,7 @@ pub const KVM_GET_XSAVE: u64 = ioc_read(0xa4, 4096);
 pub const KVM_SET_XSAVE: u64 = ioc_write(0xa5, 4096);
 
 /// The extra `ioctl` requests of a thread that creates VMs (fleet workers, serve's refill):
-/// creating a VM, its memory and vCPU.
+/// creating a VM, its memory and vCPU, and reading its vCPU's TSC for the boot info.
 pub const FLEET_IOCTLS: &[(&str, u64)] = &[
     ("KVM_CREATE_VM", 0xae01),
     ("KVM_CHECK_EXTENSION", 0xae03),
@@ -97,6 +97,11 @@ pub const FLEET_IOCTLS: &[(&str, u64)] = &[
     ),
     ("KVM_SET_CPUID2", ioc_write(0x90, 8)),
     ("KVM_GET_TSC_KHZ", 0xaea3),
+    // The guest's TSC at boot, paired with the wall clock in its boot info.
+    (
+        "KVM_GET_MSRS",
+        ioc_read_write(0x88, size_of::<kvm_bindings::kvm_msrs>()),
+    ),
 ];
 
 /// The extra `ioctl` requests of fleet workers and serve runners, which reuse VMs
@@ -114,10 +119,6 @@ pub const RECYCLE_IOCTLS: &[(&str, u64)] = &[
     (
         "KVM_GET_XCRS",
         ioc_read(0xa6, size_of::<kvm_bindings::kvm_xcrs>()),
-    ),
-    (
-        "KVM_GET_MSRS",
-        ioc_read_write(0x88, size_of::<kvm_bindings::kvm_msrs>()),
     ),
     ("KVM_SET_DEVICE_ATTR", KVM_SET_DEVICE_ATTR),
 ];
@@ -604,7 +605,6 @@ mod tests {
         assert_eq!(number("KVM_GET_VCPU_EVENTS"), 0x8040_ae9f);
         assert_eq!(number("KVM_GET_DEBUGREGS"), 0x8080_aea1);
         assert_eq!(number("KVM_GET_XCRS"), 0x8188_aea6);
-        assert_eq!(number("KVM_GET_MSRS"), 0xc008_ae88);
         assert_eq!(number("KVM_SET_DEVICE_ATTR"), 0x4018_aee1);
     }
 
@@ -612,6 +612,7 @@ mod tests {
     fn test_fleet_ioctl_numbers_match_the_kernel() {
         let number = |name| FLEET_IOCTLS.iter().find(|(n, _)| *n == name).unwrap().1;
         assert_eq!(number("KVM_SET_USER_MEMORY_REGION"), 0x4020_ae46);
+        assert_eq!(number("KVM_GET_MSRS"), 0xc008_ae88);
         assert_eq!(number("KVM_SET_REGS"), 0x4090_ae82);
         assert_eq!(number("KVM_SET_SREGS"), 0x4138_ae84);
         assert_eq!(number("KVM_SET_CPUID2"), 0x4008_ae90);

@@ -278,7 +278,7 @@ impl Vm {
         let mut params = arch::RunParams {
             args: &args,
             env: &env,
-            clock: host_clock(tsc_khz),
+            clock: guest_clock(&vcpu, tsc_khz),
             flags: milestones
                 | if config.stop_at_snapshot_point {
                     abi::boot_flags::SNAPSHOT
@@ -734,16 +734,37 @@ fn load_fpu_state(vcpu: &VcpuFd, saved: &SavedVcpu) -> Result<(), VmError> {
     unsafe { vcpu.set_xsave(&xsave) }.map_err(|e| VmError::BadFpuState(Some(e)))
 }
 
-/// The host clock as the guest will see it.
-fn host_clock(tsc_khz: u64) -> HostClock {
+/// The wall clock now, and the guest's TSC at that moment as the guest will read it: the
+/// vCPU's TSC as KVM keeps it. On hardware KVM that counts from the vCPU's creation (or from
+/// where a reuse set it back to zero), far from the host's counter; on PVM it is the host's
+/// counter. The host's counter stands in only if KVM cannot tell.
+fn guest_clock(vcpu: &VcpuFd, tsc_khz: u64) -> HostClock {
     let unix_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    // SAFETY: rdtsc has no side effects; x86-64 always has it.
-    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    let tsc = guest_tsc(vcpu).ok().flatten().unwrap_or_else(|| {
+        // SAFETY: rdtsc has no side effects; x86-64 always has it.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    });
     HostClock {
         tsc_khz,
         unix_ns,
         tsc,
     }
+}
+
+/// `IA32_TSC`, the time-stamp counter's MSR.
+pub(super) const MSR_IA32_TSC: u32 = 0x10;
+
+/// The vCPU's TSC as KVM reads it (`KVM_GET_MSRS`); `None` if KVM reads no such MSR.
+pub(super) fn guest_tsc(vcpu: &VcpuFd) -> Result<Option<u64>, kvm_ioctls::Error> {
+    let entry = kvm_bindings::kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        ..Default::default()
+    };
+    let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[entry]) else {
+        return Ok(None);
+    };
+    let read = vcpu.get_msrs(&mut msrs)?;
+    Ok((read == 1).then(|| msrs.as_slice()[0].data))
 }

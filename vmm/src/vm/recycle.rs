@@ -35,7 +35,7 @@
 //! Only a guest that ended with its exit hypercall is reused: a crash, a timeout, a kill or a
 //! closed pipe leave the vCPU mid-instruction, and such VMs are destroyed.
 
-use super::{Vm, VmShell, shell};
+use super::{MSR_IA32_TSC, Vm, VmShell, guest_tsc, shell};
 use crate::memory::reset::{Reference, ResetRefused, ResetStats};
 use kvm_bindings::{
     KVM_MAX_MSR_ENTRIES, Msrs, kvm_debugregs, kvm_device_attr, kvm_msr_entry, kvm_vcpu_events,
@@ -45,8 +45,6 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use std::os::fd::AsRawFd;
 use zerocopy::IntoBytes;
 
-/// The time-stamp counter's MSR: it counts on by itself, so it is reset, not compared.
-const MSR_IA32_TSC: u32 = 0x10;
 /// `KVM_VCPU_TSC_CTRL`, the vCPU attribute group of the TSC.
 const KVM_VCPU_TSC_CTRL: u32 = 0;
 /// `KVM_VCPU_TSC_OFFSET`, its offset.
@@ -114,6 +112,7 @@ impl FreshVcpu {
         // it would go unchecked.
         let mut msrs = Vec::new();
         for index in indices.as_slice() {
+            // The TSC counts on by itself: it is reset, not compared.
             if *index == MSR_IA32_TSC {
                 continue;
             }
@@ -214,14 +213,9 @@ impl FreshVcpu {
 
 /// The vCPU's TSC as KVM reads it.
 fn read_tsc(vcpu: &VcpuFd) -> Result<u64, RecycleRefused> {
-    let entry = kvm_msr_entry {
-        index: MSR_IA32_TSC,
-        ..Default::default()
-    };
-    match read_msrs(vcpu, &[entry])?.first() {
-        Some(tsc) => Ok(tsc.data),
-        None => Err(RecycleRefused::VcpuState("TSC (unreadable)")),
-    }
+    guest_tsc(vcpu)
+        .map_err(kvm("KVM_GET_MSRS"))?
+        .ok_or(RecycleRefused::VcpuState("TSC (unreadable)"))
 }
 
 /// Reads the MSRs `entries` name, in batches KVM takes; the ones read, in order (KVM stops a
