@@ -84,7 +84,10 @@ impl Job {
                     TapSource::Name(name) => name.as_str(),
                     TapSource::Fd(_) => "",
                 };
-                Some(spec.with_tap(Tap::in_slot(tap_slot, name)))
+                // SAFETY: the tap slot is this runner's for the server's whole life (`Slots`);
+                // the dispatcher put this request's tap there and replaces it only after the
+                // runner reports the request done, when its guest no longer runs.
+                Some(spec.with_tap(unsafe { Tap::in_slot(tap_slot, name) }))
             }
             _ => None,
         };

@@ -141,7 +141,11 @@ impl Tap {
 
     /// The tap `name` that its owner has put at descriptor `slot` (a reserved number that
     /// outlives this value, which never closes it).
-    pub(crate) fn in_slot(slot: RawFd, name: &str) -> Self {
+    ///
+    /// # Safety
+    /// `slot` must stay open and hold this tap for as long as this value is read or written
+    /// through (it uses `slot` as its own, as a `BorrowedFd` would; it never closes it).
+    pub(crate) unsafe fn in_slot(slot: RawFd, name: &str) -> Self {
         Self {
             fd: TapFd::Slot(slot),
             name: name.to_owned(),
