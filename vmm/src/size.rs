@@ -22,7 +22,12 @@ impl fmt::Display for Size {
         }
         for (name, unit) in UNITS {
             if self.0 >= unit {
-                return write!(f, "{:.1} {name}", self.0 as f64 / unit as f64);
+                write!(f, "{:.1} {name}", self.0 as f64 / unit as f64)?;
+                // A rounded figure must not pass for the exact one ("4.0 GiB" for 4 GiB + 1).
+                if !(u128::from(self.0) * 10).is_multiple_of(u128::from(unit)) {
+                    write!(f, " ({} bytes)", self.0)?;
+                }
+                return Ok(());
             }
         }
         write!(f, "{} bytes", self.0)
@@ -171,6 +176,11 @@ mod tests {
         assert_eq!(Size(16 << 20).to_string(), "16 MiB");
         assert_eq!(Size(3 << 30).to_string(), "3 GiB");
         assert_eq!(Size(1536).to_string(), "1.5 KiB");
+        assert_eq!(
+            Size((4 << 30) + 1).to_string(),
+            "4.0 GiB (4294967297 bytes)",
+            "a rounded figure says it is one"
+        );
         assert_eq!(Size(100).to_string(), "100 bytes");
     }
 }

@@ -213,6 +213,11 @@ pub fn read(path: &Path, defaults: &VmConfig) -> Result<Vec<Group>, ManifestErro
             "two entries have the same name: give each a distinct `name`".into(),
         ));
     }
+    if total == 0 {
+        return Err(invalid(
+            "no instances to run (no [[vm]] entry has a count above 0)".into(),
+        ));
+    }
     Ok(groups)
 }
 
@@ -255,6 +260,14 @@ mod tests {
     fn test_manifest_unknown_keys_are_refused() {
         let path = scratch("colour.toml", "[[vm]]\nimage = \"x\"\ncolour = \"red\"\n");
         assert!(read(&path, &defaults()).is_err());
+    }
+
+    #[test]
+    fn test_manifest_without_instances_says_so_in_its_own_terms() {
+        let path = scratch("none.toml", "[[vm]]\nimage = \"a\"\ncount = 0\n");
+        let err = crate::error_chain(&read(&path, &defaults()).unwrap_err());
+        assert!(err.contains("no [[vm]] entry has a count above 0"), "{err}");
+        assert!(!err.contains("--count"), "{err}");
     }
 
     #[test]

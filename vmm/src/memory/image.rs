@@ -48,8 +48,10 @@ pub enum ImageError {
     #[error("{0} is empty")]
     Empty(PathBuf),
     /// The file is larger than the VMM reads.
-    #[error("image is too large ({size}; at most {max})", max = Size(MAX_IMAGE_FILE_SIZE))]
+    #[error("image {path} is too large ({size}; at most {max})", max = Size(MAX_IMAGE_FILE_SIZE))]
     TooLarge {
+        /// The image path.
+        path: PathBuf,
         /// The file size.
         size: Size,
     },
@@ -152,6 +154,7 @@ impl Image {
         }
         if meta.len() > MAX_IMAGE_FILE_SIZE {
             return Err(ImageError::TooLarge {
+                path: path.to_owned(),
                 size: Size(meta.len()),
             });
         }
