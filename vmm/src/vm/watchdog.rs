@@ -49,8 +49,16 @@ struct Entry {
     fired: Arc<AtomicBool>,
 }
 
+/// The watched deadlines, and when the service's thread will next look at them.
+struct Watched {
+    entries: Vec<Entry>,
+    /// When the thread wakes by itself (`None` while it is not waiting): a new deadline after
+    /// that needs no wake-up, which spares the thread (and a CPU) one per guest.
+    wakes_at: Option<Instant>,
+}
+
 struct Shared {
-    entries: Mutex<Vec<Entry>>,
+    watched: Mutex<Watched>,
     wake: Condvar,
     stopping: AtomicBool,
     next_id: AtomicU64,
@@ -79,7 +87,10 @@ impl DeadlineService {
     pub fn start(seccomp: bool) -> Result<Self, WatchdogError> {
         install_kick_handler();
         let shared = Arc::new(Shared {
-            entries: Mutex::new(Vec::new()),
+            watched: Mutex::new(Watched {
+                entries: Vec::new(),
+                wakes_at: None,
+            }),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
@@ -129,13 +140,18 @@ impl DeadlineService {
                 .unwrap_or(now + crate::size::MAX_DURATION),
             fired: Arc::clone(&fired),
         };
-        lock(&self.shared.entries).push(entry);
-        self.shared.wake.notify_all();
+        let deadline = entry.deadline;
+        let mut watched = lock(&self.shared.watched);
+        watched.entries.push(entry);
+        if watched.wakes_at.is_none_or(|at| deadline < at) {
+            self.shared.wake.notify_all();
+        }
+        drop(watched);
         let shared = Arc::clone(&self.shared);
         Watchdog {
             fired,
             release: Some(Box::new(move || {
-                lock(&shared.entries).retain(|e| e.id != id);
+                lock(&shared.watched).entries.retain(|e| e.id != id);
             })),
         }
     }
@@ -156,11 +172,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn serve(shared: &Shared) {
-    let mut entries = lock(&shared.entries);
+    let mut watched = lock(&shared.watched);
     while !shared.stopping.load(Ordering::SeqCst) {
         let now = Instant::now();
         let mut next_wake = now + Duration::from_secs(3600);
-        for entry in entries.iter() {
+        for entry in &watched.entries {
             if now >= entry.deadline {
                 entry.fired.store(true, Ordering::SeqCst);
                 // SAFETY: a watched thread removes its entry (under this lock) before it can
@@ -171,11 +187,13 @@ fn serve(shared: &Shared) {
                 next_wake = next_wake.min(entry.deadline);
             }
         }
-        entries = shared
+        watched.wakes_at = Some(next_wake);
+        watched = shared
             .wake
-            .wait_timeout(entries, next_wake.saturating_duration_since(now))
+            .wait_timeout(watched, next_wake.saturating_duration_since(now))
             .unwrap_or_else(|e| e.into_inner())
             .0;
+        watched.wakes_at = None;
     }
 }
 
@@ -241,5 +259,28 @@ mod tests {
         assert!(!early.fired());
         late.finish();
         early.finish();
+    }
+
+    #[test]
+    fn test_deadline_service_sleeping_past_a_deadline_is_woken_for_an_earlier_one() {
+        let service = DeadlineService::start(false).unwrap();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let first = service.watch(Duration::from_secs(60), me);
+        // The service is asleep until the first deadline: a later one does not wake it, an
+        // earlier one must.
+        std::thread::sleep(Duration::from_millis(20));
+        let later = service.watch(Duration::from_secs(120), me);
+        let sooner = service.watch(Duration::from_millis(30), me);
+        let started = Instant::now();
+        while !sooner.fired() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sooner.fired(), "the earlier deadline was missed");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!first.fired() && !later.fired());
+        sooner.finish();
+        later.finish();
+        first.finish();
     }
 }
