@@ -1477,8 +1477,9 @@ fn when(context: &str, failure: Failed) -> Failed {
 fn leave_a_dead_redirect(pod: &PodNetwork, flush: bool) -> Result<(), Failed> {
     let path = pod.container.path();
     let tc = |args: &[&str]| check(&in_netns(&path, "tc", args), 0);
-    pod.container
-        .ip(&["link", "add", "gone0", "type", "dummy"])?;
+    pod.container.ip(&[
+        "link", "add", "gone0", "type", "veth", "peer", "name", "gone1",
+    ])?;
     tc(&["qdisc", "add", "dev", "eth0", "ingress"])?;
     tc(&[
         "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "all", "u32", "match",
