@@ -578,7 +578,7 @@ fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
 }
 
 #[kvm_test]
-fn test_net_serve_request_for_a_tap_outside_allow_tap_is_refused() {
+fn test_net_serve_request_for_a_tap_outside_allow_tap_or_with_a_mac_is_refused() {
     in_netns(|| {
         let server = NetServer::start("net-serve-refused", &["--allow-tap", "fl*"]);
         let out = tests::vmm(&[
@@ -592,6 +592,22 @@ fn test_net_serve_request_for_a_tap_outside_allow_tap_is_refused() {
         assert_eq!(status(&out), 125);
         assert!(
             stderr(&out).contains("tap 'tap0' is not one this server may attach"),
+            "{}",
+            stderr(&out)
+        );
+        // Within the patterns, but with a MAC of the client's choosing (one that could be
+        // another guest's): refused before any tap is touched.
+        let out = tests::vmm(&[
+            "run",
+            "--via",
+            server.socket(),
+            image("httpd").to_str().unwrap(),
+            "--net",
+            "tap=fl0,ip=10.0.0.2/24,mac=02:12:34:56:78:9a",
+        ]);
+        assert_eq!(status(&out), 125);
+        assert!(
+            stderr(&out).contains("this server chooses its guests' MAC addresses"),
             "{}",
             stderr(&out)
         );

@@ -7,7 +7,10 @@
 //! `*` stands for any run of characters, such as `fltap*`), and it must be a tap by name
 //! (`fd=N` would name one of the server's own descriptors). Without `--allow-tap`, requests
 //! with `net` are refused. Nor may a client lift its guest's send limit: `tx-rate` may lower
-//! the default (`DEFAULT_TX_RATE`), never raise it. The dispatcher attaches the tap (`Tap::open`: it fails if the
+//! the default (`DEFAULT_TX_RATE`), never raise it. Nor choose its guest's MAC address: with
+//! `mac=` a client could take the address of the bridge or of another client's guest on the
+//! operator's network, so the server gives every guest a random locally administered one and
+//! refuses `mac=`. The dispatcher attaches the tap (`Tap::open`: it fails if the
 //! interface is missing, not a tap, or attached to someone else) before handing the request
 //! to a runner, which gets it in its tap slot (see `slots`).
 
@@ -62,6 +65,11 @@ impl TapPolicy {
             return Err(format!(
                 "--net: tap '{name}' is not one this server may attach (--allow-tap)"
             ));
+        }
+        if spec.mac.is_some() {
+            return Err(
+                "--net mac=: this server chooses its guests' MAC addresses (leave mac= out)".into(),
+            );
         }
         if spec.tx_rate > DEFAULT_TX_RATE {
             return Err(format!(
@@ -136,6 +144,18 @@ mod tests {
             !err.contains("limit"),
             "a lower rate is the client's to ask: {err}"
         );
+    }
+
+    #[test]
+    fn test_policy_refuses_a_mac_chosen_by_the_client() {
+        let policy = TapPolicy::new(&["fltap*".into()]).unwrap();
+        // Refused before any tap is opened (none named so exists here).
+        let err = policy
+            .attach("tap=fltap-none,ip=10.0.0.2/24,mac=02:00:00:00:00:01")
+            .unwrap_err();
+        assert!(err.contains("chooses its guests' MAC"), "{err}");
+        let err = policy.attach("tap=fltap-none,ip=10.0.0.2/24").unwrap_err();
+        assert!(!err.contains("MAC"), "no mac= is not refused for it: {err}");
     }
 
     #[test]
