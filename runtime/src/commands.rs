@@ -206,7 +206,9 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), Comman
 }
 
 /// `delete [--force] ID`: removes a stopped or created container; `--force` kills a running
-/// one first, and is content when there is no such container (as runc's). Runs the `poststop` hooks; removes the cgroup and the state directory.
+/// one first, and is content when there is no such container (as runc's). Puts back the
+/// network namespace the container changed ([`crate::network::restore`]), runs the
+/// `poststop` hooks, removes the cgroup and the state directory.
 pub fn delete(root: &Path, id: &str, force: bool, log: &Log) -> Result<(), CommandError> {
     let dir = match ContainerDir::open(root, id) {
         // runc's `delete --force` of a missing container succeeds (the shim deletes twice).
@@ -235,6 +237,14 @@ pub fn delete(root: &Path, id: &str, force: bool, log: &Log) -> Result<(), Comma
         if !wait_until_dead(saved.pid, KILL_PATIENCE) {
             return Err(CommandError::StillAlive(id.to_owned()));
         }
+    }
+    // The container process gave up the privileges to do it, and may have been killed: the
+    // namespace it changed (one that outlives it) is put back here, once it is gone.
+    if let Err(err) = crate::network::restore(&dir.path().join(crate::network::RECORD_FILE)) {
+        log.warn(&format!(
+            "cannot put the network namespace of container \"{id}\" back as it was: {}",
+            chain(&err)
+        ));
     }
     cgroup.remove()?;
     let state = hooks_state(&saved, ContainerState::Stopped);

@@ -299,11 +299,14 @@ fn container_process(
         eprintln!("flick-runtime: {}", chain(&err));
         exit_now(VMM_ERROR);
     }
-    drop(state_dir);
     let mut run = config.run;
     if let Some(tun) = config.tun {
         match crate::network::connect_guest(tun) {
-            Ok(net) => run.vm.devices.net = net,
+            Ok(Some(connected)) => {
+                record_network_changes(&state_dir, config.netns.as_ref(), &connected.changes);
+                run.vm.devices.net = Some(connected.net);
+            }
+            Ok(None) => {}
             Err(err) => {
                 eprintln!(
                     "flick-runtime: cannot give the guest the container's network: {}",
@@ -313,6 +316,7 @@ fn container_process(
             }
         }
     }
+    drop(state_dir);
     if let Err(err) = config.privileges.apply() {
         eprintln!("flick-runtime: {}", chain(&err));
         exit_now(VMM_ERROR);
@@ -336,6 +340,43 @@ fn container_process(
     exit_now(boot(&run))
 }
 
+/// Saves what connecting the guest changed in a namespace that outlives the container (one
+/// with a path) for `delete`, which puts it back: this process gives up `CAP_NET_ADMIN`
+/// before the guest runs, and may end by `SIGKILL`. A record that cannot be saved costs the
+/// namespace its restoration, not the container its run: one line says so.
+fn record_network_changes(
+    state_dir: &OwnedFd,
+    netns: Option<&(PathBuf, crate::network::NetnsId)>,
+    changes: &crate::network::Changes,
+) {
+    let Some((path, id)) = netns else { return };
+    if changes.is_empty() {
+        return;
+    }
+    let record = crate::network::Record::new(changes, path.clone(), *id);
+    let name = Path::new(crate::network::RECORD_FILE);
+    let written = nix::fcntl::openat(
+        Some(state_dir.as_raw_fd()),
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|errno| crate::network::NetworkError::Record {
+        what: "make",
+        path: name.to_owned(),
+        source: errno.into(),
+    })
+    // SAFETY: `openat` just returned this descriptor, owned by nobody else.
+    .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    .and_then(|file| record.write(file, name));
+    if let Err(err) = written {
+        eprintln!(
+            "flick-runtime: the container's network namespace will not be put back when it ends: {}",
+            chain(&err)
+        );
+    }
+}
+
 /// What the container process boots.
 struct Prepared {
     run: vmm::RunConfig,
@@ -345,6 +386,9 @@ struct Prepared {
     tun: Option<Result<OwnedFd, crate::network::NetworkError>>,
     /// What the process gives up before the boot.
     privileges: Privileges,
+    /// The container's own network namespace, when config.json names it by a path (it
+    /// outlives the container, which must put it back as it was): the path and identity.
+    netns: Option<(PathBuf, crate::network::NetnsId)>,
 }
 
 fn prepare(
@@ -391,17 +435,21 @@ fn prepare(
     // and not one joined through another process (`/proc/PID/ns/net`: Docker's
     // `--network container:X`), whose interface is that process's. Both must be known to
     // differ: a namespace that cannot be told apart from the host's is left alone.
-    let own_network = plan.namespaces.iter().any(|n| {
+    let network = plan.namespaces.iter().find(|n| {
         n.kind == CloneFlags::CLONE_NEWNET
             && !n
                 .path
                 .as_deref()
                 .is_some_and(crate::network::is_another_process_namespace)
-    }) && matches!(
-        (crate::network::NetnsId::current(), host_netns),
-        (Some(now), Some(host)) if now != host
-    );
+    });
+    let netns_id = crate::network::NetnsId::current();
+    let own_network = network.is_some()
+        && matches!((netns_id, host_netns), (Some(now), Some(host)) if now != host);
     let tun = own_network.then(crate::network::open_tun);
+    let netns = match (own_network, network.and_then(|n| n.path.clone()), netns_id) {
+        (true, Some(path), Some(id)) => Some((path, id)),
+        _ => None,
+    };
     pivot_into(&plan.rootfs, plan.root_readonly)?;
     let image = find_image(plan)?;
     let checked = vmm::Image::from_file(Path::new(&image)).map_err(|source| InitError::Image {
@@ -435,6 +483,7 @@ fn prepare(
         host_pid,
         tun,
         privileges,
+        netns,
     })
 }
 

@@ -11,12 +11,26 @@
 //!    gets no network device.
 //! 2. [`connect_guest`] makes the tap (`TUNSETIFF` on `/dev/net/tun`, opened before the
 //!    pivot; the tap lives as long as the VMM holds it), gives it the interface's MTU and
-//!    brings it up, takes every address off the interface (so that the kernel neither answers
-//!    ARP for the guest's address nor takes its TCP segments), and adds an ingress qdisc and a
-//!    `u32` filter matching every frame to each side: frames arriving on the interface leave through the tap
-//!    (to the guest), frames the guest writes to the tap leave through the interface.
+//!    brings it up, adds an ingress qdisc and a `u32` filter matching every frame to each
+//!    side (frames arriving on the interface leave through the tap, to the guest; frames the
+//!    guest writes to the tap leave through the interface), then takes every address off the
+//!    interface (so that the kernel neither answers ARP for the guest's address nor takes
+//!    its TCP segments).
 //! 3. The guest gets the interface's MAC address, address, prefix and gateway
 //!    ([`vmm::net::NetSpec::with_tap`]).
+//!
+//! Each change is noted ([`Changes`]) as soon as it is made. If a later step fails, the ones
+//! before it are undone at once (the qdiscs deleted, which takes their filters, the
+//! addresses and the routes the kernel dropped with them given back), so a failed start
+//! leaves no redirect to a vanished tap (every frame dropped) nor a qdisc that makes every
+//! retry fail. A namespace that outlives the container (config.json names it by a path: a
+//! pod's, pinned in `/var/run/netns`) is put back once the container has ended: the
+//! container process saves its changes in the state directory ([`Record`]) before it gives
+//! up `CAP_NET_ADMIN`, and `delete` undoes them ([`restore`]) however the container ended,
+//! `SIGKILL` included. A namespace whose `delete` never ran keeps a redirect to a tap that
+//! is gone: [`connect_guest`] removes it first, and if the interface has no IPv4 address
+//! left it says that a killed container took it, rather than booting the guest without a
+//! network device.
 //!
 //! Only a container with a network namespace of its own (made or joined) is touched: in the
 //! runtime's own namespace, the host's, the guest boots without a network device. Docker's
@@ -29,12 +43,14 @@
 //! `ip` or `tc` command is needed inside or outside the container.
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
@@ -42,9 +58,11 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 /// The tap's name in the container's namespace.
 pub const TAP_NAME: &str = "flick0";
@@ -101,6 +119,54 @@ pub enum NetworkError {
         /// The guest's.
         wanted: u32,
     },
+    /// A guest killed earlier in this namespace took the interface's addresses with it.
+    #[error(
+        "the container's interface {name} has no IPv4 address: a flick container killed earlier in this namespace took it (its redirect is removed; the interface needs its address again)"
+    )]
+    TakenByKilledGuest {
+        /// The interface.
+        name: String,
+    },
+    /// The record of what was changed could not be written or read.
+    #[error("cannot {what} {}", path.display())]
+    Record {
+        /// What was done.
+        what: &'static str,
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record of what was changed is not ours.
+    #[error("the record of the container's network changes {} is malformed", path.display())]
+    MalformedRecord {
+        /// The record.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The container's network namespace could not be entered to put it back.
+    #[error("cannot enter the container's network namespace {}", path.display())]
+    EnterNamespace {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The already-gone answers to deleting a qdisc: no device (a tap that went with its VMM),
+/// no ingress qdisc, or another qdisc than ours.
+const GONE: [i32; 3] = [libc::ENODEV, libc::ENOENT, libc::EINVAL];
+
+fn errno_of(err: &NetworkError) -> Option<i32> {
+    match err {
+        NetworkError::Netlink { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
 }
 
 /// The container's interface, as the namespace's configuration left it.
@@ -122,6 +188,9 @@ pub struct Interface {
     pub gateway: Option<Ipv4Addr>,
     /// Every address it holds (all families), taken off when the guest takes over.
     addresses: Vec<AddressMessage>,
+    /// The routes through it that the kernel drops with its last IPv4 address (all but the
+    /// kernel's own, which come back with the address).
+    routes: Vec<RouteMessage>,
 }
 
 impl Interface {
@@ -200,6 +269,16 @@ fn choose(
             .filter(|a| a.header.index == index)
             .cloned()
             .collect(),
+        routes: routes
+            .iter()
+            .filter(|r| r.header.protocol != RouteProtocol::Kernel)
+            .filter(|r| {
+                r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+            })
+            .cloned()
+            .collect(),
     })
 }
 
@@ -219,7 +298,7 @@ fn address_of(message: &AddressMessage) -> Option<Ipv4Addr> {
 }
 
 /// A network namespace's identity (the device and inode of its `nsfs` file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsId {
     dev: u64,
     ino: u64,
@@ -236,17 +315,46 @@ impl NetnsId {
                 ino: m.ino(),
             })
     }
+
+    fn of(file: &std::fs::File) -> std::io::Result<NetnsId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok(NetnsId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// A guest connected to the container's network, and what that changed in the namespace.
+pub struct Connected {
+    /// The guest's network device.
+    pub net: vmm::net::NetConfig,
+    /// What to undo once the guest has ended ([`Record`], [`restore`]).
+    pub changes: Changes,
 }
 
 /// Connects a guest to the container's network: the tap made with `tun`, mirrored to the
 /// namespace's interface; `None` when the namespace has no interface to give (then `tun`
-/// is not needed, and its failure to open does not matter).
+/// is not needed, and its failure to open does not matter). If a step fails, the steps
+/// before it are undone: the namespace is left as it was found.
+///
+/// A redirect a killed container left (an ingress qdisc on an interface whose `mirred`
+/// target is gone: every frame is dropped, and a new qdisc cannot be added) is removed
+/// first; if that container also took the interface's IPv4 addresses, the error says so.
 pub fn connect_guest(
     tun: Result<OwnedFd, NetworkError>,
-) -> Result<Option<vmm::net::NetConfig>, NetworkError> {
+) -> Result<Option<Connected>, NetworkError> {
     let mut netlink = Netlink::open()?;
-    let Some(interface) = Interface::find(&mut netlink)? else {
-        return Ok(None);
+    let links = netlink.dump_links()?;
+    let cleared = clear_left_behind(&mut netlink, &links)?;
+    let addresses = netlink.dump_addresses()?;
+    let routes = netlink.dump_routes()?;
+    let Some(interface) = choose(&links, &addresses, &routes) else {
+        return match cleared.into_iter().next() {
+            Some(name) => Err(NetworkError::TakenByKilledGuest { name }),
+            None => Ok(None),
+        };
     };
     if interface.mtu < vmm::net::MTU {
         return Err(NetworkError::SmallMtu {
@@ -258,12 +366,15 @@ pub fn connect_guest(
     let tap = make_tap(tun?)?;
     let tap_index = netlink.index_of(TAP_NAME)?;
     netlink.set_up(tap_index, interface.mtu)?;
-    // The redirects first: if one fails (an ingress qdisc already there), the interface keeps
-    // its addresses and the namespace is as it was, but for the tap.
-    netlink.redirect(interface.index, tap_index, &interface.name)?;
-    netlink.redirect(tap_index, interface.index, TAP_NAME)?;
-    for address in &interface.addresses {
-        netlink.delete_address(address, &interface.name)?;
+    let mut changes = Changes::default();
+    if let Err(err) = take_over(&mut netlink, &interface, tap_index, &mut changes) {
+        if let Err(undo) = changes.undo(&mut netlink) {
+            eprintln!(
+                "flick-runtime: cannot put the container's network back as it was: {}",
+                crate::log::chain(&undo)
+            );
+        }
+        return Err(err);
     }
     let spec = vmm::net::NetSpec {
         tap: vmm::net::TapSource::Name(TAP_NAME.to_owned()),
@@ -273,7 +384,259 @@ pub fn connect_guest(
         gateway: interface.gateway,
         tx_rate: vmm::net::DEFAULT_TX_RATE,
     };
-    Ok(Some(spec.with_tap(tap)))
+    Ok(Some(Connected {
+        net: spec.with_tap(tap),
+        changes,
+    }))
+}
+
+/// Joins `interface` and the tap with a redirect each way and takes the interface's
+/// addresses off, noting each change in `changes` as soon as it is made.
+fn take_over(
+    netlink: &mut impl Rtnetlink,
+    interface: &Interface,
+    tap_index: u32,
+    changes: &mut Changes,
+) -> Result<(), NetworkError> {
+    for (from, to, name) in [
+        (interface.index, tap_index, interface.name.as_str()),
+        (tap_index, interface.index, TAP_NAME),
+    ] {
+        netlink.add_ingress(from, name)?;
+        changes.qdiscs.push((from, name.to_owned()));
+        netlink.redirect(from, to, name)?;
+    }
+    // The kernel drops the routes through the interface with its last IPv4 address.
+    changes.routes.clone_from(&interface.routes);
+    for address in &interface.addresses {
+        netlink.delete_address(address, &interface.name)?;
+        changes.addresses.push(address.clone());
+    }
+    Ok(())
+}
+
+/// Removes the redirects a killed container left behind: an ingress qdisc on a link whose
+/// `mirred` filter targets a device that no longer exists (the kernel reports a vanished
+/// target as index 0). Says so in one line for each; returns the links' names.
+fn clear_left_behind(
+    netlink: &mut impl Rtnetlink,
+    links: &[LinkMessage],
+) -> Result<Vec<String>, NetworkError> {
+    let exists = |index: u32| links.iter().any(|l| l.header.index == index);
+    let mut cleared = Vec::new();
+    for link in links {
+        if link.header.flags.contains(LinkFlags::Loopback) {
+            continue;
+        }
+        let name = link_name(link);
+        let targets = netlink.redirect_targets(link.header.index, &name)?;
+        if targets.iter().any(|&t| !exists(t)) {
+            netlink.delete_ingress(link.header.index, &name)?;
+            eprintln!(
+                "flick-runtime: removed from {name} the redirect to a tap that is gone (left by a container killed before it could clean up)"
+            );
+            cleared.push(name);
+        }
+    }
+    Ok(cleared)
+}
+
+fn link_name(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("#{}", link.header.index))
+}
+
+/// What [`connect_guest`] changed in the namespace, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Interfaces (index, name) given an ingress qdisc (its filters go with it).
+    qdiscs: Vec<(u32, String)>,
+    /// Addresses taken off, as dumped.
+    addresses: Vec<AddressMessage>,
+    /// Routes the kernel dropped with them.
+    routes: Vec<RouteMessage>,
+}
+
+impl Changes {
+    /// Whether nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.qdiscs.is_empty() && self.addresses.is_empty() && self.routes.is_empty()
+    }
+
+    /// Puts the namespace back: the qdiscs deleted (first: frames stop going to the tap),
+    /// the addresses given back, then the routes (which need the addresses). Every step is
+    /// tried; the first error is returned.
+    fn undo(&self, netlink: &mut impl Rtnetlink) -> Result<(), NetworkError> {
+        let mut first = Ok(());
+        let mut keep = |result: Result<(), NetworkError>| {
+            if first.is_ok() {
+                first = result;
+            }
+        };
+        for (index, name) in self.qdiscs.iter().rev() {
+            keep(netlink.delete_ingress(*index, name));
+        }
+        for address in &self.addresses {
+            keep(netlink.add_address(address));
+        }
+        for route in &self.routes {
+            keep(netlink.add_route(route));
+        }
+        first
+    }
+}
+
+/// The changes of a running container, saved in its state directory by the container
+/// process (which gives up `CAP_NET_ADMIN` before its guest runs) for `delete`, which puts
+/// the namespace back once the container has ended however it ended, even by `SIGKILL`.
+/// Only a namespace with a path is recorded: one made for the container ends with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The namespace's path (config.json's).
+    netns_path: PathBuf,
+    /// Its identity, so that another namespace mounted there since is left alone.
+    netns: NetnsId,
+    /// [`Changes::qdiscs`].
+    qdiscs: Vec<(u32, String)>,
+    /// [`Changes::addresses`], as netlink bytes.
+    addresses: Vec<Vec<u8>>,
+    /// [`Changes::routes`], as netlink bytes.
+    routes: Vec<Vec<u8>>,
+}
+
+/// The record's file name in the container's state directory.
+pub const RECORD_FILE: &str = "network.json";
+/// The largest record read back (a few addresses and routes take a few KiB).
+const MAX_RECORD: u64 = 1024 * 1024;
+
+impl Record {
+    /// The record of `changes` made in the namespace `netns`, mounted at `netns_path`.
+    pub fn new(changes: &Changes, netns_path: PathBuf, netns: NetnsId) -> Record {
+        fn bytes(message: &impl Emitable) -> Vec<u8> {
+            let mut buffer = vec![0; message.buffer_len()];
+            message.emit(&mut buffer);
+            buffer
+        }
+        Record {
+            netns_path,
+            netns,
+            qdiscs: changes.qdiscs.clone(),
+            addresses: changes.addresses.iter().map(bytes).collect(),
+            routes: changes.routes.iter().map(bytes).collect(),
+        }
+    }
+
+    /// The changes it records.
+    fn changes(&self) -> Result<Changes, NetworkError> {
+        let decode = |source| NetworkError::Decode {
+            what: "read back the recorded network changes".to_owned(),
+            source,
+        };
+        Ok(Changes {
+            qdiscs: self.qdiscs.clone(),
+            addresses: self
+                .addresses
+                .iter()
+                .map(|b| AddressMessage::parse(b.as_slice()).map_err(decode))
+                .collect::<Result<_, _>>()?,
+            routes: self
+                .routes
+                .iter()
+                .map(|b| RouteMessage::parse(b.as_slice()).map_err(decode))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Writes the record to `file`.
+    pub fn write(&self, mut file: std::fs::File, path: &Path) -> Result<(), NetworkError> {
+        use std::io::Write;
+        let text = serde_json::to_vec(self).expect("records serialize");
+        file.write_all(&text)
+            .map_err(|source| NetworkError::Record {
+                what: "write",
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    fn read(path: &Path) -> Result<Option<Record>, NetworkError> {
+        use std::io::Read;
+        let failed = |source| NetworkError::Record {
+            what: "read",
+            path: path.to_owned(),
+            source,
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(failed(e)),
+        };
+        let mut text = Vec::new();
+        file.take(MAX_RECORD)
+            .read_to_end(&mut text)
+            .map_err(failed)?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|source| NetworkError::MalformedRecord {
+                path: path.to_owned(),
+                source,
+            })
+    }
+}
+
+/// Puts back the namespace a container's record (at `path`, if any) describes: `delete`
+/// calls it once the container's processes are gone. A namespace that is gone, or that is
+/// not the recorded one any more, is left alone. Returns whether anything was put back.
+pub fn restore(path: &Path) -> Result<bool, NetworkError> {
+    let Some(record) = Record::read(path)? else {
+        return Ok(false);
+    };
+    let changes = record.changes()?;
+    let netns = match std::fs::File::open(&record.netns_path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(NetworkError::EnterNamespace {
+                path: record.netns_path,
+                source,
+            });
+        }
+    };
+    if NetnsId::of(&netns).ok() != Some(record.netns) {
+        return Ok(false);
+    }
+    // setns(2) moves only the calling thread: a thread of its own enters the namespace and
+    // ends with it, the rest of `delete` stays where it is.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |errno| NetworkError::EnterNamespace {
+                        path: record.netns_path.clone(),
+                        source: errno.into(),
+                    },
+                )?;
+                let mut netlink = Netlink::open()?;
+                // An interface deleted since (or another one in its place) is not ours.
+                let links = netlink.dump_links()?;
+                let ours = changes.qdiscs.first().is_some_and(|(index, name)| {
+                    links
+                        .iter()
+                        .any(|l| l.header.index == *index && link_name(l) == *name)
+                });
+                if !ours {
+                    return Ok(false);
+                }
+                changes.undo(&mut netlink).map(|()| true)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Whether `path` names a namespace through a process (`/proc/PID/ns/net`, or `/proc/self`,
@@ -349,7 +712,10 @@ impl Netlink {
             buffer: vec![0; RECEIVE_BUFFER],
         })
     }
+}
 
+/// rtnetlink requests: [`Netlink`] sends them; the tests fake the kernel's answers.
+pub(crate) trait Rtnetlink {
     /// Sends `message` with `flags` and collects the answer: the messages of a dump (until
     /// `NLMSG_DONE`), or nothing for an acknowledged change.
     fn request(
@@ -357,59 +723,7 @@ impl Netlink {
         what: &str,
         message: RouteNetlinkMessage,
         flags: u16,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetworkError> {
-        let failed = |source| NetworkError::Netlink {
-            what: what.to_owned(),
-            source,
-        };
-        self.sequence = self.sequence.wrapping_add(1);
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut header = NetlinkHeader::default();
-        // Every request but a dump (which ends with NLMSG_DONE) asks for an acknowledgement,
-        // so that the answer always has an end.
-        header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
-        header.sequence_number = self.sequence;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        packet.finalize();
-        let mut bytes = vec![0; packet.buffer_len()];
-        packet.serialize(&mut bytes);
-        self.socket.send(&bytes, 0).map_err(failed)?;
-        let mut answer = Vec::new();
-        loop {
-            let size = self
-                .socket
-                .recv(&mut &mut self.buffer[..], 0)
-                .map_err(failed)?;
-            let mut offset = 0;
-            while offset < size {
-                let reply =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
-                        .map_err(|source| NetworkError::Decode {
-                            what: what.to_owned(),
-                            source,
-                        })?;
-                let length = reply.header.length as usize;
-                let ours = reply.header.sequence_number == self.sequence;
-                match reply.payload {
-                    _ if !ours => {}
-                    NetlinkPayload::Done(_) => return Ok(answer),
-                    NetlinkPayload::Error(error) => match error.code {
-                        Some(code) => {
-                            return Err(failed(std::io::Error::from_raw_os_error(-code.get())));
-                        }
-                        None if !dump => return Ok(answer),
-                        None => {}
-                    },
-                    NetlinkPayload::InnerMessage(inner) => answer.push(inner),
-                    _ => {}
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
-            }
-        }
-    }
+    ) -> Result<Vec<RouteNetlinkMessage>, NetworkError>;
 
     fn dump_links(&mut self) -> Result<Vec<LinkMessage>, NetworkError> {
         let answer = self.request(
@@ -521,34 +835,76 @@ impl Netlink {
         }
     }
 
-    /// Redirects every frame arriving on interface `from` (`name`) out of interface `to`: an
-    /// ingress qdisc on `from` and a `u32` filter matching everything, with a `mirred` egress
-    /// redirect (`tc filter add dev FROM parent ffff: protocol all u32 match u32 0 0 action
-    /// mirred egress redirect dev TO`).
-    fn redirect(&mut self, from: u32, to: u32, name: &str) -> Result<(), NetworkError> {
-        let index = i32::try_from(from).map_err(|_| NetworkError::Netlink {
-            what: format!("redirect {name}"),
-            source: std::io::ErrorKind::InvalidInput.into(),
-        })?;
-        let mut qdisc = TcMessage::with_index(index);
-        qdisc.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        qdisc.header.parent = TcHandle::INGRESS;
-        qdisc
-            .attributes
-            .push(TcAttribute::Kind("ingress".to_owned()));
+    /// Gives `address` (as dumped) back to its interface.
+    fn add_address(&mut self, address: &AddressMessage) -> Result<(), NetworkError> {
+        self.request(
+            "give the container's interface its address back",
+            RouteNetlinkMessage::NewAddress(address.clone()),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Gives `route` (as dumped) back.
+    fn add_route(&mut self, route: &RouteMessage) -> Result<(), NetworkError> {
+        self.request(
+            "give the container's interface its route back",
+            RouteNetlinkMessage::NewRoute(route.clone()),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Adds an ingress qdisc to interface `index` (`name`); fails if it has one already.
+    fn add_ingress(&mut self, index: u32, name: &str) -> Result<(), NetworkError> {
         self.request(
             &format!("add an ingress qdisc to {name}"),
-            RouteNetlinkMessage::NewQueueDiscipline(qdisc),
+            RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(tc_index(index, name)?)),
             NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Deletes the ingress qdisc of interface `index` (`name`), and with it its filters; an
+    /// interface or qdisc already gone is no error.
+    fn delete_ingress(&mut self, index: u32, name: &str) -> Result<(), NetworkError> {
+        match self.request(
+            &format!("delete the ingress qdisc of {name}"),
+            RouteNetlinkMessage::DelQueueDiscipline(ingress_qdisc(tc_index(index, name)?)),
+            0,
+        ) {
+            Err(err) if errno_of(&err).is_some_and(|e| GONE.contains(&e)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// The devices the `mirred` actions of the ingress filters of interface `index`
+    /// (`name`) send frames to (0: a device that is gone).
+    fn redirect_targets(&mut self, index: u32, name: &str) -> Result<Vec<u32>, NetworkError> {
+        let mut query = TcMessage::with_index(tc_index(index, name)?);
+        query.header.parent = INGRESS_HANDLE;
+        let answer = self.request(
+            &format!("list the ingress filters of {name}"),
+            RouteNetlinkMessage::GetTrafficFilter(query),
+            NLM_F_DUMP,
         )?;
-        let mut filter = TcMessage::with_index(index);
-        filter.header.parent = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
+        Ok(answer
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewTrafficFilter(filter) => Some(filter),
+                _ => None,
+            })
+            .flat_map(mirred_targets)
+            .collect())
+    }
+
+    /// Redirects every frame arriving on interface `from` (`name`, which has an ingress
+    /// qdisc) out of interface `to`: a `u32` filter matching everything, with a `mirred`
+    /// egress redirect (`tc filter add dev FROM parent ffff: protocol all u32 match u32 0 0
+    /// action mirred egress redirect dev TO`).
+    fn redirect(&mut self, from: u32, to: u32, name: &str) -> Result<(), NetworkError> {
+        let mut filter = TcMessage::with_index(tc_index(from, name)?);
+        filter.header.parent = INGRESS_HANDLE;
         filter.header.info = (FILTER_PRIORITY << 16) | ALL_PROTOCOLS;
         let mut action = TcAction::default();
         action.attributes = vec![
@@ -570,6 +926,115 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .map(drop)
+    }
+}
+
+/// The ingress qdisc's handle, `ffff:`, which its filters name as their parent.
+const INGRESS_HANDLE: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: 0,
+};
+
+/// An interface index as tc messages hold it.
+fn tc_index(index: u32, name: &str) -> Result<i32, NetworkError> {
+    i32::try_from(index).map_err(|_| NetworkError::Netlink {
+        what: format!("use {name} with tc"),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })
+}
+
+/// `tc qdisc … dev INDEX ingress`.
+fn ingress_qdisc(index: i32) -> TcMessage {
+    let mut qdisc = TcMessage::with_index(index);
+    qdisc.header.handle = INGRESS_HANDLE;
+    qdisc.header.parent = TcHandle::INGRESS;
+    qdisc
+        .attributes
+        .push(TcAttribute::Kind("ingress".to_owned()));
+    qdisc
+}
+
+/// The targets of a filter's `mirred` actions.
+fn mirred_targets(filter: &TcMessage) -> Vec<u32> {
+    let actions = filter.attributes.iter().flat_map(|a| match a {
+        TcAttribute::Options(options) => options.as_slice(),
+        _ => &[],
+    });
+    let actions = actions.flat_map(|o| match o {
+        TcOption::U32(TcFilterU32Option::Action(actions)) => actions.as_slice(),
+        _ => &[],
+    });
+    actions
+        .flat_map(|a| &a.attributes)
+        .flat_map(|a| match a {
+            TcActionAttribute::Options(options) => options.as_slice(),
+            _ => &[],
+        })
+        .filter_map(|o| match o {
+            TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror)) => Some(mirror.ifindex),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Rtnetlink for Netlink {
+    fn request(
+        &mut self,
+        what: &str,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetworkError> {
+        let failed = |source| NetworkError::Netlink {
+            what: what.to_owned(),
+            source,
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut header = NetlinkHeader::default();
+        // Every request but a dump (which ends with NLMSG_DONE) asks for an acknowledgement,
+        // so that the answer always has an end.
+        header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        self.socket.send(&bytes, 0).map_err(failed)?;
+        let mut answer = Vec::new();
+        loop {
+            let size = self
+                .socket
+                .recv(&mut &mut self.buffer[..], 0)
+                .map_err(failed)?;
+            let mut offset = 0;
+            while offset < size {
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
+                        .map_err(|source| NetworkError::Decode {
+                            what: what.to_owned(),
+                            source,
+                        })?;
+                let length = reply.header.length as usize;
+                let ours = reply.header.sequence_number == self.sequence;
+                match reply.payload {
+                    _ if !ours => {}
+                    NetlinkPayload::Done(_) => return Ok(answer),
+                    NetlinkPayload::Error(error) => match error.code {
+                        Some(code) => {
+                            return Err(failed(std::io::Error::from_raw_os_error(-code.get())));
+                        }
+                        None if !dump => return Ok(answer),
+                        None => {}
+                    },
+                    NetlinkPayload::InnerMessage(inner) => answer.push(inner),
+                    _ => {}
+                }
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+            }
+        }
     }
 }
 
@@ -704,5 +1169,266 @@ mod tests {
         assert_eq!(mirror.eaction, TcMirrorActionType::EgressRedir);
         assert_eq!(mirror.generic.action, TcActionType::Stolen);
         assert_eq!(mirror.ifindex, 9);
+    }
+
+    /// A kernel that acknowledges every request but the `fail_at`-th (1-based), answers
+    /// filter dumps with `filters`, and keeps what it was sent.
+    #[derive(Default)]
+    struct FakeKernel {
+        sent: Vec<(RouteNetlinkMessage, u16)>,
+        fail_at: Option<(usize, i32)>,
+        filters: Vec<TcMessage>,
+    }
+
+    impl Rtnetlink for FakeKernel {
+        fn request(
+            &mut self,
+            what: &str,
+            message: RouteNetlinkMessage,
+            flags: u16,
+        ) -> Result<Vec<RouteNetlinkMessage>, NetworkError> {
+            self.sent.push((message.clone(), flags));
+            if let Some((n, errno)) = self.fail_at
+                && n == self.sent.len()
+            {
+                return Err(NetworkError::Netlink {
+                    what: what.to_owned(),
+                    source: std::io::Error::from_raw_os_error(errno),
+                });
+            }
+            Ok(match message {
+                RouteNetlinkMessage::GetTrafficFilter(_) => self
+                    .filters
+                    .iter()
+                    .cloned()
+                    .map(RouteNetlinkMessage::NewTrafficFilter)
+                    .collect(),
+                _ => Vec::new(),
+            })
+        }
+    }
+
+    impl FakeKernel {
+        /// What was sent, in short: `+qdisc 7`, `-qdisc 7`, `+filter 7`, `-address 7`, ...
+        fn log(&self) -> Vec<String> {
+            self.sent
+                .iter()
+                .map(|(m, _)| match m {
+                    RouteNetlinkMessage::NewQueueDiscipline(t) => {
+                        format!("+qdisc {}", t.header.index)
+                    }
+                    RouteNetlinkMessage::DelQueueDiscipline(t) => {
+                        format!("-qdisc {}", t.header.index)
+                    }
+                    RouteNetlinkMessage::NewTrafficFilter(t) => {
+                        format!("+filter {}", t.header.index)
+                    }
+                    RouteNetlinkMessage::GetTrafficFilter(t) => {
+                        format!("?filter {}", t.header.index)
+                    }
+                    RouteNetlinkMessage::NewAddress(a) => format!("+address {}", a.header.index),
+                    RouteNetlinkMessage::DelAddress(a) => format!("-address {}", a.header.index),
+                    RouteNetlinkMessage::NewRoute(_) => "+route".to_owned(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        }
+    }
+
+    /// eth0 (index 7) of a Docker namespace: an IPv4 and an IPv6 address, a default route.
+    fn docker_eth0() -> Interface {
+        let links = [link(1, "lo", true), link(7, "eth0", false)];
+        let addresses = [
+            address(7, IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2)), 16),
+            address(7, "fe80::1".parse().unwrap(), 64),
+        ];
+        let routes = [default_route(7, Ipv4Addr::new(172, 17, 0, 1))];
+        choose(&links, &addresses, &routes).unwrap()
+    }
+
+    const TAP: u32 = 9;
+
+    #[test]
+    fn test_take_over_all_steps_succeed_records_every_change() {
+        let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
+        take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
+        assert_eq!(
+            kernel.log(),
+            [
+                "+qdisc 7",
+                "+filter 7",
+                "+qdisc 9",
+                "+filter 9",
+                "-address 7",
+                "-address 7"
+            ]
+        );
+        assert_eq!(
+            changes.qdiscs,
+            [(7, "eth0".to_owned()), (TAP, TAP_NAME.to_owned())]
+        );
+        assert_eq!(changes.addresses, docker_eth0().addresses);
+        assert_eq!(
+            changes.routes.len(),
+            1,
+            "the default route goes with the address"
+        );
+    }
+
+    #[test]
+    fn test_take_over_second_redirect_fails_undo_removes_both_qdiscs_only() {
+        let mut kernel = FakeKernel {
+            fail_at: Some((4, libc::EEXIST)),
+            ..FakeKernel::default()
+        };
+        let mut changes = Changes::default();
+        assert!(take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).is_err());
+        kernel.sent.clear();
+        changes.undo(&mut kernel).unwrap();
+        assert_eq!(kernel.log(), ["-qdisc 9", "-qdisc 7"]);
+    }
+
+    #[test]
+    fn test_take_over_filter_fails_undo_removes_the_qdisc_just_added() {
+        let mut kernel = FakeKernel {
+            fail_at: Some((2, libc::ENOENT)),
+            ..FakeKernel::default()
+        };
+        let mut changes = Changes::default();
+        assert!(take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).is_err());
+        kernel.sent.clear();
+        changes.undo(&mut kernel).unwrap();
+        assert_eq!(kernel.log(), ["-qdisc 7"]);
+    }
+
+    #[test]
+    fn test_take_over_second_address_fails_undo_gives_back_the_first_and_the_route() {
+        let mut kernel = FakeKernel {
+            fail_at: Some((6, libc::EPERM)),
+            ..FakeKernel::default()
+        };
+        let mut changes = Changes::default();
+        assert!(take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).is_err());
+        kernel.sent.clear();
+        changes.undo(&mut kernel).unwrap();
+        assert_eq!(
+            kernel.log(),
+            ["-qdisc 9", "-qdisc 7", "+address 7", "+route"]
+        );
+        let (given_back, flags) = &kernel.sent[2];
+        assert_eq!(
+            given_back,
+            &RouteNetlinkMessage::NewAddress(docker_eth0().addresses[0].clone())
+        );
+        assert_eq!(*flags, NLM_F_CREATE | NLM_F_REPLACE);
+    }
+
+    #[test]
+    fn test_changes_undo_failing_step_tries_the_rest_and_reports_it() {
+        let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
+        take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
+        let mut kernel = FakeKernel {
+            fail_at: Some((3, libc::EPERM)),
+            ..FakeKernel::default()
+        };
+        let err = changes.undo(&mut kernel).unwrap_err();
+        assert_eq!(errno_of(&err), Some(libc::EPERM));
+        assert_eq!(
+            kernel.sent.len(),
+            5,
+            "both qdiscs, both addresses, the route"
+        );
+    }
+
+    #[test]
+    fn test_delete_ingress_already_gone_is_no_error() {
+        for errno in GONE {
+            let mut kernel = FakeKernel {
+                fail_at: Some((1, errno)),
+                ..FakeKernel::default()
+            };
+            kernel.delete_ingress(TAP, TAP_NAME).unwrap();
+        }
+        let mut kernel = FakeKernel {
+            fail_at: Some((1, libc::EPERM)),
+            ..FakeKernel::default()
+        };
+        assert!(kernel.delete_ingress(TAP, TAP_NAME).is_err());
+    }
+
+    #[test]
+    fn test_record_read_back_gives_the_same_changes() {
+        let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
+        take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
+        let id = NetnsId {
+            dev: 4,
+            ino: 4026532000,
+        };
+        let record = Record::new(&changes, PathBuf::from("/var/run/netns/pod"), id);
+        let text = serde_json::to_string(&record).unwrap();
+        let read: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(read, record);
+        assert_eq!(read.changes().unwrap(), changes);
+    }
+
+    #[test]
+    fn test_restore_without_a_record_does_nothing() {
+        let dir = std::env::temp_dir().join(format!("flick-no-record-{}", std::process::id()));
+        assert!(!restore(&dir.join(RECORD_FILE)).unwrap());
+    }
+
+    #[test]
+    fn test_restore_malformed_record_is_an_error() {
+        let path = std::env::temp_dir().join(format!("flick-bad-record-{}", std::process::id()));
+        std::fs::write(&path, b"{\"netns_path\": 3}").unwrap();
+        let result = restore(&path);
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(result, Err(NetworkError::MalformedRecord { .. })));
+    }
+
+    /// The filter [`Rtnetlink::redirect`] adds to interface `from`, redirecting to `to`.
+    fn redirect_filter(from: u32, to: u32) -> TcMessage {
+        let mut kernel = FakeKernel::default();
+        kernel.redirect(from, to, "x").unwrap();
+        match kernel.sent.remove(0).0 {
+            RouteNetlinkMessage::NewTrafficFilter(filter) => filter,
+            other => panic!("not a filter: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_clear_left_behind_redirect_to_a_vanished_tap_is_deleted() {
+        let links = [link(1, "lo", true), link(7, "eth0", false)];
+        let mut kernel = FakeKernel {
+            // The kernel dumps the target of a mirred whose device is gone as index 0.
+            filters: vec![redirect_filter(7, 0)],
+            ..FakeKernel::default()
+        };
+        let cleared = clear_left_behind(&mut kernel, &links).unwrap();
+        assert_eq!(cleared, ["eth0"]);
+        assert_eq!(kernel.log(), ["?filter 7", "-qdisc 7"]);
+    }
+
+    #[test]
+    fn test_clear_left_behind_redirect_to_a_live_device_is_kept() {
+        let links = [link(7, "eth0", false), link(TAP, TAP_NAME, false)];
+        let mut kernel = FakeKernel {
+            filters: vec![redirect_filter(7, TAP)],
+            ..FakeKernel::default()
+        };
+        assert!(clear_left_behind(&mut kernel, &links).unwrap().is_empty());
+        assert_eq!(kernel.log(), ["?filter 7", "?filter 9"]);
+    }
+
+    #[test]
+    fn test_choose_keeps_the_routes_the_kernel_drops_not_its_own() {
+        let links = [link(7, "eth0", false)];
+        let addresses = [address(7, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 24)];
+        let mut prefix = RouteMessage::default();
+        prefix.header.protocol = RouteProtocol::Kernel;
+        prefix.attributes = vec![RouteAttribute::Oif(7)];
+        let routes = [default_route(7, Ipv4Addr::new(10, 0, 0, 1)), prefix];
+        let chosen = choose(&links, &addresses, &routes).unwrap();
+        assert_eq!(chosen.routes, [routes[0].clone()]);
     }
 }

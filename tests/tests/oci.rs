@@ -173,6 +173,18 @@ fn cases() -> Vec<(&'static str, Case)> {
             "test_ctr_run_in_a_namespace_without_cni_serves_the_page",
             ctr_network_namespace,
         ),
+        (
+            "test_ctr_run_pinned_namespace_after_each_ending_is_given_back",
+            ctr_network_namespace_reused,
+        ),
+        (
+            "test_ctr_run_namespace_with_a_dead_redirect_serves_the_page",
+            ctr_network_namespace_dead_redirect,
+        ),
+        (
+            "test_ctr_run_namespace_whose_address_a_killed_guest_took_fails_with_one_line",
+            ctr_network_namespace_taken_address,
+        ),
         ("test_ctr_run_exitcode_returns_its_code", ctr_run_exitcode),
         (
             "test_runtime_lifecycle_create_start_state_delete",
@@ -1300,71 +1312,226 @@ impl Drop for PinnedNetns {
     }
 }
 
-/// `ctr run` with our runtime in a network namespace made here, with no CNI: a veth pair
-/// between it and a client namespace, addresses set by hand. The guest takes the container
-/// side's address; the client fetches the page from it.
-fn ctr_network_namespace(env: &Env) -> Result<(), Failed> {
-    let client = Netns::new()?;
-    let container = Netns::new()?;
-    client.ip(&["link", "set", "lo", "up"])?;
-    client.ip(&[
-        "link",
-        "add",
-        "veth-client",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &container.pid(),
-    ])?;
-    client.ip(&["addr", "add", "10.99.3.1/24", "dev", "veth-client"])?;
-    client.ip(&["link", "set", "veth-client", "up"])?;
-    container.ip(&["link", "set", "lo", "up"])?;
-    container.ip(&["addr", "add", "10.99.3.2/24", "dev", "eth0"])?;
-    container.ip(&["link", "set", "eth0", "up"])?;
-    container.ip(&["route", "add", "default", "via", "10.99.3.1"])?;
-    let id = unique("ctr-net");
-    // Pinned to a file, as a CNI runtime pins a pod's namespace: a `/proc/PID/ns/net` path
-    // would name the namespace of another process, which the runtime leaves alone.
-    let pinned = container.pin(&env.scratch.join(format!("{id}.netns")))?;
-    let with_ns = format!("network:{}", pinned.0.display());
-    let out = ctr(
-        env,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            "io.containerd.runc.v2",
-            "--runc-binary",
-            path_str(&env.runtime),
-            "--with-ns",
-            &with_ns,
-            "docker.io/flick/httpd:latest",
-            &id,
-            "/httpd",
-        ],
-    );
-    let result = check(&out, 0).and_then(|()| {
-        let page = curl_from(&client.path(), "http://10.99.3.2/api/ctr")?;
+/// A pod's network made here, with no CNI: a veth pair between a client namespace
+/// (10.99.3.1) and the container's (`eth0`, 10.99.3.2/24, default route via the client),
+/// the container's pinned to a file as a CNI runtime pins a pod's (a `/proc/PID/ns/net` path
+/// would name the namespace of another process, which the runtime leaves alone).
+struct PodNetwork {
+    client: Netns,
+    container: Netns,
+    pinned: PinnedNetns,
+}
+
+impl PodNetwork {
+    fn new(env: &Env, id: &str) -> Result<PodNetwork, Failed> {
+        let client = Netns::new()?;
+        let container = Netns::new()?;
+        client.ip(&["link", "set", "lo", "up"])?;
+        client.ip(&[
+            "link",
+            "add",
+            "veth-client",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &container.pid(),
+        ])?;
+        client.ip(&["addr", "add", "10.99.3.1/24", "dev", "veth-client"])?;
+        client.ip(&["link", "set", "veth-client", "up"])?;
+        container.ip(&["link", "set", "lo", "up"])?;
+        container.ip(&["addr", "add", "10.99.3.2/24", "dev", "eth0"])?;
+        container.ip(&["link", "set", "eth0", "up"])?;
+        container.ip(&["route", "add", "default", "via", "10.99.3.1"])?;
+        let pinned = container.pin(&env.scratch.join(format!("{id}.netns")))?;
+        Ok(PodNetwork {
+            client,
+            container,
+            pinned,
+        })
+    }
+
+    /// `--with-ns` of `ctr run`.
+    fn with_ns(&self) -> String {
+        format!("network:{}", self.pinned.0.display())
+    }
+
+    /// `ctr run -d` of httpd in this namespace as container `id`.
+    fn run_httpd(&self, env: &Env, id: &str) -> Output {
+        ctr(
+            env,
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                "io.containerd.runc.v2",
+                "--runc-binary",
+                path_str(&env.runtime),
+                "--with-ns",
+                &self.with_ns(),
+                "docker.io/flick/httpd:latest",
+                id,
+                "/httpd",
+            ],
+        )
+    }
+
+    /// The guest's page, fetched from the client namespace.
+    fn fetch_page(&self) -> Result<(), Failed> {
+        let page = curl_from(&self.client.path(), "http://10.99.3.2/api/ctr")?;
         ensure(page.contains("\"path\":\"/api/ctr\""), || {
             format!("unexpected answer from the guest: {page}")
+        })
+    }
+
+    /// `eth0` as the pod's network set it up: its address, the default route through it,
+    /// no ingress qdisc.
+    fn as_set_up(&self) -> Result<(), Failed> {
+        let path = self.container.path();
+        let addresses = ipv4_addresses(&path, "eth0");
+        ensure(addresses.contains("10.99.3.2/24"), || {
+            format!("eth0 did not get its address back: {addresses:?}")
         })?;
-        let left = ipv4_addresses(&container.path(), "eth0");
+        let routes = stdout(&in_netns(&path, "ip", &["-4", "route", "show", "default"]));
+        ensure(routes.contains("via 10.99.3.1 dev eth0"), || {
+            format!("eth0 did not get its default route back: {routes:?}")
+        })?;
+        let qdiscs = stdout(&in_netns(&path, "tc", &["qdisc", "show", "dev", "eth0"]));
+        ensure(!qdiscs.contains("ingress"), || {
+            format!("eth0 keeps an ingress qdisc: {qdiscs:?}")
+        })
+    }
+}
+
+/// Stops task `id` with `signal`, then deletes it (the runtime's `delete`) and its container.
+fn remove_ctr_task(env: &Env, id: &str, signal: &str) {
+    let _ = ctr(env, &["task", "kill", "--signal", signal, id]);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10)
+        && !ctr(env, &["task", "delete", id]).status.success()
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = ctr(env, &["container", "delete", id]);
+}
+
+/// `ctr run` with our runtime in a pinned namespace: the guest takes the container side's
+/// address; the client fetches the page from it.
+fn ctr_network_namespace(env: &Env) -> Result<(), Failed> {
+    let id = unique("ctr-net");
+    let pod = PodNetwork::new(env, &id)?;
+    let out = pod.run_httpd(env, &id);
+    let result = check(&out, 0).and_then(|()| {
+        pod.fetch_page()?;
+        let left = ipv4_addresses(&pod.container.path(), "eth0");
         ensure(left.trim().is_empty(), || {
             format!("the container's eth0 still holds an address: {left}")
         })
     });
-    let _ = ctr(env, &["task", "kill", "--signal", "SIGKILL", &id]);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10)
-        && !ctr(env, &["task", "delete", &id]).status.success()
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = ctr(env, &["container", "delete", &id]);
+    remove_ctr_task(env, &id, "SIGKILL");
     result
+}
+
+/// Containers one after another in a pod's pinned namespace, as a restart policy runs them:
+/// each ending (the guest's own exit, a stop signal, `SIGKILL`) gives `eth0` back as it was,
+/// and the next guest serves the page.
+fn ctr_network_namespace_reused(env: &Env) -> Result<(), Failed> {
+    let id = unique("ctr-reuse");
+    let pod = PodNetwork::new(env, &id)?;
+    let hello = format!("{id}-hello");
+    let out = ctr_run(
+        env,
+        &[
+            "--with-ns",
+            &pod.with_ns(),
+            "docker.io/flick/hello:latest",
+            &hello,
+            "/hello",
+        ],
+    );
+    check(&out, 0)?;
+    pod.as_set_up()
+        .map_err(|e| when("after a guest that exited", e))?;
+    for signal in ["SIGTERM", "SIGKILL"] {
+        let httpd = format!("{id}-{}", signal.to_lowercase());
+        let out = pod.run_httpd(env, &httpd);
+        let served = check(&out, 0).and_then(|()| pod.fetch_page());
+        remove_ctr_task(env, &httpd, signal);
+        served.map_err(|e| when(&format!("the run ended by {signal}"), e))?;
+        pod.as_set_up()
+            .map_err(|e| when(&format!("after a guest stopped by {signal}"), e))?;
+    }
+    Ok(())
+}
+
+/// `failure`, saying when it happened.
+fn when(context: &str, failure: Failed) -> Failed {
+    format!("{context}: {}", failure.message().unwrap_or("failed")).into()
+}
+
+/// What a container killed before its runtime could clean up leaves (`delete` never ran):
+/// an ingress qdisc on `eth0` redirecting to a tap that is gone. `flush`: its addresses
+/// taken too.
+fn leave_a_dead_redirect(pod: &PodNetwork, flush: bool) -> Result<(), Failed> {
+    let path = pod.container.path();
+    let tc = |args: &[&str]| check(&in_netns(&path, "tc", args), 0);
+    pod.container.ip(&[
+        "link", "add", "gone0", "type", "veth", "peer", "name", "gone1",
+    ])?;
+    tc(&["qdisc", "add", "dev", "eth0", "ingress"])?;
+    tc(&[
+        "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "all", "u32", "match",
+        "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "gone0",
+    ])?;
+    pod.container.ip(&["link", "del", "gone0"])?;
+    if flush {
+        pod.container.ip(&["addr", "flush", "dev", "eth0"])?;
+    }
+    Ok(())
+}
+
+fn ctr_network_namespace_dead_redirect(env: &Env) -> Result<(), Failed> {
+    let id = unique("ctr-dead");
+    let pod = PodNetwork::new(env, &id)?;
+    leave_a_dead_redirect(&pod, false)?;
+    let out = pod.run_httpd(env, &id);
+    let result = check(&out, 0).and_then(|()| pod.fetch_page());
+    remove_ctr_task(env, &id, "SIGKILL");
+    result
+}
+
+fn ctr_network_namespace_taken_address(env: &Env) -> Result<(), Failed> {
+    let id = unique("ctr-taken");
+    let pod = PodNetwork::new(env, &id)?;
+    leave_a_dead_redirect(&pod, true)?;
+    let out = ctr_run(
+        env,
+        &[
+            "--with-ns",
+            &pod.with_ns(),
+            "docker.io/flick/hello:latest",
+            &id,
+            "/hello",
+        ],
+    );
+    let text = stdout(&out) + &stderr(&out);
+    ensure(out.status.code() != Some(0), || {
+        format!("the guest booted without its network: {text}")
+    })?;
+    ensure(
+        text.contains("killed earlier in this namespace took it"),
+        || format!("unclear error: {text}"),
+    )?;
+    let qdiscs = stdout(&in_netns(
+        &pod.container.path(),
+        "tc",
+        &["qdisc", "show", "dev", "eth0"],
+    ));
+    ensure(!qdiscs.contains("ingress"), || {
+        format!("the dead redirect is still there: {qdiscs:?}")
+    })
 }
 
 fn ctr_run_hello(env: &Env) -> Result<(), Failed> {
