@@ -597,7 +597,13 @@ pub fn restore(path: &Path) -> Result<bool, NetworkError> {
         return Ok(false);
     };
     let changes = record.changes()?;
-    let netns = match std::fs::File::open(&record.netns_path) {
+    // Without blocking: should something other than a namespace file (a FIFO) have taken the
+    // path since, `delete` must not wait on it; the identity check below then fails.
+    let netns = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&record.netns_path)
+    {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(source) => {
