@@ -6,9 +6,12 @@
 //! In the container process, after `start` (Docker configures the interface between `create`
 //! and `start`; a CNI plugin before `create`), while it still holds `CAP_NET_ADMIN`:
 //! 1. [`Interface::find`] dumps links, addresses and routes over rtnetlink: the interface is
-//!    the one that is not loopback and has an IPv4 address (the one with the default route
-//!    if several have). None: the container has no network (`--network none`) and the guest
-//!    gets no network device.
+//!    the Ethernet link that is not loopback and has an IPv4 address (the one the default
+//!    route leaves through if several have: the main table's route, else another table's,
+//!    a multipath route's next hops included). None: the container has no network
+//!    (`--network none`) and the guest gets no network device. A link that is not Ethernet
+//!    (`wireguard`, `tun`, `ipip`) holding the default route is an error, not a guest
+//!    without a network device.
 //! 2. [`connect_guest`] makes the tap (`TUNSETIFF` on `/dev/net/tun`, opened before the
 //!    pivot; the tap lives as long as the VMM holds it), gives it the interface's MTU and
 //!    brings it up, adds an ingress qdisc and a `u32` filter matching every frame to each
@@ -47,9 +50,9 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
@@ -118,6 +121,14 @@ pub enum NetworkError {
         mtu: u32,
         /// The guest's.
         wanted: u32,
+    },
+    /// The interface the guest would take over is not Ethernet.
+    #[error(
+        "the container's interface {name} is not Ethernet: a flick guest can take over only an Ethernet interface (one with a MAC address)"
+    )]
+    NotEthernet {
+        /// The interface.
+        name: String,
     },
     /// A guest killed earlier in this namespace took the interface's addresses with it.
     #[error(
@@ -199,16 +210,21 @@ impl Interface {
         let links = netlink.dump_links()?;
         let addresses = netlink.dump_addresses()?;
         let routes = netlink.dump_routes()?;
-        Ok(choose(&links, &addresses, &routes))
+        choose(&links, &addresses, &routes)
     }
 }
 
-/// Picks the interface from dumps of links, addresses and routes (see the module's docs).
+/// Picks the interface from dumps of links, addresses and routes (see the module's docs):
+/// an Ethernet link (the guest takes over its MAC address and speaks in frames) that is not
+/// loopback and has an IPv4 address, the one the default route leaves through if several
+/// have. A link that is not Ethernet (`wireguard`, `tun`, `ipip`: an L3 CNI's) is an error
+/// when it holds the default route, or when it is the only one with an IPv4 address: the
+/// guest would otherwise boot without a network device and nobody would know why.
 fn choose(
     links: &[LinkMessage],
     addresses: &[AddressMessage],
     routes: &[RouteMessage],
-) -> Option<Interface> {
+) -> Result<Option<Interface>, NetworkError> {
     let ipv4_of = |index: u32| {
         addresses.iter().find_map(|a| {
             (a.header.index == index && a.header.family == AddressFamily::Inet)
@@ -216,54 +232,59 @@ fn choose(
                 .flatten()
         })
     };
-    let default_via = |index: u32| {
-        routes.iter().find_map(|r| {
-            let is_default = r.header.address_family == AddressFamily::Inet
-                && r.header.destination_prefix_length == 0
-                && r.header.table == RouteHeader::RT_TABLE_MAIN;
-            let oif = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            let gateway = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
-                _ => None,
-            });
-            (is_default && oif == Some(index))
-                .then_some(gateway)
-                .flatten()
-        })
-    };
-    let candidates: Vec<&LinkMessage> = links
+    let is_loopback = |l: &&LinkMessage| l.header.flags.contains(LinkFlags::Loopback);
+    let with_ipv4: Vec<&LinkMessage> = links
         .iter()
-        .filter(|l| !l.header.flags.contains(LinkFlags::Loopback))
-        .filter(|l| ipv4_of(l.header.index).is_some())
+        .filter(|l| !is_loopback(l) && ipv4_of(l.header.index).is_some())
         .collect();
-    let link = candidates
+    // The candidates: (link, MAC address, IPv4 address and prefix).
+    let ethernet: Vec<_> = with_ipv4
         .iter()
-        .find(|l| default_via(l.header.index).is_some())
-        .or_else(|| candidates.first())?;
-    let index = link.header.index;
-    let (ip, prefix_len) = ipv4_of(index)?;
-    let mut name = None;
-    let mut mac = None;
-    let mut mtu = 1500;
-    for attribute in &link.attributes {
-        match attribute {
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
-            LinkAttribute::Mtu(m) => mtu = *m,
-            _ => {}
+        .filter_map(|l| Some((*l, mac_of(l)?, ipv4_of(l.header.index)?)))
+        .collect();
+    let exits = default_exits(routes);
+    let by_route = exits.iter().find_map(|&(index, gateway)| {
+        ethernet
+            .iter()
+            .find(|(l, ..)| l.header.index == index)
+            .map(|&candidate| (candidate, gateway))
+    });
+    if by_route.is_none() {
+        let holder = match exits.first() {
+            Some(&(index, _)) => links
+                .iter()
+                .find(|l| l.header.index == index && !is_loopback(l)),
+            None if ethernet.is_empty() => with_ipv4.first().copied(),
+            None => None,
+        };
+        if let Some(link) = holder.filter(|l| mac_of(l).is_none()) {
+            return Err(NetworkError::NotEthernet {
+                name: link_name(link),
+            });
         }
     }
-    Some(Interface {
-        name: name.unwrap_or_else(|| format!("#{index}")),
+    let Some(((link, mac, (ip, prefix_len)), gateway)) =
+        by_route.or_else(|| ethernet.first().map(|&candidate| (candidate, None)))
+    else {
+        return Ok(None);
+    };
+    let index = link.header.index;
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(1500);
+    Ok(Some(Interface {
+        name: link_name(link),
         index,
-        mac: mac?,
+        mac,
         mtu,
         ip,
         prefix_len,
-        gateway: default_via(index),
+        gateway,
         addresses: addresses
             .iter()
             .filter(|a| a.header.index == index)
@@ -272,14 +293,81 @@ fn choose(
         routes: routes
             .iter()
             .filter(|r| r.header.protocol != RouteProtocol::Kernel)
-            .filter(|r| {
-                r.attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
-            })
+            .filter(|r| exits_of(r).iter().any(|&(i, _)| i == index))
             .cloned()
             .collect(),
+    }))
+}
+
+/// The MAC address of an Ethernet link; `None` for any other kind.
+fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
+    if link.header.link_layer_type != LinkLayerType::Ether {
+        return None;
+    }
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+        _ => None,
     })
+}
+
+/// Where a route leaves: (interface index, gateway) for its `RTA_OIF`, or for each next hop
+/// of an `RTA_MULTIPATH` route (which has no `RTA_OIF`).
+fn exits_of(route: &RouteMessage) -> Vec<(u32, Option<Ipv4Addr>)> {
+    let gateway = |attributes: &[RouteAttribute]| {
+        attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+            _ => None,
+        })
+    };
+    let mut exits = Vec::new();
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => exits.push((*index, gateway(&route.attributes))),
+            RouteAttribute::MultiPath(hops) => exits.extend(
+                hops.iter()
+                    .map(|hop| (hop.interface_index, gateway(&hop.attributes))),
+            ),
+            _ => {}
+        }
+    }
+    exits
+}
+
+/// Where the namespace's IPv4 default route leaves ([`exits_of`]): the main table's if it
+/// has one, else another table's (a table above 255 is dumped as `RT_TABLE_COMPAT` in the
+/// header, the real one in `RTA_TABLE`); of several, the lowest metric's.
+fn default_exits(routes: &[RouteMessage]) -> Vec<(u32, Option<Ipv4Addr>)> {
+    let table_of = |route: &RouteMessage| {
+        route
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(table) => Some(*table),
+                _ => None,
+            })
+            .unwrap_or(u32::from(route.header.table))
+    };
+    let metric_of = |route: &RouteMessage| {
+        route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Priority(metric) => Some(*metric),
+            _ => None,
+        })
+    };
+    routes
+        .iter()
+        .filter(|r| {
+            r.header.address_family == AddressFamily::Inet
+                && r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast
+        })
+        .min_by_key(|r| {
+            (
+                table_of(r) != u32::from(RouteHeader::RT_TABLE_MAIN),
+                metric_of(r).unwrap_or(0),
+            )
+        })
+        .map(exits_of)
+        .unwrap_or_default()
 }
 
 fn address_of(message: &AddressMessage) -> Option<Ipv4Addr> {
@@ -350,7 +438,7 @@ pub fn connect_guest(
     let cleared = clear_left_behind(&mut netlink, &links)?;
     let addresses = netlink.dump_addresses()?;
     let routes = netlink.dump_routes()?;
-    let Some(interface) = choose(&links, &addresses, &routes) else {
+    let Some(interface) = choose(&links, &addresses, &routes)? else {
         return match cleared.into_iter().next() {
             Some(name) => Err(NetworkError::TakenByKilledGuest { name }),
             None => Ok(None),
@@ -1069,6 +1157,15 @@ fn mirror_to(to: u32) -> TcMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_route::route::RouteNextHop;
+
+    fn choose_for_test(
+        links: &[LinkMessage],
+        addresses: &[AddressMessage],
+        routes: &[RouteMessage],
+    ) -> Result<Option<Interface>, String> {
+        choose(links, addresses, routes).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn test_namespace_of_another_process_is_left_alone() {
@@ -1086,6 +1183,7 @@ mod tests {
     fn link(index: u32, name: &str, loopback: bool) -> LinkMessage {
         let mut link = LinkMessage::default();
         link.header.index = index;
+        link.header.link_layer_type = LinkLayerType::Ether;
         if loopback {
             link.header.flags = LinkFlags::Loopback | LinkFlags::Up;
         }
@@ -1109,10 +1207,28 @@ mod tests {
         address
     }
 
+    /// A link that is not Ethernet: `ipip` (a 4-byte address) or, without an address,
+    /// `wireguard` or `tun`.
+    fn tunnel(
+        index: u32,
+        name: &str,
+        kind: LinkLayerType,
+        address: Option<[u8; 4]>,
+    ) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.link_layer_type = kind;
+        link.attributes = vec![LinkAttribute::IfName(name.into()), LinkAttribute::Mtu(1420)];
+        link.attributes
+            .extend(address.map(|a| LinkAttribute::Address(a.to_vec())));
+        link
+    }
+
     fn default_route(index: u32, gateway: Ipv4Addr) -> RouteMessage {
         let mut route = RouteMessage::default();
         route.header.address_family = AddressFamily::Inet;
         route.header.table = RouteHeader::RT_TABLE_MAIN;
+        route.header.kind = RouteType::Unicast;
         route.attributes = vec![
             RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
             RouteAttribute::Oif(index),
@@ -1129,7 +1245,7 @@ mod tests {
             address(7, "fe80::1".parse().unwrap(), 64),
         ];
         let routes = [default_route(7, Ipv4Addr::new(172, 17, 0, 1))];
-        let chosen = choose(&links, &addresses, &routes).unwrap();
+        let chosen = choose(&links, &addresses, &routes).unwrap().unwrap();
         assert_eq!(chosen.name, "eth0");
         assert_eq!((chosen.index, chosen.mac), (7, [2, 0, 0, 0, 0, 7]));
         assert_eq!(chosen.ip, Ipv4Addr::new(172, 17, 0, 2));
@@ -1142,14 +1258,14 @@ mod tests {
     fn test_choose_loopback_only_namespace_gives_no_interface() {
         let links = [link(1, "lo", true)];
         let addresses = [address(1, IpAddr::V4(Ipv4Addr::LOCALHOST), 8)];
-        assert_eq!(choose(&links, &addresses, &[]), None);
+        assert_eq!(choose(&links, &addresses, &[]).unwrap(), None);
     }
 
     #[test]
     fn test_choose_interface_without_ipv4_is_passed_over() {
         let links = [link(1, "lo", true), link(2, "eth0", false)];
         let addresses = [address(2, "fe80::1".parse().unwrap(), 64)];
-        assert_eq!(choose(&links, &addresses, &[]), None);
+        assert_eq!(choose(&links, &addresses, &[]).unwrap(), None);
     }
 
     #[test]
@@ -1160,13 +1276,126 @@ mod tests {
             address(3, IpAddr::V4(Ipv4Addr::new(10, 2, 0, 2)), 24),
         ];
         let routes = [default_route(3, Ipv4Addr::new(10, 2, 0, 1))];
-        let chosen = choose(&links, &addresses, &routes).unwrap();
+        let chosen = choose(&links, &addresses, &routes).unwrap().unwrap();
         assert_eq!(chosen.name, "eth1");
-        let without_route = choose(&links, &addresses, &[]).unwrap();
+        let without_route = choose(&links, &addresses, &[]).unwrap().unwrap();
         assert_eq!(
             (without_route.name.as_str(), without_route.gateway),
             ("eth0", None)
         );
+    }
+
+    /// A default route through a link without a gateway (`ip route add default dev wg0`).
+    fn default_dev(index: u32) -> RouteMessage {
+        let mut route = default_route(index, Ipv4Addr::UNSPECIFIED);
+        route.attributes = vec![RouteAttribute::Oif(index)];
+        route
+    }
+
+    fn ipv4(index: u32, a: u8, b: u8, c: u8, d: u8) -> AddressMessage {
+        address(index, IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 24)
+    }
+
+    #[test]
+    fn test_choose_default_route_on_an_ipip_link_is_an_error_naming_it() {
+        let links = [
+            link(2, "eth0", false),
+            tunnel(3, "ipip0", LinkLayerType::Tunnel, Some([10, 9, 0, 2])),
+        ];
+        let addresses = [ipv4(2, 10, 1, 0, 2), ipv4(3, 10, 9, 0, 2)];
+        let routes = [default_route(3, Ipv4Addr::new(10, 9, 0, 1))];
+        let err = choose_for_test(&links, &addresses, &routes).unwrap_err();
+        assert!(
+            err.contains("ipip0") && err.contains("not Ethernet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_choose_default_route_on_a_wireguard_link_is_an_error_naming_it() {
+        let links = [
+            link(2, "eth0", false),
+            tunnel(3, "wg0", LinkLayerType::None, None),
+        ];
+        let addresses = [ipv4(2, 10, 1, 0, 2), ipv4(3, 10, 9, 0, 2)];
+        let err = choose_for_test(&links, &addresses, &[default_dev(3)]).unwrap_err();
+        assert!(err.contains("wg0") && err.contains("not Ethernet"), "{err}");
+    }
+
+    #[test]
+    fn test_choose_only_a_tun_link_has_ipv4_is_an_error_naming_it() {
+        let links = [
+            link(1, "lo", true),
+            tunnel(4, "tun0", LinkLayerType::None, None),
+        ];
+        let addresses = [ipv4(1, 127, 0, 0, 1), ipv4(4, 10, 9, 0, 2)];
+        let err = choose_for_test(&links, &addresses, &[]).unwrap_err();
+        assert!(
+            err.contains("tun0") && err.contains("not Ethernet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_choose_tun_link_without_the_default_route_is_passed_over() {
+        let links = [
+            tunnel(2, "tun0", LinkLayerType::None, None),
+            link(3, "eth0", false),
+        ];
+        let addresses = [ipv4(2, 10, 9, 0, 2), ipv4(3, 10, 1, 0, 2)];
+        let chosen = choose_for_test(&links, &addresses, &[]).unwrap().unwrap();
+        assert_eq!((chosen.name.as_str(), chosen.gateway), ("eth0", None));
+    }
+
+    #[test]
+    fn test_choose_multipath_default_route_gives_the_hop_through_the_interface() {
+        let links = [link(2, "eth0", false), link(3, "eth1", false)];
+        let addresses = [ipv4(2, 10, 1, 0, 2), ipv4(3, 10, 2, 0, 2)];
+        let hop = |index, gateway| {
+            let mut hop = RouteNextHop::default();
+            hop.interface_index = index;
+            hop.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gateway))];
+            hop
+        };
+        let mut route = default_route(3, Ipv4Addr::UNSPECIFIED);
+        route.attributes = vec![RouteAttribute::MultiPath(vec![
+            hop(3, Ipv4Addr::new(10, 2, 0, 1)),
+            hop(2, Ipv4Addr::new(10, 1, 0, 1)),
+        ])];
+        let chosen = choose_for_test(&links, &addresses, &[route.clone()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (chosen.name.as_str(), chosen.gateway),
+            ("eth1", Some(Ipv4Addr::new(10, 2, 0, 1)))
+        );
+        assert_eq!(chosen.routes, [route], "given back if the kernel drops it");
+    }
+
+    #[test]
+    fn test_choose_default_route_in_a_table_above_255_gives_its_gateway() {
+        let links = [link(2, "eth0", false)];
+        let addresses = [ipv4(2, 10, 1, 0, 2)];
+        let mut route = default_route(2, Ipv4Addr::new(10, 1, 0, 1));
+        route.header.table = libc::RT_TABLE_COMPAT;
+        route.attributes.push(RouteAttribute::Table(1000));
+        let chosen = choose_for_test(&links, &addresses, &[route])
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen.gateway, Some(Ipv4Addr::new(10, 1, 0, 1)));
+    }
+
+    #[test]
+    fn test_choose_main_table_default_route_wins_over_another_table() {
+        let links = [link(2, "eth0", false), link(3, "eth1", false)];
+        let addresses = [ipv4(2, 10, 1, 0, 2), ipv4(3, 10, 2, 0, 2)];
+        let mut other = default_route(2, Ipv4Addr::new(10, 1, 0, 1));
+        other.header.table = 100;
+        let main = default_route(3, Ipv4Addr::new(10, 2, 0, 1));
+        let chosen = choose_for_test(&links, &addresses, &[other, main])
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen.name, "eth1");
     }
 
     #[test]
@@ -1249,7 +1478,7 @@ mod tests {
             address(7, "fe80::1".parse().unwrap(), 64),
         ];
         let routes = [default_route(7, Ipv4Addr::new(172, 17, 0, 1))];
-        choose(&links, &addresses, &routes).unwrap()
+        choose(&links, &addresses, &routes).unwrap().unwrap()
     }
 
     const TAP: u32 = 9;
@@ -1434,7 +1663,7 @@ mod tests {
         prefix.header.protocol = RouteProtocol::Kernel;
         prefix.attributes = vec![RouteAttribute::Oif(7)];
         let routes = [default_route(7, Ipv4Addr::new(10, 0, 0, 1)), prefix];
-        let chosen = choose(&links, &addresses, &routes).unwrap();
+        let chosen = choose(&links, &addresses, &routes).unwrap().unwrap();
         assert_eq!(chosen.routes, [routes[0].clone()]);
     }
 }
