@@ -15,16 +15,19 @@
 //! holding `/dev/kvm`); `createRuntime`/`prestart` hooks (run by `create`, this process
 //! waits); `createContainer` hooks; `/dev/net/tun` opened (a container with a network
 //! namespace); `pivot_root`; find and check the image; stdio (the terminal's slave in
-//! terminal mode); rlimits; capabilities and user checked; "ready"; wait for "created"
-//! (`create` saved the state; if `create` dies first, so does this process); block opening
-//! the exec fifo for writing until `start` opens it for reading; the guest's network
-//! ([`crate::network`]); capabilities, user, `no_new_privs`; `startContainer` hooks; boot.
+//! terminal mode); rlimits; capabilities, user, `no_new_privs` (checked only, with a
+//! network to connect); "ready"; wait for "created" (`create` saved the state; if `create`
+//! dies first, so does this process); block opening the exec fifo for writing until `start`
+//! opens it for reading; the guest's network ([`crate::network`]) and then capabilities,
+//! user, `no_new_privs` (with a network to connect); `startContainer` hooks; boot.
 //!
 //! The network is connected after `start` because Docker configures the container's
 //! interface only then (between the runtime's `create` and `start`, in the namespace of the
 //! container process's pid; a CNI plugin has done it before `create`), and it needs
-//! `CAP_NET_ADMIN`: the process keeps its privileges until the network is connected, and no
-//! guest code runs before it drops them.
+//! `CAP_NET_ADMIN`: a container with a network namespace of its own keeps its privileges
+//! until the network is connected, and no guest code runs before it drops them. Every other
+//! container drops them before "ready", so that a failure fails `create` with one line in
+//! the runtime's log (which Docker shows) rather than the container after `start`.
 
 use crate::console;
 use crate::hooks;
@@ -317,7 +320,9 @@ fn container_process(
         }
     }
     drop(state_dir);
-    if let Err(err) = config.privileges.apply() {
+    if let Some(privileges) = config.privileges
+        && let Err(err) = privileges.apply()
+    {
         eprintln!("flick-runtime: {}", chain(&err));
         exit_now(VMM_ERROR);
     }
@@ -384,8 +389,9 @@ struct Prepared {
     /// `/dev/net/tun` for the guest's tap, when the container has a network namespace of
     /// its own (an error matters only if the namespace turns out to have an interface).
     tun: Option<Result<OwnedFd, crate::network::NetworkError>>,
-    /// What the process gives up before the boot.
-    privileges: Privileges,
+    /// What the process gives up once the network is connected; `None`: given up already
+    /// (no network to connect, so `create` saw any failure).
+    privileges: Option<Privileges>,
     /// The container's own network namespace, when config.json names it by a path (it
     /// outlives the container, which must put it back as it was): the path and identity.
     netns: Option<(PathBuf, crate::network::NetnsId)>,
@@ -467,6 +473,14 @@ fn prepare(
     }
     set_rlimits(plan)?;
     let privileges = Privileges::from_plan(plan)?;
+    // Connecting a network needs `CAP_NET_ADMIN`, so only then is the drop put off.
+    let privileges = match tun {
+        Some(_) => Some(privileges),
+        None => {
+            privileges.apply()?;
+            None
+        }
+    };
     Ok(Prepared {
         run: vmm::RunConfig {
             vm: vmm::VmConfig {
@@ -650,7 +664,7 @@ fn caps_failed(what: &'static str) -> impl Fn(caps::errors::CapsError) -> InitEr
 }
 
 /// The capability sets of `process.capabilities`, read at `create` (an unknown name fails
-/// it) and applied just before the boot.
+/// it) and applied with the rest of [`Privileges`].
 struct CapabilitySets {
     /// `None`: config.json gives no bounding set; keep the runtime's.
     bounding: Option<caps::CapsHashSet>,
@@ -661,7 +675,8 @@ struct CapabilitySets {
 }
 
 /// What the container process gives up before its guest runs: capabilities, user,
-/// `no_new_privs` (`process` of config.json), checked in `create`, applied after `start`.
+/// `no_new_privs` (`process` of config.json), checked in `create`, applied there too unless
+/// a network is to be connected after `start`.
 struct Privileges {
     capabilities: Option<CapabilitySets>,
     user: (u32, u32, Vec<u32>),

@@ -145,6 +145,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             docker_user,
         ),
         (
+            "test_docker_run_as_a_user_on_the_host_network_boots",
+            docker_user_host_network,
+        ),
+        (
             "test_docker_rm_force_leaves_nothing_behind",
             docker_rm_force,
         ),
@@ -201,6 +205,10 @@ fn cases() -> Vec<(&'static str, Case)> {
         (
             "test_runtime_create_malformed_config_fails_and_leaves_nothing",
             runtime_malformed,
+        ),
+        (
+            "test_runtime_create_without_a_network_failing_capabilities_fail_create",
+            runtime_privileges_without_network,
         ),
         (
             "test_runtime_create_twice_fails_and_keeps_the_first",
@@ -863,20 +871,21 @@ fn docker_ps_inspect(env: &Env) -> Result<(), Failed> {
 }
 
 fn docker_user(env: &Env) -> Result<(), Failed> {
-    let out = docker(
-        env,
-        &[
-            "run",
-            "--rm",
-            "--user",
-            "1000:1000",
-            "--cap-drop",
-            "ALL",
-            "--runtime=flick",
-            "flick/hello",
-            "as-user",
-        ],
-    );
+    run_hello_as_a_user(env, &[])
+}
+
+/// Without a network of its own the container process gives up its privileges before
+/// `create` returns, long before `start` opens the exec fifo: it waits on the fifo, and
+/// boots, as the user.
+fn docker_user_host_network(env: &Env) -> Result<(), Failed> {
+    run_hello_as_a_user(env, &["--network", "host"])
+}
+
+fn run_hello_as_a_user(env: &Env, extra: &[&str]) -> Result<(), Failed> {
+    let mut args = vec!["run", "--rm", "--user", "1000:1000", "--cap-drop", "ALL"];
+    args.extend(extra);
+    args.extend(["--runtime=flick", "flick/hello", "as-user"]);
+    let out = docker(env, &args);
     check(&out, 0)?;
     let text = stdout(&out);
     ensure(
@@ -1739,6 +1748,37 @@ fn runtime_malformed(env: &Env) -> Result<(), Failed> {
         &bundle,
         &id,
         "malformed config.json",
+    )
+}
+
+/// Without a network to connect nothing needs `CAP_NET_ADMIN` after `start`: the container
+/// process gives up its privileges before "ready", so that a failure (here an ambient
+/// capability outside the permitted set, which the kernel refuses) fails `create` with one
+/// line, the one Docker shows, not the container after `start`.
+fn runtime_privileges_without_network(env: &Env) -> Result<(), Failed> {
+    let id = unique("privileges");
+    let files = [
+        ("hello", image_bytes(env, "hello")),
+        ("flick.json", marker("/hello")),
+    ];
+    let bundle = bundle(env, "privileges", &files, &["/hello"]);
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    config["process"]["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_NET_RAW"], "effective": [], "permitted": [], "inheritable": [],
+        "ambient": ["CAP_NET_RAW"]
+    });
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("bundle() lists namespaces")
+        .retain(|ns| ns["type"] != "network");
+    std::fs::write(&path, config.to_string())?;
+    create_fails(
+        env,
+        &runtime_root(env, "privileges"),
+        &bundle,
+        &id,
+        "cannot set the ambient capabilities",
     )
 }
 
