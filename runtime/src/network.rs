@@ -5,15 +5,15 @@
 //!
 //! In the container process, after `start` (Docker configures the interface between `create`
 //! and `start`; a CNI plugin before `create`), while it still holds `CAP_NET_ADMIN`:
-//! 1. [`Interface::find`] dumps links, addresses and routes over rtnetlink: the interface is
+//! 1. [`connect_guest`] dumps links, addresses and routes over rtnetlink: the interface is
 //!    the Ethernet link that is not loopback and has an IPv4 address (the one the default
 //!    route leaves through if several have: the main table's route, else another table's,
 //!    a multipath route's next hops included). None: the container has no network
 //!    (`--network none`) and the guest gets no network device. A link that is not Ethernet
 //!    (`wireguard`, `tun`, `ipip`) holding the default route is an error, not a guest
 //!    without a network device.
-//! 2. [`connect_guest`] makes the tap (`TUNSETIFF` on `/dev/net/tun`, opened before the
-//!    pivot; the tap lives as long as the VMM holds it), gives it the interface's MTU and
+//! 2. It makes the tap ([`vmm::net::Tap::create_on`], on a `/dev/net/tun` opened before
+//!    the pivot; the tap lives as long as the VMM holds it), gives it the interface's MTU and
 //!    brings it up, adds an ingress qdisc and a `u32` filter matching every frame to each
 //!    side (frames arriving on the interface leave through the tap, to the guest; frames the
 //!    guest writes to the tap leave through the interface), then takes every address off the
@@ -68,7 +68,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The tap's name in the container's namespace.
-pub const TAP_NAME: &str = "flick0";
+pub(crate) const TAP_NAME: &str = "flick0";
+/// [`TAP_NAME`] for C.
+const TAP_NAME_C: &std::ffi::CStr = c"flick0";
 
 /// `ETH_P_ALL` in network byte order, as a filter's protocol.
 const ALL_PROTOCOLS: u32 = (libc::ETH_P_ALL as u16).to_be() as u32;
@@ -82,7 +84,7 @@ const RECEIVE_BUFFER: usize = 64 * 1024;
 
 /// Errors connecting the guest to the container's network.
 #[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
+pub(crate) enum NetworkError {
     /// A netlink request failed.
     #[error("cannot {what}")]
     Netlink {
@@ -104,12 +106,12 @@ pub enum NetworkError {
     /// `/dev/net/tun` could not be opened before the pivot.
     #[error("cannot open /dev/net/tun for the guest's tap")]
     Tun(#[source] std::io::Error),
-    /// The tap could not be made.
-    #[error("cannot make the tap {TAP_NAME}")]
-    MakeTap(#[source] std::io::Error),
-    /// The tap is unusable for the VMM.
-    #[error("the tap {TAP_NAME} is unusable")]
-    Tap(#[source] vmm::net::NetError),
+    /// The tap could not be made, or is unusable for the VMM.
+    #[error(transparent)]
+    Tap(vmm::net::NetError),
+    /// The tap's index could not be found.
+    #[error("cannot find the index of the tap {TAP_NAME}")]
+    TapIndex(#[source] std::io::Error),
     /// The interface's MTU is below what the guest sends.
     #[error(
         "the container's interface {name} has an MTU of {mtu}; flick guests send frames of up to {wanted} bytes of payload"
@@ -182,7 +184,7 @@ fn errno_of(err: &NetworkError) -> Option<i32> {
 
 /// The container's interface, as the namespace's configuration left it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interface {
+pub(crate) struct Interface {
     /// Its name (`eth0` under Docker).
     pub name: String,
     /// Its index.
@@ -202,16 +204,6 @@ pub struct Interface {
     /// The routes through it that the kernel drops with its last IPv4 address (all but the
     /// kernel's own, which come back with the address).
     routes: Vec<RouteMessage>,
-}
-
-impl Interface {
-    /// The namespace's interface, or `None` when it has none with an IPv4 address.
-    pub fn find(netlink: &mut Netlink) -> Result<Option<Interface>, NetworkError> {
-        let links = netlink.dump_links()?;
-        let addresses = netlink.dump_addresses()?;
-        let routes = netlink.dump_routes()?;
-        choose(&links, &addresses, &routes)
-    }
 }
 
 /// Picks the interface from dumps of links, addresses and routes (see the module's docs):
@@ -387,14 +379,14 @@ fn address_of(message: &AddressMessage) -> Option<Ipv4Addr> {
 
 /// A network namespace's identity (the device and inode of its `nsfs` file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetnsId {
+pub(crate) struct NetnsId {
     dev: u64,
     ino: u64,
 }
 
 impl NetnsId {
     /// The calling thread's network namespace; `None` if `/proc` cannot tell.
-    pub fn current() -> Option<NetnsId> {
+    pub(crate) fn current() -> Option<NetnsId> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata("/proc/thread-self/ns/net")
             .ok()
@@ -415,7 +407,7 @@ impl NetnsId {
 }
 
 /// A guest connected to the container's network, and what that changed in the namespace.
-pub struct Connected {
+pub(crate) struct Connected {
     /// The guest's network device.
     pub net: vmm::net::NetConfig,
     /// What to undo once the guest has ended ([`Record`], [`restore`]).
@@ -430,7 +422,7 @@ pub struct Connected {
 /// A redirect a killed container left (an ingress qdisc on an interface whose `mirred`
 /// target is gone: every frame is dropped, and a new qdisc cannot be added) is removed
 /// first; if that container also took the interface's IPv4 addresses, the error says so.
-pub fn connect_guest(
+pub(crate) fn connect_guest(
     tun: Result<OwnedFd, NetworkError>,
 ) -> Result<Option<Connected>, NetworkError> {
     let mut netlink = Netlink::open()?;
@@ -451,8 +443,8 @@ pub fn connect_guest(
             wanted: vmm::net::MTU,
         });
     }
-    let tap = make_tap(tun?)?;
-    let tap_index = netlink.index_of(TAP_NAME)?;
+    let tap = vmm::net::Tap::create_on(tun?, TAP_NAME).map_err(NetworkError::Tap)?;
+    let tap_index = tap_index()?;
     netlink.set_up(tap_index, interface.mtu)?;
     let mut changes = Changes::default();
     if let Err(err) = take_over(&mut netlink, &interface, tap_index, &mut changes) {
@@ -541,7 +533,7 @@ fn link_name(link: &LinkMessage) -> String {
 
 /// What [`connect_guest`] changed in the namespace, in order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// Interfaces (index, name) given an ingress qdisc (its filters go with it).
     qdiscs: Vec<(u32, String)>,
     /// Addresses taken off, as dumped.
@@ -552,7 +544,7 @@ pub struct Changes {
 
 impl Changes {
     /// Whether nothing was changed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.qdiscs.is_empty() && self.addresses.is_empty() && self.routes.is_empty()
     }
 
@@ -584,7 +576,7 @@ impl Changes {
 /// the namespace back once the container has ended however it ended, even by `SIGKILL`.
 /// Only a namespace with a path is recorded: one made for the container ends with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// The namespace's path (config.json's).
     netns_path: PathBuf,
     /// Its identity, so that another namespace mounted there since is left alone.
@@ -598,13 +590,13 @@ pub struct Record {
 }
 
 /// The record's file name in the container's state directory.
-pub const RECORD_FILE: &str = "network.json";
+pub(crate) const RECORD_FILE: &str = "network.json";
 /// The largest record read back (a few addresses and routes take a few KiB).
 const MAX_RECORD: u64 = 1024 * 1024;
 
 impl Record {
     /// The record of `changes` made in the namespace `netns`, mounted at `netns_path`.
-    pub fn new(changes: &Changes, netns_path: PathBuf, netns: NetnsId) -> Record {
+    pub(crate) fn new(changes: &Changes, netns_path: PathBuf, netns: NetnsId) -> Record {
         fn bytes(message: &impl Emitable) -> Vec<u8> {
             let mut buffer = vec![0; message.buffer_len()];
             message.emit(&mut buffer);
@@ -641,7 +633,7 @@ impl Record {
     }
 
     /// Writes the record to `file`.
-    pub fn write(&self, mut file: std::fs::File, path: &Path) -> Result<(), NetworkError> {
+    pub(crate) fn write(&self, mut file: std::fs::File, path: &Path) -> Result<(), NetworkError> {
         use std::io::Write;
         let text = serde_json::to_vec(self).expect("records serialize");
         file.write_all(&text)
@@ -680,7 +672,7 @@ impl Record {
 /// Puts back the namespace a container's record (at `path`, if any) describes: `delete`
 /// calls it once the container's processes are gone. A namespace that is gone, or that is
 /// not the recorded one any more, is left alone. Returns whether anything was put back.
-pub fn restore(path: &Path) -> Result<bool, NetworkError> {
+pub(crate) fn restore(path: &Path) -> Result<bool, NetworkError> {
     let Some(record) = Record::read(path)? else {
         return Ok(false);
     };
@@ -735,12 +727,12 @@ pub fn restore(path: &Path) -> Result<bool, NetworkError> {
 
 /// Whether `path` names a namespace through a process (`/proc/PID/ns/net`, or `/proc/self`,
 /// `/proc/thread-self`): a namespace that process lives in, not one made for this container.
-pub fn is_another_process_namespace(path: &std::path::Path) -> bool {
+pub(crate) fn is_another_process_namespace(path: &std::path::Path) -> bool {
     path.starts_with("/proc")
 }
 
 /// Opens `/dev/net/tun` (before the pivot: the container's `/dev` holds only `/dev/kvm`).
-pub fn open_tun() -> Result<OwnedFd, NetworkError> {
+pub(crate) fn open_tun() -> Result<OwnedFd, NetworkError> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -750,24 +742,17 @@ pub fn open_tun() -> Result<OwnedFd, NetworkError> {
         .map_err(NetworkError::Tun)
 }
 
-/// Makes the tap [`TAP_NAME`] on `tun` (a frame device without packet information; it goes
-/// away when the last descriptor of it closes).
-fn make_tap(tun: OwnedFd) -> Result<vmm::net::Tap, NetworkError> {
-    // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(TAP_NAME.bytes()) {
-        *slot = byte as libc::c_char;
+/// The index of the tap [`TAP_NAME`], just made.
+fn tap_index() -> Result<u32, NetworkError> {
+    // SAFETY: a NUL-terminated constant name; no other effect.
+    match unsafe { libc::if_nametoindex(TAP_NAME_C.as_ptr()) } {
+        0 => Err(NetworkError::TapIndex(std::io::Error::last_os_error())),
+        index => Ok(index),
     }
-    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF reads a live `ifreq` on a tun fd we own.
-    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request) } < 0 {
-        return Err(NetworkError::MakeTap(std::io::Error::last_os_error()));
-    }
-    vmm::net::Tap::from_fd(tun).map_err(NetworkError::Tap)
 }
 
 /// A blocking rtnetlink socket in the calling thread's network namespace.
-pub struct Netlink {
+pub(crate) struct Netlink {
     socket: Socket,
     sequence: u32,
     buffer: Vec<u8>,
@@ -775,7 +760,7 @@ pub struct Netlink {
 
 impl Netlink {
     /// Opens the socket.
-    pub fn open() -> Result<Netlink, NetworkError> {
+    pub(crate) fn open() -> Result<Netlink, NetworkError> {
         let failed = |source| NetworkError::Netlink {
             what: "open a netlink socket".into(),
             source,
@@ -819,74 +804,50 @@ pub(crate) trait Rtnetlink {
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, NetworkError>;
 
+    /// Dumps with `query` (`what` was asked) and keeps the answers `pick` takes.
+    fn dump<T>(
+        &mut self,
+        what: &str,
+        query: RouteNetlinkMessage,
+        pick: fn(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetworkError> {
+        let answer = self.request(what, query, NLM_F_DUMP)?;
+        Ok(answer.into_iter().filter_map(pick).collect())
+    }
+
     fn dump_links(&mut self) -> Result<Vec<LinkMessage>, NetworkError> {
-        let answer = self.request(
+        self.dump(
             "list the container's interfaces",
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(answer
-            .into_iter()
-            .filter_map(|m| match m {
+            |m| match m {
                 RouteNetlinkMessage::NewLink(link) => Some(link),
                 _ => None,
-            })
-            .collect())
+            },
+        )
     }
 
     fn dump_addresses(&mut self) -> Result<Vec<AddressMessage>, NetworkError> {
-        let answer = self.request(
+        self.dump(
             "list the container's addresses",
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(answer
-            .into_iter()
-            .filter_map(|m| match m {
+            |m| match m {
                 RouteNetlinkMessage::NewAddress(address) => Some(address),
                 _ => None,
-            })
-            .collect())
+            },
+        )
     }
 
     fn dump_routes(&mut self) -> Result<Vec<RouteMessage>, NetworkError> {
         let mut query = RouteMessage::default();
         query.header.address_family = AddressFamily::Inet;
-        let answer = self.request(
+        self.dump(
             "list the container's routes",
             RouteNetlinkMessage::GetRoute(query),
-            NLM_F_DUMP,
-        )?;
-        Ok(answer
-            .into_iter()
-            .filter_map(|m| match m {
+            |m| match m {
                 RouteNetlinkMessage::NewRoute(route) => Some(route),
                 _ => None,
-            })
-            .collect())
-    }
-
-    /// The index of interface `name`.
-    fn index_of(&mut self, name: &str) -> Result<u32, NetworkError> {
-        let mut query = LinkMessage::default();
-        query
-            .attributes
-            .push(LinkAttribute::IfName(name.to_owned()));
-        let answer = self.request(
-            &format!("find the interface {name}"),
-            RouteNetlinkMessage::GetLink(query),
-            0,
-        )?;
-        answer
-            .into_iter()
-            .find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
-                _ => None,
-            })
-            .ok_or_else(|| NetworkError::Netlink {
-                what: format!("find the interface {name}"),
-                source: std::io::ErrorKind::NotFound.into(),
-            })
+            },
+        )
     }
 
     /// Brings interface `index` up with `mtu`.
@@ -977,19 +938,15 @@ pub(crate) trait Rtnetlink {
     fn redirect_targets(&mut self, index: u32, name: &str) -> Result<Vec<u32>, NetworkError> {
         let mut query = TcMessage::with_index(tc_index(index, name)?);
         query.header.parent = INGRESS_HANDLE;
-        let answer = self.request(
+        let filters = self.dump(
             &format!("list the ingress filters of {name}"),
             RouteNetlinkMessage::GetTrafficFilter(query),
-            NLM_F_DUMP,
-        )?;
-        Ok(answer
-            .iter()
-            .filter_map(|m| match m {
+            |m| match m {
                 RouteNetlinkMessage::NewTrafficFilter(filter) => Some(filter),
                 _ => None,
-            })
-            .flat_map(mirred_targets)
-            .collect())
+            },
+        )?;
+        Ok(filters.iter().flat_map(mirred_targets).collect())
     }
 
     /// Redirects every frame arriving on interface `from` (`name`, which has an ingress

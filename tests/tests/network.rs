@@ -684,3 +684,31 @@ fn test_net_fleet_manifest_gives_each_entry_its_own_network() {
         );
     });
 }
+
+/// `/dev/net/tun`, opened as the OCI runtime opens it before making its tap.
+fn open_tun() -> std::os::fd::OwnedFd {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun")
+        .into()
+}
+
+/// Whether the calling thread's namespace has a link named `name`.
+fn link_exists(name: &str) -> bool {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name; no other effect.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+#[test]
+fn test_tap_create_on_a_new_name_makes_a_tap_that_goes_with_its_descriptor() {
+    in_netns(|| {
+        let tap = vmm::net::Tap::create_on(open_tun(), "fltest0").unwrap();
+        assert_eq!(tap.name(), "fltest0");
+        assert!(link_exists("fltest0"));
+        drop(tap);
+        assert!(!link_exists("fltest0"), "the tap outlived its descriptor");
+    });
+}

@@ -68,6 +68,15 @@ pub enum NetError {
         #[source]
         source: std::io::Error,
     },
+    /// A tap could not be made.
+    #[error("cannot make the tap {name}")]
+    Create {
+        /// The interface.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The fd given is not a usable tap.
     #[error("--net: the fd is not a tap")]
     NotATap(#[source] std::io::Error),

@@ -3,7 +3,8 @@
 //!
 //! The VMM never creates interfaces: [`Tap::open`] attaches to an existing one (made with
 //! `ip tuntap add dev NAME mode tap [user USER]`), and [`Tap::from_fd`] takes one that another
-//! program opened (an OCI runtime that made the tap inside a container's network namespace).
+//! program opened. [`Tap::create_on`] is for such a program (the OCI runtime, which makes the
+//! tap inside a container's network namespace on a `/dev/net/tun` it opened earlier).
 
 use super::NetError;
 use std::ffi::CString;
@@ -65,21 +66,26 @@ impl Tap {
         }
         // SAFETY: `raw` is a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut request = ifreq(name);
-        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF reads a live `ifreq`.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &request) } < 0 {
-            let source = std::io::Error::last_os_error();
-            return Err(NetError::Attach {
-                name: name.to_owned(),
-                hint: attach_hint(source.raw_os_error()),
-                source,
-            });
-        }
+        set_tap(&fd, name).map_err(|source| NetError::Attach {
+            name: name.to_owned(),
+            hint: attach_hint(source.raw_os_error()),
+            source,
+        })?;
         Ok(Self {
             fd: TapFd::Owned(fd),
             name: name.to_owned(),
         })
+    }
+
+    /// Makes the tap `name` (or attaches to it, if a tap of that name exists) on `tun`, a
+    /// `/dev/net/tun` opened earlier: the tap lives until the last descriptor of it closes.
+    pub fn create_on(tun: OwnedFd, name: &str) -> Result<Self, NetError> {
+        super::spec::check_tap_name(name)?;
+        set_tap(&tun, name).map_err(|source| NetError::Create {
+            name: name.to_owned(),
+            source,
+        })?;
+        Self::from_fd(tun)
     }
 
     /// Takes an already attached tap fd (checked to be a tap without packet information),
@@ -164,6 +170,17 @@ impl Tap {
             TapFd::Slot(slot) => *slot,
         }
     }
+}
+
+/// `TUNSETIFF` to the tap `name`, a frame device without packet information.
+fn set_tap(tun: &OwnedFd, name: &str) -> std::io::Result<()> {
+    let mut request = ifreq(name);
+    request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads a live `ifreq`.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
