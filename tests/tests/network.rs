@@ -712,3 +712,19 @@ fn test_tap_create_on_a_new_name_makes_a_tap_that_goes_with_its_descriptor() {
         assert!(!link_exists("fltest0"), "the tap outlived its descriptor");
     });
 }
+
+#[test]
+fn test_tap_create_on_the_name_of_a_link_that_is_not_a_tap_says_so() {
+    in_netns(|| {
+        let made = std::process::Command::new("ip")
+            .args(["tuntap", "add", "dev", "fltest1", "mode", "tun"])
+            .status()
+            .expect("run ip");
+        assert!(made.success(), "ip tuntap add: {made:?}");
+        let err = vmm::net::Tap::create_on(open_tun(), "fltest1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot make the tap fltest1 (a link of that name exists and is not a tap)"
+        );
+    });
+}

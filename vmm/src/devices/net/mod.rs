@@ -69,10 +69,12 @@ pub enum NetError {
         source: std::io::Error,
     },
     /// A tap could not be made.
-    #[error("cannot make the tap {name}")]
+    #[error("cannot make the tap {name}{hint}")]
     Create {
         /// The interface.
         name: String,
+        /// What may help.
+        hint: &'static str,
         /// The cause.
         #[source]
         source: std::io::Error,

@@ -83,6 +83,7 @@ impl Tap {
         super::spec::check_tap_name(name)?;
         set_tap(&tun, name).map_err(|source| NetError::Create {
             name: name.to_owned(),
+            hint: create_hint(source.raw_os_error()),
             source,
         })?;
         Self::from_fd(tun)
@@ -199,6 +200,16 @@ fn attach_hint(errno: Option<i32>) -> &'static str {
         }
         Some(libc::EBUSY) => " (another program has it open)",
         Some(libc::EINVAL) => " (is it a tun rather than a tap, or a multi-queue tap?)",
+        _ => "",
+    }
+}
+
+/// Why `TUNSETIFF` of a tap on a fresh `/dev/net/tun` fails: the name is taken.
+fn create_hint(errno: Option<i32>) -> &'static str {
+    match errno {
+        // tun_set_iff: a device of that name that is not a tap of these flags.
+        Some(libc::EINVAL) => " (a link of that name exists and is not a tap)",
+        Some(libc::EBUSY) => " (a tap of that name is open elsewhere)",
         _ => "",
     }
 }
