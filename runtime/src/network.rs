@@ -46,8 +46,8 @@
 //! `ip` or `tc` command is needed inside or outside the container.
 
 use netlink_packet_core::{
-    Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
+    Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
@@ -79,6 +79,8 @@ const FILTER_PRIORITY: u32 = 1;
 /// How long the kernel may take to answer one request (it answers at once; this only keeps
 /// a bug from hanging the container).
 const NETLINK_TIMEOUT_SECS: libc::time_t = 5;
+/// How many times a dump is asked for when the kernel says it was interrupted.
+const DUMP_ATTEMPTS: u32 = 5;
 /// The largest reply datagram read at once.
 const RECEIVE_BUFFER: usize = 64 * 1024;
 
@@ -93,6 +95,14 @@ pub(crate) enum NetworkError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// What a dump lists kept changing while it was read.
+    #[error(
+        "cannot {what}: the list kept changing while the kernel gave it ({DUMP_ATTEMPTS} attempts)"
+    )]
+    DumpInterrupted {
+        /// What was asked.
+        what: String,
     },
     /// The kernel's answer could not be read.
     #[error("cannot read the kernel's answer to '{what}'")]
@@ -805,13 +815,23 @@ pub(crate) trait Rtnetlink {
     ) -> Result<Vec<RouteNetlinkMessage>, NetworkError>;
 
     /// Dumps with `query` (`what` was asked) and keeps the answers `pick` takes.
+    /// A dump the kernel says was interrupted (what it lists changed meanwhile: a CNI
+    /// plugin at work) is asked again, up to [`DUMP_ATTEMPTS`] times in all.
     fn dump<T>(
         &mut self,
         what: &str,
         query: RouteNetlinkMessage,
         pick: fn(RouteNetlinkMessage) -> Option<T>,
     ) -> Result<Vec<T>, NetworkError> {
-        let answer = self.request(what, query, NLM_F_DUMP)?;
+        let mut attempt = 1;
+        let answer = loop {
+            match self.request(what, query.clone(), NLM_F_DUMP) {
+                Err(NetworkError::DumpInterrupted { .. }) if attempt < DUMP_ATTEMPTS => {
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
         Ok(answer.into_iter().filter_map(pick).collect())
     }
 
@@ -1051,41 +1071,79 @@ impl Rtnetlink for Netlink {
         let mut bytes = vec![0; packet.buffer_len()];
         packet.serialize(&mut bytes);
         self.socket.send(&bytes, 0).map_err(failed)?;
-        let mut answer = Vec::new();
-        loop {
+        let mut answer = Answer::default();
+        while !answer.done {
             let size = self
                 .socket
                 .recv(&mut &mut self.buffer[..], 0)
                 .map_err(failed)?;
-            let mut offset = 0;
-            while offset < size {
-                let reply =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..size])
-                        .map_err(|source| NetworkError::Decode {
-                            what: what.to_owned(),
-                            source,
-                        })?;
-                let length = reply.header.length as usize;
-                let ours = reply.header.sequence_number == self.sequence;
+            answer.take(what, &self.buffer[..size], self.sequence, dump)?;
+        }
+        answer.finish(what)
+    }
+}
+
+/// The answer to one request, as its datagrams arrive.
+#[derive(Default)]
+struct Answer {
+    messages: Vec<RouteNetlinkMessage>,
+    /// A reply carried `NLM_F_DUMP_INTR`: what was dumped changed meanwhile.
+    interrupted: bool,
+    /// `NLMSG_DONE` ended the dump, or the acknowledgement came.
+    done: bool,
+}
+
+impl Answer {
+    /// Takes the replies to request `sequence` in `datagram` (others are skipped); an error
+    /// reply, or a dump that ends with an error code, is the request's error.
+    fn take(
+        &mut self,
+        what: &str,
+        datagram: &[u8],
+        sequence: u32,
+        dump: bool,
+    ) -> Result<(), NetworkError> {
+        let failed = |errno: i32| NetworkError::Netlink {
+            what: what.to_owned(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let mut offset = 0;
+        while offset < datagram.len() && !self.done {
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
+                .map_err(|source| NetworkError::Decode {
+                    what: what.to_owned(),
+                    source,
+                })?;
+            let length = reply.header.length as usize;
+            if reply.header.sequence_number == sequence {
+                self.interrupted |= reply.header.flags & NLM_F_DUMP_INTR != 0;
                 match reply.payload {
-                    _ if !ours => {}
-                    NetlinkPayload::Done(_) => return Ok(answer),
+                    NetlinkPayload::Done(done) if done.code < 0 => return Err(failed(-done.code)),
+                    NetlinkPayload::Done(_) => self.done = true,
                     NetlinkPayload::Error(error) => match error.code {
-                        Some(code) => {
-                            return Err(failed(std::io::Error::from_raw_os_error(-code.get())));
-                        }
-                        None if !dump => return Ok(answer),
-                        None => {}
+                        Some(code) => return Err(failed(-code.get())),
+                        None => self.done = !dump,
                     },
-                    NetlinkPayload::InnerMessage(inner) => answer.push(inner),
+                    NetlinkPayload::InnerMessage(inner) => self.messages.push(inner),
                     _ => {}
                 }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
             }
+            if length == 0 {
+                break;
+            }
+            offset += length;
         }
+        Ok(())
+    }
+
+    /// The messages, unless the dump was interrupted (then they may miss some).
+    fn finish(self, what: &str) -> Result<Vec<RouteNetlinkMessage>, NetworkError> {
+        if self.interrupted {
+            return Err(NetworkError::DumpInterrupted {
+                what: what.to_owned(),
+            });
+        }
+        Ok(self.messages)
     }
 }
 
@@ -1114,6 +1172,7 @@ fn mirror_to(to: u32) -> TcMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::NLM_F_MULTIPART;
     use netlink_packet_route::route::RouteNextHop;
 
     fn choose_for_test(
@@ -1364,12 +1423,15 @@ mod tests {
     }
 
     /// A kernel that acknowledges every request but the `fail_at`-th (1-based), answers
-    /// filter dumps with `filters`, and keeps what it was sent.
+    /// filter dumps with `filters` and link dumps with `links`, says the first `interrupted`
+    /// dumps were interrupted, and keeps what it was sent.
     #[derive(Default)]
     struct FakeKernel {
         sent: Vec<(RouteNetlinkMessage, u16)>,
         fail_at: Option<(usize, i32)>,
         filters: Vec<TcMessage>,
+        links: Vec<LinkMessage>,
+        interrupted: usize,
     }
 
     impl Rtnetlink for FakeKernel {
@@ -1388,7 +1450,19 @@ mod tests {
                     source: std::io::Error::from_raw_os_error(errno),
                 });
             }
+            if flags & NLM_F_DUMP != 0 && self.interrupted > 0 {
+                self.interrupted -= 1;
+                return Err(NetworkError::DumpInterrupted {
+                    what: what.to_owned(),
+                });
+            }
             Ok(match message {
+                RouteNetlinkMessage::GetLink(_) => self
+                    .links
+                    .iter()
+                    .cloned()
+                    .map(RouteNetlinkMessage::NewLink)
+                    .collect(),
                 RouteNetlinkMessage::GetTrafficFilter(_) => self
                     .filters
                     .iter()
@@ -1610,6 +1684,82 @@ mod tests {
         };
         assert!(clear_left_behind(&mut kernel, &links).unwrap().is_empty());
         assert_eq!(kernel.log(), ["?filter 7", "?filter 9"]);
+    }
+
+    /// One netlink message as the kernel sends it: `payload` with `flags` to request 1.
+    fn reply(payload: NetlinkPayload<RouteNetlinkMessage>, flags: u16) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = 1;
+        let mut message = NetlinkMessage::new(header, payload);
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    fn done(code: i32) -> Vec<u8> {
+        let mut done = netlink_packet_core::DoneMessage::default();
+        done.code = code;
+        reply(NetlinkPayload::Done(done), NLM_F_MULTIPART)
+    }
+
+    fn eth0_reply(flags: u16) -> Vec<u8> {
+        let link = RouteNetlinkMessage::NewLink(link(7, "eth0", false));
+        reply(NetlinkPayload::InnerMessage(link), NLM_F_MULTIPART | flags)
+    }
+
+    #[test]
+    fn test_answer_dump_to_done_gives_its_messages() {
+        let mut answer = Answer::default();
+        answer
+            .take("x", &[eth0_reply(0), done(0)].concat(), 1, true)
+            .unwrap();
+        assert!(answer.done);
+        assert_eq!(answer.finish("x").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn test_answer_dump_flagged_interrupted_is_an_interrupted_error() {
+        let mut answer = Answer::default();
+        let datagram = [eth0_reply(NLM_F_DUMP_INTR), done(0)].concat();
+        answer.take("x", &datagram, 1, true).unwrap();
+        assert!(answer.done);
+        assert!(matches!(
+            answer.finish("x"),
+            Err(NetworkError::DumpInterrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn test_answer_dump_done_with_an_error_code_is_that_error() {
+        let mut answer = Answer::default();
+        let err = answer
+            .take("x", &[eth0_reply(0), done(-libc::EINTR)].concat(), 1, true)
+            .unwrap_err();
+        assert_eq!(errno_of(&err), Some(libc::EINTR));
+    }
+
+    #[test]
+    fn test_dump_interrupted_twice_is_asked_again_until_whole() {
+        let mut kernel = FakeKernel {
+            links: vec![link(7, "eth0", false)],
+            interrupted: 2,
+            ..FakeKernel::default()
+        };
+        assert_eq!(kernel.dump_links().unwrap().len(), 1);
+        assert_eq!(kernel.sent.len(), 3);
+    }
+
+    #[test]
+    fn test_dump_interrupted_every_time_gives_up_with_one_error() {
+        let mut kernel = FakeKernel {
+            interrupted: usize::MAX,
+            ..FakeKernel::default()
+        };
+        let err = kernel.dump_links().unwrap_err();
+        assert!(matches!(err, NetworkError::DumpInterrupted { .. }));
+        assert_eq!(kernel.sent.len(), DUMP_ATTEMPTS as usize);
     }
 
     #[test]
