@@ -13,7 +13,7 @@
 //!    (`wireguard`, `tun`, `ipip`) holding the default route is an error, not a guest
 //!    without a network device.
 //! 2. It makes the tap ([`vmm::net::Tap::create_on`], on a `/dev/net/tun` opened before
-//!    the pivot; the tap lives as long as the VMM holds it), gives it the interface's MTU and
+//!    the pivot; the tap lives as long as the VMM holds it), gives it the guest's MTU and
 //!    brings it up, adds an ingress qdisc and a `u32` filter matching every frame to each
 //!    side (frames arriving on the interface leave through the tap, to the guest; frames the
 //!    guest writes to the tap leave through the interface), then takes every address off the
@@ -455,7 +455,9 @@ pub(crate) fn connect_guest(
     }
     let tap = vmm::net::Tap::create_on(tun?, TAP_NAME).map_err(NetworkError::Tap)?;
     let tap_index = tap_index()?;
-    netlink.set_up(tap_index, interface.mtu)?;
+    // The guest's device handles frames of up to `vmm::net::MTU` bytes of payload, whatever
+    // the interface's MTU (at least that, checked above).
+    netlink.set_up(tap_index, vmm::net::MTU)?;
     let mut changes = Changes::default();
     if let Err(err) = take_over(&mut netlink, &interface, tap_index, &mut changes) {
         if let Err(undo) = changes.undo(&mut netlink) {
