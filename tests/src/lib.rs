@@ -2,6 +2,7 @@
 //! - [`elf`]: builds ELF files byte by byte, valid images and every kind of broken one;
 //! - [`asm`]: tiny hand-assembled guests;
 //! - [`netns`]: private network namespaces with a tap, and clients that talk only inside them;
+//! - [`serve`]: a `vmm serve` started by a test, its stderr collected;
 //! - locating the VMM binary and the built images (built once per test run);
 //! - the KVM gate: every test that needs `/dev/kvm` is a [`kvm_test`]: it fails with a clear
 //!   reason when `/dev/kvm` cannot be opened, and is ignored (listed by name, counted) when the
@@ -10,6 +11,7 @@
 pub mod asm;
 pub mod elf;
 pub mod netns;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
