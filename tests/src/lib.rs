@@ -247,3 +247,32 @@ pub fn gdb_batch(args: &[&Path], commands: &[&str]) -> Output {
     cmd.args(args);
     output_within(&mut cmd, std::time::Duration::from_secs(60))
 }
+
+/// A child process that is killed (and reaped) if the test lets go of it before waiting: a
+/// failing assertion must not leave a VMM running behind the test.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Waits for the child and collects what it printed (its stdout and stderr must be piped).
+    pub fn wait_with_output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("a guarded child is waited for once")
+            .wait_with_output()
+            .expect("cannot wait for the child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -620,15 +620,18 @@ fn test_net_fleet_manifest_gives_each_entry_its_own_network() {
                 .unwrap();
             assert!(out.status.success(), "ip {args:?}");
         }
-        let fleet = std::process::Command::new(tests::vmm_bin())
-            .args(["fleet", "--manifest", manifest.to_str().unwrap(), "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        // Killed if a request below fails: the fleet's httpd guests would otherwise serve on.
+        let fleet = tests::KillOnDrop::new(
+            std::process::Command::new(tests::vmm_bin())
+                .args(["fleet", "--manifest", manifest.to_str().unwrap(), "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let (status_a, body_a) = get_from(GUEST_IP, "/api/a");
         let (status_b, body_b) = get_from(std::net::Ipv4Addr::new(10, 99, 1, 2), "/api/b");
-        let out = fleet.wait_with_output().unwrap();
+        let out = fleet.wait_with_output();
         assert_eq!(status_a, "HTTP/1.1 200 OK");
         assert_eq!(status_b, "HTTP/1.1 200 OK");
         assert!(String::from_utf8_lossy(&body_a).contains("/api/a"));
