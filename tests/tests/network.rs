@@ -539,35 +539,27 @@ fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
 fn test_net_serve_request_for_a_tap_outside_allow_tap_or_with_a_mac_is_refused() {
     in_netns(|| {
         let server = net_server("net-serve-refused", &["--allow-tap", "fl*"]);
-        let out = tests::vmm(&[
-            "run",
-            "--via",
-            server.socket_str(),
-            image("httpd").to_str().unwrap(),
-            "--net",
+        let refused = |net: &str, why: &str| {
+            let out = tests::vmm(&[
+                "run",
+                "--via",
+                server.socket_str(),
+                image("httpd").to_str().unwrap(),
+                "--net",
+                net,
+            ]);
+            assert_eq!(status(&out), 125, "{net}");
+            assert!(stderr(&out).contains(why), "{net}: {}", stderr(&out));
+        };
+        refused(
             &net_spec(""),
-        ]);
-        assert_eq!(status(&out), 125);
-        assert!(
-            stderr(&out).contains("tap 'tap0' is not one this server may attach"),
-            "{}",
-            stderr(&out)
+            "tap 'tap0' is not one this server may attach",
         );
         // Within the patterns, but with a MAC of the client's choosing (one that could be
         // another guest's): refused before any tap is touched.
-        let out = tests::vmm(&[
-            "run",
-            "--via",
-            server.socket_str(),
-            image("httpd").to_str().unwrap(),
-            "--net",
+        refused(
             "tap=fl0,ip=10.0.0.2/24,mac=02:12:34:56:78:9a",
-        ]);
-        assert_eq!(status(&out), 125);
-        assert!(
-            stderr(&out).contains("this server chooses its guests' MAC addresses"),
-            "{}",
-            stderr(&out)
+            "this server chooses its guests' MAC addresses",
         );
         // Nothing holds the tap: a local run attaches it at once.
         let guest = httpd_guest(&["--requests", "1"]);
