@@ -532,6 +532,29 @@ fn test_serve_with_hundreds_of_pooled_vms_answers_each_client_with_its_own_reply
     }
 }
 
+// The boot info's clock pairs the wall clock with the guest's own TSC, whether the server
+// reads it from KVM (its first VM) or knows it to be the host's counter (later ones, on PVM):
+// the guest's wall clock moves with its sleep every time.
+#[kvm_test]
+fn test_serve_guests_wall_clock_moves_on_every_request() {
+    let dir = tests::scratch_dir("serve-clock");
+    let server = start_server(&dir, &[]);
+    for round in 0..3 {
+        let out = via(&server, &[image("clock").to_str().unwrap()], &[]);
+        assert_eq!(status(&out), 0, "round {round}: {}", stderr(&out));
+        let text = stdout(&out);
+        let wall_us: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wall clock advanced "))
+            .and_then(|rest| rest.trim_end_matches(" us").parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: {text}"));
+        assert!(
+            (45_000..5_000_000).contains(&wall_us),
+            "round {round}: the wall clock advanced {wall_us} us over a 50 ms sleep"
+        );
+    }
+}
+
 // Issue 9, item 4: a silent client, a client dripping its request and a FIFO stall nobody.
 #[kvm_test]
 fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
