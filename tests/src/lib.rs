@@ -2,6 +2,7 @@
 //! - [`elf`]: builds ELF files byte by byte, valid images and every kind of broken one;
 //! - [`asm`]: tiny hand-assembled guests;
 //! - [`netns`]: private network namespaces with a tap, and clients that talk only inside them;
+//! - [`serve`]: a `vmm serve` started by a test, its stderr collected;
 //! - locating the VMM binary and the built images (built once per test run);
 //! - the KVM gate: every test that needs `/dev/kvm` is a [`kvm_test`]: it fails with a clear
 //!   reason when `/dev/kvm` cannot be opened, and is ignored (listed by name, counted) when the
@@ -10,6 +11,7 @@
 pub mod asm;
 pub mod elf;
 pub mod netns;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -244,4 +246,33 @@ pub fn gdb_batch(args: &[&Path], commands: &[&str]) -> Output {
     }
     cmd.args(args);
     output_within(&mut cmd, std::time::Duration::from_secs(60))
+}
+
+/// A child process that is killed (and reaped) if the test lets go of it before waiting: a
+/// failing assertion must not leave a VMM running behind the test.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Waits for the child and collects what it printed (its stdout and stderr must be piped).
+    pub fn wait_with_output(mut self) -> Output {
+        self.0
+            .take()
+            .expect("a guarded child is waited for once")
+            .wait_with_output()
+            .expect("cannot wait for the child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -276,6 +276,28 @@ fn test_fleet_bad_manifest_is_refused() {
     assert_eq!(status(&out), 125);
 }
 
+// A manifest entry's tap template counts its own instances: a failure names the entry and the
+// number its template used (the fleet-wide position, interleaved with entry "a", said 1).
+#[kvm_test]
+fn test_fleet_tap_failure_names_the_entry_and_its_own_instance() {
+    let hello = image("hello");
+    let text = format!(
+        "[[vm]]\nname = \"a\"\nimage = \"{hello}\"\ncount = 3\n\
+         [[vm]]\nname = \"b\"\nimage = \"{hello}\"\ncount = 2\n\
+         net = \"tap=flnosuch{{i}},ip=10.1.0.2/24\"\n",
+        hello = hello.display()
+    );
+    let path = write_scratch("fleet-tap-names", "taps.toml", text.as_bytes());
+    let out = vmm(&["fleet", "--manifest", path.to_str().unwrap()]);
+    assert_eq!(status(&out), 125);
+    assert!(
+        stderr(&out)
+            .starts_with("error: [[vm]] b instance 0: --net: no interface named 'flnosuch0'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[kvm_test]
 fn test_fleet_restores_resident_instances_from_a_snapshot() {
     let dir = tests::scratch_dir("fleet-snapshot");

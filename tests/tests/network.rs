@@ -11,6 +11,7 @@ use tests::netns::{
     FrameSender, GUEST_IP, Guest, HOST_IP, Pinger, TAP, guest_mac, in_netns, ipv4_header, mac_of,
     net_spec, tap_rx_bytes,
 };
+use tests::serve::Server;
 use tests::{image, kvm_test, status, stderr, vmm_run};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -483,56 +484,13 @@ fn test_net_httpd_restored_from_a_snapshot_serves() {
 }
 
 /// A `vmm serve` inside the test's namespace, killed when dropped.
-struct NetServer {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-}
-
-impl NetServer {
-    /// Starts `vmm serve` with `flags` and waits (at most 30 s) until it listens.
-    fn start(test: &str, flags: &[&str]) -> NetServer {
-        use std::io::BufRead;
-        let socket = tests::scratch_dir(test).join("flick.sock");
-        let mut child = std::process::Command::new(tests::vmm_bin())
-            .args(["serve", "--socket", socket.to_str().unwrap()])
-            .args(flags)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("cannot start vmm serve");
-        let (lines_tx, lines) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let server = NetServer { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.starts_with("listening on") => break,
-                Ok(_) => {}
-                Err(_) => panic!("vmm serve did not say it was listening"),
-            }
-        }
-        std::thread::spawn(move || while lines.recv().is_ok() {});
-        server
-    }
-
-    fn socket(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-}
-
-impl Drop for NetServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `vmm serve` with `flags` on a socket in `test`'s scratch directory, listening.
+fn net_server(test: &str, flags: &[&str]) -> Server {
+    let socket = tests::scratch_dir(test).join("flick.sock");
+    let mut cmd = std::process::Command::new(tests::vmm_bin());
+    cmd.args(["serve", "--socket", socket.to_str().unwrap()])
+        .args(flags);
+    Server::spawn(cmd, &socket)
 }
 
 #[kvm_test]
@@ -540,7 +498,7 @@ fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
     let snapshot = tests::scratch_dir("net-serve-snapshot").join("httpd.snap");
     tests::snapshot_image("httpd", &snapshot);
     in_netns(|| {
-        let server = NetServer::start(
+        let server = net_server(
             "net-serve",
             &[
                 "--allow-tap",
@@ -559,7 +517,7 @@ fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
             let guest = Guest::boot(
                 &target,
                 &net_spec(""),
-                &["--via", server.socket(), "--timeout", "30s"],
+                &["--via", server.socket_str(), "--timeout", "30s"],
                 &["--requests", "1"],
                 "listening",
             );
@@ -580,36 +538,28 @@ fn test_net_serve_request_gets_the_allowed_tap_and_releases_it_after() {
 #[kvm_test]
 fn test_net_serve_request_for_a_tap_outside_allow_tap_or_with_a_mac_is_refused() {
     in_netns(|| {
-        let server = NetServer::start("net-serve-refused", &["--allow-tap", "fl*"]);
-        let out = tests::vmm(&[
-            "run",
-            "--via",
-            server.socket(),
-            image("httpd").to_str().unwrap(),
-            "--net",
+        let server = net_server("net-serve-refused", &["--allow-tap", "fl*"]);
+        let refused = |net: &str, why: &str| {
+            let out = tests::vmm(&[
+                "run",
+                "--via",
+                server.socket_str(),
+                image("httpd").to_str().unwrap(),
+                "--net",
+                net,
+            ]);
+            assert_eq!(status(&out), 125, "{net}");
+            assert!(stderr(&out).contains(why), "{net}: {}", stderr(&out));
+        };
+        refused(
             &net_spec(""),
-        ]);
-        assert_eq!(status(&out), 125);
-        assert!(
-            stderr(&out).contains("tap 'tap0' is not one this server may attach"),
-            "{}",
-            stderr(&out)
+            "tap 'tap0' is not one this server may attach",
         );
         // Within the patterns, but with a MAC of the client's choosing (one that could be
         // another guest's): refused before any tap is touched.
-        let out = tests::vmm(&[
-            "run",
-            "--via",
-            server.socket(),
-            image("httpd").to_str().unwrap(),
-            "--net",
+        refused(
             "tap=fl0,ip=10.0.0.2/24,mac=02:12:34:56:78:9a",
-        ]);
-        assert_eq!(status(&out), 125);
-        assert!(
-            stderr(&out).contains("this server chooses its guests' MAC addresses"),
-            "{}",
-            stderr(&out)
+            "this server chooses its guests' MAC addresses",
         );
         // Nothing holds the tap: a local run attaches it at once.
         let guest = httpd_guest(&["--requests", "1"]);
@@ -662,15 +612,18 @@ fn test_net_fleet_manifest_gives_each_entry_its_own_network() {
                 .unwrap();
             assert!(out.status.success(), "ip {args:?}");
         }
-        let fleet = std::process::Command::new(tests::vmm_bin())
-            .args(["fleet", "--manifest", manifest.to_str().unwrap(), "--json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        // Killed if a request below fails: the fleet's httpd guests would otherwise serve on.
+        let fleet = tests::KillOnDrop::new(
+            std::process::Command::new(tests::vmm_bin())
+                .args(["fleet", "--manifest", manifest.to_str().unwrap(), "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let (status_a, body_a) = get_from(GUEST_IP, "/api/a");
         let (status_b, body_b) = get_from(std::net::Ipv4Addr::new(10, 99, 1, 2), "/api/b");
-        let out = fleet.wait_with_output().unwrap();
+        let out = fleet.wait_with_output();
         assert_eq!(status_a, "HTTP/1.1 200 OK");
         assert_eq!(status_b, "HTTP/1.1 200 OK");
         assert!(String::from_utf8_lossy(&body_a).contains("/api/a"));

@@ -1,55 +1,15 @@
 //! `vmm serve` and `vmm run --via`: a request behaves like a local `vmm run`, and every request
 //! gets a VM as fresh as a new one (a reused VM included).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tests::serve::Server;
 use tests::{image, kvm_test, status, stderr, stdout, vmm, vmm_bin};
 use vmm::serve::wire::frame;
-
-struct Server {
-    child: Child,
-    socket: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// The server's stderr lines so far.
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits (bounded) until a stderr line contains `text`.
-    fn wait_for_line(&self, text: &str, limit: Duration) -> bool {
-        self.wait_for_lines(text, 1, limit)
-    }
-
-    /// Waits (bounded) until `count` stderr lines contain `text`.
-    fn wait_for_lines(&self, text: &str, count: usize, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if self.lines().iter().filter(|l| l.contains(text)).count() >= count {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-/// How long a server may take to say it is listening (a pool of hundreds of VMs included).
-const START_LIMIT: Duration = Duration::from_secs(30);
 
 fn snapshot(dir: &Path, name: &str, image_name: &str) -> PathBuf {
     let path = dir.join(name);
@@ -76,45 +36,10 @@ fn serve_command(dir: &Path, snapshots: &[&Path], flags: &[&str]) -> Command {
 }
 
 fn start_server_with(dir: &Path, snapshots: &[&Path], flags: &[&str]) -> Server {
-    spawn_server(
+    Server::spawn(
         serve_command(dir, snapshots, flags),
         &dir.join("flick.sock"),
     )
-}
-
-/// Starts `cmd` (a `vmm serve` on `socket`) and waits for its "listening on" line.
-fn spawn_server(mut cmd: Command, socket: &Path) -> Server {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start vmm serve");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-    let server = Server {
-        child,
-        socket: socket.to_owned(),
-        log,
-    };
-    let ready = format!("listening on {}", socket.display());
-    let started = Instant::now();
-    while !server.lines().iter().any(|l| l.starts_with(&ready)) {
-        assert!(
-            started.elapsed() < START_LIMIT,
-            "vmm serve did not say it was listening: {:?}",
-            server.lines()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    server
 }
 
 fn via(server: &Server, target: &[&str], args: &[&str]) -> Output {
@@ -607,6 +532,29 @@ fn test_serve_with_hundreds_of_pooled_vms_answers_each_client_with_its_own_reply
     }
 }
 
+// The boot info's clock pairs the wall clock with the guest's own TSC, whether the server
+// reads it from KVM (its first VM) or knows it to be the host's counter (later ones, on PVM):
+// the guest's wall clock moves with its sleep every time.
+#[kvm_test]
+fn test_serve_guests_wall_clock_moves_on_every_request() {
+    let dir = tests::scratch_dir("serve-clock");
+    let server = start_server(&dir, &[]);
+    for round in 0..3 {
+        let out = via(&server, &[image("clock").to_str().unwrap()], &[]);
+        assert_eq!(status(&out), 0, "round {round}: {}", stderr(&out));
+        let text = stdout(&out);
+        let wall_us: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wall clock advanced "))
+            .and_then(|rest| rest.trim_end_matches(" us").parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: {text}"));
+        assert!(
+            (45_000..5_000_000).contains(&wall_us),
+            "round {round}: the wall clock advanced {wall_us} us over a 50 ms sleep"
+        );
+    }
+}
+
 // Issue 9, item 4: a silent client, a client dripping its request and a FIFO stall nobody.
 #[kvm_test]
 fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
@@ -854,7 +802,7 @@ fn test_serve_raises_a_low_soft_open_files_limit() {
         "64:4096",
         &["--snapshot", hello.to_str().unwrap(), "--workers", "4"],
     );
-    let server = spawn_server(cmd, &dir.join("flick.sock"));
+    let server = Server::spawn(cmd, &dir.join("flick.sock"));
     for i in 0..4 {
         let arg = format!("request-{i}");
         let out = via(&server, &["--from", hello.to_str().unwrap()], &[&arg]);
@@ -949,7 +897,7 @@ fn test_serve_socket_is_owner_only_whatever_the_umask() {
     cmd.args(["-c", "umask 0; exec \"$0\" \"$@\""])
         .arg(inner.get_program())
         .args(inner.get_args());
-    let server = spawn_server(cmd, &dir.join("flick.sock"));
+    let server = Server::spawn(cmd, &dir.join("flick.sock"));
     assert_eq!(socket_mode(&server.socket), 0o600);
 }
 

@@ -61,10 +61,11 @@ pub enum FleetError {
     #[error("--concurrency {0} is out of range (1 to {MAX_CONCURRENCY})")]
     Concurrency(usize),
     /// An instance's network device could not be set up.
-    #[error("instance {index}")]
+    #[error("{instance}")]
     Net {
-        /// The instance, counted across the fleet.
-        index: usize,
+        /// Which instance, as its template numbers it: `instance N` of the fleet-wide `--net`,
+        /// or `[[vm]] NAME instance N` of a manifest entry's own `net` (counted in the entry).
+        instance: String,
         /// Why.
         #[source]
         source: crate::net::NetError,

@@ -543,14 +543,23 @@ fn attach_taps(
 ) -> Result<Vec<i32>, FleetError> {
     let mut fds = Vec::new();
     for (n, job) in jobs.iter_mut().enumerate() {
-        let instance = match (&prepared[job.group].group.net, &spec.net) {
-            (Some(own), _) => own.for_instance(job.index),
-            (None, Some(fleet_wide)) => fleet_wide.for_instance(n),
+        let group = &prepared[job.group].group;
+        // Named as the template that failed numbers it, so that the message points at the tap
+        // and address the user can work out.
+        let (instance, which) = match (&group.net, &spec.net) {
+            (Some(own), _) => (
+                own.for_instance(job.index),
+                format!("[[vm]] {} instance {}", group.name, job.index),
+            ),
+            (None, Some(fleet_wide)) => (fleet_wide.for_instance(n), format!("instance {n}")),
             (None, None) => continue,
         };
         let net = instance
             .and_then(|spec| spec.open())
-            .map_err(|source| FleetError::Net { index: n, source })?;
+            .map_err(|source| FleetError::Net {
+                instance: which,
+                source,
+            })?;
         fds.push(net.tap.raw_fd());
         job.net = Some(net);
     }

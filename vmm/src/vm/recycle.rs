@@ -35,7 +35,7 @@
 //! Only a guest that ended with its exit hypercall is reused: a crash, a timeout, a kill or a
 //! closed pipe leave the vCPU mid-instruction, and such VMs are destroyed.
 
-use super::{MSR_IA32_TSC, Vm, VmShell, guest_tsc, shell};
+use super::{MSR_IA32_TSC, TSC_SLACK_MS, Vm, VmShell, guest_tsc, host_tsc, shell};
 use crate::memory::reset::{Reference, ResetRefused, ResetStats};
 use kvm_bindings::{
     KVM_MAX_MSR_ENTRIES, Msrs, kvm_debugregs, kvm_device_attr, kvm_msr_entry, kvm_vcpu_events,
@@ -49,9 +49,6 @@ use zerocopy::IntoBytes;
 const KVM_VCPU_TSC_CTRL: u32 = 0;
 /// `KVM_VCPU_TSC_OFFSET`, its offset.
 const KVM_VCPU_TSC_OFFSET: u64 = 0;
-/// How far a TSC read by KVM and the host's `rdtsc` may lie apart and still be one counter,
-/// or how far a TSC set to zero may have run on: 10 ms of ticks.
-const TSC_SLACK_MS: u64 = 10;
 
 /// Why a used VM is destroyed rather than reused.
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +92,6 @@ pub struct FreshVcpu {
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RecycleRefused {
     move |err| RecycleRefused::Kvm(what, err)
-}
-
-fn host_tsc() -> u64 {
-    // SAFETY: rdtsc has no side effects; x86-64 always has it.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 impl FreshVcpu {
