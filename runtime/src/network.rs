@@ -1543,42 +1543,44 @@ mod tests {
         );
     }
 
-    #[test]
-    fn test_take_over_second_redirect_fails_undo_removes_both_qdiscs_only() {
-        let mut kernel = FakeKernel {
-            fail_at: Some((4, libc::EEXIST)),
+    /// A kernel that fails the `request`-th request (1-based) with `errno`.
+    fn failing_at(request: usize, errno: i32) -> FakeKernel {
+        FakeKernel {
+            fail_at: Some((request, errno)),
             ..FakeKernel::default()
-        };
+        }
+    }
+
+    /// A kernel that has seen only the undoing of a take-over of Docker's eth0 that failed at
+    /// `request` with `errno`.
+    fn undo_after_take_over_failing_at(request: usize, errno: i32) -> FakeKernel {
+        let mut kernel = failing_at(request, errno);
         let mut changes = Changes::default();
         assert!(take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).is_err());
         kernel.sent.clear();
         changes.undo(&mut kernel).unwrap();
-        assert_eq!(kernel.log(), ["-qdisc 9", "-qdisc 7"]);
+        kernel
+    }
+
+    #[test]
+    fn test_take_over_second_redirect_fails_undo_removes_both_qdiscs_only() {
+        assert_eq!(
+            undo_after_take_over_failing_at(4, libc::EEXIST).log(),
+            ["-qdisc 9", "-qdisc 7"]
+        );
     }
 
     #[test]
     fn test_take_over_filter_fails_undo_removes_the_qdisc_just_added() {
-        let mut kernel = FakeKernel {
-            fail_at: Some((2, libc::ENOENT)),
-            ..FakeKernel::default()
-        };
-        let mut changes = Changes::default();
-        assert!(take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).is_err());
-        kernel.sent.clear();
-        changes.undo(&mut kernel).unwrap();
-        assert_eq!(kernel.log(), ["-qdisc 7"]);
+        assert_eq!(
+            undo_after_take_over_failing_at(2, libc::ENOENT).log(),
+            ["-qdisc 7"]
+        );
     }
 
     #[test]
     fn test_take_over_second_address_fails_undo_gives_back_the_first_and_the_route() {
-        let mut kernel = FakeKernel {
-            fail_at: Some((6, libc::EPERM)),
-            ..FakeKernel::default()
-        };
-        let mut changes = Changes::default();
-        assert!(take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).is_err());
-        kernel.sent.clear();
-        changes.undo(&mut kernel).unwrap();
+        let kernel = undo_after_take_over_failing_at(6, libc::EPERM);
         assert_eq!(
             kernel.log(),
             ["-qdisc 9", "-qdisc 7", "+address 7", "+route"]
@@ -1595,10 +1597,7 @@ mod tests {
     fn test_changes_undo_failing_step_tries_the_rest_and_reports_it() {
         let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
         take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
-        let mut kernel = FakeKernel {
-            fail_at: Some((3, libc::EPERM)),
-            ..FakeKernel::default()
-        };
+        let mut kernel = failing_at(3, libc::EPERM);
         let err = changes.undo(&mut kernel).unwrap_err();
         assert_eq!(errno_of(&err), Some(libc::EPERM));
         assert_eq!(
@@ -1611,16 +1610,10 @@ mod tests {
     #[test]
     fn test_delete_ingress_already_gone_is_no_error() {
         for errno in GONE {
-            let mut kernel = FakeKernel {
-                fail_at: Some((1, errno)),
-                ..FakeKernel::default()
-            };
+            let mut kernel = failing_at(1, errno);
             kernel.delete_ingress(TAP, TAP_NAME).unwrap();
         }
-        let mut kernel = FakeKernel {
-            fail_at: Some((1, libc::EPERM)),
-            ..FakeKernel::default()
-        };
+        let mut kernel = failing_at(1, libc::EPERM);
         assert!(kernel.delete_ingress(TAP, TAP_NAME).is_err());
     }
 
