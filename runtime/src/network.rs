@@ -1416,14 +1416,6 @@ mod tests {
         assert_eq!(chosen.name, "eth1");
     }
 
-    #[test]
-    fn test_mirror_to_is_an_egress_redirect_that_steals() {
-        let mirror = mirror_to(9);
-        assert_eq!(mirror.eaction, TcMirrorActionType::EgressRedir);
-        assert_eq!(mirror.generic.action, TcActionType::Stolen);
-        assert_eq!(mirror.ifindex, 9);
-    }
-
     /// A kernel that acknowledges every request but the `fail_at`-th (1-based), answers
     /// filter dumps with `filters` and link dumps with `links`, says the first `interrupted`
     /// dumps were interrupted, and keeps what it was sent.
