@@ -16,7 +16,7 @@ use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC, ET_REL};
 use goblin::elf::program_header::{
     PF_R, PF_W, PF_X, PT_DYNAMIC, PT_INTERP, PT_LOAD, PT_NOTE, PT_TLS, ProgramHeader,
 };
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Largest image file the VMM reads.
@@ -77,6 +77,45 @@ fn foreign(msg: impl Into<String>) -> ImageError {
 
 fn malformed(msg: impl Into<String>) -> ImageError {
     ImageError::Malformed(msg.into())
+}
+
+/// Exactly `len` bytes of `file` from its start, the size stat reported: in one `pread` (a
+/// growing `read_to_end` takes four reads for hello's 88 KiB) into memory not zeroed first
+/// (on the boot path, zeroing 88 KiB to overwrite it at once is work done twice). A file that
+/// shrank meanwhile fails here; bytes appended meanwhile are not read.
+fn read_exactly(file: &std::fs::File, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let filled = bytes.len();
+        let spare = &mut bytes.spare_capacity_mut()[..len - filled];
+        // SAFETY: pread writes at most `spare.len()` bytes into the vector's spare capacity,
+        // which is allocated and ours; the offset is what has been read so far.
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                filled as libc::off_t,
+            )
+        };
+        match read {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was read",
+                ));
+            }
+            n if n < 0 => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            // SAFETY: pread initialised these `n` bytes, just past the initialised ones.
+            n => unsafe { bytes.set_len(filled + n as usize) },
+        }
+    }
+    Ok(bytes)
 }
 
 /// Access rights of a segment.
@@ -158,20 +197,7 @@ impl Image {
                 size: Size(meta.len()),
             });
         }
-        // Exactly the size stat reported, in one `pread` (a growing `read_to_end` took four
-        // reads for hello's 88 KiB); a file that shrank meanwhile fails here, and bytes
-        // appended meanwhile are not read.
-        let mut bytes = vec![0u8; meta.len() as usize];
-        file.read_exact_at(&mut bytes, 0).map_err(|err| {
-            io(if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while it was read",
-                )
-            } else {
-                err
-            })
-        })?;
+        let bytes = read_exactly(file, meta.len() as usize).map_err(io)?;
         Self::parse(bytes)
     }
 
@@ -523,4 +549,34 @@ fn find_abi_note(bytes: &[u8], ph: &ProgramHeader) -> Result<Option<AbiNoteDesc>
         offset = next;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_file(bytes: &[u8]) -> std::fs::File {
+        let dir = std::env::temp_dir().join(format!("flick-image-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.bin", bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::File::open(&path).unwrap()
+    }
+
+    #[test]
+    fn test_read_exactly_reads_the_whole_file_in_order() {
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let file = scratch_file(&bytes);
+        assert_eq!(read_exactly(&file, bytes.len()).unwrap(), bytes);
+        assert_eq!(read_exactly(&file, 10).unwrap(), &bytes[..10]);
+        assert!(read_exactly(&file, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_read_exactly_a_file_shorter_than_stat_said_fails() {
+        let file = scratch_file(&[7u8; 5000]);
+        let err = read_exactly(&file, 5001).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
 }

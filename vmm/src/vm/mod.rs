@@ -763,7 +763,7 @@ fn guest_tsc_now(vcpu: &VcpuFd, tsc_khz: u64) -> u64 {
     let before = host_tsc();
     match guest_tsc(vcpu) {
         Ok(Some(tsc)) => {
-            let _ = FOLLOWS_HOST.set(tsc.abs_diff(before) < tsc_khz.max(1) * TSC_SLACK_MS);
+            let _ = FOLLOWS_HOST.set(tsc.abs_diff(before) < tsc_slack(tsc_khz));
             tsc
         }
         _ => before,
@@ -771,8 +771,11 @@ fn guest_tsc_now(vcpu: &VcpuFd, tsc_khz: u64) -> u64 {
 }
 
 /// How far a TSC read by KVM and the host's `rdtsc` may lie apart and still be one counter,
-/// or how far a TSC set to zero may have run on: 10 ms of ticks.
-pub(super) const TSC_SLACK_MS: u64 = 10;
+/// or how far a TSC set to zero may have run on: 10 ms of ticks at `tsc_khz`.
+pub(super) fn tsc_slack(tsc_khz: u64) -> u64 {
+    const TSC_SLACK_MS: u64 = 10;
+    tsc_khz.max(1).saturating_mul(TSC_SLACK_MS)
+}
 
 /// The host's time-stamp counter.
 pub(super) fn host_tsc() -> u64 {
@@ -794,4 +797,16 @@ pub(super) fn guest_tsc(vcpu: &VcpuFd) -> Result<Option<u64>, kvm_ioctls::Error>
     };
     let read = vcpu.get_msrs(&mut msrs)?;
     Ok((read == 1).then(|| msrs.as_slice()[0].data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_tsc_slack_is_ten_ms_of_ticks_and_never_overflows() {
+        assert_eq!(tsc_slack(2_600_000), 26_000_000);
+        assert_eq!(tsc_slack(0), 10, "an unknown frequency still gives a slack");
+        assert_eq!(tsc_slack(u64::MAX), u64::MAX);
+    }
 }

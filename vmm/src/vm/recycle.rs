@@ -35,7 +35,7 @@
 //! Only a guest that ended with its exit hypercall is reused: a crash, a timeout, a kill or a
 //! closed pipe leave the vCPU mid-instruction, and such VMs are destroyed.
 
-use super::{MSR_IA32_TSC, TSC_SLACK_MS, Vm, VmShell, guest_tsc, host_tsc, shell};
+use super::{MSR_IA32_TSC, Vm, VmShell, guest_tsc, host_tsc, shell, tsc_slack};
 use crate::memory::reset::{Reference, ResetRefused, ResetStats};
 use kvm_bindings::{
     KVM_MAX_MSR_ENTRIES, Msrs, kvm_debugregs, kvm_device_attr, kvm_msr_entry, kvm_vcpu_events,
@@ -86,7 +86,7 @@ pub struct FreshVcpu {
     /// Every MSR KVM lists for migration that a fresh vCPU can read, but the TSC.
     msrs: Vec<kvm_msr_entry>,
     tsc: FreshTsc,
-    /// TSC ticks in [`TSC_SLACK_MS`].
+    /// TSC ticks in 10 ms ([`tsc_slack`]).
     tsc_slack: u64,
 }
 
@@ -114,7 +114,7 @@ impl FreshVcpu {
             };
             msrs.extend(read_msrs(&shell.vcpu, &[entry])?);
         }
-        let tsc_slack = shell.tsc_khz.max(1) * TSC_SLACK_MS;
+        let tsc_slack = tsc_slack(shell.tsc_khz);
         let before = host_tsc();
         let fresh_tsc = read_tsc(&shell.vcpu)?;
         let tsc = if fresh_tsc.abs_diff(before) < tsc_slack {

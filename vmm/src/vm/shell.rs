@@ -99,6 +99,8 @@ fn calibrate_tsc_khz() -> u64 {
     std::thread::sleep(Duration::from_millis(2));
     // SAFETY: as above.
     let tsc1 = unsafe { core::arch::x86_64::_rdtsc() };
-    let ns = start.elapsed().as_nanos().max(1) as u64;
-    tsc1.wrapping_sub(tsc0) * 1_000_000 / ns
+    let ns = start.elapsed().as_nanos().max(1);
+    // In u128: ticks × 10⁶ overflows u64 for a counter that went backwards (wrapping) or far.
+    let khz = u128::from(tsc1.wrapping_sub(tsc0)) * 1_000_000 / ns;
+    u64::try_from(khz).unwrap_or(u64::MAX)
 }
