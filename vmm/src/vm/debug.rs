@@ -83,20 +83,28 @@ impl Vm {
             .take()
             .unwrap_or_else(|| PortBus::new(&self.config.devices));
         self.handler = Some(ExitHandler::new(console, bus, limits));
-        let dirty = self.vcpu.get_kvm_run().kvm_dirty_regs;
+        let dirty = self.machine.vcpu.get_kvm_run().kvm_dirty_regs;
         if dirty != 0 {
-            let sync = self.vcpu.sync_regs();
-            self.vcpu
+            let sync = self.machine.vcpu.sync_regs();
+            self.machine
+                .vcpu
                 .set_sregs(&sync.sregs)
                 .map_err(kvm_err("KVM_SET_SREGS"))?;
-            self.vcpu
+            self.machine
+                .vcpu
                 .set_regs(&sync.regs)
                 .map_err(kvm_err("KVM_SET_REGS"))?;
-            self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
-            self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
+            self.machine.vcpu.clear_sync_dirty_reg(SyncReg::Register);
+            self.machine
+                .vcpu
+                .clear_sync_dirty_reg(SyncReg::SystemRegister);
         }
         Ok(Stopped {
-            regs: self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?,
+            regs: self
+                .machine
+                .vcpu
+                .get_regs()
+                .map_err(kvm_err("KVM_GET_REGS"))?,
             place: Place::Ring3,
         })
     }
@@ -134,7 +142,11 @@ impl Vm {
             match stop {
                 Some(Stop::Parked | Stop::SnapshotPoint) => continue,
                 None => {
-                    let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+                    let sregs = self
+                        .machine
+                        .vcpu
+                        .get_sregs()
+                        .map_err(kvm_err("KVM_GET_SREGS"))?;
                     if sregs.cs.dpl == 0 {
                         in_stub = true;
                         continue;
@@ -153,10 +165,18 @@ impl Vm {
                     return Ok((why, Some(stopped)));
                 }
                 Some(Stop::Exception { vector }) => {
-                    let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
-                    let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+                    let regs = self
+                        .machine
+                        .vcpu
+                        .get_regs()
+                        .map_err(kvm_err("KVM_GET_REGS"))?;
+                    let sregs = self
+                        .machine
+                        .vcpu
+                        .get_sregs()
+                        .map_err(kvm_err("KVM_GET_SREGS"))?;
                     let frame = from_exception_stub(&regs, &sregs)
-                        .then(|| crash::read_frame(&self.ram, regs.rsp, vector))
+                        .then(|| crash::read_frame(&self.machine.ram, regs.rsp, vector))
                         .flatten()
                         .filter(|frame| frame.cs & 3 == 3);
                     let Some(frame) = frame else {
@@ -189,14 +209,21 @@ impl Vm {
     /// step's `#DB` on completing the instruction on hardware (not on PVM), which would then
     /// stop the guest again before it runs anything. Returns the guest's registers.
     fn complete_exit(&mut self) -> Result<kvm_regs, VmError> {
-        let mut regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        let mut regs = self
+            .machine
+            .vcpu
+            .get_regs()
+            .map_err(kvm_err("KVM_GET_REGS"))?;
         if regs.rflags & RFLAGS_TF != 0 {
             regs.rflags &= !RFLAGS_TF;
-            self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+            self.machine
+                .vcpu
+                .set_regs(&regs)
+                .map_err(kvm_err("KVM_SET_REGS"))?;
         }
-        self.vcpu.set_kvm_immediate_exit(1);
-        let ran = self.vcpu.run().map(|_| ());
-        self.vcpu.set_kvm_immediate_exit(0);
+        self.machine.vcpu.set_kvm_immediate_exit(1);
+        let ran = self.machine.vcpu.run().map(|_| ());
+        self.machine.vcpu.set_kvm_immediate_exit(0);
         match ran {
             Err(err) if err.errno() != libc::EINTR => {
                 return Err(VmError::Kvm {
@@ -206,7 +233,10 @@ impl Vm {
             }
             _ => {}
         }
-        self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))
+        self.machine
+            .vcpu
+            .get_regs()
+            .map_err(kvm_err("KVM_GET_REGS"))
     }
 
     /// Puts the guest's registers back into the vCPU: directly at ring 3, or, from a stub,
@@ -229,7 +259,7 @@ impl Vm {
                     u64::from(USER_DS),
                 ];
                 let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-                self.ram.write(frame, &bytes)?;
+                self.machine.ram.write(frame, &bytes)?;
                 kvm_regs {
                     rip: stubs::resume_address(),
                     rsp: frame,
@@ -238,7 +268,10 @@ impl Vm {
                 }
             }
         };
-        self.vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
+        self.machine
+            .vcpu
+            .set_regs(&regs)
+            .map_err(kvm_err("KVM_SET_REGS"))
     }
 
     /// Ends a guest that stopped in a stub as a crash (gdb let the signal through): the report
@@ -280,13 +313,16 @@ impl Vm {
 
     /// The guest's x87/SSE/AVX state (the stubs never touch it).
     pub(crate) fn debug_xsave(&self) -> Result<kvm_xsave, VmError> {
-        self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))
+        self.machine
+            .vcpu
+            .get_xsave()
+            .map_err(kvm_err("KVM_GET_XSAVE"))
     }
 
     /// Loads a changed x87/SSE state.
     pub(crate) fn debug_set_xsave(&self, xsave: &kvm_xsave) -> Result<(), VmError> {
         // SAFETY: `kvm_xsave` is the legacy 4 KiB area, which is what KVM reads without
         // dynamically enabled features (AMX), which this process never asks for.
-        unsafe { self.vcpu.set_xsave(xsave) }.map_err(|e| VmError::BadFpuState(Some(e)))
+        unsafe { self.machine.vcpu.set_xsave(xsave) }.map_err(|e| VmError::BadFpuState(Some(e)))
     }
 }

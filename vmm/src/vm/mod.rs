@@ -23,6 +23,7 @@ pub(crate) mod watchdog;
 
 pub use console::Console;
 pub use hypercall::HypercallError;
+use shell::Machine;
 pub use shell::{VmShell, open_kvm};
 pub use vcpu_state::SavedVcpu;
 pub(crate) use watchdog::DeadlineService;
@@ -36,7 +37,7 @@ use crate::memory::image::Image;
 use crate::report::crash::{self, CrashState};
 use crate::report::{Outcome, RunReport, Timeline, lines::Lines, symbols::Symbols};
 use exits::{Action, Exit, ExitHandler, Limits, Stop};
-use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -222,20 +223,14 @@ pub enum Progress {
 
 /// A created VM, ready to run.
 pub struct Vm {
-    // Field order is drop order: vCPU, then VM, then RAM, then /dev/kvm.
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    ram: GuestRam,
-    _kvm: Arc<Kvm>,
+    /// First: dropped first (the VM before the RAM it maps; see `Machine`).
+    machine: Machine,
     layout: Arc<Image>,
     config: VmConfig,
     timeline: Timeline,
     bus: Option<PortBus>,
     handler: Option<ExitHandler>,
     watchdog: Option<Watchdog>,
-    /// Kept for [`Vm::recycle`], which turns the VM back into a shell.
-    tsc_khz: u64,
-    sync_regs: bool,
     /// The guest ended with its exit hypercall (only such a VM may be reused).
     exited: bool,
 }
@@ -258,12 +253,7 @@ impl Vm {
         mut timeline: Timeline,
     ) -> Result<Self, VmError> {
         let VmShell {
-            vcpu,
-            vm,
-            ram,
-            kvm,
-            tsc_khz,
-            sync_regs,
+            mut machine,
             random_seed,
         } = shell;
         let args: Vec<&str> = std::iter::once(name)
@@ -278,7 +268,7 @@ impl Vm {
         let mut params = arch::RunParams {
             args: &args,
             env: &env,
-            clock: guest_clock(&vcpu, tsc_khz),
+            clock: guest_clock(&machine.vcpu, machine.tsc_khz),
             flags: milestones
                 | if config.stop_at_snapshot_point {
                     abi::boot_flags::SNAPSHOT
@@ -290,7 +280,7 @@ impl Vm {
         let mut bus = PortBus::new(&config.devices);
         let regs = match start {
             Start::Boot => {
-                arch::write_boot_info(&ram, &layout, params)?;
+                arch::write_boot_info(&machine.ram, &layout, params)?;
                 regs::initial_regs(layout.entry())
             }
             Start::Restore {
@@ -298,16 +288,16 @@ impl Vm {
                 devices,
             } => {
                 params.flags = abi::boot_flags::SNAPSHOT | abi::boot_flags::RESTORED | milestones;
-                arch::rewrite_boot_info(&ram, &layout, params)?;
+                arch::rewrite_boot_info(&machine.ram, &layout, params)?;
                 bus.restore(devices)?;
-                load_fpu_state(&vcpu, saved)?;
+                load_fpu_state(&machine.vcpu, saved)?;
                 saved.restored_regs()
             }
         };
         // The special registers are always the VMM's own, never a snapshot's.
         let sregs = regs::initial_sregs();
-        let mut vcpu = vcpu;
-        if sync_regs {
+        let vcpu = &mut machine.vcpu;
+        if machine.sync_regs {
             // Hand the registers to the first KVM_RUN instead of two ioctls of their own.
             let sync = vcpu.sync_regs_mut();
             sync.regs = regs;
@@ -320,25 +310,20 @@ impl Vm {
         }
         timeline.vcpu_ready = Some(Instant::now());
         Ok(Vm {
-            vcpu,
-            _vm: vm,
-            ram,
-            _kvm: kvm,
+            machine,
             layout,
             config: config.clone(),
             timeline,
             bus: Some(bus),
             handler: None,
             watchdog: None,
-            tsc_khz,
-            sync_regs,
             exited: false,
         })
     }
 
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
-        &self.ram
+        &self.machine.ram
     }
 
     /// The image layout the guest runs (its segments, and its file bytes when booted from an
@@ -357,9 +342,21 @@ impl Vm {
         if let Some(why) = bus.and_then(PortBus::snapshot_refusal) {
             return Err(VmError::SnapshotRefused(why));
         }
-        let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
-        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        let xsave = self.vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
+        let regs = self
+            .machine
+            .vcpu
+            .get_regs()
+            .map_err(kvm_err("KVM_GET_REGS"))?;
+        let sregs = self
+            .machine
+            .vcpu
+            .get_sregs()
+            .map_err(kvm_err("KVM_GET_SREGS"))?;
+        let xsave = self
+            .machine
+            .vcpu
+            .get_xsave()
+            .map_err(kvm_err("KVM_GET_XSAVE"))?;
         let devices = match (&self.handler, &self.bus) {
             (Some(handler), _) => handler.bus().save(),
             (None, Some(bus)) => bus.save(),
@@ -535,7 +532,7 @@ impl Vm {
             {
                 return Ok(None);
             }
-            let exit = match self.vcpu.run() {
+            let exit = match self.machine.vcpu.run() {
                 Ok(exit) => exit,
                 Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => continue,
                 Err(source) => {
@@ -563,7 +560,7 @@ impl Vm {
                 VcpuExit::SystemEvent(..) => Exit::Other("system event"),
                 _ => Exit::Other("unexpected exit reason"),
             };
-            if let Action::Stop(stop) = handler.handle(&self.ram, exit) {
+            if let Action::Stop(stop) = handler.handle(&self.machine.ram, exit) {
                 return Ok(Some(stop));
             }
             if one_exit {
@@ -575,8 +572,8 @@ impl Vm {
     /// What a crash report says about `stop`, and the state a core file keeps: the registers
     /// at the faulting instruction (for an exception, as they were before the stub ran).
     fn crash_report(&mut self, stop: &Stop) -> (String, CrashState) {
-        let regs = self.vcpu.get_regs().unwrap_or_default();
-        let sregs = self.vcpu.get_sregs().unwrap_or_default();
+        let regs = self.machine.vcpu.get_regs().unwrap_or_default();
+        let sregs = self.machine.vcpu.get_sregs().unwrap_or_default();
         self.describe_crash(stop, regs, sregs)
     }
 
@@ -591,7 +588,7 @@ impl Vm {
             signal: crash_signal(stop),
             regs,
             sregs,
-            fxsave: self.vcpu.get_xsave().ok().map(|xsave| {
+            fxsave: self.machine.vcpu.get_xsave().ok().map(|xsave| {
                 let mut area = Box::new([0u8; 512]);
                 for (bytes, word) in area.chunks_exact_mut(4).zip(xsave.region) {
                     bytes.copy_from_slice(&word.to_le_bytes());
@@ -625,10 +622,10 @@ impl Vm {
                 format!("guest stopped: bad hypercall: {err}\n")
             }
             Stop::Exception { vector } => {
-                let frame = crash::read_frame(&self.ram, regs.rsp, *vector);
+                let frame = crash::read_frame(&self.machine.ram, regs.rsp, *vector);
                 let mut text = crash::exception_report(*vector, &regs, &sregs, frame, &symbolize);
                 if let Some(frame) = frame {
-                    text.push_str(&crash::backtrace(&self.ram, frame.rip, regs.rbp, &symbolize));
+                    text.push_str(&crash::backtrace(&self.machine.ram, frame.rip, regs.rbp, &symbolize));
                     state.regs = crash::regs_at_fault(&regs, &frame);
                     state.sregs.cs.selector = frame.cs as u16;
                     state.sregs.ss.selector = frame.ss as u16;
@@ -670,7 +667,7 @@ impl Vm {
     }
 
     fn internal_error_text(&mut self) -> String {
-        let run = self.vcpu.get_kvm_run();
+        let run = self.machine.vcpu.get_kvm_run();
         // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the live member.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let ndata = (internal.ndata as usize).min(internal.data.len());
@@ -691,9 +688,9 @@ impl Vm {
                 .collect();
             text.push_str(&format!("  data: {}\n", words.join(" ")));
         }
-        if let Ok(regs) = self.vcpu.get_regs() {
+        if let Ok(regs) = self.machine.vcpu.get_regs() {
             let mut bytes = [0u8; 15];
-            if self.ram.read(regs.rip, &mut bytes).is_ok() {
+            if self.machine.ram.read(regs.rip, &mut bytes).is_ok() {
                 let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 text.push_str(&format!(
                     "  instruction bytes at {:#x}: {}\n",

@@ -35,7 +35,7 @@
 //! Only a guest that ended with its exit hypercall is reused: a crash, a timeout, a kill or a
 //! closed pipe leave the vCPU mid-instruction, and such VMs are destroyed.
 
-use super::{MSR_IA32_TSC, Vm, VmShell, guest_tsc, host_tsc, shell, tsc_slack};
+use super::{MSR_IA32_TSC, Vm, VmShell, guest_tsc, host_tsc, tsc_slack};
 use crate::memory::reset::{Reference, ResetRefused, ResetStats};
 use kvm_bindings::{
     KVM_MAX_MSR_ENTRIES, Msrs, kvm_debugregs, kvm_device_attr, kvm_msr_entry, kvm_vcpu_events,
@@ -97,6 +97,7 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RecycleRefused {
 impl FreshVcpu {
     /// Reads it from `shell`, whose vCPU has never run.
     pub fn capture(kvm_fd: &Kvm, shell: &VmShell) -> Result<Self, RecycleRefused> {
+        let vcpu = &shell.machine.vcpu;
         let indices = kvm_fd
             .get_msr_index_list()
             .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?;
@@ -112,27 +113,21 @@ impl FreshVcpu {
                 index: *index,
                 ..Default::default()
             };
-            msrs.extend(read_msrs(&shell.vcpu, &[entry])?);
+            msrs.extend(read_msrs(vcpu, &[entry])?);
         }
-        let tsc_slack = tsc_slack(shell.tsc_khz);
+        let tsc_slack = tsc_slack(shell.machine.tsc_khz);
         let before = host_tsc();
-        let fresh_tsc = read_tsc(&shell.vcpu)?;
+        let fresh_tsc = read_tsc(vcpu)?;
         let tsc = if fresh_tsc.abs_diff(before) < tsc_slack {
             FreshTsc::FollowsHost
         } else {
             FreshTsc::Offset
         };
         Ok(Self {
-            xsave: shell.vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
-            events: shell
-                .vcpu
-                .get_vcpu_events()
-                .map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
-            debug_regs: shell
-                .vcpu
-                .get_debug_regs()
-                .map_err(kvm("KVM_GET_DEBUGREGS"))?,
-            xcrs: shell.vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?,
+            xsave: vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
+            events: vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+            debug_regs: vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?,
+            xcrs: vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?,
             msrs,
             tsc,
             tsc_slack,
@@ -257,50 +252,33 @@ impl Vm {
         if !self.exited {
             return Err(RecycleRefused::NotExited);
         }
-        if !self.ram.is_locked() {
+        if !self.machine.ram.is_locked() {
             return Err(ResetRefused::NotLocked.into());
         }
         // Complete what the last exit left pending, without entering the guest.
-        self.vcpu.set_kvm_immediate_exit(1);
-        let flushed = self.vcpu.run().map(|_| ());
-        self.vcpu.set_kvm_immediate_exit(0);
+        self.machine.vcpu.set_kvm_immediate_exit(1);
+        let flushed = self.machine.vcpu.run().map(|_| ());
+        self.machine.vcpu.set_kvm_immediate_exit(0);
         match flushed {
             Err(err) if err.errno() == libc::EINTR => {}
             Err(err) => return Err(RecycleRefused::Kvm("KVM_RUN (immediate exit)", err)),
             Ok(()) => return Err(RecycleRefused::VcpuState("KVM_RUN with immediate_exit")),
         }
-        if let Some(what) = recycler.fresh.difference(&self.vcpu)? {
+        if let Some(what) = recycler.fresh.difference(&self.machine.vcpu)? {
             return Err(RecycleRefused::VcpuState(what));
         }
-        recycler.fresh.reset_tsc(&self.vcpu)?;
+        recycler.fresh.reset_tsc(&self.machine.vcpu)?;
         let xsave = &recycler.fresh.xsave;
         // SAFETY: a 4096-byte area a fresh vCPU of this process gave (KVM_GET_XSAVE); KVM reads
         // no more (no dynamically enabled features: see `load_fpu_state`).
-        unsafe { self.vcpu.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        unsafe { self.machine.vcpu.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
         Ok(recycler
             .reference
-            .restore(&self.ram, recycler.max_extra_pages)?)
+            .restore(&self.machine.ram, recycler.max_extra_pages)?)
     }
 
     fn into_shell(self) -> VmShell {
-        let Vm {
-            vcpu,
-            _vm: vm,
-            ram,
-            _kvm: kvm,
-            tsc_khz,
-            sync_regs,
-            ..
-        } = self;
-        VmShell {
-            vcpu,
-            vm,
-            ram,
-            kvm,
-            tsc_khz,
-            sync_regs,
-            random_seed: shell::random_seed(),
-        }
+        VmShell::around(self.machine)
     }
 }
 

@@ -19,14 +19,24 @@ pub fn open_kvm() -> Result<Arc<Kvm>, VmError> {
         .map_err(|source| VmError::OpenKvm { source })
 }
 
-/// A created VM and vCPU around guest RAM, not yet given registers.
-pub struct VmShell {
+/// The KVM side of a VM, the same whether it waits as a shell or runs (`Vm` owns it whole,
+/// and `Vm::recycle` hands it back whole): its fields are in drop order, vCPU, then VM, then
+/// RAM, then `/dev/kvm`.
+pub(crate) struct Machine {
     pub(super) vcpu: VcpuFd,
-    pub(super) vm: VmFd,
+    /// Held, never read: the VM lives as long as its vCPU is used.
+    _vm: VmFd,
     pub(super) ram: GuestRam,
-    pub(super) kvm: Arc<Kvm>,
+    /// Held, never read: `/dev/kvm` outlives the VMs made through it.
+    _kvm: Arc<Kvm>,
     pub(super) tsc_khz: u64,
     pub(super) sync_regs: bool,
+}
+
+/// A created VM and vCPU around guest RAM, not yet given registers.
+pub struct VmShell {
+    pub(super) machine: Machine,
+    /// Drawn afresh for every shell, a reused VM's included.
     pub(super) random_seed: u64,
 }
 
@@ -54,7 +64,7 @@ impl VmShell {
             userspace_addr: ram.host_address(),
         };
         // SAFETY: the region is a live anonymous mapping of exactly `memory_size` bytes that
-        // outlives the VM (field order in `Vm` drops the VM first).
+        // outlives the VM (field order in `Machine` drops the VM first).
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         timeline.ram_ready = Some(Instant::now());
@@ -66,25 +76,32 @@ impl VmShell {
             .map_or_else(|_| calibrate_tsc_khz(), u64::from);
         let sync_regs = kvm.check_extension(Cap::SyncRegs);
         timeline.vcpu_created = Some(Instant::now());
-        Ok(VmShell {
+        Ok(VmShell::around(Machine {
             vcpu,
-            vm,
+            _vm: vm,
             ram,
-            kvm,
+            _kvm: kvm,
             tsc_khz,
             sync_regs,
+        }))
+    }
+
+    /// A shell around `machine` (a new one, or a reused VM's), with a fresh random seed.
+    pub(super) fn around(machine: Machine) -> Self {
+        VmShell {
+            machine,
             random_seed: random_seed(),
-        })
+        }
     }
 
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
-        &self.ram
+        &self.machine.ram
     }
 }
 
 /// 64 fresh random bits from the kernel (zero if it cannot give them).
-pub(super) fn random_seed() -> u64 {
+fn random_seed() -> u64 {
     let mut seed = [0u8; 8];
     // SAFETY: getrandom writes at most 8 bytes into our buffer.
     unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
