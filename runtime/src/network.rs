@@ -561,8 +561,11 @@ impl Changes {
     }
 
     /// Puts the namespace back: the qdiscs deleted (first: frames stop going to the tap),
-    /// the addresses given back, then the routes (which need the addresses). Every step is
-    /// tried; the first error is returned.
+    /// the addresses given back, then the routes (which need the addresses): those without
+    /// a gateway first, since a gateway may be reachable only through one of them (Calico's
+    /// `169.254.1.1 dev eth0 scope link` under `default via 169.254.1.1`, which the kernel
+    /// refuses with `ENETUNREACH` before it). Every step is tried; the first error is
+    /// returned.
     fn undo(&self, netlink: &mut impl Rtnetlink) -> Result<(), NetworkError> {
         let mut first = Ok(());
         let mut keep = |result: Result<(), NetworkError>| {
@@ -576,11 +579,25 @@ impl Changes {
         for address in &self.addresses {
             keep(netlink.add_address(address));
         }
-        for route in &self.routes {
+        let (direct, via_gateway): (Vec<_>, Vec<_>) =
+            self.routes.iter().partition(|r| !has_gateway(r));
+        for route in direct.into_iter().chain(via_gateway) {
             keep(netlink.add_route(route));
         }
         first
     }
+}
+
+/// Whether `route` goes through a gateway (`RTA_GATEWAY` or `RTA_VIA`, its own or a next
+/// hop's of a multipath route), which the kernel must reach when the route is added.
+fn has_gateway(route: &RouteMessage) -> bool {
+    let names_one = |a: &RouteAttribute| {
+        matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_))
+    };
+    route.attributes.iter().any(|a| match a {
+        RouteAttribute::MultiPath(hops) => hops.iter().any(|h| h.attributes.iter().any(names_one)),
+        other => names_one(other),
+    })
 }
 
 /// The changes of a running container, saved in its state directory by the container
@@ -1583,6 +1600,41 @@ mod tests {
             &RouteNetlinkMessage::NewAddress(docker_eth0().addresses[0].clone())
         );
         assert_eq!(*flags, NLM_F_CREATE | NLM_F_REPLACE);
+    }
+
+    /// A route to `destination`/32 through interface `index` alone (`scope link`).
+    fn link_scope_route(index: u32, destination: Ipv4Addr) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.table = RouteHeader::RT_TABLE_MAIN;
+        route.header.kind = RouteType::Unicast;
+        route.header.destination_prefix_length = 32;
+        route.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet(destination)),
+            RouteAttribute::Oif(index),
+        ];
+        route
+    }
+
+    #[test]
+    fn test_changes_undo_gateway_behind_a_link_route_adds_the_link_route_first() {
+        let calico_gateway = Ipv4Addr::new(169, 254, 1, 1);
+        let default = default_route(7, calico_gateway);
+        let link_scope = link_scope_route(7, calico_gateway);
+        let changes = Changes {
+            routes: vec![default.clone(), link_scope.clone()],
+            ..Changes::default()
+        };
+        let mut kernel = FakeKernel::default();
+        changes.undo(&mut kernel).unwrap();
+        let added: Vec<_> = kernel.sent.into_iter().map(|(m, _)| m).collect();
+        assert_eq!(
+            added,
+            [
+                RouteNetlinkMessage::NewRoute(link_scope),
+                RouteNetlinkMessage::NewRoute(default)
+            ]
+        );
     }
 
     #[test]

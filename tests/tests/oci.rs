@@ -1354,6 +1354,10 @@ impl PodNetwork {
         container.ip(&["addr", "add", "10.99.3.2/24", "dev", "eth0"])?;
         container.ip(&["link", "set", "eth0", "up"])?;
         container.ip(&["route", "add", "default", "via", "10.99.3.1"])?;
+        // Calico's shape: a gateway reachable only through a link-scope route, which must
+        // come back before the route through it.
+        container.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+        container.ip(&["route", "add", "10.99.4.0/24", "via", "169.254.1.1"])?;
         let pinned = container.pin(&env.scratch.join(format!("{id}.netns")))?;
         Ok(PodNetwork {
             client,
@@ -1396,7 +1400,7 @@ impl PodNetwork {
     }
 
     /// `eth0` as the pod's network set it up: its address, the default route through it,
-    /// no ingress qdisc.
+    /// the route through a link-scope gateway, no ingress qdisc.
     fn as_set_up(&self) -> Result<(), Failed> {
         let path = self.container.path();
         let addresses = ipv4_addresses(&path, "eth0");
@@ -1406,6 +1410,10 @@ impl PodNetwork {
         let routes = stdout(&in_netns(&path, "ip", &["-4", "route", "show", "default"]));
         ensure(routes.contains("via 10.99.3.1 dev eth0"), || {
             format!("eth0 did not get its default route back: {routes:?}")
+        })?;
+        let routes = stdout(&in_netns(&path, "ip", &["-4", "route", "show", "10.99.4.0/24"]));
+        ensure(routes.contains("via 169.254.1.1 dev eth0"), || {
+            format!("eth0 did not get its route through a link-scope gateway back: {routes:?}")
         })?;
         let qdiscs = stdout(&in_netns(&path, "tc", &["qdisc", "show", "dev", "eth0"]));
         ensure(!qdiscs.contains("ingress"), || {
