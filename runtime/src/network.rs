@@ -33,7 +33,8 @@
 //! `SIGKILL` included. A namespace whose `delete` never ran keeps a redirect to a tap that
 //! is gone: [`connect_guest`] removes it first, and if the interface has no IPv4 address
 //! left it says that a killed container took it, rather than booting the guest without a
-//! network device.
+//! network device; an interface whose redirect goes to a live tap (a flick container
+//! running in the same namespace holds it) is an error too, saying so.
 //!
 //! Only a container with a network namespace of its own (made or joined) is touched: in the
 //! runtime's own namespace, the host's, the guest boots without a network device. Docker's
@@ -147,6 +148,14 @@ pub(crate) enum NetworkError {
         "the container's interface {name} has no IPv4 address: a flick container killed earlier in this namespace took it (its redirect is removed; the interface needs its address again)"
     )]
     TakenByKilledGuest {
+        /// The interface.
+        name: String,
+    },
+    /// A flick container running in this namespace holds the interface.
+    #[error(
+        "the container's interface {name} is taken by another flick container running in this namespace (it redirects {name}'s frames to its guest and holds its address)"
+    )]
+    TakenByLiveGuest {
         /// The interface.
         name: String,
     },
@@ -436,15 +445,8 @@ pub(crate) fn connect_guest(
     tun: Result<OwnedFd, NetworkError>,
 ) -> Result<Option<Connected>, NetworkError> {
     let mut netlink = Netlink::open()?;
-    let links = netlink.dump_links()?;
-    let cleared = clear_left_behind(&mut netlink, &links)?;
-    let addresses = netlink.dump_addresses()?;
-    let routes = netlink.dump_routes()?;
-    let Some(interface) = choose(&links, &addresses, &routes)? else {
-        return match cleared.into_iter().next() {
-            Some(name) => Err(NetworkError::TakenByKilledGuest { name }),
-            None => Ok(None),
-        };
+    let Some(interface) = find_interface(&mut netlink)? else {
+        return Ok(None);
     };
     if interface.mtu < vmm::net::MTU {
         return Err(NetworkError::SmallMtu {
@@ -482,6 +484,27 @@ pub(crate) fn connect_guest(
     }))
 }
 
+/// The interface to take over ([`choose`]), once the redirects killed containers left are
+/// removed ([`clear_left_behind`]). When there is none, an interface that a flick container
+/// holds (a redirect, its addresses taken) is an error saying so: the guest would otherwise
+/// boot without a network device and nobody would know why.
+fn find_interface(netlink: &mut impl Rtnetlink) -> Result<Option<Interface>, NetworkError> {
+    let links = netlink.dump_links()?;
+    let redirects = clear_left_behind(netlink, &links)?;
+    let addresses = netlink.dump_addresses()?;
+    let routes = netlink.dump_routes()?;
+    if let Some(interface) = choose(&links, &addresses, &routes)? {
+        return Ok(Some(interface));
+    }
+    if let Some(name) = redirects.cleared.into_iter().next() {
+        return Err(NetworkError::TakenByKilledGuest { name });
+    }
+    match redirects.live.into_iter().next() {
+        Some(name) => Err(NetworkError::TakenByLiveGuest { name }),
+        None => Ok(None),
+    }
+}
+
 /// Joins `interface` and the tap with a redirect each way and takes the interface's
 /// addresses off, noting each change in `changes` as soon as it is made.
 fn take_over(
@@ -507,30 +530,46 @@ fn take_over(
     Ok(())
 }
 
+/// The links with an ingress redirect, as [`clear_left_behind`] found them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Redirects {
+    /// Those whose redirect went to a device that is gone: removed.
+    cleared: Vec<String>,
+    /// Those (but our tap) whose redirect goes to a live device (a running guest's tap): kept.
+    live: Vec<String>,
+}
+
 /// Removes the redirects a killed container left behind: an ingress qdisc on a link whose
 /// `mirred` filter targets a device that no longer exists (the kernel reports a vanished
-/// target as index 0). Says so in one line for each; returns the links' names.
+/// target as index 0). Says so in one line for each; returns those links' names and those
+/// whose redirect is alive.
 fn clear_left_behind(
     netlink: &mut impl Rtnetlink,
     links: &[LinkMessage],
-) -> Result<Vec<String>, NetworkError> {
-    let exists = |index: u32| links.iter().any(|l| l.header.index == index);
-    let mut cleared = Vec::new();
+) -> Result<Redirects, NetworkError> {
+    let mut redirects = Redirects::default();
     for link in links {
         if link.header.flags.contains(LinkFlags::Loopback) {
             continue;
         }
         let name = link_name(link);
         let targets = netlink.redirect_targets(link.header.index, &name)?;
-        if targets.iter().any(|&t| !exists(t)) {
+        if targets.iter().any(|&t| !link_exists(links, t)) {
             netlink.delete_ingress(link.header.index, &name)?;
             eprintln!(
                 "flick-runtime: removed from {name} the redirect to a tap that is gone (left by a container killed before it could clean up)"
             );
-            cleared.push(name);
+            redirects.cleared.push(name);
+        } else if !targets.is_empty() && name != TAP_NAME {
+            redirects.live.push(name);
         }
     }
-    Ok(cleared)
+    Ok(redirects)
+}
+
+/// Whether `links` has one with `index` (a redirect's target of 0 is a device gone).
+fn link_exists(links: &[LinkMessage], index: u32) -> bool {
+    index != 0 && links.iter().any(|l| l.header.index == index)
 }
 
 fn link_name(link: &LinkMessage) -> String {
@@ -591,9 +630,8 @@ impl Changes {
 /// Whether `route` goes through a gateway (`RTA_GATEWAY` or `RTA_VIA`, its own or a next
 /// hop's of a multipath route), which the kernel must reach when the route is added.
 fn has_gateway(route: &RouteMessage) -> bool {
-    let names_one = |a: &RouteAttribute| {
-        matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_))
-    };
+    let names_one =
+        |a: &RouteAttribute| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_));
     route.attributes.iter().any(|a| match a {
         RouteAttribute::MultiPath(hops) => hops.iter().any(|h| h.attributes.iter().any(names_one)),
         other => names_one(other),
@@ -1434,7 +1472,8 @@ mod tests {
     }
 
     /// A kernel that acknowledges every request but the `fail_at`-th (1-based), answers
-    /// filter dumps with `filters` and link dumps with `links`, says the first `interrupted`
+    /// filter dumps with `filters` (those of the interface asked about), link dumps with
+    /// `links` and address dumps with `addresses`, says the first `interrupted`
     /// dumps were interrupted, and keeps what it was sent.
     #[derive(Default)]
     struct FakeKernel {
@@ -1442,6 +1481,7 @@ mod tests {
         fail_at: Option<(usize, i32)>,
         filters: Vec<TcMessage>,
         links: Vec<LinkMessage>,
+        addresses: Vec<AddressMessage>,
         interrupted: usize,
     }
 
@@ -1474,11 +1514,18 @@ mod tests {
                     .cloned()
                     .map(RouteNetlinkMessage::NewLink)
                     .collect(),
-                RouteNetlinkMessage::GetTrafficFilter(_) => self
+                RouteNetlinkMessage::GetTrafficFilter(query) => self
                     .filters
                     .iter()
+                    .filter(|f| f.header.index == query.header.index)
                     .cloned()
                     .map(RouteNetlinkMessage::NewTrafficFilter)
+                    .collect(),
+                RouteNetlinkMessage::GetAddress(_) => self
+                    .addresses
+                    .iter()
+                    .cloned()
+                    .map(RouteNetlinkMessage::NewAddress)
                     .collect(),
                 _ => Vec::new(),
             })
@@ -1709,8 +1756,8 @@ mod tests {
             filters: vec![redirect_filter(7, 0)],
             ..FakeKernel::default()
         };
-        let cleared = clear_left_behind(&mut kernel, &links).unwrap();
-        assert_eq!(cleared, ["eth0"]);
+        let redirects = clear_left_behind(&mut kernel, &links).unwrap();
+        assert_eq!(redirects.cleared, ["eth0"]);
         assert_eq!(kernel.log(), ["?filter 7", "-qdisc 7"]);
     }
 
@@ -1721,8 +1768,42 @@ mod tests {
             filters: vec![redirect_filter(7, TAP)],
             ..FakeKernel::default()
         };
-        assert!(clear_left_behind(&mut kernel, &links).unwrap().is_empty());
+        let redirects = clear_left_behind(&mut kernel, &links).unwrap();
+        assert!(redirects.cleared.is_empty());
+        assert_eq!(redirects.live, ["eth0"]);
         assert_eq!(kernel.log(), ["?filter 7", "?filter 9"]);
+    }
+
+    #[test]
+    fn test_find_interface_held_by_a_live_guest_is_an_error_naming_it() {
+        // eth0 redirects to a running guest's tap and has no IPv4 address left.
+        let mut kernel = FakeKernel {
+            links: vec![
+                link(1, "lo", true),
+                link(7, "eth0", false),
+                link(TAP, TAP_NAME, false),
+            ],
+            filters: vec![redirect_filter(7, TAP), redirect_filter(TAP, 7)],
+            ..FakeKernel::default()
+        };
+        let err = find_interface(&mut kernel).unwrap_err();
+        assert!(
+            matches!(&err, NetworkError::TakenByLiveGuest { name } if name == "eth0"),
+            "{err:?}"
+        );
+        assert!(
+            !kernel.log().iter().any(|m| m.starts_with("-qdisc")),
+            "the live redirect is kept"
+        );
+    }
+
+    #[test]
+    fn test_find_interface_no_redirect_and_no_address_is_no_interface() {
+        let mut kernel = FakeKernel {
+            links: vec![link(1, "lo", true), link(7, "eth0", false)],
+            ..FakeKernel::default()
+        };
+        assert_eq!(find_interface(&mut kernel).unwrap(), None);
     }
 
     /// One netlink message as the kernel sends it: `payload` with `flags` to request 1.
