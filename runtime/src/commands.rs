@@ -240,11 +240,13 @@ pub fn delete(root: &Path, id: &str, force: bool, log: &Log) -> Result<(), Comma
     }
     // The container process gave up the privileges to do it, and may have been killed: the
     // namespace it changed (one that outlives it) is put back here, once it is gone.
-    if let Err(err) = crate::network::restore(&dir.path().join(crate::network::RECORD_FILE)) {
-        log.warn(&format!(
+    match crate::network::restore(dir.fd()) {
+        Ok(None) => {}
+        Ok(Some(note)) => log.warn(&format!("container \"{id}\": {note}")),
+        Err(err) => log.warn(&format!(
             "cannot put the network namespace of container \"{id}\" back as it was: {}",
             chain(&err)
-        ));
+        )),
     }
     cgroup.remove()?;
     let state = hooks_state(&saved, ContainerState::Stopped);

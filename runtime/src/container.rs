@@ -97,7 +97,8 @@ pub struct Saved {
 pub struct ContainerDir {
     id: String,
     path: PathBuf,
-    _lock: OwnedFd,
+    /// The directory, open and locked.
+    lock: OwnedFd,
 }
 
 impl ContainerDir {
@@ -122,7 +123,7 @@ impl ContainerDir {
         Ok(Self {
             id: id.to_owned(),
             path,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -146,13 +147,19 @@ impl ContainerDir {
         Ok(Self {
             id: id.to_owned(),
             path,
-            _lock: lock,
+            lock,
         })
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory, open (the descriptor that holds the lock).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
     }
 
     /// The exec fifo's path.

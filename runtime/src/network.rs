@@ -29,8 +29,8 @@
 //! retry fail. A namespace that outlives the container (config.json names it by a path: a
 //! pod's, pinned in `/var/run/netns`) is put back once the container has ended: the
 //! container process saves its changes in the state directory ([`Record`]) before it gives
-//! up `CAP_NET_ADMIN`, and `delete` undoes them ([`restore`]) however the container ended,
-//! `SIGKILL` included. A namespace whose `delete` never ran keeps a redirect to a tap that
+//! up `CAP_NET_ADMIN`, and `delete` undoes what of them is still the container's
+//! ([`restore`]) however the container ended, `SIGKILL` included. A namespace whose `delete` never ran keeps a redirect to a tap that
 //! is gone: [`connect_guest`] removes it first, and if the interface has no IPv4 address
 //! left it says that a killed container took it, rather than booting the guest without a
 //! network device; an interface whose redirect goes to a live tap (a flick container
@@ -62,9 +62,11 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -177,7 +179,7 @@ pub(crate) enum NetworkError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: serde_json::Error,
+        source: RecordFault,
     },
     /// The container's network namespace could not be entered to put it back.
     #[error("cannot enter the container's network namespace {}", path.display())]
@@ -188,6 +190,20 @@ pub(crate) enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a record of network changes is not ours.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordFault {
+    /// Something else than a regular file (a FIFO, a device) has its name.
+    #[error("it is not a regular file")]
+    NotAFile,
+    /// It is larger than any record.
+    #[error("it is larger than {MAX_RECORD} bytes")]
+    TooLarge,
+    /// It is not a record's JSON.
+    #[error(transparent)]
+    Json(serde_json::Error),
 }
 
 /// The already-gone answers to deleting a qdisc: no device (a tap that went with its VMM),
@@ -711,39 +727,92 @@ impl Record {
             })
     }
 
-    fn read(path: &Path) -> Result<Option<Record>, NetworkError> {
+    /// Reads the record in the state directory `state_dir`, if there is one: opened without
+    /// following a link or blocking (`delete` runs as root: a FIFO or a link put there
+    /// must neither hold it nor lead it elsewhere), and only a regular file is read.
+    fn read(state_dir: BorrowedFd<'_>) -> Result<Option<Record>, NetworkError> {
         use std::io::Read;
-        let failed = |source| NetworkError::Record {
+        let path = Path::new(RECORD_FILE);
+        let failed = |source: std::io::Error| NetworkError::Record {
             what: "read",
             path: path.to_owned(),
             source,
         };
-        let file = match std::fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(failed(e)),
+        let malformed = |source| NetworkError::MalformedRecord {
+            path: path.to_owned(),
+            source,
         };
+        let fd = match nix::fcntl::openat(
+            Some(state_dir.as_raw_fd()),
+            path,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(errno) => return Err(failed(errno.into())),
+        };
+        // SAFETY: `openat` just returned this descriptor, owned by nobody else.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if !file.metadata().map_err(failed)?.is_file() {
+            return Err(malformed(RecordFault::NotAFile));
+        }
         let mut text = Vec::new();
-        file.take(MAX_RECORD)
+        file.take(MAX_RECORD + 1)
             .read_to_end(&mut text)
             .map_err(failed)?;
+        if text.len() as u64 > MAX_RECORD {
+            return Err(malformed(RecordFault::TooLarge));
+        }
         serde_json::from_slice(&text)
             .map(Some)
-            .map_err(|source| NetworkError::MalformedRecord {
-                path: path.to_owned(),
-                source,
-            })
+            .map_err(|source| malformed(RecordFault::Json(source)))
     }
 }
 
-/// Puts back the namespace a container's record (at `path`, if any) describes: `delete`
-/// calls it once the container's processes are gone. A namespace that is gone, or that is
-/// not the recorded one any more, is left alone. Returns whether anything was put back.
-pub(crate) fn restore(path: &Path) -> Result<bool, NetworkError> {
-    let Some(record) = Record::read(path)? else {
-        return Ok(false);
+/// Puts back the namespace a container's record (in its state directory `state_dir`, if
+/// there is one) describes: `delete` calls it once the container's processes are gone.
+/// Only what is still the container's is undone, since the namespace may have moved on
+/// (another container may have taken the interface since): a redirect only if it goes to a
+/// device that is gone, the addresses and routes only if the interface has no IPv4 address.
+/// A namespace that is gone is left alone; the record is then removed, so that a `delete`
+/// tried again does not replay it. Returns one line to warn with when the record, or part of
+/// it, was not applied (the namespace or interface is not the recorded one any more, or a
+/// later container holds it).
+pub(crate) fn restore(state_dir: BorrowedFd<'_>) -> Result<Option<String>, NetworkError> {
+    let Some(record) = Record::read(state_dir)? else {
+        return Ok(None);
     };
+    let note = restore_record(&record, NetnsId::current())?;
+    match nix::unistd::unlinkat(
+        Some(state_dir.as_raw_fd()),
+        RECORD_FILE,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(note),
+        Err(errno) => Err(NetworkError::Record {
+            what: "remove",
+            path: PathBuf::from(RECORD_FILE),
+            source: errno.into(),
+        }),
+    }
+}
+
+/// [`restore`] of `record`, from the namespace `own` (the runtime's: the host's).
+fn restore_record(record: &Record, own: Option<NetnsId>) -> Result<Option<String>, NetworkError> {
+    let path = record.netns_path.display();
+    let not_applied = |why: String| {
+        Ok(Some(format!(
+            "the network namespace {path} was not put back as the container left it: {why}"
+        )))
+    };
+    if own == Some(record.netns) {
+        return not_applied("it is the runtime's own (the host's)".to_owned());
+    }
     let changes = record.changes()?;
+    let Some((index, name)) = changes.qdiscs.first().cloned() else {
+        return Ok(None);
+    };
     // Without blocking: should something other than a namespace file (a FIFO) have taken the
     // path since, `delete` must not wait on it; the identity check below then fails.
     let netns = match std::fs::OpenOptions::new()
@@ -752,20 +821,20 @@ pub(crate) fn restore(path: &Path) -> Result<bool, NetworkError> {
         .open(&record.netns_path)
     {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(NetworkError::EnterNamespace {
-                path: record.netns_path,
+                path: record.netns_path.clone(),
                 source,
             });
         }
     };
     if NetnsId::of(&netns).ok() != Some(record.netns) {
-        return Ok(false);
+        return not_applied("another namespace is mounted there now".to_owned());
     }
     // setns(2) moves only the calling thread: a thread of its own enters the namespace and
     // ends with it, the rest of `delete` stays where it is.
-    std::thread::scope(|scope| {
+    let kept = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
@@ -775,21 +844,75 @@ pub(crate) fn restore(path: &Path) -> Result<bool, NetworkError> {
                     },
                 )?;
                 let mut netlink = Netlink::open()?;
-                // An interface deleted since (or another one in its place) is not ours.
                 let links = netlink.dump_links()?;
-                let ours = changes.qdiscs.first().is_some_and(|(index, name)| {
-                    links
-                        .iter()
-                        .any(|l| l.header.index == *index && link_name(l) == *name)
-                });
-                if !ours {
-                    return Ok(false);
+                // An interface deleted since is not there to put back; another one in its
+                // place (renamed, or made again) is not ours.
+                match links.iter().find(|l| l.header.index == index) {
+                    Some(link) if link_name(link) == name => {
+                        put_back(&mut netlink, &changes, &links).map(Some)
+                    }
+                    Some(link) => Ok(Some(vec![format!(
+                        "interface {index} is {} now, not {name}",
+                        link_name(link)
+                    )])),
+                    None if links.iter().any(|l| link_name(l) == name) => Ok(Some(vec![format!(
+                        "{name} was made again since (its index is not {index})"
+                    )])),
+                    None => Ok(None),
                 }
-                changes.undo(&mut netlink).map(|()| true)
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    })?;
+    match kept {
+        Some(kept) if !kept.is_empty() => not_applied(kept.join("; ")),
+        _ => Ok(None),
+    }
+}
+
+/// Undoes what of `changes` is still the container's in a namespace whose interfaces are
+/// `links` (see [`restore`]); returns what was left alone, and why.
+fn put_back(
+    netlink: &mut impl Rtnetlink,
+    changes: &Changes,
+    links: &[LinkMessage],
+) -> Result<Vec<String>, NetworkError> {
+    let mut still_ours = Changes::default();
+    let mut kept = Vec::new();
+    for (index, name) in &changes.qdiscs {
+        // A device that is gone (the tap, with its VMM) took its qdisc with it.
+        if !link_exists(links, *index) {
+            continue;
+        }
+        let targets = netlink.redirect_targets(*index, name)?;
+        if targets.is_empty() {
+            // No redirect: deleted already, or never added.
+            continue;
+        }
+        if targets.iter().all(|&t| !link_exists(links, t)) {
+            still_ours.qdiscs.push((*index, name.clone()));
+        } else {
+            kept.push(format!(
+                "{name}'s redirect goes to a live device (a later container's)"
+            ));
+        }
+    }
+    if let Some((index, name)) = changes.qdiscs.first() {
+        let addresses = netlink.dump_addresses()?;
+        let has_ipv4 = addresses
+            .iter()
+            .any(|a| a.header.index == *index && a.header.family == AddressFamily::Inet);
+        if has_ipv4 {
+            kept.push(format!(
+                "{name} has an IPv4 address again, so its recorded addresses and routes are not given back"
+            ));
+        } else {
+            still_ours.addresses.clone_from(&changes.addresses);
+            still_ours.routes.clone_from(&changes.routes);
+        }
+    }
+    still_ours.undo(netlink)?;
+    Ok(kept)
 }
 
 /// Whether `path` names a namespace through a process (`/proc/PID/ns/net`, or `/proc/self`,
@@ -1553,6 +1676,7 @@ mod tests {
                     RouteNetlinkMessage::NewAddress(a) => format!("+address {}", a.header.index),
                     RouteNetlinkMessage::DelAddress(a) => format!("-address {}", a.header.index),
                     RouteNetlinkMessage::NewRoute(_) => "+route".to_owned(),
+                    RouteNetlinkMessage::GetAddress(_) => "?address".to_owned(),
                     other => format!("{other:?}"),
                 })
                 .collect()
@@ -1723,19 +1847,154 @@ mod tests {
         assert_eq!(read.changes().unwrap(), changes);
     }
 
-    #[test]
-    fn test_restore_without_a_record_does_nothing() {
-        let dir = std::env::temp_dir().join(format!("flick-no-record-{}", std::process::id()));
-        assert!(!restore(&dir.join(RECORD_FILE)).unwrap());
+    /// A state directory of its own for a test, made empty.
+    fn state_dir(name: &str) -> (PathBuf, std::fs::File) {
+        let dir = std::env::temp_dir().join(format!("flick-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fd = std::fs::File::open(&dir).unwrap();
+        (dir, fd)
+    }
+
+    /// [`Record::read`] of `contents` saved as the record, or of nothing.
+    fn read_record(name: &str, contents: Option<&[u8]>) -> Result<Option<Record>, NetworkError> {
+        use std::os::fd::AsFd;
+        let (dir, fd) = state_dir(name);
+        if let Some(contents) = contents {
+            std::fs::write(dir.join(RECORD_FILE), contents).unwrap();
+        }
+        let result = Record::read(fd.as_fd());
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
     }
 
     #[test]
-    fn test_restore_malformed_record_is_an_error() {
-        let path = std::env::temp_dir().join(format!("flick-bad-record-{}", std::process::id()));
-        std::fs::write(&path, b"{\"netns_path\": 3}").unwrap();
-        let result = restore(&path);
-        let _ = std::fs::remove_file(&path);
-        assert!(matches!(result, Err(NetworkError::MalformedRecord { .. })));
+    fn test_restore_without_a_record_does_nothing() {
+        use std::os::fd::AsFd;
+        let (dir, fd) = state_dir("no-record");
+        let result = restore(fd.as_fd());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(result.unwrap().is_none());
+    }
+
+    #[test]
+    fn test_record_read_malformed_record_is_malformed() {
+        let result = read_record("bad-record", Some(b"{\"netns_path\": 3}"));
+        assert!(matches!(
+            result,
+            Err(NetworkError::MalformedRecord {
+                source: RecordFault::Json(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn test_record_read_larger_than_max_record_is_malformed() {
+        // A whole record, padded with spaces (still JSON) past the bound.
+        let record = Record::new(
+            &Changes::default(),
+            PathBuf::from("/x"),
+            NetnsId { dev: 1, ino: 2 },
+        );
+        let mut text = serde_json::to_vec(&record).unwrap();
+        text.resize(MAX_RECORD as usize + 1, b' ');
+        assert!(matches!(
+            read_record("large-record", Some(&text)),
+            Err(NetworkError::MalformedRecord {
+                source: RecordFault::TooLarge,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn test_record_read_fifo_in_its_place_is_refused_without_blocking() {
+        use std::os::fd::AsFd;
+        let (dir, fd) = state_dir("fifo-record");
+        nix::unistd::mkfifo(&dir.join(RECORD_FILE), Mode::from_bits_truncate(0o600)).unwrap();
+        let result = Record::read(fd.as_fd());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            result,
+            Err(NetworkError::MalformedRecord {
+                source: RecordFault::NotAFile,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn test_record_read_symlink_in_its_place_is_not_followed() {
+        let (dir, fd) = state_dir("link-record");
+        let target = dir.join("elsewhere.json");
+        std::fs::write(&target, b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(RECORD_FILE)).unwrap();
+        let result = {
+            use std::os::fd::AsFd;
+            Record::read(fd.as_fd())
+        };
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            result,
+            Err(NetworkError::Record { what: "read", .. })
+        ));
+    }
+
+    #[test]
+    fn test_restore_record_of_the_runtimes_own_namespace_is_refused() {
+        let own = NetnsId {
+            dev: 4,
+            ino: 4026531840,
+        };
+        let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
+        take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
+        let record = Record::new(&changes, PathBuf::from("/proc/1/ns/net"), own);
+        let note = restore_record(&record, Some(own)).unwrap().unwrap();
+        assert!(note.contains("the runtime's own"), "{note}");
+    }
+
+    /// What Docker's eth0 (index 7) recorded once its guest had taken it over with tap 9.
+    fn taken_over_eth0() -> Changes {
+        let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
+        take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
+        changes
+    }
+
+    #[test]
+    fn test_put_back_dead_redirect_and_no_address_undoes_every_change() {
+        let links = vec![link(1, "lo", true), link(7, "eth0", false)];
+        let mut kernel = FakeKernel {
+            filters: vec![redirect_filter(7, 0)],
+            ..FakeKernel::default()
+        };
+        let kept = put_back(&mut kernel, &taken_over_eth0(), &links).unwrap();
+        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!(
+            kernel.log(),
+            [
+                "?filter 7",
+                "?address",
+                "-qdisc 7",
+                "+address 7",
+                "+address 7",
+                "+route"
+            ]
+        );
+    }
+
+    #[test]
+    fn test_put_back_later_containers_redirect_and_address_are_kept() {
+        // A later container's guest has eth0 now (its tap is 12), and eth0 has an address.
+        let links = vec![link(7, "eth0", false), link(12, TAP_NAME, false)];
+        let mut kernel = FakeKernel {
+            filters: vec![redirect_filter(7, 12)],
+            addresses: vec![ipv4(7, 172, 17, 0, 3)],
+            ..FakeKernel::default()
+        };
+        let kept = put_back(&mut kernel, &taken_over_eth0(), &links).unwrap();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(kernel.log(), ["?filter 7", "?address"]);
     }
 
     /// The filter [`Rtnetlink::redirect`] adds to interface `from`, redirecting to `to`.
