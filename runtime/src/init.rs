@@ -304,12 +304,11 @@ fn container_process(
     }
     let mut run = config.run;
     if let Some(tun) = config.tun {
-        match crate::network::connect_guest(tun) {
-            Ok(Some(connected)) => {
-                record_network_changes(&state_dir, config.netns.as_ref(), &connected.changes);
-                run.vm.devices.net = Some(connected.net);
-            }
-            Ok(None) => {}
+        let save = |planned: &crate::network::Changes| {
+            record_network_changes(&state_dir, config.netns.as_ref(), planned)
+        };
+        match crate::network::connect_guest(tun, save) {
+            Ok(net) => run.vm.devices.net = net,
             Err(err) => {
                 eprintln!(
                     "flick-runtime: cannot give the guest the container's network: {}",
@@ -345,41 +344,24 @@ fn container_process(
     exit_now(boot(&run))
 }
 
-/// Saves what connecting the guest changed in a namespace that outlives the container (one
-/// with a path) for `delete`, which puts it back: this process gives up `CAP_NET_ADMIN`
-/// before the guest runs, and may end by `SIGKILL`. A record that cannot be saved costs the
-/// namespace its restoration, not the container its run: one line says so.
+/// Saves what connecting the guest will change in a namespace that outlives the container
+/// (one with a path) for `delete`, which puts it back: this process gives up
+/// `CAP_NET_ADMIN` before the guest runs, and may end by `SIGKILL`, even in the middle of
+/// the take-over. Saved before anything changes; a record that cannot be saved fails the
+/// container before it changes the namespace.
 fn record_network_changes(
     state_dir: &OwnedFd,
     netns: Option<&(PathBuf, crate::network::NetnsId)>,
-    changes: &crate::network::Changes,
-) {
-    let Some((path, id)) = netns else { return };
-    if changes.is_empty() {
-        return;
+    planned: &crate::network::Changes,
+) -> Result<(), crate::network::NetworkError> {
+    use std::os::fd::AsFd;
+    let Some((path, id)) = netns else {
+        return Ok(());
+    };
+    if planned.is_empty() {
+        return Ok(());
     }
-    let record = crate::network::Record::new(changes, path.clone(), *id);
-    let name = Path::new(crate::network::RECORD_FILE);
-    let written = nix::fcntl::openat(
-        Some(state_dir.as_raw_fd()),
-        name,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|errno| crate::network::NetworkError::Record {
-        what: "make",
-        path: name.to_owned(),
-        source: errno.into(),
-    })
-    // SAFETY: `openat` just returned this descriptor, owned by nobody else.
-    .map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
-    .and_then(|file| record.write(file, name));
-    if let Err(err) = written {
-        eprintln!(
-            "flick-runtime: the container's network namespace will not be put back when it ends: {}",
-            chain(&err)
-        );
-    }
+    crate::network::Record::new(planned, path.clone(), *id).save(state_dir.as_fd())
 }
 
 /// What the container process boots.

@@ -28,10 +28,11 @@
 //! leaves no redirect to a vanished tap (every frame dropped) nor a qdisc that makes every
 //! retry fail. A namespace that outlives the container (config.json names it by a path: a
 //! pod's, pinned in `/var/run/netns`) is put back once the container has ended: the
-//! container process saves its changes in the state directory ([`Record`]) before it gives
-//! up `CAP_NET_ADMIN`, and `delete` undoes what of them is still the container's
-//! ([`restore`]) however the container ended, `SIGKILL` included. A namespace whose `delete` never ran keeps a redirect to a tap that
-//! is gone: [`connect_guest`] removes it first, and if the interface has no IPv4 address
+//! container process saves the changes it is about to make in the state directory
+//! ([`Record`]) before it makes them (if it cannot, it fails without changing anything), and
+//! `delete` undoes what of them is still the container's ([`restore`]) however the container
+//! ended, `SIGKILL` included. A namespace whose `delete` never ran keeps a redirect to a tap
+//! that is gone: [`connect_guest`] removes it first, and if the interface has no IPv4 address
 //! left it says that a killed container took it, rather than booting the guest without a
 //! network device; an interface whose redirect goes to a live tap (a flick container
 //! running in the same namespace holds it) is an error too, saying so.
@@ -441,25 +442,20 @@ impl NetnsId {
     }
 }
 
-/// A guest connected to the container's network, and what that changed in the namespace.
-pub(crate) struct Connected {
-    /// The guest's network device.
-    pub net: vmm::net::NetConfig,
-    /// What to undo once the guest has ended ([`Record`], [`restore`]).
-    pub changes: Changes,
-}
-
 /// Connects a guest to the container's network: the tap made with `tun`, mirrored to the
 /// namespace's interface; `None` when the namespace has no interface to give (then `tun`
-/// is not needed, and its failure to open does not matter). If a step fails, the steps
-/// before it are undone: the namespace is left as it was found.
+/// is not needed, and its failure to open does not matter). Before anything in the
+/// namespace changes, `save` is given every change planned (for [`Record`]): if it fails,
+/// nothing is changed. If a step fails, the steps before it are undone: the namespace is
+/// left as it was found.
 ///
 /// A redirect a killed container left (an ingress qdisc on an interface whose `mirred`
 /// target is gone: every frame is dropped, and a new qdisc cannot be added) is removed
 /// first; if that container also took the interface's IPv4 addresses, the error says so.
 pub(crate) fn connect_guest(
     tun: Result<OwnedFd, NetworkError>,
-) -> Result<Option<Connected>, NetworkError> {
+    save: impl FnOnce(&Changes) -> Result<(), NetworkError>,
+) -> Result<Option<vmm::net::NetConfig>, NetworkError> {
     let mut netlink = Netlink::open()?;
     let Some(interface) = find_interface(&mut netlink)? else {
         return Ok(None);
@@ -476,6 +472,9 @@ pub(crate) fn connect_guest(
     // The guest's device handles frames of up to `vmm::net::MTU` bytes of payload, whatever
     // the interface's MTU (at least that, checked above).
     netlink.set_up(tap_index, vmm::net::MTU)?;
+    // Saved first: a container killed in the middle of the take-over (or one whose record
+    // cannot be written) must not leave a namespace nobody can put back.
+    save(&Changes::planned(&interface, tap_index))?;
     let mut changes = Changes::default();
     if let Err(err) = take_over(&mut netlink, &interface, tap_index, &mut changes) {
         if let Err(undo) = changes.undo(&mut netlink) {
@@ -494,10 +493,7 @@ pub(crate) fn connect_guest(
         gateway: interface.gateway,
         tx_rate: vmm::net::DEFAULT_TX_RATE,
     };
-    Ok(Some(Connected {
-        net: spec.with_tap(tap),
-        changes,
-    }))
+    Ok(Some(spec.with_tap(tap)))
 }
 
 /// The interface to take over ([`choose`]), once the redirects killed containers left are
@@ -610,6 +606,20 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
+    /// What [`take_over`] of `interface` with the tap `tap_index` changes if every step
+    /// succeeds. Undoing it when fewer steps were made is harmless: a qdisc that is not there
+    /// is no error, and [`restore`] gives addresses back only to an interface without one.
+    fn planned(interface: &Interface, tap_index: u32) -> Changes {
+        Changes {
+            qdiscs: vec![
+                (interface.index, interface.name.clone()),
+                (tap_index, TAP_NAME.to_owned()),
+            ],
+            addresses: interface.addresses.clone(),
+            routes: interface.routes.clone(),
+        }
+    }
+
     /// Whether nothing was changed.
     pub(crate) fn is_empty(&self) -> bool {
         self.qdiscs.is_empty() && self.addresses.is_empty() && self.routes.is_empty()
@@ -674,6 +684,8 @@ pub(crate) struct Record {
 
 /// The record's file name in the container's state directory.
 pub(crate) const RECORD_FILE: &str = "network.json";
+/// The name a record is written under before it is renamed to [`RECORD_FILE`].
+const RECORD_STAGING: &str = ".network.json.new";
 /// The largest record read back (a few addresses and routes take a few KiB).
 const MAX_RECORD: u64 = 1024 * 1024;
 
@@ -715,16 +727,55 @@ impl Record {
         })
     }
 
-    /// Writes the record to `file`.
-    pub(crate) fn write(&self, mut file: std::fs::File, path: &Path) -> Result<(), NetworkError> {
-        use std::io::Write;
+    /// Saves the record in the state directory `state_dir` (as [`RECORD_FILE`], 0600), whole
+    /// or not at all: written to a new file of its own (never through a link or into one
+    /// that was there), flushed to its disk, then renamed over the name.
+    pub(crate) fn save(&self, state_dir: BorrowedFd<'_>) -> Result<(), NetworkError> {
+        let staging = Path::new(RECORD_STAGING);
+        let failed = |what, source: std::io::Error| NetworkError::Record {
+            what,
+            path: PathBuf::from(RECORD_FILE),
+            source,
+        };
+        let fd = nix::fcntl::openat(
+            Some(state_dir.as_raw_fd()),
+            staging,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|errno| failed("make", errno.into()))?;
+        // SAFETY: `openat` just returned this descriptor, owned by nobody else.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let written = self
+            .write(&file)
+            .and_then(|()| file.sync_all().map_err(|e| failed("write", e)))
+            .and_then(|()| {
+                nix::fcntl::renameat(
+                    Some(state_dir.as_raw_fd()),
+                    staging,
+                    Some(state_dir.as_raw_fd()),
+                    RECORD_FILE,
+                )
+                .map_err(|errno| failed("write", errno.into()))
+            });
+        if written.is_err() {
+            let _ = nix::unistd::unlinkat(
+                Some(state_dir.as_raw_fd()),
+                staging,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        written
+    }
+
+    /// Writes the record's JSON to `out`.
+    fn write(&self, mut out: impl std::io::Write) -> Result<(), NetworkError> {
         let text = serde_json::to_vec(self).expect("records serialize");
-        file.write_all(&text)
-            .map_err(|source| NetworkError::Record {
-                what: "write",
-                path: path.to_owned(),
-                source,
-            })
+        out.write_all(&text).map_err(|source| NetworkError::Record {
+            what: "write",
+            path: PathBuf::from(RECORD_FILE),
+            source,
+        })
     }
 
     /// Reads the record in the state directory `state_dir`, if there is one: opened without
@@ -1866,6 +1917,69 @@ mod tests {
         let result = Record::read(fd.as_fd());
         std::fs::remove_dir_all(&dir).unwrap();
         result
+    }
+
+    /// A writer whose every write fails as on a full disk.
+    struct FullDisk;
+
+    impl std::io::Write for FullDisk {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn test_record_write_to_a_full_disk_is_an_error() {
+        let record = Record::new(
+            &taken_over_eth0(),
+            PathBuf::from("/x"),
+            NetnsId { dev: 1, ino: 2 },
+        );
+        let err = record.write(FullDisk).unwrap_err();
+        assert!(
+            matches!(&err, NetworkError::Record { source, .. } if source.raw_os_error() == Some(libc::ENOSPC)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn test_record_save_then_read_gives_it_back_and_leaves_no_staging_file() {
+        use std::os::fd::AsFd;
+        let (dir, fd) = state_dir("save-record");
+        let record = Record::new(
+            &taken_over_eth0(),
+            PathBuf::from("/x"),
+            NetnsId { dev: 1, ino: 2 },
+        );
+        record.save(fd.as_fd()).unwrap();
+        let read = Record::read(fd.as_fd());
+        let staging_left = dir.join(RECORD_STAGING).exists();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read.unwrap(), Some(record));
+        assert!(!staging_left);
+    }
+
+    #[test]
+    fn test_take_over_planned_changes_are_what_a_whole_take_over_records() {
+        let (mut kernel, mut changes) = (FakeKernel::default(), Changes::default());
+        take_over(&mut kernel, &docker_eth0(), TAP, &mut changes).unwrap();
+        assert_eq!(Changes::planned(&docker_eth0(), TAP), changes);
+    }
+
+    #[test]
+    fn test_put_back_planned_changes_never_made_change_nothing() {
+        // Killed after the record was saved, before the take-over: eth0 as it was.
+        let links = vec![link(7, "eth0", false)];
+        let mut kernel = FakeKernel {
+            addresses: docker_eth0().addresses,
+            ..FakeKernel::default()
+        };
+        let planned = Changes::planned(&docker_eth0(), TAP);
+        put_back(&mut kernel, &planned, &links).unwrap();
+        assert_eq!(kernel.log(), ["?filter 7", "?address"]);
     }
 
     #[test]
