@@ -14,6 +14,8 @@ pub const DEFAULT_ROOT: &str = "/run/flick";
 const STATE_FILE: &str = "state.json";
 /// The exec fifo's file name.
 pub const EXEC_FIFO: &str = "exec.fifo";
+/// The state directory's mode: its owner's, and searchable by the container's user.
+const STATE_DIR_MODE: u32 = 0o711;
 /// The longest container id accepted.
 const MAX_ID_LEN: usize = 1024;
 
@@ -120,6 +122,14 @@ impl ContainerDir {
             Err(e) => return Err(io(&path, e)),
         }
         let lock = lock_dir(&path).map_err(|e| io(&path, e))?;
+        // Whatever the umask: the container process of a container without a network of its
+        // own opens the exec fifo as the container's user, who must pass through (runc asks
+        // for the same mode). Nobody else may list it, and each file keeps its own mode.
+        nix::sys::stat::fchmod(
+            lock.as_raw_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(STATE_DIR_MODE),
+        )
+        .map_err(|errno| io(&path, errno.into()))?;
         Ok(Self {
             id: id.to_owned(),
             path,
@@ -297,5 +307,16 @@ mod tests {
             Err(ContainerError::NotFound(_))
         ));
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn test_container_dir_create_mode_is_searchable_by_others_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("flick-mode-{}", std::process::id()));
+        let dir = ContainerDir::create(&root, "c1").unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o7777;
+        dir.remove().unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(mode, STATE_DIR_MODE);
     }
 }

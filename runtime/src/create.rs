@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 const SETUP_PATIENCE: Duration = Duration::from_secs(30).saturating_add(DEFAULT_HOOK_TIMEOUT);
 /// The longest a killed container process may take to die.
 const DEATH_PATIENCE: Duration = Duration::from_secs(5);
+/// The exec fifo's mode (it is given to the container's user).
+const EXEC_FIFO_MODE: u32 = 0o600;
 
 /// What `create` was asked.
 #[derive(Debug, Clone)]
@@ -153,14 +155,16 @@ fn create_in(
     request: &CreateRequest,
     made: &mut Made,
 ) -> Result<(), CreateError> {
-    // Writable by the container's user (which may not be root), as runc's: mkfifo's mode
-    // passes through the umask, so the mode and owner are set afterwards.
-    nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(0o622))
+    // Writable by the container's user (which may not be root) and nobody else (the state
+    // directory lets anyone who knows its name pass; a stranger's byte would release
+    // `start` without the container): mkfifo's mode passes through the umask, so the mode
+    // and owner are set afterwards.
+    nix::unistd::mkfifo(&dir.fifo(), Mode::from_bits_truncate(EXEC_FIFO_MODE))
         .map_err(sys("make the exec fifo"))?;
     nix::sys::stat::fchmodat(
         None,
         &dir.fifo(),
-        Mode::from_bits_truncate(0o622),
+        Mode::from_bits_truncate(EXEC_FIFO_MODE),
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .map_err(sys("set the exec fifo's mode"))?;

@@ -211,6 +211,10 @@ fn cases() -> Vec<(&'static str, Case)> {
             runtime_privileges_without_network,
         ),
         (
+            "test_runtime_start_as_a_user_without_a_network_under_umask_077_boots",
+            runtime_user_under_umask,
+        ),
+        (
             "test_runtime_create_twice_fails_and_keeps_the_first",
             runtime_double_create,
         ),
@@ -507,13 +511,26 @@ fn ctr(env: &Env, args: &[&str]) -> Output {
 /// Runs the runtime. Its output goes to files, not pipes: a container process created by
 /// it inherits its stdio (as it inherits the shim's pipes) and would hold pipes open.
 fn runtime(env: &Env, root: &Path, args: &[&str]) -> Output {
+    runtime_under_umask(env, root, 0o022, args)
+}
+
+/// [`runtime`] with the umask `mask` (a daemon's may be 027 or 077).
+fn runtime_under_umask(env: &Env, root: &Path, mask: libc::mode_t, args: &[&str]) -> Output {
     use std::os::unix::process::ExitStatusExt;
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = env.scratch.join("runtime-output");
     std::fs::create_dir_all(&dir).unwrap();
     let (out_path, err_path) = (dir.join(format!("{n}.out")), dir.join(format!("{n}.err")));
-    let mut child = Command::new(&env.runtime)
+    let mut command = Command::new(&env.runtime);
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        });
+    }
+    let mut child = command
         .arg("--root")
         .arg(root)
         .args(args)
@@ -1356,7 +1373,15 @@ impl PodNetwork {
         container.ip(&["route", "add", "default", "via", "10.99.3.1"])?;
         // Calico's shape: a gateway reachable only through a link-scope route, which must
         // come back before the route through it.
-        container.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+        container.ip(&[
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
         container.ip(&["route", "add", "10.99.4.0/24", "via", "169.254.1.1"])?;
         let pinned = container.pin(&env.scratch.join(format!("{id}.netns")))?;
         Ok(PodNetwork {
@@ -1411,7 +1436,11 @@ impl PodNetwork {
         ensure(routes.contains("via 10.99.3.1 dev eth0"), || {
             format!("eth0 did not get its default route back: {routes:?}")
         })?;
-        let routes = stdout(&in_netns(&path, "ip", &["-4", "route", "show", "10.99.4.0/24"]));
+        let routes = stdout(&in_netns(
+            &path,
+            "ip",
+            &["-4", "route", "show", "10.99.4.0/24"],
+        ));
         ensure(routes.contains("via 169.254.1.1 dev eth0"), || {
             format!("eth0 did not get its route through a link-scope gateway back: {routes:?}")
         })?;
@@ -1788,6 +1817,32 @@ fn runtime_privileges_without_network(env: &Env) -> Result<(), Failed> {
         &id,
         "cannot set the ambient capabilities",
     )
+}
+
+/// A container of user 1000 without a network namespace of its own gives up root before
+/// `create` returns and opens the exec fifo as that user: under the umask 077 of a daemon,
+/// its state directory must still let it through, and `start` must find it waiting.
+fn runtime_user_under_umask(env: &Env) -> Result<(), Failed> {
+    let id = unique("umask");
+    let root = runtime_root(env, "umask");
+    let files = [
+        ("hello", image_bytes(env, "hello")),
+        ("flick.json", marker("/hello")),
+    ];
+    let bundle = bundle(env, "umask", &files, &["/hello"]);
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    config["process"]["user"] = serde_json::json!({ "uid": 1000, "gid": 1000 });
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("bundle() lists namespaces")
+        .retain(|ns| ns["type"] != "network");
+    std::fs::write(&path, config.to_string())?;
+    let run = |args: &[&str]| runtime_under_umask(env, &root, 0o077, args);
+    let result = check(&run(&["create", "--bundle", path_str(&bundle), &id]), 0)
+        .and_then(|()| check(&run(&["start", &id]), 0));
+    let _ = run(&["delete", "--force", &id]);
+    result
 }
 
 fn runtime_double_create(env: &Env) -> Result<(), Failed> {
