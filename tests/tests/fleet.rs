@@ -80,6 +80,39 @@ fn test_fleet_reused_vms_keep_nothing_of_the_instance_before() {
     assert_eq!(report["outcomes"]["exit 0"], 12);
 }
 
+// A limit that lets one VM's RAM be locked but not two: the group is reused, and the VMs
+// whose RAM could not be locked are destroyed instead of reused, counted and said, with the
+// host's reason (they used to go without a word).
+#[kvm_test]
+fn test_fleet_vms_refused_reuse_are_counted_with_why() {
+    let hello = image("hello");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "prlimit",
+        ])
+        .args(["--memlock=6291456:6291456"])
+        .arg(tests::vmm_bin())
+        .args(["fleet", "--json", hello.to_str().unwrap(), "--count", "6"])
+        .args(["--concurrency", "1", "--mem", "4M"])
+        .output()
+        .expect("setpriv and prlimit (util-linux)");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcomes"]["exit 0"], 6, "{report}");
+    let refused = report["refused_reuse"][0].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("hello: ") && refused.contains("not locked in memory (mlock2: "),
+        "{report}"
+    );
+    assert!(
+        stderr(&out).contains("note: destroyed instead of reused: hello: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[kvm_test]
 fn test_fleet_under_a_low_memlock_limit_runs_every_instance_in_a_new_vm() {
     // Without CAP_IPC_LOCK and with a 64 KiB RLIMIT_MEMLOCK, guest RAM cannot be locked, so

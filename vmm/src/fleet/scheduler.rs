@@ -17,6 +17,7 @@ use crate::report::{Outcome, Timeline};
 use crate::sandbox::{self, Grants, Profile};
 use crate::vm::recycle::Recycler;
 use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmConfig, VmError, VmShell};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,6 +155,8 @@ struct Shared<'a> {
     /// fleet), each with whether an instance ran in it before (the group's first, made for its
     /// recycler, never ran: an instance in it does not count as reused).
     warm: Mutex<Vec<Vec<WarmVm>>>,
+    /// Per group and reason: VMs whose reuse was refused (they were destroyed).
+    refusals: Mutex<BTreeMap<(usize, String), usize>>,
     /// The first thread that could not confine itself: the fleet fails with it.
     confine_failure: Mutex<Option<sandbox::SandboxError>>,
 }
@@ -259,6 +262,7 @@ pub(super) fn run(
         recyclers,
         reused: AtomicUsize::new(0),
         warm: Mutex::new(warm),
+        refusals: Mutex::new(BTreeMap::new()),
         confine_failure: Mutex::new(None),
     };
     let keeper = KeyKeeper::hold(&kvm);
@@ -289,6 +293,10 @@ pub(super) fn run(
     let mut instances = std::mem::take(&mut *lock(&shared.results));
     let peak_concurrent = shared.peak.load(Ordering::SeqCst);
     let reused_vms = shared.reused.load(Ordering::SeqCst);
+    let refused_reuse = std::mem::take(&mut *lock(&shared.refusals))
+        .into_iter()
+        .map(|((group, why), count)| format!("{}: {count} VMs: {why}", prepared[group].group.name))
+        .collect();
     drop(shared);
     instances.sort_by_key(|i| (group_order(prepared, &i.group), i.index));
     if let Some(dir) = &spec.cores {
@@ -307,6 +315,7 @@ pub(super) fn run(
         instances,
         never_parked,
         not_reused,
+        refused_reuse,
     })
 }
 
@@ -388,7 +397,12 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                     match &shared.recyclers[group] {
                         Some(recycler) if shared.wants_warm(group) => match vm.recycle(recycler) {
                             Ok((shell, _)) => shared.keep_warm(group, shell),
-                            Err(refusal) => reap_later(&reap, refusal.vm),
+                            Err(refusal) => {
+                                *lock(&shared.refusals)
+                                    .entry((group, refusal.why.to_string()))
+                                    .or_default() += 1;
+                                reap_later(&reap, refusal.vm);
+                            }
                         },
                         _ => reap_later(&reap, *vm),
                     }

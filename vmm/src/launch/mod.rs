@@ -216,8 +216,8 @@ pub fn recycler(
     };
     let reference = Reference::new(load_ram(target, mem_size, false)?, pages);
     let shell = reusable_shell(kvm, target, mem_size, populate)?;
-    if !shell.ram().is_locked() {
-        return Err(RecycleRefused::from(ResetRefused::NotLocked).into());
+    if let Some(why) = shell.ram().lock_failure() {
+        return Err(RecycleRefused::from(ResetRefused::NotLocked(why.to_owned())).into());
     }
     let fresh = FreshVcpu::capture(kvm, &shell)?;
     Ok((

@@ -51,8 +51,9 @@ pub enum MemoryError {
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
-    /// Its pages stay in memory once populated ([`GuestRam::lock_on_fault`]).
-    locked: bool,
+    /// Its pages stay in memory once populated ([`GuestRam::lock_on_fault`]): `Ok`, or why
+    /// not (never asked, or the host's refusal).
+    locked: Result<(), String>,
 }
 
 impl GuestRam {
@@ -82,7 +83,7 @@ impl GuestRam {
         Ok(Self {
             mem,
             size,
-            locked: false,
+            locked: Err("never locked".to_owned()),
         })
     }
 
@@ -102,13 +103,25 @@ impl GuestRam {
                 MLOCK_ONFAULT,
             )
         };
-        self.locked = rc == 0;
-        self.locked
+        self.locked = if rc == 0 {
+            Ok(())
+        } else {
+            let err = std::io::Error::last_os_error();
+            Err(format!(
+                "mlock2: {err}; RLIMIT_MEMLOCK allows less than this RAM beside the RAM locked already"
+            ))
+        };
+        self.locked.is_ok()
     }
 
     /// Whether [`GuestRam::lock_on_fault`] holds.
     pub fn is_locked(&self) -> bool {
-        self.locked
+        self.locked.is_ok()
+    }
+
+    /// Why [`GuestRam::lock_on_fault`] does not hold, if it does not.
+    pub fn lock_failure(&self) -> Option<&str> {
+        self.locked.as_ref().err().map(String::as_str)
     }
 
     /// Size in bytes.

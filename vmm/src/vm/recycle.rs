@@ -262,9 +262,10 @@ impl Vm {
         if !self.exited {
             return Err(RecycleRefused::NotExited);
         }
-        if !self.machine.ram.is_locked() {
-            return Err(ResetRefused::NotLocked.into());
-        }
+        // The cheap refusals first (size, lock, too many pages): before a dozen vCPU ioctls.
+        let populated = recycler
+            .reference
+            .populated_within_bounds(&self.machine.ram, recycler.max_extra_pages)?;
         // Complete what the last exit left pending, without entering the guest.
         self.machine.vcpu.set_kvm_immediate_exit(1);
         let flushed = self.machine.vcpu.run().map(|_| ());
@@ -282,9 +283,7 @@ impl Vm {
         // SAFETY: a 4096-byte area a fresh vCPU of this process gave (KVM_GET_XSAVE); KVM reads
         // no more (no dynamically enabled features: see `load_fpu_state`).
         unsafe { self.machine.vcpu.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
-        Ok(recycler
-            .reference
-            .restore(&self.machine.ram, recycler.max_extra_pages)?)
+        Ok(recycler.reference.rewrite(&self.machine.ram, populated)?)
     }
 
     fn into_shell(self) -> VmShell {
