@@ -6,7 +6,7 @@
 //! range against the RAM size with overflow checks.
 
 pub mod image;
-pub mod reset;
+pub(crate) mod reset;
 
 use crate::size::Size;
 use vm_memory::mmap::FromRangesError;
@@ -93,7 +93,7 @@ impl GuestRam {
     /// with `mincore`, which does not see a page gone to swap). Call it after the RAM is
     /// loaded (a snapshot's pages are mapped over parts of it). `false` if the host refuses
     /// (`RLIMIT_MEMLOCK` too low): the RAM is then not reused.
-    pub fn lock_on_fault(&mut self) -> bool {
+    pub(crate) fn lock_on_fault(&mut self) -> bool {
         const MLOCK_ONFAULT: libc::c_uint = 1;
         // SAFETY: the range is exactly this RAM's own live mapping; mlock2 changes no memory.
         let rc = unsafe {
@@ -114,13 +114,8 @@ impl GuestRam {
         self.locked.is_ok()
     }
 
-    /// Whether [`GuestRam::lock_on_fault`] holds.
-    pub fn is_locked(&self) -> bool {
-        self.locked.is_ok()
-    }
-
     /// Why [`GuestRam::lock_on_fault`] does not hold, if it does not.
-    pub fn lock_failure(&self) -> Option<&str> {
+    pub(crate) fn lock_failure(&self) -> Option<&str> {
         self.locked.as_ref().err().map(String::as_str)
     }
 
@@ -145,7 +140,7 @@ impl GuestRam {
 
     /// The numbers of the 4 KiB pages the host has populated, ascending; `None` if the host
     /// cannot tell (`mincore` failed).
-    pub fn populated_pages(&self) -> Option<Vec<u64>> {
+    pub(crate) fn populated_pages(&self) -> Option<Vec<u64>> {
         let pages = self.size.div_ceil(4096) as usize;
         let mut residency = vec![0u8; pages];
         // SAFETY: the range is our own live mapping; mincore writes one byte per page into a

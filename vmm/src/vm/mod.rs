@@ -15,7 +15,7 @@ pub(crate) mod console;
 pub(crate) mod debug;
 pub(crate) mod exits;
 pub(crate) mod hypercall;
-pub mod recycle;
+pub(crate) mod recycle;
 pub(crate) mod shell;
 pub mod teardown;
 pub(crate) mod vcpu_state;
