@@ -354,6 +354,30 @@ fn test_via_into_a_closed_pipe_ends_at_once_with_141() {
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
 
+// A `--via` whose stdout cannot be written (a full disk) fails as a local run does: one line,
+// status 125, not output dropped without a word.
+#[kvm_test]
+fn test_via_into_a_full_stdout_is_one_line_and_125() {
+    let dir = tests::scratch_dir("serve-via-full");
+    let server = start_server(&dir, &[]);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let child = Command::new(vmm_bin())
+        .args(["run", "--via", server.socket.to_str().unwrap()])
+        .arg(image("hello"))
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_within(child, Duration::from_secs(10)).expect("--via into /dev/full hung");
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    let text = stderr(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("cannot write the guest's stdout"), "{text}");
+}
+
 #[kvm_test]
 fn test_serve_bad_target_is_a_clear_error() {
     let dir = tests::scratch_dir("serve-bad");
@@ -587,6 +611,15 @@ fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
             "{}",
             stderr(&out)
         );
+        // A directory where an image is expected: refused at once as well.
+        let out = via_within(
+            &server,
+            &[dir.to_str().unwrap()],
+            &[],
+            Duration::from_secs(3),
+        );
+        assert_eq!(status(&out), 125, "{}", stderr(&out));
+        assert!(stderr(&out).contains("directory"), "{}", stderr(&out));
     }
 }
 
