@@ -255,14 +255,28 @@ fn test_serve_reused_vm_keeps_nothing_of_the_request_before() {
             "round {round}: {}",
             stderr(&out)
         );
+        // The seek ran in the very VM the plant ran in: the one that had served one request
+        // more (whatever the planter's VM had served before).
         assert!(
-            server.wait_for_lines(
-                "(reused after 1), exit status 0",
-                round,
-                Duration::from_secs(5)
-            ),
-            "round {round}: the seek did not run in the planter's VM: {:?}",
+            server.wait_for_lines("exit status 0", 2 * round, Duration::from_secs(5)),
+            "{:?}",
             server.lines()
+        );
+        let lines = server.lines();
+        let requests: Vec<&String> = lines.iter().filter(|l| l.contains("exit status")).collect();
+        let [.., plant, seek] = requests.as_slice() else {
+            panic!("round {round}: no request lines: {lines:?}");
+        };
+        let served = |line: &str| {
+            line.split("(reused after ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .map_or(0, |n| n.parse::<u32>().unwrap())
+        };
+        assert_eq!(
+            served(seek),
+            served(plant) + 1,
+            "round {round}: the seek did not run in the planter's VM: {plant} / {seek}"
         );
     }
 }
