@@ -300,7 +300,8 @@ fn run_cold(options: &Options, built: &Built) -> Result<bool> {
     };
     let setups = peers::prepare(dir, &ours, hello.as_deref(), &selected);
     let probe = peers::native::build_rss_probe(dir);
-    let results = session::measure(&setups, runs, probe.as_deref());
+    let mut results = session::measure(&setups, runs, probe.as_deref());
+    check_serve_reused(dir, &mut results);
     let back_to_back = if selected("back-to-back") {
         session::back_to_back(&setups, &results, runs)
     } else {
@@ -368,6 +369,32 @@ fn compare_sha256(built: &Built) -> Result<sha256::Comparison> {
         }
         Some(Err(why)) => Err(Error::Check(format!("native sha256: {why}"))),
         None => Err(Error::Check("the native sha256 was not built".to_owned())),
+    }
+}
+
+/// The `serve` row measures reused VMs only if the server reused them: its log says so per
+/// request ("reused after N"). A server that could not reuse (a low `RLIMIT_MEMLOCK`, say)
+/// would measure fresh VMs under the reuse row's name, so that row fails instead; otherwise
+/// its description says how many requests ran in a reused VM.
+fn check_serve_reused(dir: &std::path::Path, results: &mut [peers::peer::PeerResult]) {
+    let Some(serve) = results
+        .iter_mut()
+        .find(|r| r.name == "serve" && r.failure.is_none() && !r.samples_us.is_empty())
+    else {
+        return;
+    };
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+    let requests = log.lines().filter(|l| l.contains("exit status")).count();
+    let reused = log.lines().filter(|l| l.contains("(reused after")).count();
+    if reused == 0 {
+        serve.failure = Some(format!(
+            "the server reused no VM in {requests} requests (see serve.log): this row would \
+             measure fresh VMs"
+        ));
+    } else {
+        serve.what.push_str(&format!(
+            "; {reused} of {requests} requests ran in a reused VM"
+        ));
     }
 }
 

@@ -258,13 +258,13 @@ impl KillOnDrop {
         Self(Some(child))
     }
 
-    /// Waits for the child and collects what it printed (its stdout and stderr must be piped).
-    pub fn wait_with_output(mut self) -> Output {
-        self.0
-            .take()
-            .expect("a guarded child is waited for once")
-            .wait_with_output()
-            .expect("cannot wait for the child")
+    /// Waits for the child, at most `limit` (then it is killed and the test fails), and
+    /// collects what it printed (its stdout and stderr must be piped).
+    pub fn wait_within(mut self, limit: std::time::Duration) -> Output {
+        wait_within(
+            self.0.take().expect("a guarded child is waited for once"),
+            limit,
+        )
     }
 }
 

@@ -67,6 +67,9 @@ fn test_fleet_reused_vms_keep_nothing_of_the_instance_before() {
         reused >= 6,
         "only {reused} of 12 instances ran in a reused VM"
     );
+    // The first instance cannot have: no instance ran before it (the VM made for the group's
+    // reference, never run, was once counted as reused).
+    assert!(reused < 12, "all 12 instances counted as reused");
 
     // The relay sees a secret left in its own VM: with reuse broken it would not be clean.
     let out = vmm(&["run", image.to_str().unwrap(), "--", "both", &secret]);
@@ -75,6 +78,39 @@ fn test_fleet_reused_vms_keep_nothing_of_the_instance_before() {
     let report = fleet_json(&[&args[..], &["--no-reuse", "--", "relay", &coded]].concat());
     assert_eq!(report["reused_vms"], 0);
     assert_eq!(report["outcomes"]["exit 0"], 12);
+}
+
+// A limit that lets one VM's RAM be locked but not two: the group is reused, and the VMs
+// whose RAM could not be locked are destroyed instead of reused, counted and said, with the
+// host's reason (they used to go without a word).
+#[kvm_test]
+fn test_fleet_vms_refused_reuse_are_counted_with_why() {
+    let hello = image("hello");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "prlimit",
+        ])
+        .args(["--memlock=6291456:6291456"])
+        .arg(tests::vmm_bin())
+        .args(["fleet", "--json", hello.to_str().unwrap(), "--count", "6"])
+        .args(["--concurrency", "1", "--mem", "4M"])
+        .output()
+        .expect("setpriv and prlimit (util-linux)");
+    assert_eq!(status(&out), 0, "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcomes"]["exit 0"], 6, "{report}");
+    let refused = report["refused_reuse"][0].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("hello: ") && refused.contains("not locked in memory (mlock2: "),
+        "{report}"
+    );
+    assert!(
+        stderr(&out).contains("note: destroyed instead of reused: hello: "),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[kvm_test]

@@ -623,7 +623,7 @@ fn test_net_fleet_manifest_gives_each_entry_its_own_network() {
         );
         let (status_a, body_a) = get_from(GUEST_IP, "/api/a");
         let (status_b, body_b) = get_from(std::net::Ipv4Addr::new(10, 99, 1, 2), "/api/b");
-        let out = fleet.wait_with_output();
+        let out = fleet.wait_within(Duration::from_secs(60));
         assert_eq!(status_a, "HTTP/1.1 200 OK");
         assert_eq!(status_b, "HTTP/1.1 200 OK");
         assert!(String::from_utf8_lossy(&body_a).contains("/api/a"));

@@ -255,14 +255,28 @@ fn test_serve_reused_vm_keeps_nothing_of_the_request_before() {
             "round {round}: {}",
             stderr(&out)
         );
+        // The seek ran in the very VM the plant ran in: the one that had served one request
+        // more (whatever the planter's VM had served before).
         assert!(
-            server.wait_for_lines(
-                "(reused after 1), exit status 0",
-                round,
-                Duration::from_secs(5)
-            ),
-            "round {round}: the seek did not run in the planter's VM: {:?}",
+            server.wait_for_lines("exit status 0", 2 * round, Duration::from_secs(5)),
+            "{:?}",
             server.lines()
+        );
+        let lines = server.lines();
+        let requests: Vec<&String> = lines.iter().filter(|l| l.contains("exit status")).collect();
+        let [.., plant, seek] = requests.as_slice() else {
+            panic!("round {round}: no request lines: {lines:?}");
+        };
+        let served = |line: &str| {
+            line.split("(reused after ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .map_or(0, |n| n.parse::<u32>().unwrap())
+        };
+        assert_eq!(
+            served(seek),
+            served(plant) + 1,
+            "round {round}: the seek did not run in the planter's VM: {plant} / {seek}"
         );
     }
 }
@@ -352,6 +366,30 @@ fn test_via_into_a_closed_pipe_ends_at_once_with_141() {
         .expect("vmm run --via went on writing into a closed pipe");
     assert_eq!(status(&out), 141, "{}", stderr(&out));
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+// A `--via` whose stdout cannot be written (a full disk) fails as a local run does: one line,
+// status 125, not output dropped without a word.
+#[kvm_test]
+fn test_via_into_a_full_stdout_is_one_line_and_125() {
+    let dir = tests::scratch_dir("serve-via-full");
+    let server = start_server(&dir, &[]);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let child = Command::new(vmm_bin())
+        .args(["run", "--via", server.socket.to_str().unwrap()])
+        .arg(image("hello"))
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_within(child, Duration::from_secs(10)).expect("--via into /dev/full hung");
+    assert_eq!(status(&out), 125, "{}", stderr(&out));
+    let text = stderr(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("cannot write the guest's stdout"), "{text}");
 }
 
 #[kvm_test]
@@ -587,6 +625,15 @@ fn test_serve_silent_and_dripping_clients_do_not_stall_others() {
             "{}",
             stderr(&out)
         );
+        // A directory where an image is expected: refused at once as well.
+        let out = via_within(
+            &server,
+            &[dir.to_str().unwrap()],
+            &[],
+            Duration::from_secs(3),
+        );
+        assert_eq!(status(&out), 125, "{}", stderr(&out));
+        assert!(stderr(&out).contains("directory"), "{}", stderr(&out));
     }
 }
 

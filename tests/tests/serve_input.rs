@@ -3,40 +3,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use tests::serve::Server;
 use tests::{image, kvm_test, status, stderr, stdout, vmm_bin};
 
-struct Server {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `vmm serve` with `flags` on a socket in `dir`, listening.
 fn start_server(dir: &Path, flags: &[&str]) -> Server {
     let socket = dir.join("flick.sock");
-    let _ = std::fs::remove_file(&socket);
-    let child = Command::new(vmm_bin())
-        .args(["serve", "--socket", socket.to_str().unwrap()])
+    let mut cmd = Command::new(vmm_bin());
+    cmd.args(["serve", "--socket", socket.to_str().unwrap()])
         .args(flags)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("cannot start vmm serve");
-    let started = Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "vmm serve did not create its socket"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Server { child, socket }
+        .stdout(Stdio::null());
+    Server::spawn(cmd, &socket)
 }
 
 /// `vmm run --via SOCKET FLAGS fsprobe -- ARGS` with `input` on its stdin.

@@ -799,6 +799,9 @@ fn fleet(
     for why in &report.not_reused {
         eprintln!("warning: VMs not reused, a new VM for each instance of {why}");
     }
+    for why in &report.refused_reuse {
+        eprintln!("note: destroyed instead of reused: {why}");
+    }
     for group in &report.never_parked {
         eprintln!(
             "warning: --resident: no instance of {group} parked, so they ran one after another \

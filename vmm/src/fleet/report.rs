@@ -90,6 +90,11 @@ pub struct FleetReport {
     /// instances had a new VM.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_reused: Vec<String>,
+    /// VMs of groups that are reused but that were destroyed instead, counted by group and
+    /// reason (`GROUP: N VMs: reason`), e.g. RAM that could not be locked in memory once
+    /// RLIMIT_MEMLOCK was used up, or a guest that populated too many pages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_reuse: Vec<String>,
 }
 
 impl FleetReport {
@@ -316,6 +321,7 @@ mod tests {
             }],
             never_parked: Vec::new(),
             not_reused: Vec::new(),
+            refused_reuse: Vec::new(),
         };
         let text = format_json(&report);
         let back: FleetSummary = serde_json::from_str(&text).unwrap();
@@ -344,6 +350,7 @@ mod tests {
             instances: Vec::new(),
             never_parked: Vec::new(),
             not_reused: Vec::new(),
+            refused_reuse: Vec::new(),
         };
         assert!(format_table(&report).contains("100 KiB per VM, shared pages"));
     }

@@ -17,6 +17,7 @@ use crate::report::{Outcome, Timeline};
 use crate::sandbox::{self, Grants, Profile};
 use crate::vm::recycle::Recycler;
 use crate::vm::{self, Console, DeadlineService, Progress, Vm, VmConfig, VmError, VmShell};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,13 +150,19 @@ struct Shared<'a> {
     recyclers: Vec<Option<Recycler>>,
     /// Instances that ran in a reused VM.
     reused: AtomicUsize,
-    /// Per group: VMs returned to a fresh VM's state, waiting for a creator to give them the
-    /// group's next job (at most [`Shared::warm_limit`] each; the last ones are destroyed with
-    /// the fleet).
-    warm: Mutex<Vec<Vec<VmShell>>>,
+    /// Per group: VMs in a fresh VM's state waiting for a creator to give them the group's
+    /// next job (at most [`Shared::warm_limit`] each; the last ones are destroyed with the
+    /// fleet), each with whether an instance ran in it before (the group's first, made for its
+    /// recycler, never ran: an instance in it does not count as reused).
+    warm: Mutex<Vec<Vec<WarmVm>>>,
+    /// Per group and reason: VMs whose reuse was refused (they were destroyed).
+    refusals: Mutex<BTreeMap<(usize, String), usize>>,
     /// The first thread that could not confine itself: the fleet fails with it.
     confine_failure: Mutex<Option<sandbox::SandboxError>>,
 }
+
+/// A VM in a fresh VM's state for its group's next job, and whether an instance ran in it.
+type WarmVm = (VmShell, bool);
 
 impl Shared<'_> {
     /// VMs kept warm per group: as many as can be in flight (running, and ready or being made
@@ -175,7 +182,7 @@ impl Shared<'_> {
         let surplus = {
             let mut warm = lock(&self.warm);
             if warm[group].len() < self.warm_limit() {
-                warm[group].push(shell);
+                warm[group].push((shell, true));
                 None
             } else {
                 Some(shell)
@@ -214,11 +221,11 @@ pub(super) fn run(
     }
     let taps = attach_taps(spec, prepared, &mut jobs)?;
     let mut not_reused = Vec::new();
-    let (recyclers, warm): (Vec<Option<Recycler>>, Vec<Vec<VmShell>>) = prepared
+    let (recyclers, warm): (Vec<Option<Recycler>>, Vec<Vec<WarmVm>>) = prepared
         .iter()
         .map(
             |p| match (spec.reuse && !spec.resident).then(|| recycler_for(&kvm, p)) {
-                Some(Ok(Some((recycler, shell)))) => (Some(recycler), vec![shell]),
+                Some(Ok(Some((recycler, shell)))) => (Some(recycler), vec![(shell, false)]),
                 Some(Err(err)) => {
                     not_reused.push(format!("{}: {}", p.group.name, crate::error_chain(&err)));
                     (None, Vec::new())
@@ -255,6 +262,7 @@ pub(super) fn run(
         recyclers,
         reused: AtomicUsize::new(0),
         warm: Mutex::new(warm),
+        refusals: Mutex::new(BTreeMap::new()),
         confine_failure: Mutex::new(None),
     };
     let keeper = KeyKeeper::hold(&kvm);
@@ -278,11 +286,17 @@ pub(super) fn run(
     };
     release(parked, &shared)?;
     drop(keeper);
+    // The warm VMs go before the "after" figure, which must not count them.
+    drop(std::mem::take(&mut *lock(&shared.warm)));
     memory.mem_available_after_kib = hostmem::mem_available_kib();
     memory.rss_high_water_kib = hostmem::own_kib("VmHWM");
     let mut instances = std::mem::take(&mut *lock(&shared.results));
     let peak_concurrent = shared.peak.load(Ordering::SeqCst);
     let reused_vms = shared.reused.load(Ordering::SeqCst);
+    let refused_reuse = std::mem::take(&mut *lock(&shared.refusals))
+        .into_iter()
+        .map(|((group, why), count)| format!("{}: {count} VMs: {why}", prepared[group].group.name))
+        .collect();
     drop(shared);
     instances.sort_by_key(|i| (group_order(prepared, &i.group), i.index));
     if let Some(dir) = &spec.cores {
@@ -301,6 +315,7 @@ pub(super) fn run(
         instances,
         never_parked,
         not_reused,
+        refused_reuse,
     })
 }
 
@@ -382,7 +397,12 @@ fn launch_all(shared: &Shared<'_>, jobs: Vec<Job>) -> Result<(), FleetError> {
                     match &shared.recyclers[group] {
                         Some(recycler) if shared.wants_warm(group) => match vm.recycle(recycler) {
                             Ok((shell, _)) => shared.keep_warm(group, shell),
-                            Err(refusal) => reap_later(&reap, refusal.vm),
+                            Err(refusal) => {
+                                *lock(&shared.refusals)
+                                    .entry((group, refusal.why.to_string()))
+                                    .or_default() += 1;
+                                reap_later(&reap, refusal.vm);
+                            }
                         },
                         _ => reap_later(&reap, *vm),
                     }
@@ -636,9 +656,9 @@ fn create(shared: &Shared<'_>, job: Job) -> Built {
     let started = Instant::now();
     let config = job_config(p, &job);
     let warm = lock(&shared.warm)[job.group].pop();
-    if let Some(shell) = warm {
+    if let Some((shell, ran_before)) = warm {
         let vm = crate::launch::finish(shell, &p.target, &config, Timeline::default());
-        if vm.is_ok() {
+        if vm.is_ok() && ran_before {
             shared.reused.fetch_add(1, Ordering::SeqCst);
         }
         return Built {

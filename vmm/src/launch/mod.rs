@@ -159,7 +159,7 @@ pub fn build(
 
 /// [`build`], with RAM locked as it is populated (`GuestRam::lock_on_fault`) when `reusable`:
 /// a VM that may be reused after its guest (`vm::recycle`).
-pub fn build_with(
+pub(crate) fn build_with(
     kvm: &Arc<Kvm>,
     target: &Target,
     config: &VmConfig,
@@ -178,7 +178,7 @@ pub fn build_with(
 
 /// A shell whose RAM holds `target` (`populate`: snapshot pages copied in now), locked as it
 /// is populated, so that the VM may be reused after its guest (`vm::recycle`).
-pub fn reusable_shell(
+pub(crate) fn reusable_shell(
     kvm: &Arc<Kvm>,
     target: &Target,
     mem_size: u64,
@@ -197,7 +197,7 @@ pub fn reusable_shell(
 /// VM's is, with the pages the image or snapshot says may not be zero, and a fresh vCPU's
 /// state, read from a VM made for the purpose and returned too (`populate` as for
 /// [`reusable_shell`]), never run.
-pub fn recycler(
+pub(crate) fn recycler(
     kvm: &Arc<Kvm>,
     target: &Target,
     config: &VmConfig,
@@ -216,8 +216,8 @@ pub fn recycler(
     };
     let reference = Reference::new(load_ram(target, mem_size, false)?, pages);
     let shell = reusable_shell(kvm, target, mem_size, populate)?;
-    if !shell.ram().is_locked() {
-        return Err(RecycleRefused::from(ResetRefused::NotLocked).into());
+    if let Some(why) = shell.ram().lock_failure() {
+        return Err(RecycleRefused::from(ResetRefused::NotLocked(why.to_owned())).into());
     }
     let fresh = FreshVcpu::capture(kvm, &shell)?;
     Ok((
@@ -232,7 +232,7 @@ pub fn recycler(
 
 /// Pages a guest may leave populated beyond a fresh VM's and still have its VM reused (4 MiB):
 /// a reused VM holds them until its next guest.
-pub const MAX_KEPT_EXTRA_PAGES: usize = 1024;
+pub(crate) const MAX_KEPT_EXTRA_PAGES: usize = 1024;
 
 /// What `vmm run` boots. `RunConfig::new(target)` gives the command line's defaults (a
 /// detached teardown, no timeline, no core file), so that new fields do not break callers.

@@ -6,7 +6,7 @@
 //! range against the RAM size with overflow checks.
 
 pub mod image;
-pub mod reset;
+pub(crate) mod reset;
 
 use crate::size::Size;
 use vm_memory::mmap::FromRangesError;
@@ -51,8 +51,9 @@ pub enum MemoryError {
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     size: u64,
-    /// Its pages stay in memory once populated ([`GuestRam::lock_on_fault`]).
-    locked: bool,
+    /// Its pages stay in memory once populated ([`GuestRam::lock_on_fault`]): `Ok`, or why
+    /// not (never asked, or the host's refusal).
+    locked: Result<(), String>,
 }
 
 impl GuestRam {
@@ -82,7 +83,7 @@ impl GuestRam {
         Ok(Self {
             mem,
             size,
-            locked: false,
+            locked: Err("never locked".to_owned()),
         })
     }
 
@@ -92,7 +93,7 @@ impl GuestRam {
     /// with `mincore`, which does not see a page gone to swap). Call it after the RAM is
     /// loaded (a snapshot's pages are mapped over parts of it). `false` if the host refuses
     /// (`RLIMIT_MEMLOCK` too low): the RAM is then not reused.
-    pub fn lock_on_fault(&mut self) -> bool {
+    pub(crate) fn lock_on_fault(&mut self) -> bool {
         const MLOCK_ONFAULT: libc::c_uint = 1;
         // SAFETY: the range is exactly this RAM's own live mapping; mlock2 changes no memory.
         let rc = unsafe {
@@ -102,13 +103,20 @@ impl GuestRam {
                 MLOCK_ONFAULT,
             )
         };
-        self.locked = rc == 0;
-        self.locked
+        self.locked = if rc == 0 {
+            Ok(())
+        } else {
+            let err = std::io::Error::last_os_error();
+            Err(format!(
+                "mlock2: {err}; RLIMIT_MEMLOCK allows less than this RAM beside the RAM locked already"
+            ))
+        };
+        self.locked.is_ok()
     }
 
-    /// Whether [`GuestRam::lock_on_fault`] holds.
-    pub fn is_locked(&self) -> bool {
-        self.locked
+    /// Why [`GuestRam::lock_on_fault`] does not hold, if it does not.
+    pub(crate) fn lock_failure(&self) -> Option<&str> {
+        self.locked.as_ref().err().map(String::as_str)
     }
 
     /// Size in bytes.
@@ -132,7 +140,7 @@ impl GuestRam {
 
     /// The numbers of the 4 KiB pages the host has populated, ascending; `None` if the host
     /// cannot tell (`mincore` failed).
-    pub fn populated_pages(&self) -> Option<Vec<u64>> {
+    pub(crate) fn populated_pages(&self) -> Option<Vec<u64>> {
         let pages = self.size.div_ceil(4096) as usize;
         let mut residency = vec![0u8; pages];
         // SAFETY: the range is our own live mapping; mincore writes one byte per page into a

@@ -9,8 +9,9 @@
 //! the used RAM holds (`mincore`; the used RAM must be locked in memory, so that no page the
 //! guest populated can be elsewhere; a page the host never populated is still zero, or still
 //! the snapshot's, unread), and makes it equal to the reference's page, or to zeros: a page
-//! that already is equal is not written (no copy-on-write, no new host page), so a guest that
-//! touched a few pages costs a few page comparisons and copies. Two things make a VM not worth
+//! that already is equal is not written (no copy-on-write, no new host page). The cost is a
+//! comparison per populated page (the image's or snapshot's own pages included, compared in
+//! place with the reference's) and a copy per page the guest changed. Two things make a VM not worth
 //! keeping, and are refused rather than repaired: a change to a page below
 //! [`VMM_OWNED_END`](crate::arch::layout::BOOT_INFO_ADDR) (the VMM's page tables, descriptor
 //! tables, stubs and ring-0 stacks, which a guest that exited cleanly cannot have written: a
@@ -49,8 +50,8 @@ pub enum ResetRefused {
     #[error("mincore failed")]
     Residency,
     /// The used RAM is not locked in memory: a page gone to swap would escape the comparison.
-    #[error("its RAM is not locked in memory (mlock2 refused: RLIMIT_MEMLOCK too low?)")]
-    NotLocked,
+    #[error("its RAM is not locked in memory ({0})")]
+    NotLocked(String),
     /// A page could not be reached (a bug: pages come from the RAM's own size).
     #[error(transparent)]
     Range(#[from] RangeError),
@@ -98,14 +99,26 @@ impl Reference {
         used: &GuestRam,
         max_extra_pages: usize,
     ) -> Result<ResetStats, ResetRefused> {
+        let populated = self.populated_within_bounds(used, max_extra_pages)?;
+        self.rewrite(used, populated)
+    }
+
+    /// The pages `used` holds, if it may be restored at all: its size is this reference's, it
+    /// is locked in memory, and it holds at most `max_extra_pages` beyond the reference's.
+    /// The cheap refusals, checked before anything costlier (`vm::recycle`'s vCPU checks).
+    pub fn populated_within_bounds(
+        &self,
+        used: &GuestRam,
+        max_extra_pages: usize,
+    ) -> Result<Vec<u64>, ResetRefused> {
         if used.size() != self.ram.size() {
             return Err(ResetRefused::SizeMismatch {
                 used: used.size(),
                 reference: self.ram.size(),
             });
         }
-        if !used.is_locked() {
-            return Err(ResetRefused::NotLocked);
+        if let Some(why) = used.lock_failure() {
+            return Err(ResetRefused::NotLocked(why.to_owned()));
         }
         let populated = used.populated_pages().ok_or(ResetRefused::Residency)?;
         let extra = populated
@@ -118,31 +131,50 @@ impl Reference {
                 max: max_extra_pages,
             });
         }
+        Ok(populated)
+    }
+
+    /// Makes the `populated` pages of `used` (from [`Reference::populated_within_bounds`])
+    /// equal to this reference's, or zero.
+    pub fn rewrite(
+        &self,
+        used: &GuestRam,
+        populated: Vec<u64>,
+    ) -> Result<ResetStats, ResetRefused> {
         let mut stats = ResetStats::default();
         let mut fresh = [0u8; PAGE_SIZE as usize];
         let zeros = [0u8; PAGE_SIZE as usize];
         for page in populated {
             let addr = page * PAGE_SIZE;
             let in_reference = self.pages.binary_search(&page).is_ok();
-            let expected: &[u8] = if in_reference {
-                self.ram.read(addr, &mut fresh)?;
-                &fresh
-            } else {
-                &zeros
-            };
             stats.compared += 1;
             let same = used.with_host_range(addr, PAGE_SIZE, |host, len| {
                 // SAFETY: the range is one page of `used`'s live mapping, checked by
                 // `with_host_range`; its guest is stopped (the caller's vCPU is not running),
                 // so nothing writes the page while the slice lives.
-                unsafe { std::slice::from_raw_parts(host, len) == expected }
-            })?;
+                let now = unsafe { std::slice::from_raw_parts(host, len) };
+                if !in_reference {
+                    return Ok(now == zeros);
+                }
+                // Compared in place with the reference's page, not copied out first.
+                self.ram.with_host_range(addr, PAGE_SIZE, |reference, len| {
+                    // SAFETY: one page of the reference's own live mapping, which nothing
+                    // writes after it was loaded.
+                    now == unsafe { std::slice::from_raw_parts(reference, len) }
+                })
+            })??;
             if same {
                 continue;
             }
             if addr < VMM_OWNED_END {
                 return Err(ResetRefused::VmmPageChanged(addr));
             }
+            let expected: &[u8] = if in_reference {
+                self.ram.read(addr, &mut fresh)?;
+                &fresh
+            } else {
+                &zeros
+            };
             used.write(addr, expected)
                 .map_err(|err| ResetRefused::Write(addr, err.to_string()))?;
             if in_reference {
@@ -236,7 +268,7 @@ mod tests {
         let unlocked = GuestRam::new(8 << 20).unwrap();
         assert_eq!(
             reference.restore(&unlocked, 0),
-            Err(ResetRefused::NotLocked)
+            Err(ResetRefused::NotLocked("never locked".to_owned()))
         );
     }
 

@@ -17,6 +17,7 @@ use super::log::Log;
 use super::server::Event;
 use super::slots;
 use super::wire::{self, Request};
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -70,7 +71,7 @@ enum Progress {
 impl Acceptor {
     /// Accepts and reads until the process ends.
     pub(crate) fn run(self) {
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut paused_until: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -97,7 +98,7 @@ impl Acceptor {
                 continue;
             }
             let now = Instant::now();
-            let mut still = Vec::with_capacity(pending.len());
+            let mut still = VecDeque::with_capacity(pending.len());
             for (connection, polled) in pending.drain(..).zip(&fds[1..]) {
                 let progress = if polled.revents != 0 {
                     connection.read_some()
@@ -116,29 +117,42 @@ impl Acceptor {
     /// Accepts what is waiting (at most [`MAX_PENDING`] connections per call, so that a flood
     /// of connections cannot keep this thread from the others) and reads what each has sent;
     /// returns until when to stop accepting if `accept` failed.
-    fn accept(&self, pending: &mut Vec<Pending>, now: Instant) -> Option<Instant> {
+    fn accept(&self, pending: &mut VecDeque<Pending>, now: Instant) -> Option<Instant> {
+        let mut displaced = 0usize;
+        let mut paused = None;
         for _ in 0..MAX_PENDING {
             match self.listener.accept() {
                 Ok((connection, _)) => {
                     if connection.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    if pending.len() >= MAX_PENDING {
-                        // `pending` is in order of acceptance: the first has sent for longest.
-                        let oldest = pending.remove(0);
-                        self.refuse(
-                            &oldest.connection,
-                            format!(
-                                "bad request: not sent in full before {MAX_PENDING} newer connections came"
-                            ),
-                        );
-                    }
                     let fresh = Pending {
                         connection,
                         bytes: Vec::new(),
                         deadline: now + self.request_timeout,
                     };
-                    self.settle(fresh.read_some(), now, pending);
+                    let progress = fresh.read_some();
+                    // Only a connection still sending needs a place: one whose request came
+                    // with it takes none, and displaces nobody.
+                    if matches!(progress, Progress::More(_)) && pending.len() >= MAX_PENDING {
+                        // In order of acceptance: the first has sent for longest. It gets a
+                        // last read, in case its request arrived since the poll.
+                        if let Some(oldest) = pending.pop_front() {
+                            match oldest.read_some() {
+                                Progress::More(oldest) => {
+                                    displaced += 1;
+                                    slots::refuse(
+                                        oldest.connection.as_fd(),
+                                        &format!(
+                                            "bad request: not sent in full before {MAX_PENDING} newer connections came"
+                                        ),
+                                    );
+                                }
+                                done => self.settle(done, now, pending),
+                            }
+                        }
+                    }
+                    self.settle(progress, now, pending);
                 }
                 Err(err) => match err.kind() {
                     std::io::ErrorKind::WouldBlock => break,
@@ -147,17 +161,24 @@ impl Acceptor {
                         self.log.line(format!(
                             "serve: cannot accept a connection ({err}); pausing for {ACCEPT_PAUSE:?}"
                         ));
-                        return Some(now + ACCEPT_PAUSE);
+                        paused = Some(now + ACCEPT_PAUSE);
+                        break;
                     }
                 },
             }
         }
-        None
+        // One line for a flood, not one per connection.
+        if displaced > 0 {
+            self.log.line(format!(
+                "refused {displaced} connections that had not sent their request when newer ones came ({MAX_PENDING} are read at once)"
+            ));
+        }
+        paused
     }
 
     /// Acts on what reading a connection gave at `now`: keeps it in `still` while its request
     /// is incomplete and its time not up, forwards a complete request, refuses a bad one.
-    fn settle(&self, progress: Progress, now: Instant, still: &mut Vec<Pending>) {
+    fn settle(&self, progress: Progress, now: Instant, still: &mut VecDeque<Pending>) {
         match progress {
             Progress::More(connection) if now >= connection.deadline => self.refuse(
                 &connection.connection,
@@ -166,7 +187,7 @@ impl Acceptor {
                     self.request_timeout
                 ),
             ),
-            Progress::More(connection) => still.push(connection),
+            Progress::More(connection) => still.push_back(connection),
             Progress::Complete(received) => self.forward(received),
             Progress::Gone => {}
             Progress::Bad(connection, why) => self.refuse(&connection, why),

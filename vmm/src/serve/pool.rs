@@ -2,7 +2,10 @@
 //! vCPU) whose RAM already holds the snapshot's pages, copied in (no page fault while a
 //! request runs). A VM whose guest exited cleanly goes back into the pool after its reply,
 //! returned to a fresh VM's state by `vm::recycle` (its vCPU and the host's mappings stay warm);
-//! a refill thread replaces what was not given back.
+//! a refill thread replaces what was not given back. VMs out with a request count as the
+//! pool's until they are back or known not to come back, so the refill never builds a VM that
+//! a returning one would make surplus; and a request that finds the pool empty while a VM is
+//! on its way back waits for it (briefly) rather than building one cold.
 //!
 //! Snapshots are keyed by file identity ([`FileId`]): a request reaches a pooled VM only if
 //! the file it names is the very file the pool was made from.
@@ -26,9 +29,23 @@ pub(crate) struct ReadyVm {
     pub(crate) served: u32,
 }
 
+/// How long a request that finds its pool empty waits for a VM on its way back (a reset takes
+/// well under a millisecond; building a VM cold takes about as long as this).
+const RETURN_WAIT: Duration = Duration::from_millis(2);
+
+/// The VMs of one pooled snapshot.
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<ReadyVm>,
+    /// Taken by requests and possibly coming back (their snapshot's VMs are reused).
+    out: usize,
+    /// Of those, the ones whose request is done and which are being reset now.
+    returning: usize,
+}
+
 /// Ready VMs, per pooled snapshot.
 pub(crate) struct Pool {
-    ready: Mutex<BTreeMap<FileId, VecDeque<ReadyVm>>>,
+    ready: Mutex<BTreeMap<FileId, Queue>>,
     /// What reusing the VMs of a snapshot needs (none: its VMs are not reused).
     recyclers: BTreeMap<FileId, Recycler>,
     wanted: usize,
@@ -53,7 +70,7 @@ impl Pool {
         recyclers: BTreeMap<FileId, Recycler>,
     ) -> Self {
         Self {
-            ready: Mutex::new(keys.map(|k| (k, VecDeque::new())).collect()),
+            ready: Mutex::new(keys.map(|k| (k, Queue::default())).collect()),
             recyclers,
             wanted,
             refill: Condvar::new(),
@@ -67,10 +84,31 @@ impl Pool {
         self.refill.notify_all();
     }
 
-    /// A ready VM for `key`, if one is there. The refill waits for [`Pool::request_done`]:
-    /// building a VM now would compete with the request for the CPU.
+    /// A ready VM for `key`: one in the pool, or one on its way back (waited for at most
+    /// [`RETURN_WAIT`]); `None` if there is none. The refill waits for [`Pool::request_done`]:
+    /// building a VM now would compete with the request for the CPU. A VM taken must be
+    /// accounted for with [`Pool::give_back`].
     pub(crate) fn take(&self, key: &FileId) -> Option<ReadyVm> {
-        lock(&self.ready).get_mut(key)?.pop_front()
+        let deadline = Instant::now() + RETURN_WAIT;
+        let mut ready = lock(&self.ready);
+        loop {
+            let queue = ready.get_mut(key)?;
+            if let Some(vm) = queue.ready.pop_front() {
+                if self.reuses(key) {
+                    queue.out += 1;
+                }
+                return Some(vm);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if queue.returning == 0 || left.is_zero() {
+                return None;
+            }
+            ready = self
+                .filled
+                .wait_timeout(ready, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Whether the VMs of `key` are reused (their RAM must then be locked as it is populated).
@@ -80,38 +118,71 @@ impl Pool {
 
     /// Puts a ready VM of `key` first in line (a reused one is the warmest: its vCPU and the
     /// host's mappings are in use already); if that makes the pool of `key` hold more than
-    /// wanted, the last in line goes (and is destroyed). `false` if `key` is not pooled.
-    pub(crate) fn put(&self, key: &FileId, vm: ReadyVm) -> bool {
+    /// wanted (a VM built cold for a request, then reused), the last in line goes.
+    pub(crate) fn put(&self, key: &FileId, vm: ReadyVm) {
         let surplus = {
             let mut ready = lock(&self.ready);
             let Some(queue) = ready.get_mut(key) else {
-                return false;
+                return;
             };
-            queue.push_front(vm);
-            let surplus = (queue.len() > self.wanted).then(|| queue.pop_back());
+            queue.ready.push_front(vm);
+            let surplus = (queue.ready.len() + queue.out > self.wanted)
+                .then(|| queue.ready.pop_back())
+                .flatten();
             self.filled.notify_all();
             surplus
         };
         // Destroyed outside the lock.
         drop(surplus);
-        true
     }
 
-    /// Returns `vm`, which served its `served`-th request of snapshot `key` and whose guest
-    /// exited cleanly, to a fresh VM's state and puts it first in the pool. `Ok(false)`: not
-    /// kept (its snapshot's VMs are not reused); `Err`: why it could not be reused. Whatever
-    /// is not kept is destroyed.
-    pub(crate) fn recycle(
+    /// Says that a VM taken from the pool of `key` ([`Pool::take`]) will be given back once
+    /// reset: called before its request is reported done, so that the next request waits for
+    /// it rather than building a VM cold.
+    pub(crate) fn expect_back(&self, key: &FileId) {
+        if let Some(queue) = lock(&self.ready).get_mut(key) {
+            queue.returning += 1;
+        }
+    }
+
+    /// Accounts for a VM of snapshot `key` after its request: `taken` says whether it came
+    /// from this pool, `returning` whether [`Pool::expect_back`] was called for it. With `vm`
+    /// (its guest exited cleanly; it served its `served`-th request) and a recycler for
+    /// `key`, it is returned to a fresh VM's state and put first in line; whatever is not
+    /// kept is destroyed. `Err`: why it could not be reused.
+    pub(crate) fn give_back(
         &self,
         key: &FileId,
-        vm: Vm,
+        vm: Option<Vm>,
         served: u32,
-    ) -> Result<bool, RecycleRefused> {
-        let Some(recycler) = self.recyclers.get(key) else {
-            return Ok(false);
+        taken: bool,
+        returning: bool,
+    ) -> Result<(), RecycleRefused> {
+        let recycled = match (vm, self.recyclers.get(key)) {
+            (Some(vm), Some(recycler)) => Some(
+                vm.recycle(recycler)
+                    .map(|(shell, _)| shell)
+                    .map_err(|refusal| refusal.why),
+            ),
+            _ => None,
         };
-        let (shell, _) = vm.recycle(recycler).map_err(|refusal| refusal.why)?;
-        Ok(self.put(key, ReadyVm { shell, served }))
+        if let Some(queue) = lock(&self.ready).get_mut(key) {
+            if taken && self.reuses(key) {
+                queue.out = queue.out.saturating_sub(1);
+            }
+            if returning {
+                queue.returning = queue.returning.saturating_sub(1);
+            }
+        }
+        self.filled.notify_all();
+        match recycled {
+            Some(Ok(shell)) => {
+                self.put(key, ReadyVm { shell, served });
+                Ok(())
+            }
+            Some(Err(why)) => Err(why),
+            None => Ok(()),
+        }
     }
 
     /// Waits until every snapshot has its VMs ready (or creating one failed), at most `limit`;
@@ -120,9 +191,9 @@ impl Pool {
         let deadline = Instant::now() + limit;
         let mut ready = lock(&self.ready);
         loop {
-            let count: usize = ready.values().map(VecDeque::len).sum();
+            let count: usize = ready.values().map(|q| q.ready.len()).sum();
             let left = deadline.saturating_duration_since(Instant::now());
-            let full = ready.values().all(|q| q.len() >= self.wanted);
+            let full = ready.values().all(|q| q.ready.len() >= self.wanted);
             if full || left.is_zero() || self.failing.load(Ordering::SeqCst) {
                 return count;
             }
@@ -143,9 +214,12 @@ impl Pool {
     ) {
         loop {
             let mut ready = lock(&self.ready);
-            let short = pooled
-                .iter()
-                .find(|(key, _)| ready.get(key).is_some_and(|q| q.len() < self.wanted));
+            // VMs out with a request count: they come back, or are accounted for as gone.
+            let short = pooled.iter().find(|(key, _)| {
+                ready
+                    .get(key)
+                    .is_some_and(|q| q.ready.len() + q.out < self.wanted)
+            });
             let Some((key, target)) = short else {
                 drop(self.refill.wait(ready).unwrap_or_else(|e| e.into_inner()));
                 continue;
@@ -164,8 +238,8 @@ impl Pool {
                 ready = lock(&self.ready);
                 // A reused VM may have filled the place meanwhile: the new one then goes.
                 let surplus = match ready.get_mut(key) {
-                    Some(queue) if queue.len() < self.wanted => {
-                        queue.push_back(ReadyVm { shell, served: 0 });
+                    Some(queue) if queue.ready.len() + queue.out < self.wanted => {
+                        queue.ready.push_back(ReadyVm { shell, served: 0 });
                         None
                     }
                     _ => Some(shell),

@@ -5,7 +5,9 @@
 //! pool's refill, the deadline watchdog and the log writer. Runners, the refill, the watchdog
 //! and the log writer are confined by seccomp before they touch any request, and the server
 //! refuses to start if one cannot be; a runner may send only on its own client slot (see
-//! `slots`). No VM ever runs a second request.
+//! `slots`). A VM runs a second request only after `vm::recycle` has returned it to a fresh
+//! VM's state (a pooled snapshot's VM whose guest exited cleanly; never with `--no-reuse`);
+//! any other VM is destroyed after its request.
 //!
 //! Start-up checks what the server will need before it holds anything: its settings, then the
 //! open-files limit (raised to what the pool, runners, connections and cache may hold at once,
@@ -668,10 +670,19 @@ impl Runner {
         while let Ok(job) = jobs.recv() {
             let started = Instant::now();
             let reply = Reply::new(self.slot, deadline_after(started, job.timeout));
-            let (vm, served) = self.serve_one(&job, &reply);
+            let (vm, served, taken) = self.serve_one(&job, &reply);
             self.log
                 .line(log_line(&job, &served, started.elapsed(), reply.dropped()));
             drop(reply);
+            // Only a VM whose guest exited cleanly may be reused.
+            let reusable = match (vm, &served) {
+                (Some(vm), Served::Ran { exited: true, .. }) => Some(vm),
+                _ => None,
+            };
+            let returning = taken && reusable.is_some() && job.pooled.is_some();
+            if let (true, Some(key)) = (returning, job.pooled) {
+                self.pool.expect_back(&key);
+            }
             if self
                 .events
                 .send(Event::Done { runner: self.index })
@@ -681,21 +692,18 @@ impl Runner {
             }
             // The VM's reuse or teardown, and the pool's refill, happen after the client has
             // its answer.
-            if let (
-                Some(vm),
-                Some(key),
-                Served::Ran {
-                    origin,
-                    exited: true,
-                    ..
-                },
-            ) = (vm, job.pooled, &served)
-            {
-                let served = match origin {
-                    Origin::Cold => 1,
-                    Origin::Pooled { served } => served.saturating_add(1),
+            if let Some(key) = job.pooled {
+                let served = match &served {
+                    Served::Ran {
+                        origin: Origin::Pooled { served },
+                        ..
+                    } => served.saturating_add(1),
+                    _ => 1,
                 };
-                if let Err(why) = self.pool.recycle(&key, vm, served) {
+                if let Err(why) = self
+                    .pool
+                    .give_back(&key, reusable, served, taken, returning)
+                {
                     self.log.line(format!(
                         "{}: VM not reused: {why}",
                         job.target.path().display()
@@ -706,14 +714,17 @@ impl Runner {
         }
     }
 
-    /// Runs one request; returns the VM so that its teardown happens after the reply.
-    fn serve_one(&self, job: &Job, reply: &Reply) -> (Option<Vm>, Served) {
+    /// Runs one request; returns the VM so that its reuse or teardown happens after the
+    /// reply, how the request ended, and whether the VM was taken from the pool.
+    fn serve_one(&self, job: &Job, reply: &Reply) -> (Option<Vm>, Served, bool) {
         let config = job.runner_config(self.seccomp, self.slot, self.tap_slot);
         let mut origin = Origin::Cold;
+        let mut taken = false;
         let built = match job.target.kind() {
             TargetKind::Snapshot(_) => {
                 let shell = match job.pooled.and_then(|id| self.pool.take(&id)) {
                     Some(ready) => {
+                        taken = true;
                         origin = Origin::Pooled {
                             served: ready.served,
                         };
@@ -738,7 +749,7 @@ impl Runner {
             Err(err) => {
                 let why = crate::error_chain(&err);
                 reply.send(frame::ERROR, why.as_bytes());
-                return (None, Served::Failed(why));
+                return (None, Served::Failed(why), taken);
             }
         };
         let console = Console {
@@ -763,12 +774,13 @@ impl Runner {
                         origin,
                         exited,
                     },
+                    taken,
                 )
             }
             Err(err) => {
                 let why = crate::error_chain(&err);
                 reply.send(frame::ERROR, why.as_bytes());
-                (Some(vm), Served::Failed(why))
+                (Some(vm), Served::Failed(why), taken)
             }
         }
     }

@@ -10,7 +10,10 @@
 //! the default (`DEFAULT_TX_RATE`), never raise it. Nor choose its guest's MAC address: with
 //! `mac=` a client could take the address of the bridge or of another client's guest on the
 //! operator's network, so the server gives every guest a random locally administered one and
-//! refuses `mac=`. The dispatcher attaches the tap (`Tap::open`: it fails if the
+//! refuses `mac=`. The guest's `ip=` (and `gw=`) stay the client's choice, and the device
+//! does not filter by IP address: an operator who gives several clients taps on one bridge
+//! must bind addresses to taps there (ebtables/nftables), as for any VM on it. The dispatcher
+//! attaches the tap (`Tap::open`: it fails if the
 //! interface is missing, not a tap, or attached to someone else) before handing the request
 //! to a runner, which gets it in its tap slot (see `slots`).
 

@@ -376,7 +376,7 @@ impl Snapshot {
     }
 
     /// The numbers of the guest pages it saves (every other page of its RAM is zero).
-    pub fn page_numbers(&self) -> &[u64] {
+    pub(crate) fn page_numbers(&self) -> &[u64] {
         &self.pages
     }
 

@@ -5,7 +5,10 @@
 
 use crate::devices::{ConsoleSink, DeviceStop, Stream};
 use std::io::{ErrorKind, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a write to a full non-blocking stdout waits before it tries again.
+const FULL_OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
 /// Where console output goes.
 pub struct Console {
@@ -104,19 +107,45 @@ impl ConsoleSink for ConsoleOutput {
                 Stream::Stdout => &mut self.console.stdout,
                 Stream::Stderr => &mut self.console.stderr,
             };
+            let stdout = stream == Stream::Stdout;
             match out.write(rest) {
+                Ok(0) if stdout => {
+                    return Err(DeviceStop::OutputFailed(
+                        "stdout: it took no bytes".to_owned(),
+                    ));
+                }
                 Ok(0) => break,
                 Ok(n) => rest = &rest[n..],
                 // The watchdog's signal interrupts a write that a reader holds up: give up on
                 // this output once the deadline has passed, so that `--timeout` holds.
                 Err(err) if err.kind() == ErrorKind::Interrupted && !self.past_deadline() => {}
-                Err(err) if err.kind() == ErrorKind::BrokenPipe && stream == Stream::Stdout => {
+                // A non-blocking stdout (shared with a parent that set O_NONBLOCK) that is
+                // full: wait for its reader as a blocking one would, until the deadline.
+                Err(err) if err.kind() == ErrorKind::WouldBlock && !self.past_deadline() => {
+                    std::thread::sleep(FULL_OUTPUT_RETRY);
+                }
+                // The reader went away (a pipe, or a socket whose peer closed).
+                Err(err)
+                    if stdout
+                        && matches!(
+                            err.kind(),
+                            ErrorKind::BrokenPipe
+                                | ErrorKind::ConnectionReset
+                                | ErrorKind::NotConnected
+                        ) =>
+                {
                     return Err(DeviceStop::BrokenPipe);
                 }
                 // Output lost without a word would make a run look whole: the VMM stops, as
-                // a program whose `write` fails does (past the deadline, an interrupted write
+                // a program whose `write` fails does (past the deadline, a write held up
                 // gives up instead, and the timeout ends the run).
-                Err(err) if stream == Stream::Stdout && err.kind() != ErrorKind::Interrupted => {
+                Err(err)
+                    if stdout
+                        && !matches!(
+                            err.kind(),
+                            ErrorKind::Interrupted | ErrorKind::WouldBlock
+                        ) =>
+                {
                     return Err(DeviceStop::OutputFailed(format!("stdout: {err}")));
                 }
                 // A stderr that cannot be written drops this output; the guest goes on.
@@ -173,6 +202,51 @@ mod tests {
     fn test_emit_interrupted_past_the_deadline_gives_up() {
         let mut out = output(ErrorKind::Interrupted, Some(Instant::now()));
         assert_eq!(out.emit(Stream::Stdout, b"held up"), Ok(()));
+    }
+
+    /// Fails with `kind` `times` times, then takes everything.
+    struct FailingFirst(ErrorKind, usize, Vec<u8>);
+
+    impl Write for FailingFirst {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.1 > 0 {
+                self.1 -= 1;
+                return Err(self.0.into());
+            }
+            self.2.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn test_emit_to_a_full_nonblocking_stdout_waits_for_room() {
+        let console = Console {
+            stdout: Box::new(FailingFirst(ErrorKind::WouldBlock, 3, Vec::new())),
+            stderr: Box::new(Failing(ErrorKind::BrokenPipe)),
+        };
+        let mut out = ConsoleOutput::new(console, 1 << 20, None);
+        assert_eq!(out.emit(Stream::Stdout, b"later"), Ok(()));
+        let mut full = output(ErrorKind::WouldBlock, Some(Instant::now()));
+        assert_eq!(
+            full.emit(Stream::Stdout, b"held up"),
+            Ok(()),
+            "past the deadline it gives up, and the timeout ends the run"
+        );
+    }
+
+    #[test]
+    fn test_emit_to_a_stdout_whose_reader_left_is_a_broken_pipe() {
+        for kind in [ErrorKind::ConnectionReset, ErrorKind::NotConnected] {
+            let mut out = output(kind, None);
+            assert_eq!(
+                out.emit(Stream::Stdout, b"x"),
+                Err(DeviceStop::BrokenPipe),
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

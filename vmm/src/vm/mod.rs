@@ -15,7 +15,7 @@ pub(crate) mod console;
 pub(crate) mod debug;
 pub(crate) mod exits;
 pub(crate) mod hypercall;
-pub mod recycle;
+pub(crate) mod recycle;
 pub(crate) mod shell;
 pub mod teardown;
 pub(crate) mod vcpu_state;
@@ -757,14 +757,50 @@ fn guest_tsc_now(vcpu: &VcpuFd, tsc_khz: u64) -> u64 {
     if FOLLOWS_HOST.get() == Some(&true) {
         return host_tsc();
     }
-    let before = host_tsc();
-    match guest_tsc(vcpu) {
-        Ok(Some(tsc)) => {
-            let _ = FOLLOWS_HOST.set(tsc.abs_diff(before) < tsc_slack(tsc_khz));
-            tsc
+    match read_tsc_beside_host(vcpu, tsc_khz) {
+        Ok(Some(reading)) => {
+            let _ = FOLLOWS_HOST.set(reading.follows_host);
+            reading.guest
         }
-        _ => before,
+        _ => host_tsc(),
     }
+}
+
+/// The vCPU's TSC, and whether it is the host's own counter.
+pub(super) struct TscReading {
+    pub(super) guest: u64,
+    pub(super) follows_host: bool,
+}
+
+/// Reads the vCPU's TSC between two reads of the host's: it is the host's counter if it lies
+/// between them (give or take [`tsc_slack`]). A read held up longer than the slack (this
+/// thread preempted between the two) is tried again, up to three times, so that a busy host
+/// does not make PVM's TSC look like hardware KVM's. `None` if KVM reads no TSC.
+pub(super) fn read_tsc_beside_host(
+    vcpu: &VcpuFd,
+    tsc_khz: u64,
+) -> Result<Option<TscReading>, kvm_ioctls::Error> {
+    let slack = tsc_slack(tsc_khz);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let before = host_tsc();
+        let Some(guest) = guest_tsc(vcpu)? else {
+            return Ok(None);
+        };
+        let after = host_tsc();
+        if after.wrapping_sub(before) <= slack || attempts == 3 {
+            return Ok(Some(TscReading {
+                guest,
+                follows_host: between(guest, before, after, slack),
+            }));
+        }
+    }
+}
+
+/// Whether `guest` lies between the host's `before` and `after`, give or take `slack`.
+fn between(guest: u64, before: u64, after: u64, slack: u64) -> bool {
+    guest >= before.saturating_sub(slack) && guest <= after.saturating_add(slack)
 }
 
 /// How far a TSC read by KVM and the host's `rdtsc` may lie apart and still be one counter,
@@ -799,6 +835,18 @@ pub(super) fn guest_tsc(vcpu: &VcpuFd) -> Result<Option<u64>, kvm_ioctls::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_a_tsc_between_two_host_reads_is_the_hosts() {
+        let slack = tsc_slack(2_600_000);
+        // PVM: the vCPU's TSC is the host's counter, read between the two.
+        assert!(between(5_000_000_000, 4_999_999_000, 5_000_001_000, slack));
+        // Hardware KVM: it counts from the vCPU's creation, far below the host's.
+        assert!(!between(1_000_000, 5_000_000_000, 5_000_001_000, slack));
+        // At the counter's limits nothing wraps.
+        assert!(between(u64::MAX, u64::MAX - 5, u64::MAX, slack));
+        assert!(between(0, 0, 10, slack));
+    }
 
     #[test]
     fn test_tsc_slack_is_ten_ms_of_ticks_and_never_overflows() {

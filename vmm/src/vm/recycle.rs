@@ -35,7 +35,9 @@
 //! Only a guest that ended with its exit hypercall is reused: a crash, a timeout, a kill or a
 //! closed pipe leave the vCPU mid-instruction, and such VMs are destroyed.
 
-use super::{MSR_IA32_TSC, Vm, VmShell, guest_tsc, host_tsc, tsc_slack};
+use super::{
+    MSR_IA32_TSC, TscReading, Vm, VmShell, guest_tsc, host_tsc, read_tsc_beside_host, tsc_slack,
+};
 use crate::memory::reset::{Reference, ResetRefused, ResetStats};
 use kvm_bindings::{
     KVM_MAX_MSR_ENTRIES, Msrs, kvm_debugregs, kvm_device_attr, kvm_msr_entry, kvm_vcpu_events,
@@ -88,6 +90,8 @@ pub struct FreshVcpu {
     tsc: FreshTsc,
     /// TSC ticks in 10 ms ([`tsc_slack`]).
     tsc_slack: u64,
+    /// The TSC's frequency, kHz.
+    tsc_khz: u64,
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RecycleRefused {
@@ -116,9 +120,7 @@ impl FreshVcpu {
             msrs.extend(read_msrs(vcpu, &[entry])?);
         }
         let tsc_slack = tsc_slack(shell.machine.tsc_khz);
-        let before = host_tsc();
-        let fresh_tsc = read_tsc(vcpu)?;
-        let tsc = if fresh_tsc.abs_diff(before) < tsc_slack {
+        let tsc = if tsc_reading(vcpu, shell.machine.tsc_khz)?.follows_host {
             FreshTsc::FollowsHost
         } else {
             FreshTsc::Offset
@@ -131,6 +133,7 @@ impl FreshVcpu {
             msrs,
             tsc,
             tsc_slack,
+            tsc_khz: shell.machine.tsc_khz,
         })
     }
 
@@ -191,7 +194,7 @@ impl FreshVcpu {
             if read_tsc(vcpu)? >= self.tsc_slack {
                 return Err(RecycleRefused::VcpuState("TSC"));
             }
-        } else if read_tsc(vcpu)?.abs_diff(host_tsc()) >= self.tsc_slack {
+        } else if !tsc_reading(vcpu, self.tsc_khz)?.follows_host {
             return Err(RecycleRefused::VcpuState("TSC"));
         }
         Ok(())
@@ -201,6 +204,13 @@ impl FreshVcpu {
 /// The vCPU's TSC as KVM reads it.
 fn read_tsc(vcpu: &VcpuFd) -> Result<u64, RecycleRefused> {
     guest_tsc(vcpu)
+        .map_err(kvm("KVM_GET_MSRS"))?
+        .ok_or(RecycleRefused::VcpuState("TSC (unreadable)"))
+}
+
+/// The vCPU's TSC beside the host's (see `read_tsc_beside_host`).
+fn tsc_reading(vcpu: &VcpuFd, tsc_khz: u64) -> Result<TscReading, RecycleRefused> {
+    read_tsc_beside_host(vcpu, tsc_khz)
         .map_err(kvm("KVM_GET_MSRS"))?
         .ok_or(RecycleRefused::VcpuState("TSC (unreadable)"))
 }
@@ -252,9 +262,10 @@ impl Vm {
         if !self.exited {
             return Err(RecycleRefused::NotExited);
         }
-        if !self.machine.ram.is_locked() {
-            return Err(ResetRefused::NotLocked.into());
-        }
+        // The cheap refusals first (size, lock, too many pages): before a dozen vCPU ioctls.
+        let populated = recycler
+            .reference
+            .populated_within_bounds(&self.machine.ram, recycler.max_extra_pages)?;
         // Complete what the last exit left pending, without entering the guest.
         self.machine.vcpu.set_kvm_immediate_exit(1);
         let flushed = self.machine.vcpu.run().map(|_| ());
@@ -272,9 +283,7 @@ impl Vm {
         // SAFETY: a 4096-byte area a fresh vCPU of this process gave (KVM_GET_XSAVE); KVM reads
         // no more (no dynamically enabled features: see `load_fpu_state`).
         unsafe { self.machine.vcpu.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
-        Ok(recycler
-            .reference
-            .restore(&self.machine.ram, recycler.max_extra_pages)?)
+        Ok(recycler.reference.rewrite(&self.machine.ram, populated)?)
     }
 
     fn into_shell(self) -> VmShell {

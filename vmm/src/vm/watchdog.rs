@@ -190,7 +190,8 @@ fn serve(shared: &Shared) {
         watched.wakes_at = Some(next_wake);
         watched = shared
             .wake
-            .wait_timeout(watched, next_wake.saturating_duration_since(now))
+            // From now, not from the loop's start: the scan and the signals took time.
+            .wait_timeout(watched, next_wake.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|e| e.into_inner())
             .0;
         watched.wakes_at = None;
